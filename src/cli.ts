@@ -1,0 +1,201 @@
+/**
+ * `scrubline` — the command line. Exit codes: 0 all files cleaned, 2 a file was rejected (one
+ * line on stderr says why; no output file is written for it), 1 an internal or usage error.
+ */
+import { copyFile, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createRequire } from 'node:module';
+import { ConfigError, configVariables, loadConfig, type Config } from './config.js';
+import { asScrubError, ScrubError } from './errors.js';
+import { loadFingerprintKey } from './keys.js';
+import { acceptedFormatsText } from './media.js';
+import { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
+import { randomId } from './steps/receive.js';
+import { sniff } from './steps/sniff.js';
+import { strip } from './steps/strip.js';
+import { systemClock } from './steps/tag-expiry.js';
+import { loadFfmpeg } from './tools/ffmpeg.js';
+
+const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+
+const help = `scrubline ${version} — strips identifying metadata from images and video, verifies the result, fingerprints it.
+
+Usage:
+  scrubline strip <input…> (-o <output> | --out-dir <dir>) [--json] [--retention standard|extended]
+  scrubline inspect <file> [--json]       metadata categories the file carries, with counts (no values)
+  scrubline fingerprint <file>            the fingerprint JSON of the file's cleaned form
+  scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables)
+  scrubline --help | --version
+
+Accepted: ${acceptedFormatsText}.
+Exit codes: 0 all cleaned, 2 a file was rejected (reason on stderr, no output written), 1 internal error.
+
+Environment:
+${configVariables.map(([name, meaning]) => `  ${name.padEnd(31)} ${meaning}`).join('\n')}
+`;
+
+type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
+const defaultOut: Out = { stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s) };
+
+async function pipelineDeps(config: Config): Promise<PipelineDeps> {
+  return {
+    ffmpeg: await loadFfmpeg(config),
+    fingerprintKey: loadFingerprintKey(config.dataDir, config.fingerprintKey),
+    maxInputPixels: config.maxInputPixels,
+    clock: systemClock,
+  };
+}
+
+/** Runs `work` on a private copy-free view of a local file inside a temp dir that always goes. */
+async function withWorkDir<T>(config: Config, input: string, work: (received: { id: string; inputPath: string; inputBytes: number; workDir: string }) => Promise<T>): Promise<T> {
+  const tmpRoot = path.join(config.dataDir, 'tmp');
+  await mkdir(tmpRoot, { recursive: true, mode: 0o700 });
+  const workDir = await mkdtemp(path.join(tmpRoot, 'cli-'));
+  try {
+    const { size } = await stat(input);
+    return await work({ id: randomId(), inputPath: path.resolve(input), inputBytes: size, workDir });
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+/** Moves a verified file into place atomically (never a half-written output). */
+async function publish(file: CleanFile, target: string): Promise<void> {
+  const partial = `${target}.scrubline-partial`;
+  await copyFile(file.path, partial);
+  await rename(partial, target);
+}
+
+async function runPool<T>(items: T[], size: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await work(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(size, items.length) }, worker));
+}
+
+async function stripCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { output: { type: 'string', short: 'o' }, 'out-dir': { type: 'string' }, json: { type: 'boolean' }, retention: { type: 'string' } },
+  });
+  if (positionals.length === 0) throw new UsageError('strip needs at least one input file');
+  if ((values.output === undefined) === (values['out-dir'] === undefined)) throw new UsageError('strip needs exactly one of -o <output> or --out-dir <dir>');
+  if (values.output !== undefined && positionals.length > 1) throw new UsageError('-o takes one input; use --out-dir for several');
+  const retention = values.retention ?? 'standard';
+  if (retention !== 'standard' && retention !== 'extended') throw new UsageError('--retention must be standard or extended');
+  if (values['out-dir'] !== undefined) await mkdir(values['out-dir'], { recursive: true });
+
+  const deps = await pipelineDeps(config);
+  let rejected = 0;
+  let failed = 0;
+  await runPool(positionals, Math.max(2, availableParallelism()), async (input) => {
+    try {
+      await withWorkDir(config, input, async (received) => {
+        const file = await cleanFile(received, retention, deps);
+        const target = values.output ?? path.join(values['out-dir']!, `${path.parse(input).name}.${file.ext}`);
+        await publish(file, target);
+        if (values.json) out.stdout(JSON.stringify({ input, output: target, ...publicReport(file) }) + '\n');
+      });
+    } catch (err) {
+      const error = asScrubError(err);
+      if (error.isRejection) rejected++;
+      else failed++;
+      out.stderr(`scrubline: ${input}: ${error.isRejection ? 'rejected' : 'error'} (${error.code}): ${error.publicMessage}\n`);
+      if (values.json) out.stdout(JSON.stringify({ input, error: error.toJSON().error }) + '\n');
+    }
+  });
+  return failed > 0 ? 1 : rejected > 0 ? 2 : 0;
+}
+
+async function inspectCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
+  if (positionals.length !== 1) throw new UsageError('inspect takes exactly one file');
+  const deps = await pipelineDeps(config);
+  return withWorkDir(config, positionals[0]!, async (received) => {
+    const sniffed = await sniff(received);
+    const stripped = await strip(sniffed, deps);
+    const report = { mime: sniffed.kind.mime, family: sniffed.kind.family, bytes: received.inputBytes, metadata: stripped.removed };
+    if (values.json) out.stdout(JSON.stringify(report) + '\n');
+    else {
+      const lines = Object.entries(report.metadata).map(([category, count]) => `  ${category.padEnd(18)} ${count}`);
+      out.stdout(`${report.mime}, ${report.bytes} bytes\n${lines.length > 0 ? lines.join('\n') : '  no identifying metadata found'}\n`);
+    }
+    return 0;
+  });
+}
+
+async function fingerprintCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
+  if (positionals.length !== 1) throw new UsageError('fingerprint takes exactly one file');
+  const deps = await pipelineDeps(config);
+  return withWorkDir(config, positionals[0]!, async (received) => {
+    const file = await cleanFile(received, 'standard', deps);
+    out.stdout(JSON.stringify(file.fingerprint, null, 2) + '\n');
+    return 0;
+  });
+}
+
+async function serveCommand(config: Config): Promise<number> {
+  const { startServer } = await import('./server.js');
+  const running = await startServer(config);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => void running.close().then(resolve);
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  return 0;
+}
+
+async function versionCommand(config: Config, out: Out): Promise<number> {
+  const tools = await loadFfmpeg(config);
+  out.stdout(`scrubline ${version}\nffmpeg ${tools.ffmpegVersion} (${tools.ffmpeg.source}: ${tools.ffmpeg.path})\nffprobe (${tools.ffprobe.source}: ${tools.ffprobe.path})\n`);
+  return 0;
+}
+
+class UsageError extends Error {}
+
+export async function main(argv: string[], out: Out = defaultOut): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+      out.stdout(help);
+      return command === undefined ? 1 : 0;
+    }
+    const config = loadConfig();
+    switch (command) {
+      case '--version':
+      case '-v':
+        return await versionCommand(config, out);
+      case 'strip':
+        return await stripCommand(rest, config, out);
+      case 'inspect':
+        return await inspectCommand(rest, config, out);
+      case 'fingerprint':
+        return await fingerprintCommand(rest, config, out);
+      case 'serve':
+        return await serveCommand(config);
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || (err instanceof TypeError && 'code' in err && String(err.code).startsWith('ERR_PARSE_ARGS'))) {
+      out.stderr(`scrubline: ${err.message}\nRun scrubline --help for usage.\n`);
+      return 1;
+    }
+    if (err instanceof ConfigError) {
+      out.stderr(`scrubline: ${err.message}\n`);
+      return 1;
+    }
+    if (err instanceof ScrubError) {
+      out.stderr(`scrubline: ${err.isRejection ? 'rejected' : 'error'} (${err.code}): ${err.publicMessage}\n`);
+      return err.isRejection ? 2 : 1;
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    out.stderr(`scrubline: ${code === 'ENOENT' ? 'no such file' : err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,125 @@
+import path from 'node:path';
+
+/**
+ * Everything scrubline can be configured with, read once from `SCRUBLINE_*` variables.
+ * Units are in the names. Defaults live here and nowhere else.
+ */
+export interface Config {
+  port: number;
+  host: string;
+  /** Root of everything scrubline writes: tmp/ (uploads in flight), clean/ and reports/ (local sink), the ledger and keys. */
+  dataDir: string;
+  /** Render service to forward cleaned files to; undefined means the embedded local sink. */
+  upstreamUrl: URL | undefined;
+  upstreamTimeoutMs: number;
+  /** HMAC key for fingerprints; undefined means "generate once and keep in the data dir". */
+  fingerprintKey: string | undefined;
+  ffmpegPath: string | undefined;
+  ffprobePath: string | undefined;
+  ffmpegTimeoutMs: number;
+  maxUploadBytes: number;
+  maxFiles: number;
+  maxInputPixels: number;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+export const defaults = {
+  port: 8080,
+  host: '0.0.0.0',
+  dataDir: './data',
+  upstreamTimeoutMs: 60_000,
+  ffmpegTimeoutMs: 120_000,
+  maxUploadBytes: 2 * 1024 ** 3,
+  maxFiles: 10,
+  // 268 MP: the same default sharp uses; a 12 MP photo is far below it.
+  maxInputPixels: 268_402_689,
+  logLevel: 'info',
+} as const satisfies Partial<Config>;
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n  - ${problems.join('\n  - ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Reads and validates the environment; throws one ConfigError listing every bad variable. */
+export function loadConfig(env: Env = process.env): Config {
+  const problems: string[] = [];
+  const read = (name: string): string | undefined => {
+    const value = env[`SCRUBLINE_${name}`];
+    return value === undefined || value.trim() === '' ? undefined : value.trim();
+  };
+  const integer = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = read(name);
+    if (raw === undefined) return fallback;
+    const value = Number(raw);
+    if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
+      problems.push(`SCRUBLINE_${name} must be a whole number from ${min} to ${max}, got "${raw}"`);
+      return fallback;
+    }
+    return value;
+  };
+
+  let upstreamUrl: URL | undefined;
+  const rawUpstream = read('UPSTREAM_URL');
+  if (rawUpstream !== undefined) {
+    try {
+      upstreamUrl = new URL(rawUpstream);
+      if (upstreamUrl.protocol !== 'http:' && upstreamUrl.protocol !== 'https:') {
+        problems.push(`SCRUBLINE_UPSTREAM_URL must be an http:// or https:// URL, got protocol "${upstreamUrl.protocol}"`);
+      }
+    } catch {
+      problems.push('SCRUBLINE_UPSTREAM_URL must be an absolute http(s) URL such as http://render:9000/jobs');
+    }
+  }
+
+  const fingerprintKey = read('FINGERPRINT_KEY');
+  if (fingerprintKey !== undefined && fingerprintKey.length < 32) {
+    problems.push('SCRUBLINE_FINGERPRINT_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)');
+  }
+
+  const logLevel = read('LOG_LEVEL') ?? defaults.logLevel;
+  if (!(logLevels as readonly string[]).includes(logLevel)) {
+    problems.push(`SCRUBLINE_LOG_LEVEL must be one of ${logLevels.join(', ')}, got "${logLevel}"`);
+  }
+
+  const config: Config = {
+    port: integer('PORT', defaults.port, 0, 65_535),
+    host: read('HOST') ?? defaults.host,
+    dataDir: path.resolve(read('DATA_DIR') ?? defaults.dataDir),
+    upstreamUrl,
+    upstreamTimeoutMs: integer('UPSTREAM_TIMEOUT_MS', defaults.upstreamTimeoutMs, 100, 3_600_000),
+    fingerprintKey,
+    ffmpegPath: read('FFMPEG_PATH'),
+    ffprobePath: read('FFPROBE_PATH'),
+    ffmpegTimeoutMs: integer('FFMPEG_TIMEOUT_MS', defaults.ffmpegTimeoutMs, 100, 3_600_000),
+    maxUploadBytes: integer('MAX_UPLOAD_BYTES', defaults.maxUploadBytes, 1, Number.MAX_SAFE_INTEGER),
+    maxFiles: integer('MAX_FILES', defaults.maxFiles, 1, 1000),
+    maxInputPixels: integer('MAX_INPUT_PIXELS', defaults.maxInputPixels, 1, 2 ** 40),
+    logLevel: logLevel as Config['logLevel'],
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return config;
+}
+
+/** The documented variables, for the README and `scrubline --help`. */
+export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
+  ['SCRUBLINE_PORT', `port to listen on (default ${defaults.port})`],
+  ['SCRUBLINE_HOST', `address to bind (default ${defaults.host})`],
+  ['SCRUBLINE_DATA_DIR', `where scrubline keeps its ledger, keys, temp files and the local sink (default ${defaults.dataDir})`],
+  ['SCRUBLINE_UPSTREAM_URL', 'render service to forward cleaned files to; unset = write them to the local sink in the data dir'],
+  ['SCRUBLINE_UPSTREAM_TIMEOUT_MS', `how long the upstream may take to answer (default ${defaults.upstreamTimeoutMs})`],
+  ['SCRUBLINE_FINGERPRINT_KEY', 'HMAC key for fingerprints, 32+ characters; unset = generated once and kept in the data dir'],
+  ['SCRUBLINE_FFMPEG_PATH', 'ffmpeg binary; unset = ffmpeg on PATH, else the one shipped by @ffmpeg-installer/ffmpeg'],
+  ['SCRUBLINE_FFPROBE_PATH', 'ffprobe binary; unset = ffprobe on PATH, else the one shipped by @ffprobe-installer/ffprobe'],
+  ['SCRUBLINE_FFMPEG_TIMEOUT_MS', `wall-clock limit for one ffmpeg/ffprobe run (default ${defaults.ffmpegTimeoutMs})`],
+  ['SCRUBLINE_MAX_UPLOAD_BYTES', `largest accepted file (default ${defaults.maxUploadBytes})`],
+  ['SCRUBLINE_MAX_FILES', `most files in one upload (default ${defaults.maxFiles})`],
+  ['SCRUBLINE_MAX_INPUT_PIXELS', `largest accepted image, width x height (default ${defaults.maxInputPixels})`],
+  ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
+];

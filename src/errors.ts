@@ -1,0 +1,112 @@
+/**
+ * The one error type scrubline raises. `publicMessage` is what a caller reads (what was wrong and
+ * what to do); `message` and `cause` are internal and never leave the process. The HTTP mapping
+ * lives in exactly one place (`errorHandler` in app.ts), the CLI mapping in cli.ts.
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'not_found'
+  | 'not_multipart'
+  | 'no_file'
+  | 'too_large'
+  | 'too_many_files'
+  | 'unsupported_type'
+  | 'corrupt_media'
+  | 'unsupported_structure'
+  | 'too_many_pixels'
+  | 'verification_failed'
+  | 'processing_timeout'
+  | 'request_timeout'
+  | 'overloaded'
+  | 'insufficient_storage'
+  | 'upstream_unreachable'
+  | 'upstream_rejected'
+  | 'upstream_timeout'
+  | 'tool_unavailable'
+  | 'internal';
+
+const statusByCode: Record<ErrorCode, number> = {
+  bad_request: 400,
+  unauthorized: 401,
+  not_found: 404,
+  not_multipart: 415,
+  no_file: 400,
+  too_large: 413,
+  too_many_files: 413,
+  unsupported_type: 415,
+  corrupt_media: 415,
+  unsupported_structure: 415,
+  too_many_pixels: 413,
+  verification_failed: 422,
+  processing_timeout: 422,
+  request_timeout: 408,
+  overloaded: 503,
+  insufficient_storage: 507,
+  upstream_unreachable: 502,
+  upstream_rejected: 502,
+  upstream_timeout: 504,
+  tool_unavailable: 503,
+  internal: 500,
+};
+
+/** Codes that mean "this file was refused" rather than "scrubline or its surroundings failed". */
+const rejectionCodes = new Set<ErrorCode>([
+  'unsupported_type',
+  'corrupt_media',
+  'unsupported_structure',
+  'too_many_pixels',
+  'too_large',
+  'verification_failed',
+  'processing_timeout',
+]);
+
+export class ScrubError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly publicMessage: string;
+  /** Extra public, value-free facts for the JSON body (e.g. the upstream's status code). */
+  readonly details: Record<string, string | number> | undefined;
+
+  constructor(
+    code: ErrorCode,
+    publicMessage: string,
+    options: { cause?: unknown; internal?: string; details?: Record<string, string | number> } = {},
+  ) {
+    super(options.internal ?? publicMessage, { cause: options.cause });
+    this.name = 'ScrubError';
+    this.code = code;
+    this.status = statusByCode[code];
+    this.publicMessage = publicMessage;
+    this.details = options.details;
+  }
+
+  /** True when the file itself was refused (CLI exit 2), false for internal or environment faults. */
+  get isRejection(): boolean {
+    return rejectionCodes.has(this.code);
+  }
+
+  toJSON(): { error: { code: ErrorCode; message: string } & Record<string, string | number> } {
+    return { error: { code: this.code, message: this.publicMessage, ...this.details } };
+  }
+}
+
+/** Anything thrown that is not a ScrubError becomes an opaque internal error. */
+export function asScrubError(err: unknown): ScrubError {
+  if (err instanceof ScrubError) return err;
+  return new ScrubError('internal', 'Internal error while processing the upload; it was not stored or forwarded. Retry later or report the request id.', {
+    cause: err,
+  });
+}
+
+export const reject = {
+  corrupt(format: string, why: string): ScrubError {
+    return new ScrubError('corrupt_media', `The file looks like ${format} but is not a valid ${format} (${why}). Send an intact file.`);
+  },
+  structure(format: string, why: string): ScrubError {
+    return new ScrubError(
+      'unsupported_structure',
+      `The ${format} file contains a structure scrubline cannot rebuild safely (${why}). It was not forwarded; convert it to a plain ${format} and retry.`,
+    );
+  },
+};

@@ -1,0 +1,17 @@
+/**
+ * scrubline as a library: the Express middleware, the error handler, the app builder, the
+ * pipeline and its types.
+ */
+export { scrubline, type ScrublineOptions, type ScrublineUpload } from './middleware.js';
+export { buildApp, errorHandler, type AppDeps } from './app.js';
+export { startServer, type RunningServer } from './server.js';
+export { loadConfig, ConfigError, type Config } from './config.js';
+export { ScrubError, type ErrorCode } from './errors.js';
+export { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
+export type { Fingerprint, ImageFingerprint, VideoFingerprint, StreamFingerprint } from './steps/fingerprint.js';
+export type { Forwarder, ForwardResult, UploadFields } from './steps/forward.js';
+export { HttpForwarder } from './steps/forward-http.js';
+export { LocalSink } from './steps/forward-local.js';
+export { Ledger } from './ledger.js';
+export type { Removed, Retention } from './context.js';
+export type { Clock } from './steps/tag-expiry.js';

@@ -1,0 +1,113 @@
+/**
+ * The Express middleware the render service mounts in its own app:
+ *
+ *   app.post('/render', scrubline({ tmpDir, fingerprintKey }), (req, res) => {
+ *     for (const file of req.scrubline.files) … // cleaned, verified, fingerprinted, tagged
+ *   });
+ *
+ * Like helmet's factories, `scrubline(options)` validates its options when called (errors say
+ * how to fix them), does the work that depends only on options once, and returns a named
+ * function. Rejections reach `next(err)` as a ScrubError; mount `errorHandler()` or map
+ * `err.status` and `err.toJSON()` yourself.
+ */
+import { rm } from 'node:fs/promises';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { Retention } from './context.js';
+import { asScrubError } from './errors.js';
+import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
+import { receiver } from './steps/receive.js';
+import { systemClock, type Clock } from './steps/tag-expiry.js';
+import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
+
+export interface ScrublineOptions {
+  /** Directory for uploads in flight (created if missing). Originals never outlive their request. */
+  tmpDir: string;
+  /** HMAC key for fingerprints: a Buffer of 32+ bytes, or a string of 32+ characters. */
+  fingerprintKey: Buffer | string;
+  /** Largest accepted file in bytes. Default 2 GiB. */
+  maxUploadBytes?: number;
+  /** Most files in one request. Default 10. */
+  maxFiles?: number;
+  /** Largest accepted image, width x height. Default 268,402,689. */
+  maxInputPixels?: number;
+  /** ffmpeg and ffprobe: explicit paths, else PATH, else the npm-installed builds. */
+  ffmpegPath?: string;
+  ffprobePath?: string;
+  /** Wall-clock limit for one ffmpeg/ffprobe run. Default 120,000 ms. */
+  ffmpegTimeoutMs?: number;
+  /** Time source for expiry. Default: the system clock. */
+  clock?: Clock;
+}
+
+/** What the route handler after the middleware finds on `req.scrubline`. */
+export interface ScrublineUpload {
+  uploadId: string;
+  jobId: string | undefined;
+  retention: Retention;
+  files: CleanFile[];
+}
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    scrubline?: ScrublineUpload;
+  }
+}
+
+function positiveInteger(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new TypeError(`scrubline: option ${name} must be a positive whole number, received ${String(value)}`);
+  }
+  return value;
+}
+
+export function scrubline(options: ScrublineOptions): RequestHandler {
+  if (options === null || typeof options !== 'object') throw new TypeError('scrubline: expected an options object, e.g. scrubline({ tmpDir, fingerprintKey })');
+  if (typeof options.tmpDir !== 'string' || options.tmpDir === '') {
+    throw new TypeError('scrubline: option tmpDir must be a directory path for uploads in flight, e.g. "/var/lib/scrubline/tmp"');
+  }
+  const key = typeof options.fingerprintKey === 'string' ? Buffer.from(options.fingerprintKey, 'utf8') : options.fingerprintKey;
+  if (!Buffer.isBuffer(key) || key.length < 32) {
+    throw new TypeError('scrubline: option fingerprintKey must be a Buffer or string of at least 32 bytes (e.g. crypto.randomBytes(32))');
+  }
+  const limits = {
+    tmpDir: options.tmpDir,
+    maxUploadBytes: positiveInteger('maxUploadBytes', options.maxUploadBytes, 2 * 1024 ** 3),
+    maxFiles: positiveInteger('maxFiles', options.maxFiles, 10),
+  };
+  const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, 268_402_689);
+  const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, 120_000);
+  const receive = receiver(limits);
+  const clock = options.clock ?? systemClock;
+  // ffmpeg's version is read once, on first use; a failure is retried on the next request.
+  let ffmpeg: Promise<Ffmpeg> | undefined;
+  const tools = (): Promise<Ffmpeg> => {
+    ffmpeg ??= loadFfmpeg({ ffmpegPath: options.ffmpegPath, ffprobePath: options.ffprobePath, ffmpegTimeoutMs }).catch((err: unknown) => {
+      ffmpeg = undefined;
+      throw err;
+    });
+    return ffmpeg;
+  };
+
+  return async function scrublineMiddleware(req: Request, res: Response, next: NextFunction): Promise<void> {
+    let uploadDir: string | undefined;
+    // Whatever happens, the originals and intermediates go when the response is done.
+    res.once('close', () => {
+      if (uploadDir !== undefined) void rm(uploadDir, { recursive: true, force: true });
+    });
+    try {
+      const upload = await receive(req, res);
+      uploadDir = upload.uploadDir;
+      if (res.writableEnded || req.destroyed) return;
+      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock };
+      const files: CleanFile[] = [];
+      // One file at a time: the concurrency that matters is across requests.
+      for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));
+      req.scrubline = { uploadId: upload.uploadId, jobId: upload.jobId, retention: upload.retention, files };
+      next();
+    } catch (err) {
+      if (uploadDir !== undefined) await rm(uploadDir, { recursive: true, force: true });
+      next(asScrubError(err));
+    }
+  };
+}

@@ -1,0 +1,77 @@
+/**
+ * The pipeline, in order. Every upload goes through exactly these steps:
+ *
+ *   1. receive      steps/receive.ts      multer, streamed to a 0600 temp file, limits on
+ *   2. sniff        steps/sniff.ts        the real type from the bytes, against the allowlist
+ *   3. strip        steps/strip.ts        lossless rebuild (images) or remux (video)
+ *   4. verify       steps/verify.ts       independent proof of clean, or fail closed (422)
+ *   5. fingerprint  steps/fingerprint.ts  technical properties + keyed hash
+ *   6. tag expiry   steps/tag-expiry.ts   retention and expiresAt
+ *   7. forward      steps/forward.ts      render service, or the embedded local sink
+ *
+ * Steps 2–6 run per file in `cleanFile` below; receive wraps them (middleware.ts) and forward
+ * follows them (app.ts). No step does face detection, saliency crops or perceptual hashing.
+ */
+import type { Received, Removed, Retention } from './context.js';
+import type { Fingerprint } from './steps/fingerprint.js';
+import { fingerprint } from './steps/fingerprint.js';
+import { sniff } from './steps/sniff.js';
+import { strip } from './steps/strip.js';
+import { tagExpiry, type Clock } from './steps/tag-expiry.js';
+import { verify } from './steps/verify.js';
+import type { Ffmpeg } from './tools/ffmpeg.js';
+
+export interface PipelineDeps {
+  ffmpeg: Ffmpeg;
+  fingerprintKey: Buffer;
+  maxInputPixels: number;
+  clock: Clock;
+}
+
+/** A cleaned, verified file, as the route handler after the middleware sees it. */
+export interface CleanFile {
+  id: string;
+  mime: string;
+  /** Extension for the cleaned file's name (from the sniffed type). */
+  ext: string;
+  bytes: number;
+  /** Path of the cleaned file; removed when the response ends (move or copy it before then). */
+  path: string;
+  removed: Removed;
+  fingerprint: Fingerprint;
+  retention: Retention;
+  expiresAt: string;
+}
+
+/** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
+export async function cleanFile(received: Received, retention: Retention, deps: PipelineDeps): Promise<CleanFile> {
+  const sniffed = await sniff(received);
+  const stripped = await strip(sniffed, deps);
+  const verified = await verify(stripped, deps);
+  const fingerprinted = await fingerprint(verified, deps.fingerprintKey);
+  const tagged = tagExpiry(fingerprinted, retention, deps.clock);
+  return {
+    id: tagged.id,
+    mime: tagged.kind.mime,
+    ext: tagged.kind.ext,
+    bytes: tagged.cleanBytes,
+    path: tagged.cleanPath,
+    removed: tagged.removed,
+    fingerprint: tagged.fingerprint,
+    retention: tagged.retention,
+    expiresAt: tagged.expiresAt,
+  };
+}
+
+/** The per-file report callers see: categories and counts, never a value or a file name. */
+export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext'> {
+  return {
+    id: file.id,
+    mime: file.mime,
+    bytes: file.bytes,
+    removed: file.removed,
+    fingerprint: file.fingerprint,
+    retention: file.retention,
+    expiresAt: file.expiresAt,
+  };
+}

@@ -1,0 +1,85 @@
+/**
+ * The service: read config once, build the parts, sweep what a previous run left in the temp
+ * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
+ */
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { buildApp } from './app.js';
+import type { Config } from './config.js';
+import { loadFingerprintKey } from './keys.js';
+import { Ledger } from './ledger.js';
+import { createLogger } from './log.js';
+import type { Forwarder } from './steps/forward.js';
+import { HttpForwarder } from './steps/forward-http.js';
+import { LocalSink } from './steps/forward-local.js';
+import { loadFfmpeg, stopAll } from './tools/ffmpeg.js';
+
+/** Originals from a crashed run must not survive it: empty the temp dir before serving. */
+export async function sweepTempDir(tmpDir: string): Promise<number> {
+  await mkdir(tmpDir, { recursive: true, mode: 0o700 });
+  const entries = await readdir(tmpDir);
+  await Promise.all(entries.map((entry) => rm(path.join(tmpDir, entry), { recursive: true, force: true })));
+  return entries.length;
+}
+
+export interface RunningServer {
+  server: Server;
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
+  const tmpDir = path.join(config.dataDir, 'tmp');
+  const swept = await sweepTempDir(tmpDir);
+  if (swept > 0) logger.warn({ entries: swept }, 'removed uploads left in the temp dir by a previous run');
+  const ffmpeg = await loadFfmpeg(config);
+  if (ffmpeg.ffmpeg.source === 'npm') {
+    logger.warn({ version: ffmpeg.ffmpegVersion }, 'using the ffmpeg build shipped on npm (2018); set SCRUBLINE_FFMPEG_PATH to a current ffmpeg');
+  }
+  const ledger = Ledger.open(config.dataDir);
+  const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
+  const forwarder: Forwarder = config.upstreamUrl ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs) : new LocalSink(config.dataDir);
+
+  const app = buildApp({
+    logger,
+    dataDir: config.dataDir,
+    forwarder,
+    ledger,
+    ffmpeg: ffmpeg.ffmpeg,
+    ffprobe: ffmpeg.ffprobe,
+    scrubline: {
+      tmpDir,
+      fingerprintKey,
+      maxUploadBytes: config.maxUploadBytes,
+      maxFiles: config.maxFiles,
+      maxInputPixels: config.maxInputPixels,
+      ffmpegPath: ffmpeg.ffmpeg.path,
+      ffprobePath: ffmpeg.ffprobe.path,
+      ffmpegTimeoutMs: config.ffmpegTimeoutMs,
+    },
+  });
+
+  const server = await new Promise<Server>((resolve, reject) => {
+    const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+  });
+  server.requestTimeout = 10 * 60_000;
+  server.headersTimeout = 30_000;
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  const url = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
+  logger.info(
+    { url, destination: config.upstreamUrl ? 'upstream' : 'local', ffmpeg: { version: ffmpeg.ffmpegVersion, source: ffmpeg.ffmpeg.source } },
+    'scrubline listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closing ??= new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeIdleConnections();
+      stopAll();
+    }).then(() => ledger.close()));
+  return { server, url, close };
+}

@@ -1,0 +1,163 @@
+/**
+ * Step 5, fingerprint: the technical properties a decoder cares about, and a keyed hash of the
+ * cleaned bytes. Enough for engineering to reproduce a failure; nothing that identifies a person
+ * or a device. Every field is either a number or a word from a closed vocabulary that ffprobe or
+ * libvips defines (codec names, pixel formats, colour tags); no string from the file's metadata,
+ * no file name, no date, no pixels, no perceptual hash.
+ */
+import { createHmac } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import type { Verified } from '../context.js';
+import type { ProbeResult, ProbeStream } from '../tools/ffmpeg.js';
+import type { ImageInfo } from '../tools/sharp.js';
+import type { VerifiedFacts } from './verify.js';
+
+export const fingerprintSchemaVersion = 1;
+
+export interface ImageFingerprint {
+  schema: typeof fingerprintSchemaVersion;
+  id: string;
+  family: 'image';
+  container: string;
+  mime: string;
+  bytes: number;
+  width: number;
+  height: number;
+  channels: number;
+  bitDepth: number | undefined;
+  colourSpace: string | undefined;
+  alpha: boolean;
+  iccProfile: boolean;
+  progressive: boolean;
+  chromaSubsampling: string | undefined;
+  orientation: number;
+  frames: number;
+  contentHmac: string;
+}
+
+export interface StreamFingerprint {
+  type: string;
+  codec: string | undefined;
+  profile: string | undefined;
+  level: number | undefined;
+  width?: number | undefined;
+  height?: number | undefined;
+  pixelFormat?: string | undefined;
+  bitDepth?: number | undefined;
+  colourPrimaries?: string | undefined;
+  colourTransfer?: string | undefined;
+  colourMatrix?: string | undefined;
+  colourRange?: string | undefined;
+  fieldOrder?: string | undefined;
+  rotation?: number;
+  frameRate?: string | undefined;
+  frames?: number | undefined;
+  bFrames?: number | undefined;
+  sampleRate?: number | undefined;
+  channels?: number | undefined;
+  channelLayout?: string | undefined;
+}
+
+export interface VideoFingerprint {
+  schema: typeof fingerprintSchemaVersion;
+  id: string;
+  family: 'video';
+  container: string;
+  mime: string;
+  bytes: number;
+  durationMs: number | undefined;
+  streams: StreamFingerprint[];
+  contentHmac: string;
+}
+
+export type Fingerprint = ImageFingerprint | VideoFingerprint;
+
+const bitDepthOf: Record<string, number> = { uchar: 8, char: 8, ushort: 16, short: 16, uint: 32, int: 32, float: 32, double: 64 };
+
+/** HMAC-SHA256 of a file, streamed. */
+export async function hmacFile(path: string, key: Buffer): Promise<string> {
+  const hmac = createHmac('sha256', key);
+  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) hmac.update(chunk as Buffer);
+  return hmac.digest('hex');
+}
+
+/** The short public id: the first 16 hex digits of the HMAC (64 bits). */
+export const fingerprintId = (contentHmac: string): string => `fp_${contentHmac.slice(0, 16)}`;
+
+const optionalNumber = (value: string | number | undefined): number | undefined => {
+  const n = Number(value);
+  return value === undefined || value === '' || !Number.isFinite(n) ? undefined : n;
+};
+
+function streamFingerprint(s: ProbeStream): StreamFingerprint {
+  const common = { type: s.codec_type ?? 'unknown', codec: s.codec_name, profile: s.profile, level: s.level };
+  if (s.codec_type === 'video') {
+    const side = s.side_data_list?.find((d) => typeof d.rotation === 'number');
+    const rotation = side ? -(side.rotation as number) : Number(s.tags?.rotate ?? 0);
+    return {
+      ...common,
+      width: s.width,
+      height: s.height,
+      pixelFormat: s.pix_fmt,
+      bitDepth: optionalNumber(s.bits_per_raw_sample),
+      colourPrimaries: s.color_primaries,
+      colourTransfer: s.color_transfer,
+      colourMatrix: s.color_space,
+      colourRange: s.color_range,
+      fieldOrder: s.field_order,
+      rotation: ((Math.round(rotation) % 360) + 360) % 360,
+      frameRate: s.avg_frame_rate,
+      frames: optionalNumber(s.nb_frames),
+      bFrames: s.has_b_frames,
+    };
+  }
+  return { ...common, sampleRate: optionalNumber(s.sample_rate), channels: s.channels, channelLayout: s.channel_layout };
+}
+
+export function imageFingerprint(info: ImageInfo, mime: string, bytes: number, contentHmac: string): ImageFingerprint {
+  return {
+    schema: fingerprintSchemaVersion,
+    id: fingerprintId(contentHmac),
+    family: 'image',
+    container: info.format,
+    mime,
+    bytes,
+    width: info.width,
+    height: info.height,
+    channels: info.channels,
+    bitDepth: info.bitsPerSample ?? bitDepthOf[info.depth],
+    colourSpace: info.space,
+    alpha: info.hasAlpha,
+    iccProfile: info.hasIcc,
+    progressive: info.progressive,
+    chromaSubsampling: info.chromaSubsampling,
+    orientation: info.orientation,
+    frames: info.pages,
+    contentHmac,
+  };
+}
+
+export function videoFingerprint(info: ProbeResult, mime: string, bytes: number, contentHmac: string): VideoFingerprint {
+  const seconds = optionalNumber(info.format.duration);
+  return {
+    schema: fingerprintSchemaVersion,
+    id: fingerprintId(contentHmac),
+    family: 'video',
+    container: info.format.format_name ?? 'unknown',
+    mime,
+    bytes,
+    durationMs: seconds === undefined ? undefined : Math.round(seconds * 1000),
+    streams: info.streams.map(streamFingerprint),
+    contentHmac,
+  };
+}
+
+export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>(file: T, key: Buffer): Promise<T & { fingerprint: Fingerprint }> {
+  const contentHmac = await hmacFile(file.cleanPath, key);
+  const { facts } = file;
+  const result =
+    facts.imageInfo !== undefined
+      ? imageFingerprint(facts.imageInfo, file.kind.mime, file.cleanBytes, contentHmac)
+      : videoFingerprint(facts.probe, file.kind.mime, file.cleanBytes, contentHmac);
+  return { ...file, fingerprint: result };
+}

@@ -1,0 +1,156 @@
+/**
+ * Step 1, receive: multipart uploads streamed to disk by multer, never buffered in memory.
+ * Each upload gets its own temp directory; every file is created 0600 under a random name (the
+ * client's file name never decides a path, a type or a log line: THREATS 11). multer removes
+ * what it stored when a request fails; the caller removes the directory when the request ends.
+ */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Request, Response } from 'express';
+import multer from 'multer';
+import type { Received, Retention } from '../context.js';
+import { ScrubError } from '../errors.js';
+
+export interface ReceiveOptions {
+  tmpDir: string;
+  maxUploadBytes: number;
+  maxFiles: number;
+}
+
+export interface ReceivedUpload {
+  uploadId: string;
+  /** Holds the originals and every intermediate file of this upload; removed when it ends. */
+  uploadDir: string;
+  files: Received[];
+  jobId: string | undefined;
+  retention: Retention;
+}
+
+export const randomId = (): string => randomBytes(12).toString('base64url');
+
+const uploadDirKey = Symbol('scrubline.uploadDir');
+type WithUploadDir = Request & { [uploadDirKey]?: string };
+
+/** multer storage engine: 0600 files with random names in the upload's own directory. */
+const tempStorage: multer.StorageEngine = {
+  _handleFile(req, file, callback) {
+    const dir = (req as WithUploadDir)[uploadDirKey]!;
+    const target = path.join(dir, `${randomId()}.original`);
+    const out = createWriteStream(target, { flags: 'wx', mode: 0o600 });
+    pipeline(file.stream, out).then(
+      () => callback(null, { path: target, size: out.bytesWritten }),
+      (err: unknown) => {
+        void rm(target, { force: true });
+        callback(err as Error);
+      },
+    );
+  },
+  _removeFile(_req, file, callback) {
+    rm(file.path, { force: true }).then(() => callback(null), callback);
+  },
+};
+
+const multerMessages: Record<string, [ScrubError['code'], string]> = {
+  LIMIT_FILE_SIZE: ['too_large', 'A file is larger than the configured limit of {maxUploadBytes} bytes. Send a smaller file.'],
+  LIMIT_FILE_COUNT: ['too_many_files', 'Too many files in one upload (at most {maxFiles}). Split the upload.'],
+  LIMIT_PART_COUNT: ['too_many_files', 'The upload has too many parts. Send at most {maxFiles} files and the jobId and retention fields.'],
+  LIMIT_FIELD_COUNT: ['bad_request', 'The upload has too many text fields. Only jobId and retention are accepted.'],
+  LIMIT_FIELD_KEY: ['bad_request', 'A field name is too long. Only file, jobId and retention are accepted.'],
+  LIMIT_FIELD_VALUE: ['bad_request', 'A text field is too long. jobId is at most 128 characters.'],
+  LIMIT_UNEXPECTED_FILE: ['bad_request', 'Files must be sent in the field named "file".'],
+  LIMIT_FIELD_NESTING: ['bad_request', 'Nested field names are not accepted. Use file, jobId and retention.'],
+  LIMIT_FIELD_ARRAY_INDEX: ['bad_request', 'Array field names are not accepted. Use file, jobId and retention.'],
+  MISSING_FIELD_NAME: ['bad_request', 'A multipart part has no field name. Name file parts "file".'],
+  INVALID_FIELD_NAME: ['bad_request', 'A multipart part has an invalid field name. Use file, jobId and retention.'],
+};
+
+/** multer/busboy/fs errors → ScrubError. multer errors carry the client's file name: never passed on. */
+export function receiveError(err: unknown, options: ReceiveOptions): ScrubError {
+  if (err instanceof ScrubError) return err;
+  const code = (err as { code?: string }).code;
+  if (err instanceof multer.MulterError && code !== undefined && multerMessages[code]) {
+    const [scrubCode, message] = multerMessages[code];
+    return new ScrubError(scrubCode, message.replace('{maxUploadBytes}', String(options.maxUploadBytes)).replace('{maxFiles}', String(options.maxFiles)), {
+      internal: `multer ${code}`,
+    });
+  }
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new ScrubError('insufficient_storage', 'The server has no space left to receive the upload. Nothing was kept; retry later.', { internal: code });
+  }
+  const message = err instanceof Error ? err.message : '';
+  if (/Request (aborted|closed)/.test(message)) {
+    return new ScrubError('bad_request', 'The upload was interrupted before it finished. Nothing was kept; send it again.', { internal: message });
+  }
+  if (/Unexpected end of form|Malformed|Boundary|Unexpected end of multipart|Part terminated/i.test(message)) {
+    return new ScrubError('bad_request', 'The multipart body is malformed or truncated. Send a complete multipart/form-data request.', { internal: 'busboy: malformed body' });
+  }
+  return new ScrubError('internal', 'Internal error while receiving the upload. Nothing was kept; retry later.', { cause: err });
+}
+
+const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function readFields(body: Record<string, unknown>): { jobId: string | undefined; retention: Retention } {
+  for (const key of Object.keys(body)) {
+    if (key !== 'jobId' && key !== 'retention') {
+      throw new ScrubError('bad_request', 'Unknown text field in the upload. Only jobId and retention are accepted.');
+    }
+  }
+  const { jobId, retention } = body;
+  if (jobId !== undefined && (typeof jobId !== 'string' || !jobIdPattern.test(jobId))) {
+    throw new ScrubError('bad_request', 'jobId must be 1–128 characters of letters, digits, ".", "_", ":" or "-".');
+  }
+  if (retention !== undefined && retention !== 'standard' && retention !== 'extended') {
+    throw new ScrubError('bad_request', 'retention must be "standard" (24 h) or "extended" (72 h).');
+  }
+  return { jobId: jobId as string | undefined, retention: retention ?? 'standard' };
+}
+
+/** Builds the receive step once (limits depend only on options); call it per request. */
+export function receiver(options: ReceiveOptions): (req: Request, res: Response) => Promise<ReceivedUpload> {
+  const upload = multer({
+    storage: tempStorage,
+    limits: {
+      fileSize: options.maxUploadBytes,
+      files: options.maxFiles,
+      fields: 2,
+      parts: options.maxFiles + 2,
+      fieldNameSize: 32,
+      fieldSize: 1024,
+      headerPairs: 64,
+      fieldNestingDepth: 0,
+      fieldArrayIndexLimit: 0,
+    },
+  }).array('file', options.maxFiles);
+
+  return async function receive(req, res) {
+    const uploadId = randomId();
+    const uploadDir = path.join(options.tmpDir, uploadId);
+    await mkdir(uploadDir, { recursive: true, mode: 0o700 });
+    (req as WithUploadDir)[uploadDirKey] = uploadDir;
+    try {
+      await new Promise<void>((resolve, reject) => upload(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
+    } catch (err) {
+      await rm(uploadDir, { recursive: true, force: true });
+      throw receiveError(err, options);
+    }
+    const stored = (req.files as Express.Multer.File[] | undefined) ?? [];
+    try {
+      if (!req.is('multipart/form-data')) {
+        throw new ScrubError('not_multipart', 'Send the upload as multipart/form-data with the file in a field named "file".');
+      }
+      if (stored.length === 0) throw new ScrubError('no_file', 'The upload has no file. Put the file in a multipart field named "file".');
+      const fields = readFields((req.body ?? {}) as Record<string, unknown>);
+      const files = stored.map(
+        (f): Received => ({ id: randomId(), inputPath: f.path, inputBytes: f.size, workDir: path.join(uploadDir, path.basename(f.path, '.original')) }),
+      );
+      await Promise.all(files.map((f) => mkdir(f.workDir, { mode: 0o700 })));
+      return { uploadId, uploadDir, files, ...fields };
+    } catch (err) {
+      await rm(uploadDir, { recursive: true, force: true });
+      throw err;
+    }
+  };
+}

@@ -1,0 +1,74 @@
+/**
+ * Lossless GIF rebuild (../shared/METADATA.md, GIF): image blocks, graphic control extensions,
+ * the NETSCAPE2.0/ANIMEXTS1.0 loop and the ICC application extension are copied; comments,
+ * plain text, other application extensions (XMP DataXMP …) and bytes after the trailer go.
+ */
+import { countRemoved, type Removed } from '../context.js';
+import { reject } from '../errors.js';
+import type { ImageStripResult } from './strip-image.js';
+
+const keptApplications = new Set(['NETSCAPE2.0', 'ANIMEXTS1.0', 'ICCRGBG1012']);
+
+/** Position just after a chain of data sub-blocks starting at `pos` (ends with a 0 block). */
+function skipSubBlocks(input: Buffer, pos: number): number {
+  for (;;) {
+    if (pos >= input.length) throw reject.corrupt('GIF', 'truncated data sub-blocks');
+    const size = input[pos]!;
+    pos += 1 + size;
+    if (size === 0) return pos;
+  }
+}
+
+export function stripGif(input: Buffer): ImageStripResult {
+  const version = input.toString('latin1', 0, 6);
+  if (input.length < 13 || (version !== 'GIF87a' && version !== 'GIF89a')) throw reject.corrupt('GIF', 'bad header');
+  const removed: Removed = {};
+  const packed = input[10]!;
+  const globalTable = packed & 0x80 ? 3 * 2 ** ((packed & 0x07) + 1) : 0;
+  let pos = 13 + globalTable;
+  if (pos > input.length) throw reject.corrupt('GIF', 'truncated colour table');
+  const parts: Buffer[] = [input.subarray(0, pos)];
+  let images = 0;
+
+  for (;;) {
+    if (pos >= input.length) throw reject.corrupt('GIF', 'truncated before the trailer');
+    const introducer = input[pos]!;
+    const start = pos;
+    if (introducer === 0x3b) {
+      parts.push(input.subarray(pos, pos + 1));
+      pos += 1;
+      break;
+    }
+    if (introducer === 0x2c) {
+      if (pos + 10 > input.length) throw reject.corrupt('GIF', 'truncated image descriptor');
+      const flags = input[pos + 9]!;
+      const localTable = flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0;
+      pos += 10 + localTable + 1; // descriptor, local colour table, LZW minimum code size
+      pos = skipSubBlocks(input, pos);
+      parts.push(input.subarray(start, pos));
+      images++;
+      continue;
+    }
+    if (introducer !== 0x21 || pos + 2 > input.length) throw reject.corrupt('GIF', 'unknown block');
+    const label = input[pos + 1]!;
+    const end = skipSubBlocks(input, pos + 2);
+    if (label === 0xf9) {
+      parts.push(input.subarray(start, end));
+    } else if (label === 0xff) {
+      const blockSize = input[pos + 2]!;
+      const identifier = blockSize === 11 ? input.toString('latin1', pos + 3, pos + 14) : '';
+      if (keptApplications.has(identifier)) parts.push(input.subarray(start, end));
+      else countRemoved(removed, identifier === 'XMP DataXMP' ? 'xmp' : 'applicationExtension');
+    } else if (label === 0xfe) {
+      countRemoved(removed, 'comment');
+    } else if (label === 0x01) {
+      countRemoved(removed, 'plainText');
+    } else {
+      countRemoved(removed, 'unknownExtension');
+    }
+    pos = end;
+  }
+  if (images === 0) throw reject.corrupt('GIF', 'no image');
+  if (pos < input.length) countRemoved(removed, 'trailer');
+  return { parts, removed, orientation: 1 };
+}

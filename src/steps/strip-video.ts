@@ -1,0 +1,95 @@
+/**
+ * The video half of the strip step: an ffmpeg remux (stream copy, never a re-encode) that keeps
+ * the main video stream and the audio streams and nothing else (../shared/METADATA.md, MP4 and
+ * Matroska). What goes: container and stream tags, chapters, data/timed-metadata tracks (GoPro
+ * GPMF, Apple mebx, camm, tmcd), subtitles (drone GPS), attachments and cover art.
+ */
+import { chmod } from 'node:fs/promises';
+import { countRemoved, type Removed } from '../context.js';
+import { ScrubError } from '../errors.js';
+import type { MediaKind } from '../media.js';
+import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
+import { probe, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+
+/** Codecs a render service decodes; a stream in anything else is not copied. */
+export const allowedVideoCodecs = new Set(['h264', 'hevc', 'vp8', 'vp9', 'av1', 'mpeg4', 'h263', 'mpeg2video', 'mpeg1video', 'prores', 'mjpeg', 'dnxhd', 'theora']);
+export const allowedAudioCodecs = new Set([
+  'aac', 'mp3', 'mp2', 'opus', 'vorbis', 'flac', 'alac', 'ac3', 'eac3',
+  'amr_nb', 'amr_wb', 'pcm_s16le', 'pcm_s16be', 'pcm_s24le', 'pcm_s24be', 'pcm_s32le', 'pcm_f32le', 'pcm_u8',
+]);
+
+/** Container-level tags that are technical (they describe the ftyp box), not metadata. */
+export const technicalFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
+/** Stream tags that are technical or written by ffmpeg itself with fixed values. */
+export const technicalStreamTags = new Set(['language', 'vendor_id', 'rotate', 'DURATION']);
+/** Handler names ffmpeg writes itself; anything else ("Core Media Video", "GoPro AVC") is metadata. */
+export const ffmpegHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'DataHandler']);
+const locationKeys = /location|xyz|gps/i;
+
+const isCoverArt = (s: ProbeStream): boolean => s.disposition?.attached_pic === 1;
+
+/** Display rotation in degrees clockwise, 0–359, from display-matrix side data or a legacy tag. */
+export function rotationOf(stream: ProbeStream | undefined): number {
+  if (!stream) return 0;
+  const side = stream.side_data_list?.find((d) => typeof d.rotation === 'number');
+  // ffprobe's display-matrix rotation is counter-clockwise.
+  const degrees = side ? -(side.rotation as number) : Number(stream.tags?.rotate ?? 0);
+  return ((Math.round(degrees) % 360) + 360) % 360;
+}
+
+/** Picks what to keep and counts what goes. Pure: tested against frozen ffprobe output. */
+export function planStreams(info: ProbeResult): { streams: number[]; removed: Removed; video: ProbeStream | undefined } {
+  const removed: Removed = {};
+  const videos = info.streams.filter((s) => s.codec_type === 'video' && !isCoverArt(s) && allowedVideoCodecs.has(s.codec_name ?? ''));
+  const video = videos.find((s) => s.disposition?.default === 1) ?? videos[0];
+  const audio = info.streams.filter((s) => s.codec_type === 'audio' && allowedAudioCodecs.has(s.codec_name ?? ''));
+  const streams = [...(video ? [video.index] : []), ...audio.map((s) => s.index)];
+
+  for (const s of info.streams) {
+    if (streams.includes(s.index)) {
+      for (const [key, value] of Object.entries(s.tags ?? {})) {
+        if (technicalStreamTags.has(key)) continue;
+        if (key === 'handler_name' && ffmpegHandlerNames.has(value)) continue;
+        countRemoved(removed, locationKeys.test(key) ? 'gps' : 'streamTags');
+      }
+      continue;
+    }
+    if (isCoverArt(s)) countRemoved(removed, 'coverArt');
+    else if (s.codec_type === 'data') countRemoved(removed, 'dataStream');
+    else if (s.codec_type === 'subtitle') countRemoved(removed, 'subtitleStream');
+    else if (s.codec_type === 'attachment') countRemoved(removed, 'attachment');
+    else countRemoved(removed, 'extraStream');
+  }
+  for (const key of Object.keys(info.format.tags ?? {})) {
+    if (technicalFormatTags.has(key)) continue;
+    countRemoved(removed, locationKeys.test(key) ? 'gps' : 'containerTags');
+  }
+  if (info.chapters.length > 0) countRemoved(removed, 'chapters', info.chapters.length);
+  return { streams, removed, video };
+}
+
+export async function stripVideo(tools: Ffmpeg, kind: Extract<MediaKind, { family: 'video' }>, input: string, output: string): Promise<Removed> {
+  const info = await probe(tools, input, kind.demuxer);
+  const { streams, removed, video } = planStreams(info);
+  if (video === undefined && streams.length === 0) {
+    throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
+  }
+  const rotation = rotationOf(video);
+  const plan: RemuxPlan = {
+    input,
+    demuxer: kind.demuxer,
+    output,
+    muxer: kind.muxer,
+    streams,
+    legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? rotation : undefined,
+  };
+  const result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
+  if (result.code !== 0) {
+    throw new ScrubError('corrupt_media', 'The video could not be remuxed without re-encoding (damaged, or a codec its container cannot hold). It was not forwarded.', {
+      internal: `ffmpeg exited ${result.code}`,
+    });
+  }
+  // ffmpeg creates its output with the process umask; cleaned files are private like originals.
+  await chmod(output, 0o600);
+  return removed;
+}

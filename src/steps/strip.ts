@@ -1,0 +1,49 @@
+/**
+ * Step 3, strip: writes a cleaned copy of the original next to it. Images are rebuilt from an
+ * allowlist of their own structures in memory; video is remuxed by ffmpeg on disk.
+ */
+import { open, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Sniffed, Stripped } from '../context.js';
+import { ScrubError } from '../errors.js';
+import type { Ffmpeg } from '../tools/ffmpeg.js';
+import { imageStrippers } from './strip-image.js';
+import { stripVideo } from './strip-video.js';
+
+export interface StripDeps {
+  ffmpeg: Ffmpeg;
+  maxInputPixels: number;
+}
+
+/** Images are rebuilt in memory; past this size a file is not an image we should hold. */
+export const maxImageBytes = 512 * 1024 * 1024;
+
+export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
+  const cleanPath = path.join(file.workDir, `clean.${file.kind.ext}`);
+  const { kind } = file;
+  let removed;
+  if (kind.family === 'image') {
+    if (file.inputBytes > maxImageBytes) {
+      throw new ScrubError('too_large', `Images larger than ${maxImageBytes} bytes are not accepted. Send a smaller file.`);
+    }
+    const input = await readFile(file.inputPath);
+    const result = await imageStrippers[kind.format](input, { maxInputPixels: deps.maxInputPixels });
+    await writeParts(cleanPath, result.parts);
+    removed = result.removed;
+  } else {
+    removed = await stripVideo(deps.ffmpeg, kind, file.inputPath, cleanPath);
+  }
+  const { size } = await stat(cleanPath);
+  return { ...file, cleanPath, cleanBytes: size, removed };
+}
+
+/** Writes slices in one vectored write per batch; the file is created 0600 and must be new. */
+async function writeParts(file: string, parts: Buffer[]): Promise<void> {
+  const handle = await open(file, 'wx', 0o600);
+  try {
+    // writev takes at most IOV_MAX (1024) buffers at a time.
+    for (let i = 0; i < parts.length; i += 1024) await handle.writev(parts.slice(i, i + 1024));
+  } finally {
+    await handle.close();
+  }
+}

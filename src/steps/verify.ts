@@ -1,0 +1,129 @@
+/**
+ * Step 4, verify: an independent proof that the cleaned file is clean, or the upload fails
+ * closed with a 422. Three checks, none of which trusts the stripper:
+ *   1. structure: every structure in the output is on the verifier's own allowlist and nothing
+ *      trails the end (verify/structure-*.ts);
+ *   2. tag readers: exifr (images) and ffprobe (video) find no metadata in the output;
+ *   3. value scan: no value the input carried appears anywhere in the output bytes.
+ * It also checks that the picture still has the right size and way up.
+ */
+import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import type { Stripped, Verified } from '../context.js';
+import { ScrubError } from '../errors.js';
+import { probe, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { readExifValues } from '../tools/exifr.js';
+import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
+import { collectImageValues } from '../verify/input-values.js';
+import { PatternSet } from '../verify/scan.js';
+import { checkImageStructure } from '../verify/structure-image.js';
+import { checkVideoStructure } from '../verify/structure-video.js';
+import { ValueCollector } from '../verify/values.js';
+
+export interface VerifyDeps {
+  ffmpeg: Ffmpeg;
+  maxInputPixels: number;
+}
+
+/** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
+export type VerifiedFacts = { imageInfo: ImageInfo; probe?: undefined } | { probe: ProbeResult; imageInfo?: undefined };
+
+// The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
+const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
+const cleanStreamTags = new Set(['language', 'vendor_id', 'rotate', 'DURATION']);
+const cleanHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'DataHandler']);
+const cleanEncoderNames = new Set(['Lavf']);
+
+const displaySize = (info: ImageInfo): string =>
+  info.orientation >= 5 ? `${info.height}x${info.width}` : `${info.width}x${info.height}`;
+
+export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified & { facts: VerifiedFacts }> {
+  const problems: string[] = [];
+  let facts: VerifiedFacts;
+  const values = new ValueCollector();
+  let ignored: Array<[number, number]> = [];
+
+  if (file.kind.family === 'image') {
+    const [input, output] = await Promise.all([readFile(file.inputPath), readFile(file.cleanPath)]);
+    const structure = checkImageStructure(file.kind.format, output);
+    problems.push(...structure.problems);
+    ignored = structure.profileRanges;
+
+    if (file.kind.format !== 'tiff') {
+      for (const [block, tags] of Object.entries(await readExifValues(output))) {
+        const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
+        if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
+      }
+    }
+    const [before, after] = await Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
+    if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
+    if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
+    facts = { imageInfo: after };
+    await collectImageValues(file.kind.format, input, values);
+  } else {
+    const [before, after] = await Promise.all([probe(deps.ffmpeg, file.inputPath, file.kind.demuxer), probe(deps.ffmpeg, file.cleanPath, file.kind.demuxer)]);
+    problems.push(...videoTagProblems(after));
+    if (after.streams.length === 0) problems.push('video: no playable stream in the output');
+    const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
+      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
+      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
+    if (rotation(mainVideo(before)) !== rotation(mainVideo(after))) problems.push('video: rotation changed');
+    const container = file.kind.demuxer === 'mov' ? 'isobmff' : 'matroska';
+    problems.push(...(await checkVideoStructure(container, file.cleanPath)));
+    facts = { probe: after };
+    values.probeTags(before, new Set([...cleanFormatTags, ...cleanStreamTags, 'handler_name', 'encoder', 'ENCODER']));
+    for (const stream of before.streams) {
+      const handler = stream.tags?.handler_name;
+      if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
+    }
+  }
+
+  const leaks = await countLeaks(file.cleanPath, values.values, ignored);
+  if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
+
+  if (problems.length > 0) {
+    throw new ScrubError(
+      'verification_failed',
+      `The cleaned file did not pass verification, so it was not forwarded (${problems.join('; ')}). Report the request id; converting the file with another tool may help.`,
+    );
+  }
+  return { ...file, verified: true, facts };
+}
+
+function videoTagProblems(info: ProbeResult): string[] {
+  const problems: string[] = [];
+  for (const [key, value] of Object.entries(info.format.tags ?? {})) {
+    const fine = cleanFormatTags.has(key) || ((key === 'encoder' || key === 'ENCODER') && cleanEncoderNames.has(value));
+    if (!fine) problems.push('ffprobe: container tag present');
+  }
+  for (const stream of info.streams) {
+    if (stream.codec_type !== 'video' && stream.codec_type !== 'audio') problems.push(`ffprobe: ${stream.codec_type ?? 'unknown'} stream present`);
+    if (stream.disposition?.attached_pic === 1) problems.push('ffprobe: cover art present');
+    for (const [key, value] of Object.entries(stream.tags ?? {})) {
+      const fine = cleanStreamTags.has(key) || (key === 'handler_name' && cleanHandlerNames.has(value)) || (key === 'ENCODER' && cleanEncoderNames.has(value));
+      if (!fine) problems.push('ffprobe: stream tag present');
+    }
+  }
+  if (info.chapters.length > 0) problems.push('ffprobe: chapters present');
+  return problems;
+}
+
+function rotation(stream: ProbeStream | undefined): number {
+  const side = stream?.side_data_list?.find((d) => typeof d.rotation === 'number');
+  const degrees = side ? -(side.rotation as number) : Number(stream?.tags?.rotate ?? 0);
+  return ((Math.round(degrees) % 360) + 360) % 360;
+}
+
+/** One streaming pass over the output; matches inside a kept colour profile do not count. */
+async function countLeaks(path: string, patterns: Buffer[], ignored: Array<[number, number]>): Promise<number> {
+  const set = new PatternSet(patterns);
+  if (set.size === 0) return 0;
+  const scanner = set.scanner();
+  const leaked = new Set<number>();
+  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) {
+    for (const match of scanner.feed(chunk as Buffer)) {
+      if (!ignored.some(([start, end]) => match.start >= start && match.start < end)) leaked.add(match.pattern);
+    }
+  }
+  return leaked.size;
+}

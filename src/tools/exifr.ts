@@ -1,0 +1,45 @@
+/**
+ * The one module that uses exifr. It reads every block exifr knows (TIFF/EXIF, GPS, Interop,
+ * IFD1, MakerNote, XMP, IPTC) with raw values: the verifier wants the bytes as written, not
+ * revived dates or translated enums. exifr throws on some real files; that is not an error
+ * here, because the verifier also walks the structures itself.
+ */
+import exifr from 'exifr';
+
+const everything = {
+  tiff: true,
+  ifd1: true,
+  exif: true,
+  gps: true,
+  interop: true,
+  makerNote: true,
+  userComment: true,
+  xmp: true,
+  iptc: true,
+  icc: false,
+  jfif: false,
+  ihdr: false,
+  multiSegment: true,
+  mergeOutput: false,
+  translateKeys: true,
+  translateValues: false,
+  reviveValues: false,
+  sanitize: false,
+  silentErrors: true,
+} as const;
+
+export type ExifBlocks = Record<string, Record<string, unknown>>;
+
+/** Every block exifr finds, keyed by block name (ifd0, exif, gps, xmp namespaces, iptc …). */
+export async function readExifValues(input: Buffer): Promise<ExifBlocks> {
+  try {
+    const result = (await exifr.parse(input, everything)) as Record<string, unknown> | undefined;
+    const blocks: ExifBlocks = {};
+    for (const [name, block] of Object.entries(result ?? {})) {
+      if (name !== 'errors' && block !== null && typeof block === 'object' && !Array.isArray(block)) blocks[name] = block as Record<string, unknown>;
+    }
+    return blocks;
+  } catch {
+    return {};
+  }
+}

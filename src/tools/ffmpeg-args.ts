@@ -1,0 +1,73 @@
+/**
+ * Pure builders for every ffmpeg/ffprobe argument list scrubline uses. No I/O here: the
+ * process side lives in ffmpeg.ts, and these are unit-tested against frozen ffprobe output.
+ *
+ * Every input is opened the same locked-down way (THREATS 22): the demuxer is forced from the
+ * sniffed type, only the `file` protocol is allowed, and the path is given as `file:<absolute>`
+ * so a name that looks like a URL, a `concat:` list or an option is never interpreted.
+ */
+import path from 'node:path';
+
+/** ffmpeg demuxer names, chosen from the sniffed type, never from the file name. */
+export type Demuxer = 'mov' | 'matroska';
+/** ffmpeg muxer names for the cleaned output: the same container family as the input. */
+export type Muxer = 'mp4' | 'mov' | 'ipod' | '3gp' | 'webm' | 'matroska';
+
+export function lockedInput(file: string, demuxer: Demuxer): string[] {
+  if (!path.isAbsolute(file)) throw new Error(`ffmpeg input must be an absolute path, got a relative one`);
+  return ['-protocol_whitelist', 'file', '-f', demuxer, '-i', `file:${file}`];
+}
+
+export function probeArgs(file: string, demuxer: Demuxer): string[] {
+  return [
+    '-v', 'error',
+    '-hide_banner',
+    ...lockedInput(file, demuxer),
+    '-show_format',
+    '-show_streams',
+    '-show_chapters',
+    '-of', 'json',
+  ];
+}
+
+/** What the remux keeps: stream indexes chosen from the probe, and facts the muxer needs. */
+export interface RemuxPlan {
+  input: string;
+  demuxer: Demuxer;
+  output: string;
+  muxer: Muxer;
+  /** Input stream indexes to copy, in output order. */
+  streams: number[];
+  /**
+   * ffmpeg before 5 carried rotation only as a `rotate` stream tag, which `-map_metadata -1`
+   * drops; for those builds the rotation is written back explicitly. Newer builds carry it as
+   * display-matrix side data, which a stream copy keeps. Degrees clockwise, 0–359.
+   */
+  legacyRotateDegrees: number | undefined;
+}
+
+export function remuxArgs(plan: RemuxPlan): string[] {
+  if (!path.isAbsolute(plan.output)) throw new Error('ffmpeg output must be an absolute path');
+  const args = [
+    '-nostdin',
+    '-hide_banner',
+    '-v', 'error',
+    ...lockedInput(plan.input, plan.demuxer),
+  ];
+  for (const index of plan.streams) args.push('-map', `0:${index}`);
+  args.push(
+    '-c', 'copy',
+    '-map_metadata', '-1',
+    '-map_chapters', '-1',
+    // Output-side bitexact: no encoder/version tag (ffmpeg writes ©too "Lavf…" otherwise), no
+    // random UIDs, no wall-clock times. It must follow -i to apply to the output.
+    '-fflags', '+bitexact',
+    '-flags:v', '+bitexact',
+    '-flags:a', '+bitexact',
+  );
+  if (plan.legacyRotateDegrees !== undefined) {
+    args.push('-metadata:s:v:0', `rotate=${plan.legacyRotateDegrees}`);
+  }
+  args.push('-f', plan.muxer, '-y', `file:${plan.output}`);
+  return args;
+}

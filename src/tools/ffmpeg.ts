@@ -1,0 +1,251 @@
+/**
+ * The one module that starts ffmpeg and ffprobe. Arguments always come as arrays from the pure
+ * builders in ffmpeg-args.ts; nothing here goes through a shell.
+ *
+ * Each child runs in its own process group so a timeout kills everything it started
+ * (THREATS 23), and `stopAll()` lets the server kill whatever is in flight on shutdown.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { ScrubError } from '../errors.js';
+import { probeArgs, type Demuxer } from './ffmpeg-args.js';
+
+export interface Binary {
+  path: string;
+  /** Where the path came from, for /readyz and `scrubline --version`. */
+  source: 'config' | 'PATH' | 'npm';
+}
+
+export interface ToolRunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const require = createRequire(import.meta.url);
+const running = new Set<ChildProcess>();
+
+function isExecutable(file: string): boolean {
+  try {
+    accessSync(file, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function onPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir === '') continue;
+    const candidate = path.join(dir, name);
+    if (isExecutable(candidate)) return candidate;
+  }
+  return undefined;
+}
+
+function fromNpmPackage(pkg: string): string | undefined {
+  let file: string;
+  try {
+    file = (require(pkg) as { path: string }).path;
+  } catch {
+    return undefined;
+  }
+  if (!existsSync(file)) return undefined;
+  // npm 11 skips install scripts it was not told to allow, and these packages only `chmod u+x`
+  // in theirs; restore the bit ourselves rather than fail on a fresh install.
+  if (!isExecutable(file)) {
+    try {
+      chmodSync(file, 0o755);
+    } catch {
+      return undefined;
+    }
+  }
+  return file;
+}
+
+/** Configured path, else the tool on PATH, else the binary shipped by the npm installer package. */
+export function resolveBinary(tool: 'ffmpeg' | 'ffprobe', configured: string | undefined): Binary | undefined {
+  if (configured !== undefined) return { path: configured, source: 'config' };
+  const system = onPath(tool);
+  if (system !== undefined) return { path: system, source: 'PATH' };
+  const shipped = fromNpmPackage(tool === 'ffmpeg' ? '@ffmpeg-installer/ffmpeg' : '@ffprobe-installer/ffprobe');
+  return shipped === undefined ? undefined : { path: shipped, source: 'npm' };
+}
+
+const maxStdoutBytes = 16 * 1024 * 1024;
+const maxStderrBytes = 64 * 1024;
+
+/** Runs a tool with an argument array and a wall-clock limit that kills its whole process group. */
+export function runTool(binary: string, args: string[], timeoutMs: number): Promise<ToolRunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    running.add(child);
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    let stdoutBytes = 0;
+    let stderrBytes = 0;
+    let timedOut = false;
+    let overflowed = false;
+
+    const timer = setTimeout(() => {
+      timedOut = true;
+      killGroup(child);
+    }, timeoutMs);
+
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdoutBytes += chunk.length;
+      if (stdoutBytes > maxStdoutBytes) {
+        overflowed = true;
+        killGroup(child);
+        return;
+      }
+      stdout.push(chunk);
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (stderrBytes >= maxStderrBytes) return;
+      stderrBytes += chunk.length;
+      stderr.push(chunk);
+    });
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      running.delete(child);
+      reject(new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause: err }));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      running.delete(child);
+      if (timedOut) {
+        reject(new ScrubError('processing_timeout', 'Processing the file took longer than the configured limit; it was not forwarded. Send a smaller or simpler file.'));
+        return;
+      }
+      if (overflowed) {
+        reject(new ScrubError('unsupported_structure', 'The file describes more structure than scrubline will read; it was not forwarded.'));
+        return;
+      }
+      resolve({
+        code: code ?? (signal ? 128 : 1),
+        stdout: Buffer.concat(stdout).toString('utf8'),
+        stderr: Buffer.concat(stderr).toString('utf8'),
+      });
+    });
+  });
+}
+
+function killGroup(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(-child.pid, 'SIGKILL');
+  } catch {
+    child.kill('SIGKILL');
+  }
+}
+
+/** Kills every ffmpeg/ffprobe still running (server shutdown). */
+export function stopAll(): void {
+  for (const child of running) killGroup(child);
+}
+
+export interface ProbeStream {
+  index: number;
+  codec_type?: string;
+  codec_name?: string;
+  codec_tag_string?: string;
+  profile?: string;
+  level?: number;
+  width?: number;
+  height?: number;
+  pix_fmt?: string;
+  bits_per_raw_sample?: string;
+  color_range?: string;
+  color_space?: string;
+  color_transfer?: string;
+  color_primaries?: string;
+  field_order?: string;
+  r_frame_rate?: string;
+  avg_frame_rate?: string;
+  nb_frames?: string;
+  duration?: string;
+  sample_rate?: string;
+  channels?: number;
+  channel_layout?: string;
+  has_b_frames?: number;
+  disposition?: Record<string, number>;
+  tags?: Record<string, string>;
+  side_data_list?: Array<Record<string, unknown>>;
+}
+
+export interface ProbeResult {
+  streams: ProbeStream[];
+  format: {
+    format_name?: string;
+    duration?: string;
+    size?: string;
+    nb_streams?: number;
+    tags?: Record<string, string>;
+  };
+  chapters: Array<{ tags?: Record<string, string> }>;
+}
+
+export interface Ffmpeg {
+  ffmpeg: Binary;
+  ffprobe: Binary;
+  timeoutMs: number;
+  /** ffmpeg's version string, for /readyz and `scrubline --version`. */
+  ffmpegVersion: string;
+  /**
+   * libavformat before 59 (ffmpeg 4 and older, like the 2018 npm build) keeps rotation only as a
+   * `rotate` tag, which `-map_metadata -1` drops; newer ones keep display-matrix side data.
+   */
+  legacyRotateTag: boolean;
+}
+
+/** Runs ffprobe on a file with the demuxer forced; an unreadable file is a 415. */
+export async function probe(tools: Ffmpeg, file: string, demuxer: Demuxer): Promise<ProbeResult> {
+  const result = await runTool(tools.ffprobe.path, probeArgs(file, demuxer), tools.timeoutMs);
+  if (result.code !== 0) {
+    throw new ScrubError('corrupt_media', 'The video could not be read (the container is damaged or not what its header says). Send an intact file.', {
+      internal: `ffprobe exited ${result.code}`,
+    });
+  }
+  try {
+    const parsed = JSON.parse(result.stdout) as Partial<ProbeResult>;
+    return { streams: parsed.streams ?? [], format: parsed.format ?? {}, chapters: parsed.chapters ?? [] };
+  } catch (err) {
+    throw new ScrubError('corrupt_media', 'The video could not be read. Send an intact file.', { cause: err });
+  }
+}
+
+export interface VersionInfo {
+  version: string;
+  libavformatMajor: number | undefined;
+}
+
+/** Runs `<tool> -version`: the version string and libavformat's major version. */
+export async function versionOf(binary: Binary, timeoutMs: number): Promise<VersionInfo> {
+  const result = await runTool(binary.path, ['-hide_banner', '-version'], timeoutMs);
+  if (result.code !== 0) throw new Error(`${binary.path} -version exited ${result.code}`);
+  const first = result.stdout.split('\n', 1)[0] ?? '';
+  const lavf = /libavformat\s+(\d+)\./.exec(result.stdout);
+  return { version: /version (\S+)/.exec(first)?.[1] ?? 'unknown', libavformatMajor: lavf ? Number(lavf[1]) : undefined };
+}
+
+/** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
+export async function loadFfmpeg(config: { ffmpegPath?: string | undefined; ffprobePath?: string | undefined; ffmpegTimeoutMs: number }): Promise<Ffmpeg> {
+  const ffmpeg = resolveBinary('ffmpeg', config.ffmpegPath);
+  const ffprobe = resolveBinary('ffprobe', config.ffprobePath);
+  if (ffmpeg === undefined || ffprobe === undefined) {
+    throw new Error(
+      'ffmpeg/ffprobe not found: set SCRUBLINE_FFMPEG_PATH and SCRUBLINE_FFPROBE_PATH, install ffmpeg, or run `npm ci` so @ffmpeg-installer ships one',
+    );
+  }
+  const info = await versionOf(ffmpeg, config.ffmpegTimeoutMs);
+  return {
+    ffmpeg,
+    ffprobe,
+    timeoutMs: config.ffmpegTimeoutMs,
+    ffmpegVersion: info.version,
+    legacyRotateTag: info.libavformatMajor !== undefined && info.libavformatMajor < 59,
+  };
+}

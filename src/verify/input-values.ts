@@ -1,0 +1,157 @@
+/**
+ * The verifier's walk of an *input* image: every metadata structure it holds, handed to the
+ * value collector. Deliberately its own parser (not the strippers'), so that one mistake in a
+ * stripper's allowlist is not repeated here.
+ */
+import { inflateSync } from 'node:zlib';
+import type { ImageFormat } from '../media.js';
+import type { ValueCollector } from './values.js';
+
+/** Opaque payloads bigger than this are not mined for printable runs (they are removed whole). */
+const maxOpaqueBytes = 64 * 1024;
+
+function opaque(into: ValueCollector, payload: Buffer): void {
+  into.printableRuns(payload.subarray(0, maxOpaqueBytes));
+}
+
+function jpegValues(input: Buffer, into: ValueCollector): void {
+  let pos = 2;
+  while (pos + 4 <= input.length) {
+    if (input[pos] !== 0xff) return;
+    const marker = input[pos + 1]!;
+    if (marker === 0xff) {
+      pos++;
+      continue;
+    }
+    if (marker === 0xd9) {
+      opaque(into, input.subarray(pos + 2));
+      return;
+    }
+    const length = input.readUInt16BE(pos + 2);
+    const payload = input.subarray(pos + 4, pos + 2 + length);
+    pos += 2 + length;
+    const text = payload.toString('latin1', 0, 40);
+    if (marker === 0xda) {
+      // Skip entropy-coded data to the next real marker.
+      while (pos + 1 < input.length && !(input[pos] === 0xff && input[pos + 1] !== 0 && (input[pos + 1]! < 0xd0 || input[pos + 1]! > 0xd7))) pos++;
+    } else if (marker === 0xe1 && text.startsWith('Exif')) {
+      into.tiff(payload.subarray(6));
+    } else if (marker === 0xe1 && text.startsWith('http://ns.adobe.com/xap/1.0/')) {
+      into.xml(payload.toString('utf8'));
+    } else if (marker === 0xe1 && text.startsWith('http://ns.adobe.com/xmp/extension/')) {
+      into.xml(payload.toString('utf8', 75));
+    } else if (marker === 0xfe) {
+      into.text(payload.toString('utf8'));
+      opaque(into, payload);
+    } else if (marker >= 0xe0 && marker <= 0xef && !text.startsWith('ICC_PROFILE') && !text.startsWith('JFIF') && !text.startsWith('Adobe')) {
+      opaque(into, payload);
+    }
+  }
+}
+
+function pngText(type: string, data: Buffer, into: ValueCollector): void {
+  const nul = data.indexOf(0);
+  if (nul < 0) return opaque(into, data);
+  into.text(data.toString('latin1', 0, nul));
+  let text: Buffer;
+  try {
+    if (type === 'tEXt') text = data.subarray(nul + 1);
+    else if (type === 'zTXt') text = inflateSync(data.subarray(nul + 2), { maxOutputLength: 16 * 1024 * 1024 });
+    else {
+      const compressed = data[nul + 1] === 1;
+      let at = nul + 3;
+      at = data.indexOf(0, at) + 1; // language tag
+      at = data.indexOf(0, at) + 1; // translated keyword
+      if (at <= 0) return opaque(into, data);
+      text = compressed ? inflateSync(data.subarray(at), { maxOutputLength: 16 * 1024 * 1024 }) : data.subarray(at);
+    }
+  } catch {
+    return opaque(into, data);
+  }
+  const string = text.toString('utf8');
+  if (string.includes('<x:xmpmeta') || string.includes('<rdf:RDF')) into.xml(string);
+  else into.text(string);
+  // ImageMagick's "Raw profile type exif/iptc/xmp": a hex dump after a header line.
+  const hex = /^\s*\w+\s+\d+\s+([0-9a-fA-F\s]+)$/.exec(string);
+  if (hex) {
+    const raw = Buffer.from(hex[1]!.replace(/\s+/g, ''), 'hex');
+    const exif = raw.indexOf('Exif\0\0');
+    if (exif >= 0) into.tiff(raw.subarray(exif + 6));
+    else if (raw.includes('<x:xmpmeta')) into.xml(raw.toString('utf8'));
+    else opaque(into, raw);
+  }
+  into.printableRuns(text.subarray(0, maxOpaqueBytes));
+}
+
+const pngRendering = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'gAMA', 'cHRM', 'cICP', 'mDCV', 'cLLI', 'sBIT', 'pHYs', 'acTL', 'fcTL', 'fdAT']);
+
+function pngValues(input: Buffer, into: ValueCollector): void {
+  let pos = 8;
+  while (pos + 12 <= input.length) {
+    const length = input.readUInt32BE(pos);
+    const type = input.toString('latin1', pos + 4, pos + 8);
+    const data = input.subarray(pos + 8, Math.min(pos + 8 + length, input.length));
+    pos += 12 + length;
+    if (type === 'tEXt' || type === 'zTXt' || type === 'iTXt') pngText(type, data, into);
+    else if (type === 'eXIf') into.tiff(data);
+    else if (type === 'IEND') return opaque(into, input.subarray(pos));
+    else if (!pngRendering.has(type)) opaque(into, data);
+  }
+}
+
+function webpValues(input: Buffer, into: ValueCollector): void {
+  let pos = 12;
+  while (pos + 8 <= input.length) {
+    const fourcc = input.toString('latin1', pos, pos + 4);
+    const size = input.readUInt32LE(pos + 4);
+    const data = input.subarray(pos + 8, Math.min(pos + 8 + size, input.length));
+    pos += 8 + size + (size % 2);
+    if (fourcc === 'EXIF') into.tiff(data.toString('latin1', 0, 6) === 'Exif\0\0' ? data.subarray(6) : data);
+    else if (fourcc === 'XMP ') into.xml(data.toString('utf8'));
+    else if (!['VP8 ', 'VP8L', 'VP8X', 'ALPH', 'ANIM', 'ANMF', 'ICCP'].includes(fourcc)) opaque(into, data);
+  }
+}
+
+function gifValues(input: Buffer, into: ValueCollector): void {
+  const packed = input[10] ?? 0;
+  let pos = 13 + (packed & 0x80 ? 3 * 2 ** ((packed & 0x07) + 1) : 0);
+  const subBlocks = (from: number): { data: Buffer; end: number } => {
+    const pieces: Buffer[] = [];
+    let at = from;
+    while (at < input.length && input[at] !== 0) {
+      pieces.push(input.subarray(at + 1, at + 1 + input[at]!));
+      at += 1 + input[at]!;
+    }
+    return { data: Buffer.concat(pieces), end: at + 1 };
+  };
+  while (pos < input.length) {
+    const introducer = input[pos];
+    if (introducer === 0x3b) return opaque(into, input.subarray(pos + 1));
+    if (introducer === 0x2c) {
+      const flags = input[pos + 9] ?? 0;
+      pos = subBlocks(pos + 10 + (flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0) + 1).end;
+      continue;
+    }
+    if (introducer !== 0x21) return;
+    const label = input[pos + 1];
+    const { data, end } = subBlocks(pos + 2);
+    if (label === 0xfe || label === 0x01) into.text(data.toString('latin1'));
+    if (label === 0xff) {
+      // XMP's application data is stored raw, not as real sub-blocks: read the bytes as they lie.
+      const raw = input.subarray(pos + 14, end);
+      if (raw.includes('<x:xmpmeta')) into.xml(raw.toString('utf8'));
+    }
+    if (label !== 0xf9) opaque(into, data);
+    pos = end;
+  }
+}
+
+/** Every value the input image carried, by the verifier's own reading plus exifr's. */
+export async function collectImageValues(format: ImageFormat, input: Buffer, into: ValueCollector): Promise<void> {
+  if (format === 'jpeg') jpegValues(input, into);
+  else if (format === 'png') pngValues(input, into);
+  else if (format === 'webp') webpValues(input, into);
+  else if (format === 'gif') gifValues(input, into);
+  else if (format === 'tiff') into.tiff(input);
+  await into.exifr(input);
+}

@@ -1,0 +1,113 @@
+/**
+ * Collects the metadata values an input carried, as byte patterns for the value scan. This is
+ * the verifier's own reading of the input, written apart from the strippers (issue 3): exifr's
+ * reading, plus our walk of every metadata structure it may have missed (exifr throws on some
+ * real PNG, HEIC and TIFF files), plus ffprobe's tags for video.
+ */
+import type { ProbeResult } from '../tools/ffmpeg.js';
+import { readExifValues } from '../tools/exifr.js';
+import { tiffValues } from './tiff-values.js';
+
+/** Values shorter than this match random bytes too often to mean anything (see README). */
+export const minValueChars = 5;
+const minRunChars = 6;
+
+export class ValueCollector {
+  private readonly patterns = new Map<string, Buffer>();
+
+  /** A string value: scanned as UTF-8 and, for non-ASCII-free text too, as UTF-16LE (EXIF XP* tags). */
+  text(value: string): void {
+    const trimmed = value.replace(/\0+$/g, '').trim();
+    if (trimmed.length < minValueChars) return;
+    if (new Set(trimmed).size < 3) return; // "     ", "00000": present in any binary
+    if (/^\d+$/.test(trimmed) && trimmed.length < 8) return; // widths, ISO speeds, counts
+    this.bytes(Buffer.from(trimmed, 'utf8'));
+    this.bytes(Buffer.from(trimmed, 'utf16le'));
+  }
+
+  bytes(value: Uint8Array): void {
+    if (value.length < minValueChars) return;
+    const buffer = Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+    if (new Set(buffer.subarray(0, 64)).size < 3) return;
+    this.patterns.set(buffer.toString('hex', 0, 64), buffer);
+  }
+
+  /** A coordinate in decimal degrees: the forms text metadata writes it in. */
+  coordinate(degrees: number): void {
+    if (!Number.isFinite(degrees) || degrees === 0) return;
+    const magnitude = Math.abs(degrees);
+    for (const digits of [4, 5]) {
+      this.text(magnitude.toFixed(digits));
+      this.text((Math.trunc(magnitude * 10 ** digits) / 10 ** digits).toFixed(digits));
+    }
+  }
+
+  /** Printable runs of an opaque binary payload (MakerNotes, vendor segments, IPTC). */
+  printableRuns(payload: Uint8Array): void {
+    const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('latin1');
+    for (const match of text.matchAll(new RegExp(`[\\x20-\\x7e]{${minRunChars},}`, 'g'))) this.text(match[0]);
+  }
+
+  /** Text nodes and attribute values of an XML packet (XMP). */
+  xml(packet: string): void {
+    const decode = (s: string): string =>
+      s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
+    for (const match of packet.matchAll(/>([^<]+)</g)) this.text(decode(match[1]!));
+    for (const match of packet.matchAll(/="([^"]*)"/g)) this.text(decode(match[1]!));
+    for (const match of packet.matchAll(/='([^']*)'/g)) this.text(decode(match[1]!));
+  }
+
+  /** Every value of an EXIF/TIFF block. */
+  tiff(block: Uint8Array): void {
+    tiffValues(block, this);
+  }
+
+  /** Any value exifr reads (strings, byte arrays, GPS numbers), best effort. */
+  async exifr(input: Buffer): Promise<void> {
+    const blocks = await readExifValues(input);
+    for (const [block, tags] of Object.entries(blocks)) {
+      for (const [key, value] of Object.entries(tags)) this.exifrValue(block, key, value);
+    }
+  }
+
+  private exifrValue(block: string, key: string, value: unknown): void {
+    if (excludedExifrKeys.has(key)) return;
+    if (typeof value === 'string') this.text(value);
+    else if (value instanceof Uint8Array) this.bytes(value);
+    else if (Array.isArray(value)) {
+      if (block === 'gps' && (key === 'GPSLatitude' || key === 'GPSLongitude') && value.length === 3) {
+        const [d, m, s] = value as number[];
+        this.coordinate((d ?? 0) + (m ?? 0) / 60 + (s ?? 0) / 3600);
+      }
+      for (const item of value) if (typeof item === 'string') this.text(item);
+    } else if (value !== null && typeof value === 'object') {
+      for (const [k, v] of Object.entries(value)) this.exifrValue(block, k, v);
+    }
+  }
+
+  /** Container, stream and chapter tags from ffprobe, bar the technical ones ffmpeg rewrites itself. */
+  probeTags(info: ProbeResult, technicalKeys: ReadonlySet<string>): void {
+    const all = [info.format.tags, ...info.streams.map((s) => s.tags), ...info.chapters.map((c) => c.tags)];
+    for (const tags of all) {
+      for (const [key, value] of Object.entries(tags ?? {})) {
+        if (technicalKeys.has(key)) continue;
+        this.text(value);
+        const iso6709 = /^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)/.exec(value);
+        if (/location|xyz/i.test(key) && iso6709) {
+          this.coordinate(Number(iso6709[1]));
+          this.coordinate(Number(iso6709[2]));
+        }
+      }
+    }
+  }
+
+  get values(): Buffer[] {
+    return [...this.patterns.values()];
+  }
+}
+
+/**
+ * Values that describe what we keep (the colour profile's name, the orientation) or that every
+ * file has; they legitimately appear in a clean output.
+ */
+const excludedExifrKeys = new Set(['ICCProfile', 'ICCProfileName', 'ProfileDescription', 'ColorSpace', 'ColorMode', 'Orientation', 'ExifVersion', 'FlashpixVersion', 'InteropVersion', 'InteropIndex', 'ComponentsConfiguration']);
