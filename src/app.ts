@@ -28,7 +28,9 @@ export interface AppDeps {
 
 /** The one place errors become HTTP: status, and a JSON body that says what was wrong and what to do. */
 export function errorHandler(): ErrorRequestHandler {
-  return function scrublineErrorHandler(err, req, res, _next) {
+  return async function scrublineErrorHandler(err, req, res, _next) {
+    // Nothing of a failed upload may outlive the answer.
+    await req.scrubline?.release();
     const error = err instanceof SyntaxError && 'status' in err ? new ScrubError('bad_request', 'The request body is not valid JSON.') : asScrubError(err);
     const log = (req as Request & { log?: Logger }).log;
     const fields = { code: error.code, status: error.status, internal: error.message };
@@ -110,6 +112,7 @@ export function buildApp(deps: AppDeps): express.Express {
     for (const f of upload.files) {
       req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
     }
+    await upload.release();
     res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
   });
 

@@ -45,6 +45,12 @@ export interface ScrublineUpload {
   jobId: string | undefined;
   retention: Retention;
   files: CleanFile[];
+  /**
+   * Deletes the originals and the cleaned files of this upload now. Idempotent; it also runs by
+   * itself when the response closes, but awaiting it before answering guarantees nothing of the
+   * upload is still on disk when the caller hears back.
+   */
+  release(): Promise<void>;
 }
 
 declare module 'express-serve-static-core' {
@@ -91,22 +97,23 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
 
   return async function scrublineMiddleware(req: Request, res: Response, next: NextFunction): Promise<void> {
     let uploadDir: string | undefined;
+    let released: Promise<void> | undefined;
+    const release = (): Promise<void> => (released ??= uploadDir === undefined ? Promise.resolve() : rm(uploadDir, { recursive: true, force: true }));
     // Whatever happens, the originals and intermediates go when the response is done.
-    res.once('close', () => {
-      if (uploadDir !== undefined) void rm(uploadDir, { recursive: true, force: true });
-    });
+    res.once('close', () => void release());
     try {
       const upload = await receive(req, res);
       uploadDir = upload.uploadDir;
-      if (res.writableEnded || req.destroyed) return;
+      // The client went away while uploading: nothing to answer, and the close handler cleans up.
+      if (res.writableEnded || res.destroyed) return;
       const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.
       for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));
-      req.scrubline = { uploadId: upload.uploadId, jobId: upload.jobId, retention: upload.retention, files };
+      req.scrubline = { uploadId: upload.uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
       next();
     } catch (err) {
-      if (uploadDir !== undefined) await rm(uploadDir, { recursive: true, force: true });
+      await release();
       next(asScrubError(err));
     }
   };

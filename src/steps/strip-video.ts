@@ -81,7 +81,9 @@ export async function stripVideo(tools: Ffmpeg, kind: Extract<MediaKind, { famil
     output,
     muxer: kind.muxer,
     streams,
-    legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? rotation : undefined,
+    // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
+    // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
+    legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
   };
   const result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
   if (result.code !== 0) {

@@ -41,7 +41,7 @@ export interface RemuxPlan {
   /**
    * ffmpeg before 5 carried rotation only as a `rotate` stream tag, which `-map_metadata -1`
    * drops; for those builds the rotation is written back explicitly. Newer builds carry it as
-   * display-matrix side data, which a stream copy keeps. Degrees clockwise, 0–359.
+   * display-matrix side data, which a stream copy keeps. The tag value to write, 0–359.
    */
   legacyRotateDegrees: number | undefined;
 }

@@ -36,7 +36,8 @@ export interface ImageInfo {
 export async function readImageInfo(input: Buffer, maxInputPixels: number): Promise<ImageInfo> {
   let meta: Metadata;
   try {
-    meta = await sharp(input, { limitInputPixels: maxInputPixels, failOn: 'error' }).metadata();
+    // metadata() reads the header only, so the pixel limit is checked here, before any decode.
+    meta = await sharp(input, { limitInputPixels: false, failOn: 'error' }).metadata();
   } catch (err) {
     throw new ScrubError('corrupt_media', 'The image header could not be read. Send an intact file.', { cause: err });
   }

@@ -1,0 +1,140 @@
+/** Shared test plumbing: temp dirs, the fixture manifest, real tools, a recording upstream. */
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import type { PipelineDeps } from '../src/pipeline.js';
+import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const fixturesDir = path.join(root, 'fixtures');
+
+export interface FixtureEntry {
+  file: string;
+  format: string;
+  carries: string[];
+  expect: { outcome: 'clean'; width: number; height: number; orientation?: number } | { outcome: 'reject'; code: string };
+}
+
+export const manifest = JSON.parse(await readFile(path.join(fixturesDir, 'manifest.json'), 'utf8')) as {
+  planted: Record<string, string | number>;
+  fixtures: FixtureEntry[];
+};
+export const fixture = (name: string): string => path.join(fixturesDir, name);
+export const cleanFixtures = manifest.fixtures.filter((f) => f.expect.outcome === 'clean');
+export const rejectFixtures = manifest.fixtures.filter((f) => f.expect.outcome === 'reject');
+
+/** Every planted string, and the planted coordinates in the decimal forms text metadata uses. */
+export const plantedNeedles: string[] = [
+  ...Object.entries(manifest.planted)
+    .filter(([key]) => key !== 'latitude' && key !== 'longitude')
+    .map(([, value]) => String(value)),
+  '51.5072',
+  '0.1275',
+  '0.1276',
+];
+
+/** Planted values found in some bytes (searched as UTF-8, UTF-16LE and, for dates, any punctuation). */
+export function findPlanted(bytes: Buffer): string[] {
+  return plantedNeedles.filter((needle) => bytes.includes(Buffer.from(needle, 'utf8')) || bytes.includes(Buffer.from(needle, 'utf16le')));
+}
+
+export async function tempDir(prefix = 'scrubline-test-'): Promise<string> {
+  return mkdtemp(path.join(tmpdir(), prefix));
+}
+
+export async function removeDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** Everything left under a directory, recursively (files only). */
+export async function filesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+let tools: Promise<Ffmpeg> | undefined;
+export function ffmpegTools(): Promise<Ffmpeg> {
+  tools ??= loadFfmpeg({ ffmpegPath: process.env.SCRUBLINE_FFMPEG_PATH, ffprobePath: process.env.SCRUBLINE_FFPROBE_PATH, ffmpegTimeoutMs: 60_000 });
+  return tools;
+}
+
+export const testKey = Buffer.alloc(32, 7);
+
+export async function pipelineDeps(): Promise<PipelineDeps> {
+  return { ffmpeg: await ffmpegTools(), fingerprintKey: testKey, maxInputPixels: 100_000_000, clock: () => new Date('2026-01-02T03:04:05.000Z') };
+}
+
+/** Captures pino output in memory so tests can grep the logs. */
+export class LogCapture extends Writable {
+  readonly chunks: string[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
+    this.chunks.push(chunk.toString('utf8'));
+    done();
+  }
+  get text(): string {
+    return this.chunks.join('');
+  }
+}
+
+export interface RecordedRequest {
+  headers: IncomingMessage['headers'];
+  body: Buffer;
+}
+
+/** A real HTTP server on loopback standing in for the render service. */
+export async function startUpstream(
+  handler: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void = (_req, res) => {
+    res.writeHead(202, { 'content-type': 'application/json' }).end('{"accepted":true}');
+  },
+): Promise<{ url: string; requests: RecordedRequest[]; server: Server; close(): Promise<void> }> {
+  const requests: RecordedRequest[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ headers: req.headers, body });
+      handler(req, res, body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}/jobs`,
+    requests,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Splits a recorded multipart body into its parts (enough for assertions, not a general parser). */
+export function multipartParts(body: Buffer, contentType: string): Array<{ name: string; filename: string | undefined; type: string | undefined; data: Buffer }> {
+  const boundary = /boundary=(?:"([^"]+)"|([^;]+))/.exec(contentType);
+  const marker = Buffer.from(`--${boundary?.[1] ?? boundary?.[2]}`);
+  const parts: Array<{ name: string; filename: string | undefined; type: string | undefined; data: Buffer }> = [];
+  let pos = body.indexOf(marker);
+  while (pos >= 0) {
+    const start = pos + marker.length + 2;
+    const next = body.indexOf(marker, start);
+    if (next < 0) break;
+    const part = body.subarray(start, next - 2);
+    const split = part.indexOf('\r\n\r\n');
+    const head = part.subarray(0, split).toString('utf8');
+    parts.push({
+      name: /name="([^"]*)"/.exec(head)?.[1] ?? '',
+      filename: /filename="([^"]*)"/.exec(head)?.[1],
+      type: /content-type:\s*(\S+)/i.exec(head)?.[1],
+      data: part.subarray(split + 4),
+    });
+    pos = next;
+  }
+  return parts;
+}

@@ -1,0 +1,209 @@
+/**
+ * The HTTP service end to end over real loopback HTTP: buildApp with real parts, a temp data dir,
+ * and a real upstream server that records what it received.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import request from 'supertest';
+import { buildApp } from '../src/app.js';
+import { Ledger } from '../src/ledger.js';
+import { createLogger } from '../src/log.js';
+import { HttpForwarder } from '../src/steps/forward-http.js';
+import { LocalSink } from '../src/steps/forward-local.js';
+import type { Forwarder } from '../src/steps/forward.js';
+import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey } from './helpers.js';
+
+const plantedName = String(manifest.planted.filename);
+
+async function makeApp(forwarder: (dataDir: string) => Forwarder) {
+  const dataDir = await tempDir();
+  const logs = new LogCapture();
+  const tools = await ffmpegTools();
+  const ledger = Ledger.open(dataDir);
+  const app = buildApp({
+    logger: createLogger('info', logs),
+    dataDir,
+    forwarder: forwarder(dataDir),
+    ledger,
+    ffmpeg: tools.ffmpeg,
+    ffprobe: tools.ffprobe,
+    scrubline: {
+      tmpDir: path.join(dataDir, 'tmp'),
+      fingerprintKey: testKey,
+      maxUploadBytes: 5 * 1024 * 1024,
+      maxFiles: 3,
+      ffmpegPath: tools.ffmpeg.path,
+      ffprobePath: tools.ffprobe.path,
+      clock: () => new Date('2026-03-01T12:00:00.000Z'),
+    },
+  });
+  return { app, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { ledger.close(); await removeDir(dataDir); } };
+}
+
+describe('POST /v1/uploads to a render service', () => {
+  let upstream: Awaited<ReturnType<typeof startUpstream>>;
+  let svc: Awaited<ReturnType<typeof makeApp>>;
+  before(async () => {
+    upstream = await startUpstream();
+    svc = await makeApp(() => new HttpForwarder(new URL(upstream.url), 5_000));
+  });
+  after(async () => {
+    await upstream.close();
+    await svc.cleanup();
+  });
+
+  it('cleans a JPEG with GPS and an MP4 with a location and forwards them, named by id', async () => {
+    const res = await request(svc.app)
+      .post('/v1/uploads')
+      .set('authorization', 'Bearer planted-secret-token')
+      .field('jobId', 'job-42')
+      .field('retention', 'extended')
+      .attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), { filename: plantedName, contentType: 'image/png' })
+      .attach('file', fixture('media/mp4-location.mp4'), { filename: 'holiday\r\nX-Injected: 1.mp4' });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.files.length, 2);
+    const [jpeg, mp4] = res.body.files;
+    assert.equal(jpeg.mime, 'image/jpeg');
+    assert.equal(mp4.mime, 'video/mp4');
+    assert.equal(jpeg.retention, 'extended');
+    assert.equal(jpeg.expiresAt, '2026-03-04T12:00:00.000Z');
+    assert.ok(jpeg.removed.gps >= 1 && jpeg.removed.exif >= 1);
+    assert.match(jpeg.fingerprint.id, /^fp_[0-9a-f]{16}$/);
+    assert.deepEqual(res.body.upstream, { status: 202, destination: 'upstream' });
+    assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(res.body))), []);
+
+    assert.equal(upstream.requests.length, 1);
+    const received = upstream.requests[0]!;
+    assert.ok(typeof received.headers['idempotency-key'] === 'string');
+    const parts = multipartParts(received.body, String(received.headers['content-type']));
+    const files = parts.filter((p) => p.name === 'file');
+    assert.deepEqual(files.map((f) => f.filename), [`${jpeg.id}.jpg`, `${mp4.id}.mp4`]);
+    for (const f of files) assert.deepEqual(findPlanted(f.data), []);
+    assert.equal(parts.find((p) => p.name === 'jobId')?.data.toString(), 'job-42');
+    const manifestField = JSON.parse(parts.find((p) => p.name === 'scrubline')!.data.toString());
+    assert.deepEqual(manifestField.map((m: { id: string }) => m.id), [jpeg.id, mp4.id]);
+    assert.equal(manifestField[0].expiresAt, jpeg.expiresAt);
+    assert.ok(!received.body.includes(Buffer.from(plantedName)));
+
+    assert.equal(svc.ledger.get(jpeg.id)?.retention, 'extended');
+    assert.deepEqual(await svc.tmpFiles(), []);
+    const logText = svc.logs.text;
+    assert.ok(logText.includes('file cleaned'));
+    for (const secret of [plantedName, 'planted-secret-token', String(manifest.planted.artist), 'holiday']) assert.ok(!logText.includes(secret), `logs contain ${secret}`);
+  });
+
+  it('refuses HTML sent as an image with 415 and forwards nothing', async () => {
+    const before = upstream.requests.length;
+    const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('reject/html-as-image.png'), { contentType: 'image/png' });
+    assert.equal(res.status, 415);
+    assert.equal(res.body.error.code, 'unsupported_type');
+    assert.equal(upstream.requests.length, before);
+    assert.deepEqual(await svc.tmpFiles(), []);
+  });
+
+  it('refuses a GIF polyglot and a truncated JPEG with 415', async () => {
+    for (const name of ['reject/gif-polyglot.gif', 'reject/jpeg-truncated.jpg']) {
+      const res = await request(svc.app).post('/v1/uploads').attach('file', fixture(name));
+      assert.equal(res.status, 415, name);
+    }
+    assert.deepEqual(await svc.tmpFiles(), []);
+  });
+
+  it('answers 400 for a bad retention, an unknown field, an unexpected file field or no file', async () => {
+    const cases = [
+      request(svc.app).post('/v1/uploads').field('retention', 'forever').attach('file', fixture('media/gif-comment-xmp.gif')),
+      request(svc.app).post('/v1/uploads').field('owner', 'x').attach('file', fixture('media/gif-comment-xmp.gif')),
+      request(svc.app).post('/v1/uploads').attach('upload', fixture('media/gif-comment-xmp.gif')),
+      request(svc.app).post('/v1/uploads').field('jobId', 'a'),
+      request(svc.app).post('/v1/uploads').field('a[b][c]', '1').attach('file', fixture('media/gif-comment-xmp.gif')),
+    ];
+    for (const res of await Promise.all(cases)) {
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      assert.equal(typeof res.body.error.message, 'string');
+    }
+    assert.deepEqual(await svc.tmpFiles(), []);
+  });
+
+  it('answers 415 for a body that is not multipart', async () => {
+    const res = await request(svc.app).post('/v1/uploads').set('content-type', 'application/json').send('{"file":"x"}');
+    assert.equal(res.status, 415);
+    assert.equal(res.body.error.code, 'not_multipart');
+  });
+
+  it('answers 413 for too many files and for a file over the limit, keeping nothing', async () => {
+    let req = request(svc.app).post('/v1/uploads');
+    for (let i = 0; i < 4; i++) req = req.attach('file', fixture('media/gif-comment-xmp.gif'));
+    assert.equal((await req).status, 413);
+    const big = Buffer.alloc(6 * 1024 * 1024, 1);
+    const res = await request(svc.app).post('/v1/uploads').attach('file', big, 'big.jpg');
+    assert.equal(res.status, 413);
+    assert.equal(res.body.error.code, 'too_large');
+    assert.deepEqual(await svc.tmpFiles(), []);
+  });
+
+  it('serves /healthz and a green /readyz naming the ffmpeg in use', async () => {
+    assert.equal((await request(svc.app).get('/healthz')).status, 200);
+    const ready = await request(svc.app).get('/readyz');
+    assert.equal(ready.status, 200, JSON.stringify(ready.body));
+    assert.equal(ready.body.ffmpeg.ok, true);
+    assert.equal(typeof ready.body.ffmpeg.version, 'string');
+    assert.equal(ready.body.dataDir.writable, true);
+  });
+
+  it('answers unknown routes with a JSON 404', async () => {
+    const res = await request(svc.app).get('/v1/nothing');
+    assert.equal(res.status, 404);
+    assert.equal(res.body.error.code, 'not_found');
+  });
+});
+
+describe('upstream faults', () => {
+  it('maps a refused connection to 502, an upstream 500 to 502 with its status, a hang to 504', async () => {
+    const refusing = await startUpstream();
+    const deadUrl = refusing.url;
+    await refusing.close();
+    const failing = await startUpstream((_req, res) => res.writeHead(500).end('boom'));
+    const hanging = await startUpstream(() => undefined);
+    const cases: Array<[string, number, number, string]> = [
+      [deadUrl, 5_000, 502, 'upstream_unreachable'],
+      [failing.url, 5_000, 502, 'upstream_rejected'],
+      [hanging.url, 300, 504, 'upstream_timeout'],
+    ];
+    try {
+      for (const [url, timeout, status, code] of cases) {
+        const svc = await makeApp(() => new HttpForwarder(new URL(url), timeout));
+        const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+        assert.equal(res.status, status, JSON.stringify(res.body));
+        assert.equal(res.body.error.code, code);
+        if (code === 'upstream_rejected') assert.equal(res.body.error.upstreamStatus, 500);
+        assert.deepEqual(await svc.tmpFiles(), []);
+        await svc.cleanup();
+      }
+    } finally {
+      await failing.close();
+      await hanging.close();
+    }
+  });
+});
+
+describe('embedded local sink', () => {
+  it('writes the cleaned file and its report under the data dir', async () => {
+    const svc = await makeApp((dataDir) => new LocalSink(dataDir));
+    try {
+      const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'), plantedName);
+      assert.equal(res.status, 201);
+      const { id } = res.body.files[0];
+      assert.deepEqual(res.body.upstream, { status: 201, destination: 'local' });
+      const cleaned = await readFile(path.join(svc.dataDir, 'clean', `${id}.png`));
+      assert.deepEqual(findPlanted(cleaned), []);
+      const report = JSON.parse(await readFile(path.join(svc.dataDir, 'reports', `${id}.json`), 'utf8'));
+      assert.equal(report.id, id);
+      assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(report))), []);
+      assert.deepEqual(await svc.tmpFiles(), []);
+    } finally {
+      await svc.cleanup();
+    }
+  });
+});

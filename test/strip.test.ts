@@ -1,0 +1,153 @@
+/**
+ * Every fixture through the real pipeline (real sharp, ffmpeg, ffprobe, exifr): clean fixtures
+ * come out with no planted value anywhere in their bytes, no tags for a tag reader to find, the
+ * same pixels, size, orientation and colour; reject fixtures are refused with the right code.
+ */
+import assert from 'node:assert/strict';
+import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { crc32, deflateSync } from 'node:zlib';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
+import { ScrubError } from '../src/errors.js';
+import { cleanFile, type CleanFile } from '../src/pipeline.js';
+import { probe } from '../src/tools/ffmpeg.js';
+import { readExifValues } from '../src/tools/exifr.js';
+import { cleanFixtures, ffmpegTools, findPlanted, fixture, pipelineDeps, rejectFixtures, removeDir, tempDir } from './helpers.js';
+
+let work: string;
+before(async () => {
+  work = await tempDir();
+});
+after(async () => {
+  await removeDir(work);
+});
+
+async function run(name: string): Promise<{ input: string; out: CleanFile; bytes: Buffer }> {
+  const workDir = path.join(work, `${path.basename(name)}-${Math.random().toString(36).slice(2)}`);
+  await mkdir(workDir);
+  const inputPath = path.join(workDir, 'original');
+  await copyFile(fixture(name), inputPath);
+  const { size } = await stat(inputPath);
+  const out = await cleanFile({ id: 'test', inputPath, inputBytes: size, workDir }, 'standard', await pipelineDeps());
+  return { input: inputPath, out, bytes: await readFile(out.path) };
+}
+
+describe('clean fixtures', () => {
+  for (const entry of cleanFixtures) {
+    const expected = entry.expect as { width: number; height: number; orientation?: number };
+    it(`${entry.file}: no planted value survives and the picture is intact`, async () => {
+      const input = await readFile(fixture(entry.file));
+      assert.ok(findPlanted(input).length > 0, 'the fixture must carry planted values, or this test proves nothing');
+      const { out, bytes } = await run(entry.file);
+      assert.deepEqual(findPlanted(bytes), []);
+      assert.ok(Object.keys(out.removed).length > 0, 'the report names what was removed');
+
+      if (out.fingerprint.family === 'image') {
+        const blocks = await readExifValues(bytes);
+        for (const [block, tags] of Object.entries(blocks)) {
+          if (entry.format === 'tiff' && block === 'ifd0') continue; // a TIFF's IFD0 is its image header
+          assert.equal(block, 'ifd0', `exifr found a ${block} block`);
+          assert.deepEqual(Object.keys(tags), ['Orientation']);
+        }
+        const meta = await sharp(bytes).metadata();
+        assert.equal(meta.width, expected.width);
+        assert.equal(meta.height, expected.height);
+        assert.equal(meta.orientation ?? 1, expected.orientation ?? 1);
+        const inMeta = await sharp(input).metadata();
+        if (inMeta.icc) assert.ok(meta.icc?.equals(inMeta.icc), 'ICC profile kept byte for byte');
+      } else {
+        const tools = await ffmpegTools();
+        const demuxer = entry.format === 'webm' || entry.format === 'mkv' ? 'matroska' : 'mov';
+        const info = await probe(tools, out.path, demuxer);
+        const leftover = Object.entries(info.format.tags ?? {}).filter(([k, v]) => !['major_brand', 'minor_version', 'compatible_brands'].includes(k) && !(k === 'encoder' && v === 'Lavf'));
+        assert.deepEqual(leftover, []);
+        assert.ok(info.streams.every((s) => s.codec_type === 'video' || s.codec_type === 'audio'), 'only audio and video streams');
+        assert.equal(info.chapters.length, 0);
+        const video = info.streams.find((s) => s.codec_type === 'video')!;
+        assert.equal(video.width, expected.width);
+        assert.equal(video.height, expected.height);
+      }
+    });
+  }
+
+  it('lossless formats decode to exactly the same pixels', async () => {
+    for (const name of ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/gif-comment-xmp.gif']) {
+      const { input, bytes } = await run(name);
+      const [a, b] = await Promise.all([sharp(input).raw().toBuffer(), sharp(bytes).raw().toBuffer()]);
+      assert.ok(a.equals(b), `${name}: pixels differ`);
+    }
+  });
+
+  it('keeps the JPEG entropy-coded data byte for byte', async () => {
+    const input = await readFile(fixture('media/jpeg-orientation-6.jpg'));
+    const { bytes } = await run('media/jpeg-orientation-6.jpg');
+    const scan = (b: Buffer): Buffer => b.subarray(b.indexOf(Buffer.from([0xff, 0xda])), b.lastIndexOf(Buffer.from([0xff, 0xd9])) + 2);
+    assert.ok(scan(input).equals(scan(bytes)));
+  });
+
+  it('keeps video rotation and copies packets without re-encoding', async () => {
+    const { input, out } = await run('media/mp4-location.mp4');
+    const tools = await ffmpegTools();
+    const [before, after] = await Promise.all([probe(tools, input, 'mov'), probe(tools, out.path, 'mov')]);
+    const rotation = (info: typeof before): unknown => info.streams[0]?.side_data_list?.find((d) => 'rotation' in d)?.rotation ?? info.streams[0]?.tags?.rotate;
+    assert.ok(rotation(before) !== undefined, 'fixture carries a rotation');
+    assert.equal(rotation(after), rotation(before));
+    assert.equal(after.streams[0]?.nb_frames, before.streams[0]?.nb_frames);
+    assert.equal(out.fingerprint.family === 'video' && out.fingerprint.streams[0]?.rotation, 90);
+  });
+
+  it('drops subtitle tracks, attachments and container tags from video', async () => {
+    const mov = await run('media/mov-location.mov');
+    assert.equal(mov.out.removed.subtitleStream, 1);
+    assert.ok((mov.out.removed.gps ?? 0) >= 1);
+    const mkv = await run('media/mkv-attachment-chapters.mkv');
+    assert.equal(mkv.out.removed.attachment, 1);
+  });
+});
+
+describe('reject fixtures', () => {
+  for (const entry of rejectFixtures) {
+    const { code } = entry.expect as { code: string };
+    it(`${entry.file}: refused with ${code}`, async () => {
+      await assert.rejects(run(entry.file), (err: unknown) => {
+        assert.ok(err instanceof ScrubError, String(err));
+        assert.equal(err.code, code);
+        assert.equal(err.status, 415);
+        return true;
+      });
+    });
+  }
+
+  it('refuses a decompression bomb before decoding it', async () => {
+    const bomb = path.join(work, 'bomb.png');
+    // A valid PNG header declaring 100000 x 100000 pixels, in 60 bytes.
+    await writeFile(bomb, pngDeclaring(100_000, 100_000));
+    const workDir = path.join(work, 'bomb');
+    await mkdir(workDir);
+    const deps = { ...(await pipelineDeps()), maxInputPixels: 10_000_000 };
+    await assert.rejects(cleanFile({ id: 'b', inputPath: bomb, inputBytes: (await stat(bomb)).size, workDir }, 'standard', deps), (err: unknown) => {
+      assert.ok(err instanceof ScrubError);
+      assert.equal(err.code, 'too_many_pixels');
+      assert.equal(err.status, 413);
+      return true;
+    });
+  });
+});
+
+function pngDeclaring(width: number, height: number): Buffer {
+  const chunk = (type: string, data: Buffer): Buffer => {
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    out.write(type, 4, 'latin1');
+    data.copy(out, 8);
+    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+    return out;
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 0; // greyscale
+  return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(16))), chunk('IEND', Buffer.alloc(0))]);
+}

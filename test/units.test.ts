@@ -1,0 +1,100 @@
+/** Fast unit tests: config, pure ffmpeg argument builders, the pattern scanner, the middleware factory. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { scrubline } from '../src/middleware.js';
+import { planStreams, rotationOf } from '../src/steps/strip-video.js';
+import { expiresAt } from '../src/steps/tag-expiry.js';
+import { probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
+import type { ProbeResult } from '../src/tools/ffmpeg.js';
+import { PatternSet } from '../src/verify/scan.js';
+
+describe('config', () => {
+  it('uses defaults and reads SCRUBLINE_* variables once into typed values', () => {
+    const config = loadConfig({ SCRUBLINE_PORT: '9000', SCRUBLINE_UPSTREAM_URL: 'http://render:9000/jobs' });
+    assert.equal(config.port, 9000);
+    assert.equal(config.upstreamUrl?.host, 'render:9000');
+    assert.equal(config.maxFiles, 10);
+    assert.equal(loadConfig({}).upstreamUrl, undefined);
+  });
+
+  it('lists every bad variable by name and what it expects', () => {
+    assert.throws(
+      () => loadConfig({ SCRUBLINE_PORT: 'eighty', SCRUBLINE_UPSTREAM_URL: 'ftp://x', SCRUBLINE_LOG_LEVEL: 'loud', SCRUBLINE_FINGERPRINT_KEY: 'short' }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.equal(err.problems.length, 4);
+        for (const name of ['SCRUBLINE_PORT', 'SCRUBLINE_UPSTREAM_URL', 'SCRUBLINE_LOG_LEVEL', 'SCRUBLINE_FINGERPRINT_KEY']) assert.match(err.message, new RegExp(name));
+        return true;
+      },
+    );
+  });
+});
+
+describe('ffmpeg arguments', () => {
+  it('locks every input down: forced demuxer, file protocol only, file: prefix', () => {
+    assert.deepEqual(probeArgs('/tmp/a b.mp4', 'mov').slice(3, 9), ['-protocol_whitelist', 'file', '-f', 'mov', '-i', 'file:/tmp/a b.mp4']);
+    assert.throws(() => probeArgs('relative.mp4', 'mov'), /absolute/);
+  });
+
+  it('remuxes by stream copy with no metadata, no chapters and output-side bitexact', () => {
+    const args = remuxArgs({ input: '/in.mov', demuxer: 'mov', output: '/out.mov', muxer: 'mov', streams: [0, 2], legacyRotateDegrees: undefined });
+    const after = args.slice(args.indexOf('-i') + 2);
+    assert.deepEqual(after.slice(0, 4), ['-map', '0:0', '-map', '0:2']);
+    for (const pair of [['-c', 'copy'], ['-map_metadata', '-1'], ['-map_chapters', '-1'], ['-fflags', '+bitexact']]) {
+      assert.equal(after[after.indexOf(pair[0]!) + 1], pair[1]);
+    }
+    assert.ok(args.includes('-nostdin'));
+    assert.deepEqual(args.slice(-4), ['-f', 'mov', '-y', 'file:/out.mov']);
+    const legacy = remuxArgs({ input: '/in.mov', demuxer: 'mov', output: '/o.mov', muxer: 'mov', streams: [0], legacyRotateDegrees: 90 });
+    assert.ok(legacy.join(' ').includes('-metadata:s:v:0 rotate=90'));
+  });
+
+  // Frozen from ffprobe on a GoPro clip with GPMF telemetry, a timecode track and cover art.
+  const goPro: ProbeResult = {
+    streams: [
+      { index: 0, codec_type: 'video', codec_name: 'h264', disposition: { default: 1 }, tags: { handler_name: 'GoPro AVC  ', language: 'und' }, side_data_list: [{ rotation: -90 }] },
+      { index: 1, codec_type: 'audio', codec_name: 'aac', tags: { handler_name: 'GoPro AAC  ' } },
+      { index: 2, codec_type: 'data', codec_name: 'none', tags: { handler_name: 'GoPro TCD  ' } },
+      { index: 3, codec_type: 'data', codec_name: 'bin_data', tags: { handler_name: 'GoPro MET  ' } },
+      { index: 4, codec_type: 'video', codec_name: 'mjpeg', disposition: { attached_pic: 1 } },
+    ],
+    format: { tags: { major_brand: 'mp41', firmware: 'HD7.01.01.90.00', location: '+51.5072-000.1276/' } },
+    chapters: [{ tags: { title: 'x' } }],
+  };
+
+  it('keeps the main video and audio and counts every other stream and tag it drops', () => {
+    const plan = planStreams(goPro);
+    assert.deepEqual(plan.streams, [0, 1]);
+    assert.deepEqual(plan.removed, { streamTags: 2, dataStream: 2, coverArt: 1, containerTags: 1, gps: 1, chapters: 1 });
+    assert.equal(rotationOf(plan.video), 90);
+  });
+});
+
+describe('pattern scanner', () => {
+  it('finds patterns across chunk boundaries, and only real matches', () => {
+    const set = new PatternSet([Buffer.from('Planted Artist'), Buffer.from('51.5072')]);
+    const scanner = set.scanner();
+    const text = Buffer.from('xxxx Plant' + 'ed Artist yyyy 51.507 51.5072');
+    const matches = [...scanner.feed(text.subarray(0, 10)), ...scanner.feed(text.subarray(10))];
+    assert.deepEqual(matches.map((m) => m.start), [5, 32]);
+    assert.deepEqual(new PatternSet([]).scanner().feed(text), []);
+  });
+});
+
+describe('expiry', () => {
+  it('is 24 h for standard and 72 h for extended retention', () => {
+    const now = new Date('2026-05-01T00:00:00.000Z');
+    assert.equal(expiresAt('standard', now), '2026-05-02T00:00:00.000Z');
+    assert.equal(expiresAt('extended', now), '2026-05-04T00:00:00.000Z');
+  });
+});
+
+describe('scrubline(options)', () => {
+  it('validates its options when called, saying how to fix them, and returns a named middleware', () => {
+    assert.throws(() => scrubline({ tmpDir: '', fingerprintKey: 'k'.repeat(32) }), /option tmpDir must be/);
+    assert.throws(() => scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'short' }), /fingerprintKey must be/);
+    assert.throws(() => scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'k'.repeat(32), maxFiles: 0 }), /maxFiles must be a positive whole number/);
+    assert.equal(scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'k'.repeat(32) }).name, 'scrublineMiddleware');
+  });
+});
