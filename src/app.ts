@@ -31,7 +31,7 @@ export function errorHandler(): ErrorRequestHandler {
   return async function scrublineErrorHandler(err, req, res, _next) {
     // Nothing of a failed upload may outlive the answer.
     await req.scrubline?.release();
-    const error = err instanceof SyntaxError && 'status' in err ? new ScrubError('bad_request', 'The request body is not valid JSON.') : asScrubError(err);
+    const error = asScrubError(err);
     const log = (req as Request & { log?: Logger }).log;
     const fields = { code: error.code, status: error.status, internal: error.message };
     if (error.status >= 500 && error.code !== 'upstream_rejected') log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');

@@ -48,7 +48,7 @@ async function pipelineDeps(config: Config): Promise<PipelineDeps> {
   };
 }
 
-/** Runs `work` on a private copy-free view of a local file inside a temp dir that always goes. */
+/** Runs `work` on a local file with a private work dir that is removed whatever happens. */
 async function withWorkDir<T>(config: Config, input: string, work: (received: { id: string; inputPath: string; inputBytes: number; workDir: string }) => Promise<T>): Promise<T> {
   const tmpRoot = path.join(config.dataDir, 'tmp');
   await mkdir(tmpRoot, { recursive: true, mode: 0o700 });

@@ -12,6 +12,7 @@
  */
 import { rm } from 'node:fs/promises';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { defaults } from './config.js';
 import type { Retention } from './context.js';
 import { asScrubError } from './errors.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
@@ -78,11 +79,11 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   }
   const limits = {
     tmpDir: options.tmpDir,
-    maxUploadBytes: positiveInteger('maxUploadBytes', options.maxUploadBytes, 2 * 1024 ** 3),
-    maxFiles: positiveInteger('maxFiles', options.maxFiles, 10),
+    maxUploadBytes: positiveInteger('maxUploadBytes', options.maxUploadBytes, defaults.maxUploadBytes),
+    maxFiles: positiveInteger('maxFiles', options.maxFiles, defaults.maxFiles),
   };
-  const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, 268_402_689);
-  const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, 120_000);
+  const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, defaults.maxInputPixels);
+  const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, defaults.ffmpegTimeoutMs);
   const receive = receiver(limits);
   const clock = options.clock ?? systemClock;
   // ffmpeg's version is read once, on first use; a failure is retried on the next request.

@@ -8,7 +8,7 @@
 import { createHmac } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Verified } from '../context.js';
-import type { ProbeResult, ProbeStream } from '../tools/ffmpeg.js';
+import { rotationOf, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import type { ImageInfo } from '../tools/sharp.js';
 import type { VerifiedFacts } from './verify.js';
 
@@ -92,8 +92,6 @@ const optionalNumber = (value: string | number | undefined): number | undefined 
 function streamFingerprint(s: ProbeStream): StreamFingerprint {
   const common = { type: s.codec_type ?? 'unknown', codec: s.codec_name, profile: s.profile, level: s.level };
   if (s.codec_type === 'video') {
-    const side = s.side_data_list?.find((d) => typeof d.rotation === 'number');
-    const rotation = side ? -(side.rotation as number) : Number(s.tags?.rotate ?? 0);
     return {
       ...common,
       width: s.width,
@@ -105,7 +103,7 @@ function streamFingerprint(s: ProbeStream): StreamFingerprint {
       colourMatrix: s.color_space,
       colourRange: s.color_range,
       fieldOrder: s.field_order,
-      rotation: ((Math.round(rotation) % 360) + 360) % 360,
+      rotation: rotationOf(s),
       frameRate: s.avg_frame_rate,
       frames: optionalNumber(s.nb_frames),
       bFrames: s.has_b_frames,

@@ -4,9 +4,19 @@
  */
 import { copyFile, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { CleanFile } from '../pipeline.js';
-import { publicReport } from '../pipeline.js';
+import { publicReport, type CleanFile } from '../pipeline.js';
 import type { ForwardResult, Forwarder, UploadFields } from './forward.js';
+
+/** Moves a file into place atomically; copies first only when the temp dir is on another device. */
+async function moveInto(source: string, target: string): Promise<void> {
+  try {
+    await rename(source, target);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    await copyFile(source, `${target}.partial`);
+    await rename(`${target}.partial`, target);
+  }
+}
 
 export class LocalSink implements Forwarder {
   readonly cleanDir: string;
@@ -30,8 +40,7 @@ export class LocalSink implements Forwarder {
         await writeFile(`${report}.partial`, JSON.stringify({ ...publicReport(file), jobId: fields.jobId }, null, 2), { mode: 0o600 });
         await rename(`${report}.partial`, report);
         written.push(report);
-        await copyFile(file.path, `${target}.partial`);
-        await rename(`${target}.partial`, target);
+        await moveInto(file.path, target);
         written.push(target);
       }
     } catch (err) {

@@ -9,7 +9,7 @@ import { countRemoved, type Removed } from '../context.js';
 import { ScrubError } from '../errors.js';
 import type { MediaKind } from '../media.js';
 import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
-import { probe, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 
 /** Codecs a render service decodes; a stream in anything else is not copied. */
 export const allowedVideoCodecs = new Set(['h264', 'hevc', 'vp8', 'vp9', 'av1', 'mpeg4', 'h263', 'mpeg2video', 'mpeg1video', 'prores', 'mjpeg', 'dnxhd', 'theora']);
@@ -27,15 +27,6 @@ export const ffmpegHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'Data
 const locationKeys = /location|xyz|gps/i;
 
 const isCoverArt = (s: ProbeStream): boolean => s.disposition?.attached_pic === 1;
-
-/** Display rotation in degrees clockwise, 0–359, from display-matrix side data or a legacy tag. */
-export function rotationOf(stream: ProbeStream | undefined): number {
-  if (!stream) return 0;
-  const side = stream.side_data_list?.find((d) => typeof d.rotation === 'number');
-  // ffprobe's display-matrix rotation is counter-clockwise.
-  const degrees = side ? -(side.rotation as number) : Number(stream.tags?.rotate ?? 0);
-  return ((Math.round(degrees) % 360) + 360) % 360;
-}
 
 /** Picks what to keep and counts what goes. Pure: tested against frozen ffprobe output. */
 export function planStreams(info: ProbeResult): { streams: number[]; removed: Removed; video: ProbeStream | undefined } {

@@ -4,7 +4,7 @@
  */
 import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Sniffed, Stripped } from '../context.js';
+import type { Removed, Sniffed, Stripped } from '../context.js';
 import { ScrubError } from '../errors.js';
 import type { Ffmpeg } from '../tools/ffmpeg.js';
 import { imageStrippers } from './strip-image.js';
@@ -21,7 +21,7 @@ export const maxImageBytes = 512 * 1024 * 1024;
 export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
   const cleanPath = path.join(file.workDir, `clean.${file.kind.ext}`);
   const { kind } = file;
-  let removed;
+  let removed: Removed;
   if (kind.family === 'image') {
     if (file.inputBytes > maxImageBytes) {
       throw new ScrubError('too_large', `Images larger than ${maxImageBytes} bytes are not accepted. Send a smaller file.`);

@@ -11,7 +11,7 @@ import { createReadStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
-import { probe, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { probe, rotationOf, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readExifValues } from '../tools/exifr.js';
 import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
@@ -33,6 +33,8 @@ const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_bra
 const cleanStreamTags = new Set(['language', 'vendor_id', 'rotate', 'DURATION']);
 const cleanHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'DataHandler']);
 const cleanEncoderNames = new Set(['Lavf']);
+/** Input tags whose values ffmpeg rewrites itself or that are technical: not scanned for. */
+const unscannedInputTags = new Set([...cleanFormatTags, ...cleanStreamTags, 'handler_name', 'encoder', 'ENCODER']);
 
 const displaySize = (info: ImageInfo): string =>
   info.orientation >= 5 ? `${info.height}x${info.width}` : `${info.width}x${info.height}`;
@@ -67,11 +69,11 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
     const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
       info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
       info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
-    if (rotation(mainVideo(before)) !== rotation(mainVideo(after))) problems.push('video: rotation changed');
+    if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
     const container = file.kind.demuxer === 'mov' ? 'isobmff' : 'matroska';
     problems.push(...(await checkVideoStructure(container, file.cleanPath)));
     facts = { probe: after };
-    values.probeTags(before, new Set([...cleanFormatTags, ...cleanStreamTags, 'handler_name', 'encoder', 'ENCODER']));
+    values.probeTags(before, unscannedInputTags);
     for (const stream of before.streams) {
       const handler = stream.tags?.handler_name;
       if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
@@ -106,12 +108,6 @@ function videoTagProblems(info: ProbeResult): string[] {
   }
   if (info.chapters.length > 0) problems.push('ffprobe: chapters present');
   return problems;
-}
-
-function rotation(stream: ProbeStream | undefined): number {
-  const side = stream?.side_data_list?.find((d) => typeof d.rotation === 'number');
-  const degrees = side ? -(side.rotation as number) : Number(stream?.tags?.rotate ?? 0);
-  return ((Math.round(degrees) % 360) + 360) % 360;
 }
 
 /** One streaming pass over the output; matches inside a kept colour profile do not count. */

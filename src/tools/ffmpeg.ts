@@ -188,6 +188,15 @@ export interface ProbeResult {
   chapters: Array<{ tags?: Record<string, string> }>;
 }
 
+/** Display rotation in degrees clockwise, 0–359, from display-matrix side data or a legacy tag. */
+export function rotationOf(stream: ProbeStream | undefined): number {
+  if (!stream) return 0;
+  const side = stream.side_data_list?.find((d) => typeof d.rotation === 'number');
+  // ffprobe's display-matrix rotation is counter-clockwise; the legacy tag is clockwise.
+  const degrees = side ? -(side.rotation as number) : Number(stream.tags?.rotate ?? 0);
+  return ((Math.round(degrees) % 360) + 360) % 360;
+}
+
 export interface Ffmpeg {
   ffmpeg: Binary;
   ffprobe: Binary;
