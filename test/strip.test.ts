@@ -4,6 +4,8 @@
  * same pixels, size, orientation and colour; reject fixtures are refused with the right code.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { crc32, deflateSync } from 'node:zlib';
 import path from 'node:path';
@@ -13,6 +15,8 @@ import { ScrubError } from '../src/errors.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { probe } from '../src/tools/ffmpeg.js';
 import { readExifValues } from '../src/tools/exifr.js';
+import { heifItems } from '../src/verify/heif.js';
+import { checkImageStructure } from '../src/verify/structure-image.js';
 import { cleanFixtures, ffmpegTools, findPlanted, fixture, pipelineDeps, rejectFixtures, removeDir, tempDir } from './helpers.js';
 
 let work: string;
@@ -72,7 +76,8 @@ describe('clean fixtures', () => {
   }
 
   it('lossless formats decode to exactly the same pixels', async () => {
-    for (const name of ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/gif-comment-xmp.gif']) {
+    const names = ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/gif-comment-xmp.gif', 'media/avif-exif-xmp-gps.avif'];
+    for (const name of names) {
       const { input, bytes } = await run(name);
       const [a, b] = await Promise.all([sharp(input).raw().toBuffer(), sharp(bytes).raw().toBuffer()]);
       assert.ok(a.equals(b), `${name}: pixels differ`);
@@ -84,6 +89,47 @@ describe('clean fixtures', () => {
     const { bytes } = await run('media/jpeg-orientation-6.jpg');
     const scan = (b: Buffer): Buffer => b.subarray(b.indexOf(Buffer.from([0xff, 0xda])), b.lastIndexOf(Buffer.from([0xff, 0xd9])) + 2);
     assert.ok(scan(input).equals(scan(bytes)));
+  });
+
+  it('rebuilds HEIC around the coded image byte for byte, without Exif, XMP or thumbnail', async () => {
+    const input = await readFile(fixture('media/heic-exif-xmp-thumbnail.heic'));
+    const { out, bytes } = await run('media/heic-exif-xmp-thumbnail.heic');
+    assert.deepEqual(out.removed, { exif: 1, xmp: 1, thumbnail: 1 });
+    const items = heifItems(bytes);
+    assert.deepEqual(items.map((i) => i.type).sort(), ['grid', 'hvc1']);
+    for (const item of items) assert.ok(item.data.length > 0 && input.includes(item.data), `${item.type} item copied unchanged`);
+    assert.deepEqual(checkImageStructure('heif', bytes).problems, []);
+    assert.notDeepEqual(checkImageStructure('heif', input).problems, [], 'the verifier refuses the original');
+  });
+
+  it('drops a motion-photo box and trailer from AVIF and keeps its colour profile', async () => {
+    const { out, bytes } = await run('media/avif-exif-xmp-gps.avif');
+    assert.equal(out.removed.motionPhoto, 1);
+    assert.equal(out.removed.trailer, 1);
+    const [a, b] = await Promise.all([sharp(fixture('media/avif-exif-xmp-gps.avif')).metadata(), sharp(bytes).metadata()]);
+    assert.ok(a.icc && b.icc?.equals(a.icc));
+  });
+
+  it('the HEIF verifier refuses item data nothing references', async () => {
+    const { bytes } = await run('media/heic-exif-xmp-thumbnail.heic');
+    // Grow mdat by 8 bytes of "hidden" data at its end; no iloc extent covers them.
+    const at = bytes.indexOf('mdat') - 4;
+    const grown = Buffer.concat([bytes, Buffer.from('HIDDEN!!')]);
+    grown.writeUInt32BE(bytes.readUInt32BE(at) + 8, at);
+    assert.ok(checkImageStructure('heif', grown).problems.includes('heif: mdat holds bytes no kept item uses'));
+  });
+
+  it('video packets are bit-identical to the input', async () => {
+    const tools = await ffmpegTools();
+    for (const name of ['media/mp4-location.mp4', 'media/mov-location.mov', 'media/webm-tags.webm', 'media/mkv-attachment-chapters.mkv']) {
+      const { input, out } = await run(name);
+      const [before, after] = await Promise.all([packetHashes(tools.ffprobe.path, input), packetHashes(tools.ffprobe.path, out.path)]);
+      assert.ok(after.size > 0 && after.size <= before.size);
+      for (const [stream, hashes] of after) {
+        const match = [...before.values()].some((h) => h.length === hashes.length && h.every((x, i) => x === hashes[i]));
+        assert.ok(match, `${name}: output stream ${stream} has no packet-identical input stream`);
+      }
+    }
   });
 
   it('keeps video rotation and copies packets without re-encoding', async () => {
@@ -150,4 +196,19 @@ function pngDeclaring(width: number, height: number): Buffer {
   ihdr[8] = 8; // bit depth
   ihdr[9] = 0; // greyscale
   return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(16))), chunk('IEND', Buffer.alloc(0))]);
+}
+
+/** Per stream, the SHA-256 of every packet's payload in order (ffprobe's own hashing). */
+async function packetHashes(ffprobe: string, file: string): Promise<Map<number, string[]>> {
+  const { stdout } = await promisify(execFile)(ffprobe, ['-v', 'error', '-show_packets', '-show_data_hash', 'sha256', '-show_entries', 'packet=stream_index,data_hash', '-of', 'csv=p=0', file], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  const streams = new Map<number, string[]>();
+  for (const line of stdout.trim().split('\n')) {
+    const [index, hash] = line.split(',');
+    const list = streams.get(Number(index)) ?? [];
+    list.push(hash!);
+    streams.set(Number(index), list);
+  }
+  return streams;
 }

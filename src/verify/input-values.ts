@@ -5,6 +5,7 @@
  */
 import { inflateSync } from 'node:zlib';
 import type { ImageFormat } from '../media.js';
+import { heifValues } from './heif.js';
 import type { ValueCollector } from './values.js';
 
 /** Opaque payloads bigger than this are not mined for printable runs (they are removed whole). */
@@ -14,7 +15,19 @@ function opaque(into: ValueCollector, payload: Buffer): void {
   into.printableRuns(payload.subarray(0, maxOpaqueBytes));
 }
 
-function jpegValues(input: Buffer, into: ValueCollector): void {
+/**
+ * After EOI: MPF secondary images, gain maps and motion photos are often whole JPEGs. Those are
+ * walked as JPEGs (their Huffman and quantisation tables are not metadata and would otherwise
+ * be mined as printable runs that every JPEG shares); anything else is opaque.
+ */
+function jpegTrailer(trailer: Buffer, into: ValueCollector, depth: number): void {
+  const soi = trailer.indexOf('\xff\xd8\xff', 0, 'latin1');
+  if (depth > 8 || soi < 0) return opaque(into, trailer);
+  opaque(into, trailer.subarray(0, soi));
+  jpegValues(trailer.subarray(soi), into, depth + 1);
+}
+
+function jpegValues(input: Buffer, into: ValueCollector, depth = 0): void {
   let pos = 2;
   while (pos + 4 <= input.length) {
     if (input[pos] !== 0xff) return;
@@ -23,10 +36,7 @@ function jpegValues(input: Buffer, into: ValueCollector): void {
       pos++;
       continue;
     }
-    if (marker === 0xd9) {
-      opaque(into, input.subarray(pos + 2));
-      return;
-    }
+    if (marker === 0xd9) return jpegTrailer(input.subarray(pos + 2), into, depth);
     const length = input.readUInt16BE(pos + 2);
     const payload = input.subarray(pos + 4, pos + 2 + length);
     pos += 2 + length;
@@ -141,7 +151,8 @@ function gifValues(input: Buffer, into: ValueCollector): void {
       const raw = input.subarray(pos + 14, end);
       if (raw.includes('<x:xmpmeta')) into.xml(raw.toString('utf8'));
     }
-    if (label !== 0xf9) opaque(into, data);
+    const looping = label === 0xff && ['NETSCAPE2.0', 'ANIMEXTS1.0'].includes(input.toString('latin1', pos + 3, pos + 14));
+    if (label !== 0xf9 && !looping) opaque(into, data);
     pos = end;
   }
 }
@@ -153,5 +164,6 @@ export async function collectImageValues(format: ImageFormat, input: Buffer, int
   else if (format === 'webp') webpValues(input, into);
   else if (format === 'gif') gifValues(input, into);
   else if (format === 'tiff') into.tiff(input);
+  else heifValues(input, into, (data) => opaque(into, data));
   await into.exifr(input);
 }

@@ -5,6 +5,7 @@
  * ranges of kept colour profiles, which the value scan may not flag.
  */
 import type { ImageFormat } from '../media.js';
+import { checkHeifStructure } from './heif.js';
 import { tiffValues } from './tiff-values.js';
 
 export interface StructureReport {
@@ -142,6 +143,6 @@ export function checkImageStructure(format: ImageFormat, out: Buffer): Structure
   else if (format === 'webp') walkWebp(out, report);
   else if (format === 'gif') walkGif(out, report);
   else if (format === 'tiff') walkTiff(out, report);
-  else report.problems.push(`${format}: no structural check for this format`);
+  else checkHeifStructure(out, report.problems, report.profileRanges);
   return report;
 }
