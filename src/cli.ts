@@ -2,7 +2,7 @@
  * `scrubline` — the command line. Exit codes: 0 all files cleaned, 2 a file was rejected (one
  * line on stderr says why; no output file is written for it), 1 an internal or usage error.
  */
-import { copyFile, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -11,11 +11,10 @@ import { ConfigError, configVariables, loadConfig, type Config } from './config.
 import { asScrubError, ScrubError } from './errors.js';
 import { loadFingerprintKey } from './keys.js';
 import { acceptedFormatsText } from './media.js';
-import { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
-import { randomId } from './steps/receive.js';
+import { cleanFile } from './pipeline.js';
+import { minFilesForWorkers, pipelineDeps, stripInWorkers, stripOne, withWorkDir, type StripJob, type StripOutcome } from './cli-strip.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
-import { systemClock } from './steps/tag-expiry.js';
 import { loadFfmpeg } from './tools/ffmpeg.js';
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
@@ -39,35 +38,6 @@ ${configVariables.map(([name, meaning]) => `  ${name.padEnd(31)} ${meaning}`).jo
 type Out = { stdout: (s: string) => void; stderr: (s: string) => void };
 const defaultOut: Out = { stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s) };
 
-async function pipelineDeps(config: Config): Promise<PipelineDeps> {
-  return {
-    ffmpeg: await loadFfmpeg(config),
-    fingerprintKey: loadFingerprintKey(config.dataDir, config.fingerprintKey),
-    maxInputPixels: config.maxInputPixels,
-    clock: systemClock,
-  };
-}
-
-/** Runs `work` on a local file with a private work dir that is removed whatever happens. */
-async function withWorkDir<T>(config: Config, input: string, work: (received: { id: string; inputPath: string; inputBytes: number; workDir: string }) => Promise<T>): Promise<T> {
-  const tmpRoot = path.join(config.dataDir, 'tmp');
-  await mkdir(tmpRoot, { recursive: true, mode: 0o700 });
-  const workDir = await mkdtemp(path.join(tmpRoot, 'cli-'));
-  try {
-    const { size } = await stat(input);
-    return await work({ id: randomId(), inputPath: path.resolve(input), inputBytes: size, workDir });
-  } finally {
-    await rm(workDir, { recursive: true, force: true });
-  }
-}
-
-/** Moves a verified file into place atomically (never a half-written output). */
-async function publish(file: CleanFile, target: string): Promise<void> {
-  const partial = `${target}.scrubline-partial`;
-  await copyFile(file.path, partial);
-  await rename(partial, target);
-}
-
 async function runPool<T>(items: T[], size: number, work: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -89,25 +59,28 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
   if (retention !== 'standard' && retention !== 'extended') throw new UsageError('--retention must be standard or extended');
   if (values['out-dir'] !== undefined) await mkdir(values['out-dir'], { recursive: true });
 
-  const deps = await pipelineDeps(config);
   let rejected = 0;
   let failed = 0;
-  await runPool(positionals, Math.max(2, availableParallelism()), async (input) => {
-    try {
-      await withWorkDir(config, input, async (received) => {
-        const file = await cleanFile(received, retention, deps);
-        const target = values.output ?? path.join(values['out-dir']!, `${path.parse(input).name}.${file.ext}`);
-        await publish(file, target);
-        if (values.json) out.stdout(JSON.stringify({ input, output: target, ...publicReport(file) }) + '\n');
-      });
-    } catch (err) {
-      const error = asScrubError(err);
-      if (error.isRejection) rejected++;
-      else failed++;
-      out.stderr(`scrubline: ${input}: ${error.isRejection ? 'rejected' : 'error'} (${error.code}): ${error.publicMessage}\n`);
-      if (values.json) out.stdout(JSON.stringify({ input, error: error.toJSON().error }) + '\n');
+  const report = (outcome: StripOutcome): void => {
+    if (outcome.ok) {
+      if (values.json) out.stdout(JSON.stringify({ input: outcome.input, output: outcome.output, ...outcome.report }) + '\n');
+      return;
     }
-  });
+    const { error } = outcome;
+    if (error.isRejection) rejected++;
+    else failed++;
+    out.stderr(`scrubline: ${outcome.input}: ${error.isRejection ? 'rejected' : 'error'} (${error.code}): ${error.message}\n`);
+    if (values.json) out.stdout(JSON.stringify({ input: outcome.input, error: { code: error.code, message: error.message } }) + '\n');
+  };
+  const jobs: StripJob[] = positionals.map((input) => ({ input, output: values.output, outDir: values['out-dir'], retention }));
+  if (jobs.length >= minFilesForWorkers && availableParallelism() > 1) {
+    // Created here, once, before workers could race to create it.
+    loadFingerprintKey(config.dataDir, config.fingerprintKey);
+    await stripInWorkers(jobs, availableParallelism(), report);
+  } else {
+    const deps = await pipelineDeps(config);
+    await runPool(jobs, 2, async (job) => report(await stripOne(config, deps, job)));
+  }
   return failed > 0 ? 1 : rejected > 0 ? 2 : 0;
 }
 

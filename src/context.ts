@@ -5,6 +5,7 @@
  */
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
+import type { ProbeResult } from './tools/ffmpeg.js';
 
 /** Metadata category → how many structures of it were removed. Never a value. */
 export type Removed = Record<string, number>;
@@ -29,6 +30,10 @@ export interface Stripped extends Sniffed {
   cleanPath: string;
   cleanBytes: number;
   removed: Removed;
+  /** ffprobe's reading of the original (video): raw tool output, reused so it runs once. */
+  inputProbe?: ProbeResult | undefined;
+  /** The original's bytes (images), as read once for the rebuild; strippers never write to it. */
+  original?: Buffer | undefined;
 }
 
 export interface Verified extends Stripped {

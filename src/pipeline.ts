@@ -14,7 +14,7 @@
  */
 import type { Received, Removed, Retention } from './context.js';
 import type { Fingerprint } from './steps/fingerprint.js';
-import { fingerprint } from './steps/fingerprint.js';
+import { fingerprint, hmacFile } from './steps/fingerprint.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
 import { tagExpiry, type Clock } from './steps/tag-expiry.js';
@@ -47,8 +47,14 @@ export interface CleanFile {
 export async function cleanFile(received: Received, retention: Retention, deps: PipelineDeps): Promise<CleanFile> {
   const sniffed = await sniff(received);
   const stripped = await strip(sniffed, deps);
-  const verified = await verify(stripped, deps);
-  const fingerprinted = await fingerprint(verified, deps.fingerprintKey);
+  // A video's keyed hash streams the cleaned file while verify waits on ffprobe; it is only used
+  // once verify has passed, and is settled before a failure propagates (no read of a removed file).
+  const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
+  const verified = await verify(stripped, deps).catch(async (err: unknown) => {
+    await contentHmac?.catch(() => undefined);
+    throw err;
+  });
+  const fingerprinted = await fingerprint(verified, deps.fingerprintKey, contentHmac);
   const tagged = tagExpiry(fingerprinted, retention, deps.clock);
   return {
     id: tagged.id,

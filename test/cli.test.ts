@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -37,6 +37,20 @@ describe('scrubline CLI', () => {
       assert.deepEqual(findPlanted(await readFile(report.output)), []);
       assert.match(report.fingerprint.id, /^fp_/);
     }
+  });
+
+  it('strip spreads a batch over worker threads: every file cleaned or refused, exit 2 for the refusal', async () => {
+    const out = path.join(dir, 'batch');
+    const inputs = ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/heic-exif-xmp-thumbnail.heic', 'media/mp4-location.mp4', 'reject/html-as-image.png'];
+    const result = await run(['strip', ...inputs.map((f) => fixture(f)), '--out-dir', out, '--json'], env);
+    assert.equal(result.code, 2, result.stderr);
+    const reports = result.stdout.trim().split('\n').map((line) => JSON.parse(line));
+    assert.equal(reports.length, inputs.length);
+    assert.equal(reports.filter((r) => r.error?.code === 'unsupported_type').length, 1);
+    const cleaned = reports.filter((r) => r.output);
+    assert.equal(cleaned.length, inputs.length - 1);
+    for (const report of cleaned) assert.deepEqual(findPlanted(await readFile(report.output)), []);
+    assert.deepEqual(await readdir(path.join(dir, 'data', 'tmp')), [], 'no work dir left behind');
   });
 
   it('strip rejects a non-media file with exit 2, one line on stderr and no output file', async () => {

@@ -81,6 +81,33 @@ describe('pattern scanner', () => {
     assert.deepEqual(matches.map((m) => m.start), [5, 32]);
     assert.deepEqual(new PatternSet([]).scanner().feed(text), []);
   });
+
+  it('agrees with a naive indexOf search on random data, whatever the chunking', () => {
+    let seed = 42;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    for (let round = 0; round < 200; round++) {
+      const patterns = Array.from({ length: 1 + random(12) }, () => Buffer.from(Array.from({ length: 3 + random(20) }, () => random(4) + 97)));
+      const data = Buffer.from(Array.from({ length: 2000 }, () => random(5) + 97)); // a tiny alphabet: many partial matches
+      for (const p of patterns) if (random(2)) p.copy(data, random(data.length - p.length));
+      const expected = new Set<string>();
+      patterns.forEach((p, i) => {
+        for (let at = data.indexOf(p); at >= 0; at = data.indexOf(p, at + 1)) expected.add(`${p.toString()}@${at}`);
+      });
+      const set = new PatternSet(patterns);
+      const scanner = set.scanner();
+      const found = new Set<string>();
+      const unique = [...new Map(patterns.map((p) => [p.toString(), p])).values()];
+      for (let at = 0; at < data.length; ) {
+        const size = 1 + random(300);
+        for (const m of scanner.feed(data.subarray(at, at + size))) found.add(`${unique[m.pattern]!.toString()}@${m.start}`);
+        at += size;
+      }
+      assert.deepEqual([...found].sort(), [...expected].sort(), `round ${round}`);
+    }
+  });
 });
 
 describe('expiry', () => {

@@ -59,24 +59,53 @@ export function planStreams(info: ProbeResult): { streams: number[]; removed: Re
   return { streams, removed, video };
 }
 
-export async function stripVideo(tools: Ffmpeg, kind: Extract<MediaKind, { family: 'video' }>, input: string, output: string): Promise<Removed> {
-  const info = await probe(tools, input, kind.demuxer);
+/** The streams a `usual` remux copies (see RemuxPlan), by input index. */
+export function usualStreams(info: ProbeResult): number[] {
+  const video = info.streams.find((s) => s.codec_type === 'video' && !isCoverArt(s));
+  return [...(video ? [video.index] : []), ...info.streams.filter((s) => s.codec_type === 'audio').map((s) => s.index)];
+}
+
+/**
+ * Probes and remuxes. The probe (~70 ms of ffprobe start-up alone) and a `usual` remux run at
+ * once; when the probe's plan turns out to be that usual mapping, which it is for almost every
+ * file, its output stands, otherwise the file is remuxed again with the exact plan. Builds that
+ * need the rotation written back (legacy tag) always wait for the probe.
+ */
+export async function stripVideo(
+  tools: Ffmpeg,
+  kind: Extract<MediaKind, { family: 'video' }>,
+  input: string,
+  output: string,
+): Promise<{ removed: Removed; inputProbe: ProbeResult }> {
+  const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
+  const speculate = !tools.legacyRotateTag;
+  // Settle both before acting: a failed probe must not leave ffmpeg writing into a work dir
+  // that is being removed.
+  const [probed, remuxed] = await Promise.allSettled([
+    probe(tools, input, kind.demuxer),
+    speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual' }), tools.timeoutMs) : undefined,
+  ]);
+  if (probed.status === 'rejected') throw probed.reason;
+  if (remuxed.status === 'rejected') throw remuxed.reason;
+  const info = probed.value;
+  const early = remuxed.value;
   const { streams, removed, video } = planStreams(info);
   if (video === undefined && streams.length === 0) {
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
   }
-  const rotation = rotationOf(video);
-  const plan: RemuxPlan = {
-    input,
-    demuxer: kind.demuxer,
-    output,
-    muxer: kind.muxer,
-    streams,
-    // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
-    // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
-    legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
-  };
-  const result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
+  const planned = streams.join() === usualStreams(info).join();
+  let result = early;
+  if (!planned || result === undefined) {
+    const rotation = rotationOf(video);
+    const plan: RemuxPlan = {
+      ...base,
+      streams,
+      // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
+      // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
+      legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
+    };
+    result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
+  }
   if (result.code !== 0) {
     throw new ScrubError('corrupt_media', 'The video could not be remuxed without re-encoding (damaged, or a codec its container cannot hold). It was not forwarded.', {
       internal: `ffmpeg exited ${result.code}`,
@@ -84,5 +113,5 @@ export async function stripVideo(tools: Ffmpeg, kind: Extract<MediaKind, { famil
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
-  return removed;
+  return { removed, inputProbe: info };
 }

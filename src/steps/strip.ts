@@ -6,7 +6,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Removed, Sniffed, Stripped } from '../context.js';
 import { ScrubError } from '../errors.js';
-import type { Ffmpeg } from '../tools/ffmpeg.js';
+import type { Ffmpeg, ProbeResult } from '../tools/ffmpeg.js';
 import { imageStrippers } from './strip-image.js';
 import { stripVideo } from './strip-video.js';
 
@@ -22,19 +22,23 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
   const cleanPath = path.join(file.workDir, `clean.${file.kind.ext}`);
   const { kind } = file;
   let removed: Removed;
+  let inputProbe: ProbeResult | undefined;
+  let original: Buffer | undefined;
   if (kind.family === 'image') {
     if (file.inputBytes > maxImageBytes) {
       throw new ScrubError('too_large', `Images larger than ${maxImageBytes} bytes are not accepted. Send a smaller file.`);
     }
-    const input = await readFile(file.inputPath);
-    const result = await imageStrippers[kind.format](input, { maxInputPixels: deps.maxInputPixels });
+    original = await readFile(file.inputPath);
+    const result = await imageStrippers[kind.format](original, { maxInputPixels: deps.maxInputPixels });
     await writeParts(cleanPath, result.parts);
     removed = result.removed;
   } else {
-    removed = await stripVideo(deps.ffmpeg, kind, file.inputPath, cleanPath);
+    const result = await stripVideo(deps.ffmpeg, kind, file.inputPath, cleanPath);
+    removed = result.removed;
+    inputProbe = result.inputProbe;
   }
   const { size } = await stat(cleanPath);
-  return { ...file, cleanPath, cleanBytes: size, removed };
+  return { ...file, cleanPath, cleanBytes: size, removed, inputProbe, original };
 }
 
 /** Writes slices in one vectored write per batch; the file is created 0600 and must be new. */

@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import type { Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { probe, rotationOf, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
-import { readExifValues } from '../tools/exifr.js';
+import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet } from '../verify/scan.js';
@@ -26,7 +26,10 @@ export interface VerifyDeps {
 }
 
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
-export type VerifiedFacts = { imageInfo: ImageInfo; probe?: undefined } | { probe: ProbeResult; imageInfo?: undefined };
+export type VerifiedFacts =
+  /** `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again. */
+  | { imageInfo: ImageInfo; bytes: Buffer; probe?: undefined }
+  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined };
 
 // The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
 const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
@@ -43,45 +46,52 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
   const problems: string[] = [];
   let facts: VerifiedFacts;
   const values = new ValueCollector();
-  let ignored: Array<[number, number]> = [];
 
+  // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
   if (file.kind.family === 'image') {
-    const [input, output] = await Promise.all([readFile(file.inputPath), readFile(file.cleanPath)]);
-    const structure = checkImageStructure(file.kind.format, output);
+    // The output is read from disk: what is proven clean is what will be forwarded.
+    const [input, output] = await Promise.all([file.original ?? readFile(file.inputPath), readFile(file.cleanPath)]);
+    const format = file.kind.format;
+    const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
+    const infos = Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
+    const structure = checkImageStructure(format, output);
     problems.push(...structure.problems);
-    ignored = structure.profileRanges;
+    await collectImageValues(format, input, values);
+    const leaks = await countLeaks([output], values.values, structure.profileRanges);
 
-    if (file.kind.format !== 'tiff') {
-      for (const [block, tags] of Object.entries(await readExifValues(output))) {
-        const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
-        if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
-      }
+    for (const [block, tags] of Object.entries(await tagBlocks)) {
+      const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
+      if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
     }
-    const [before, after] = await Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
+    const [before, after] = await infos;
     if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
     if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-    facts = { imageInfo: after };
-    await collectImageValues(file.kind.format, input, values);
+    facts = { imageInfo: after, bytes: output };
+    if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   } else {
-    const [before, after] = await Promise.all([probe(deps.ffmpeg, file.inputPath, file.kind.demuxer), probe(deps.ffmpeg, file.cleanPath, file.kind.demuxer)]);
-    problems.push(...videoTagProblems(after));
-    if (after.streams.length === 0) problems.push('video: no playable stream in the output');
-    const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
-      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
-      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
-    if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
-    const container = file.kind.demuxer === 'mov' ? 'isobmff' : 'matroska';
-    problems.push(...(await checkVideoStructure(container, file.cleanPath)));
-    facts = { probe: after };
+    const { demuxer } = file.kind;
+    const probed = probe(deps.ffmpeg, file.cleanPath, demuxer);
+    const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
     values.probeTags(before, unscannedInputTags);
     for (const stream of before.streams) {
       const handler = stream.tags?.handler_name;
       if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
     }
+    const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
+    const [after, structure, leaks] = await Promise.all([
+      probed,
+      checkVideoStructure(container, file.cleanPath),
+      countLeaks(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []),
+    ]);
+    problems.push(...videoTagProblems(after), ...structure);
+    if (after.streams.length === 0) problems.push('video: no playable stream in the output');
+    const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
+      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
+      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
+    if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
+    facts = { probe: after };
+    if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   }
-
-  const leaks = await countLeaks(file.cleanPath, values.values, ignored);
-  if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
 
   if (problems.length > 0) {
     throw new ScrubError(
@@ -110,14 +120,17 @@ function videoTagProblems(info: ProbeResult): string[] {
   return problems;
 }
 
-/** One streaming pass over the output; matches inside a kept colour profile do not count. */
-async function countLeaks(path: string, patterns: Buffer[], ignored: Array<[number, number]>): Promise<number> {
+/**
+ * One pass over the output's bytes (a buffer already read, or a stream for video); matches
+ * inside a kept colour profile do not count. Resolves to how many distinct values were found.
+ */
+async function countLeaks(chunks: Iterable<Buffer> | AsyncIterable<Buffer>, patterns: Buffer[], ignored: Array<[number, number]>): Promise<number> {
   const set = new PatternSet(patterns);
   if (set.size === 0) return 0;
   const scanner = set.scanner();
   const leaked = new Set<number>();
-  for await (const chunk of createReadStream(path, { highWaterMark: 1024 * 1024 })) {
-    for (const match of scanner.feed(chunk as Buffer)) {
+  for await (const chunk of chunks) {
+    for (const match of scanner.feed(chunk)) {
       if (!ignored.some(([start, end]) => match.start >= start && match.start < end)) leaked.add(match.pattern);
     }
   }

@@ -36,8 +36,12 @@ export interface RemuxPlan {
   demuxer: Demuxer;
   output: string;
   muxer: Muxer;
-  /** Input stream indexes to copy, in output order. */
-  streams: number[];
+  /**
+   * Input stream indexes to copy, in output order; or `usual`: the first video stream that is
+   * not cover art, then every audio stream (what the plan is for almost every file, mapped by
+   * ffmpeg itself so the remux can start before the probe has answered).
+   */
+  streams: number[] | 'usual';
   /**
    * ffmpeg before 5 carried rotation only as a `rotate` stream tag, which `-map_metadata -1`
    * drops; for those builds the rotation is written back explicitly. Newer builds carry it as
@@ -54,7 +58,8 @@ export function remuxArgs(plan: RemuxPlan): string[] {
     '-v', 'error',
     ...lockedInput(plan.input, plan.demuxer),
   ];
-  for (const index of plan.streams) args.push('-map', `0:${index}`);
+  if (plan.streams === 'usual') args.push('-map', '0:V:0?', '-map', '0:a?');
+  else for (const index of plan.streams) args.push('-map', `0:${index}`);
   args.push(
     '-c', 'copy',
     '-map_metadata', '-1',

@@ -7,6 +7,7 @@
 import type { ProbeResult } from '../tools/ffmpeg.js';
 import { readExifValues } from '../tools/exifr.js';
 import { tiffValues } from './tiff-values.js';
+import { maxPatternBytes } from './scan.js';
 
 /** Values shorter than this match random bytes too often to mean anything (see README). */
 export const minValueChars = 5;
@@ -19,10 +20,12 @@ export class ValueCollector {
   text(value: string): void {
     const trimmed = value.replace(/\0+$/g, '').trim();
     if (trimmed.length < minValueChars) return;
-    if (new Set(trimmed).size < 3) return; // "     ", "00000": present in any binary
     if (/^\d+$/.test(trimmed) && trimmed.length < 8) return; // widths, ISO speeds, counts
-    this.bytes(Buffer.from(trimmed, 'utf8'));
-    this.bytes(Buffer.from(trimmed, 'utf16le'));
+    // The scan matches at most the first maxPatternBytes of a value: a long caption costs no more.
+    const head = trimmed.slice(0, maxPatternBytes);
+    if (new Set(head).size < 3) return; // "     ", "00000": present in any binary
+    this.bytes(Buffer.from(head, 'utf8'));
+    this.bytes(Buffer.from(head, 'utf16le'));
   }
 
   bytes(value: Uint8Array): void {

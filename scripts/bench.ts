@@ -1,0 +1,207 @@
+/**
+ * `npm run bench [-- --runs N]`
+ *
+ * Speed and memory of scrubline against baselines measured in the same run on the same files,
+ * printed as ratios (these machines are shared and noisy; absolute times mean little):
+ *   - a ~5 MB 12 MP JPEG carrying a big EXIF/XMP/ICC block: `cp`, scrubline strip + verify +
+ *     fingerprint in process, and when installed `exiftool -all=`, and a sharp re-encode;
+ *   - 100 such JPEGs: `scrubline strip --out-dir` vs `exiftool -all=` over the same folder, each
+ *     one process;
+ *   - a ~75 MB 1080p MP4: `cp`, a bare `ffmpeg -c copy` remux with the same binary, scrubline;
+ *   - peak RSS of one `scrubline strip` process on a small and a large video (flat = streaming).
+ * Inputs are generated into a temp dir (sharp noise, ffmpeg test sources) and removed after.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
+import path from 'node:path';
+import { parseArgs, promisify } from 'node:util';
+import sharp from 'sharp';
+import { loadConfig } from '../src/config.js';
+import { cleanFile, type PipelineDeps } from '../src/pipeline.js';
+import { loadFfmpeg } from '../src/tools/ffmpeg.js';
+
+const run = promisify(execFile);
+const root = path.resolve(import.meta.dirname, '..');
+const cli = path.join(root, 'bin', 'scrubline.js');
+
+const { values: options } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
+const runs = Math.max(1, Number(options.runs));
+
+async function timed(work: () => Promise<unknown>): Promise<number> {
+  const start = process.hrtime.bigint();
+  await work();
+  return Number(process.hrtime.bigint() - start) / 1e6;
+}
+
+/** Median of `runs` timings, after one warm-up run. */
+async function median(work: () => Promise<unknown>, n = runs): Promise<number> {
+  await work();
+  const times: number[] = [];
+  for (let i = 0; i < n; i++) times.push(await timed(work));
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)]!;
+}
+
+async function installed(tool: string, args: string[]): Promise<boolean> {
+  return run(tool, args).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Peak RSS (KiB) of a child process, from GNU time when present. */
+async function peakRss(command: string, args: string[]): Promise<number | undefined> {
+  if (!(await installed('/usr/bin/time', ['-f', '%M', 'true']))) return undefined;
+  return new Promise((resolve) => {
+    const child = spawn('/usr/bin/time', ['-f', 'peak-rss-kib=%M', command, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('close', () => resolve(Number(/peak-rss-kib=(\d+)/.exec(err)?.[1]) || undefined));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+async function makeJpeg(file: string): Promise<void> {
+  const xmp = `<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:creator="Bench Photographer"><dc:description>${'A long caption. '.repeat(2000)}</dc:description></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>`;
+  await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 16 } } })
+    .withIccProfile('p3')
+    .withExif({
+      IFD0: { Make: 'BenchMake', Model: 'BenchModel 12', Artist: 'Bench Artist', Software: 'BenchSoft 1.0', ImageDescription: 'x'.repeat(30_000) },
+      IFD2: { UserComment: 'bench maker-note-sized comment '.repeat(800) },
+    })
+    .withXmp(xmp)
+    .jpeg({ quality: 90 })
+    .toFile(file);
+}
+
+async function makeMp4(file: string, seconds: number): Promise<void> {
+  await run('ffmpeg', [
+    '-v', 'error', '-y',
+    '-f', 'lavfi', '-i', `testsrc2=size=1920x1080:rate=30:duration=${seconds}`,
+    '-f', 'lavfi', '-i', `sine=frequency=440:duration=${seconds}`,
+    '-vf', 'noise=alls=8:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-crf', '26', '-pix_fmt', 'yuv420p', '-c:a', 'aac',
+    '-metadata', 'title=Bench Title', '-metadata', 'location=+51.5072-000.1276/',
+    file,
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Row {
+  what: string;
+  ms: number;
+  base: number;
+  note?: string;
+}
+
+const rows: Row[] = [];
+const print = (title: string): void => {
+  console.log(`\n${title}`);
+  for (const r of rows.splice(0)) {
+    console.log(`  ${r.what.padEnd(44)} ${r.ms.toFixed(1).padStart(9)} ms  ${(r.ms / r.base).toFixed(2).padStart(6)}×${r.note ? `  ${r.note}` : ''}`);
+  }
+};
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(path.join(tmpdir(), 'scrubline-bench-'));
+  const config = loadConfig({ ...process.env, SCRUBLINE_DATA_DIR: path.join(work, 'data') });
+  const ffmpeg = await loadFfmpeg(config);
+  const deps: PipelineDeps = { ffmpeg, fingerprintKey: Buffer.alloc(32, 7), maxInputPixels: config.maxInputPixels, clock: () => new Date() };
+  const hasExiftool = await installed('exiftool', ['-ver']);
+  console.log(`scrubline bench: ${availableParallelism()} cores, node ${process.version}, ffmpeg ${ffmpeg.ffmpegVersion}, ${runs} runs (median)`);
+  console.log('ratios are to `cp` of the same file unless the row says otherwise');
+
+  let n = 0;
+  /** scrubline strip + verify + fingerprint in process, on a private copy in its own work dir. */
+  const clean = async (input: string): Promise<void> => {
+    const workDir = path.join(work, `w${n++}`);
+    await mkdir(workDir);
+    try {
+      await cleanFile({ id: 'bench', inputPath: input, inputBytes: (await stat(input)).size, workDir }, 'standard', deps);
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+  };
+
+  try {
+    // ---- one JPEG
+    const jpeg = path.join(work, 'photo.jpg');
+    await makeJpeg(jpeg);
+    const jpegBytes = (await stat(jpeg)).size;
+    const cp = await median(() => run('cp', [jpeg, path.join(work, 'copy.jpg')]));
+    rows.push({ what: '`cp`', ms: cp, base: cp });
+    rows.push({ what: 'fs.copyFile (in process)', ms: await median(() => copyFile(jpeg, path.join(work, 'copy2.jpg'))), base: cp });
+    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: await median(() => clean(jpeg)), base: cp, note: 'target ≤ 4×' });
+    if (hasExiftool) {
+      const target = path.join(work, 'exiftool.jpg');
+      rows.push({ what: '`exiftool -all=`', ms: await median(() => rm(target, { force: true }).then(() => run('exiftool', ['-q', '-all=', '-o', target, jpeg]))), base: cp });
+    }
+    rows.push({ what: 'sharp re-encode (lossy, for comparison)', ms: await median(() => sharp(jpeg).jpeg({ quality: 90 }).toFile(path.join(work, 'reencoded.jpg'))), base: cp });
+    print(`JPEG, 4000×3000, ${(jpegBytes / 1e6).toFixed(1)} MB with EXIF/XMP/ICC`);
+
+    // ---- 100 JPEGs, one process each tool
+    const batch = path.join(work, 'batch');
+    await mkdir(batch);
+    for (let i = 0; i < 100; i++) await copyFile(jpeg, path.join(batch, `p${String(i).padStart(3, '0')}.jpg`));
+    const files = (await readdir(batch)).map((f) => path.join(batch, f));
+    const batchRuns = Math.min(runs, 3);
+    const cpBatch = await median(() => run('cp', ['-r', batch, path.join(work, `batch-cp-${n++}`)]), batchRuns);
+    rows.push({ what: '`cp -r` of the folder', ms: cpBatch, base: cpBatch });
+    const ours = await median(
+      () => run(process.execPath, [cli, 'strip', '--out-dir', path.join(work, `batch-out-${n++}`), ...files], { env: { ...process.env, SCRUBLINE_DATA_DIR: path.join(work, 'data') } }),
+      batchRuns,
+    );
+    let theirs: number | undefined;
+    if (hasExiftool) {
+      theirs = await median(() => run('exiftool', ['-q', '-all=', '-o', `${path.join(work, `batch-ex-${n++}`)}/`, batch]), batchRuns);
+      rows.push({ what: '`exiftool -all=` over the folder', ms: theirs, base: cpBatch, note: `${(100_000 / theirs).toFixed(0)} files/s` });
+    }
+    rows.push({
+      what: '`scrubline strip --out-dir` (strip+verify+fp)',
+      ms: ours,
+      base: cpBatch,
+      note: `${(100_000 / ours).toFixed(0)} files/s${theirs ? `, ${(theirs / ours).toFixed(2)}× exiftool's speed (target ≥ 1)` : ''}`,
+    });
+    print('100 of those JPEGs');
+    await rm(batch, { recursive: true, force: true });
+
+    // ---- MP4
+    const mp4 = path.join(work, 'clip.mp4');
+    await makeMp4(mp4, 60);
+    const mp4Bytes = (await stat(mp4)).size;
+    const cpVideo = await median(() => run('cp', [mp4, path.join(work, 'copy.mp4')]), Math.min(runs, 3));
+    rows.push({ what: '`cp`', ms: cpVideo, base: cpVideo });
+    const remux = await median(
+      () => run(ffmpeg.ffmpeg.path, ['-v', 'error', '-y', '-i', mp4, '-map', '0', '-c', 'copy', path.join(work, 'remux.mp4')]),
+      Math.min(runs, 3),
+    );
+    rows.push({ what: 'bare `ffmpeg -c copy` remux', ms: remux, base: cpVideo });
+    const ourVideo = await median(() => clean(mp4), Math.min(runs, 3));
+    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: ourVideo, base: cpVideo, note: `${(ourVideo / remux).toFixed(2)}× the bare remux (target ≤ 1.5×)` });
+    print(`MP4, 1080p30 H.264/AAC, ${(mp4Bytes / 1e6).toFixed(0)} MB`);
+
+    // ---- memory
+    const small = path.join(work, 'small.mp4');
+    await makeMp4(small, 6);
+    const env = { SCRUBLINE_DATA_DIR: path.join(work, 'data') };
+    Object.assign(process.env, env);
+    const rssSmall = await peakRss(process.execPath, [cli, 'strip', small, '-o', path.join(work, 'small-out.mp4')]);
+    const rssLarge = await peakRss(process.execPath, [cli, 'strip', mp4, '-o', path.join(work, 'large-out.mp4')]);
+    const rssJpeg = await peakRss(process.execPath, [cli, 'strip', jpeg, '-o', path.join(work, 'one-out.jpg')]);
+    if (rssSmall && rssLarge && rssJpeg) {
+      console.log('\npeak RSS of one `scrubline strip` process (node + sharp; ffmpeg runs in its own process)');
+      console.log(`  video ${((await stat(small)).size / 1e6).toFixed(0).padStart(4)} MB  ${(rssSmall / 1024).toFixed(0).padStart(5)} MiB`);
+      console.log(`  video ${(mp4Bytes / 1e6).toFixed(0).padStart(4)} MB  ${(rssLarge / 1024).toFixed(0).padStart(5)} MiB  (${(rssLarge / rssSmall).toFixed(2)}× the small one for ${(mp4Bytes / (await stat(small)).size).toFixed(0)}× the bytes)`);
+      console.log(`  JPEG  ${(jpegBytes / 1e6).toFixed(0).padStart(4)} MB  ${(rssJpeg / 1024).toFixed(0).padStart(5)} MiB  (images are rebuilt in memory)`);
+    } else {
+      console.log('\npeak RSS: /usr/bin/time not installed (apt-get install time)');
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();
