@@ -4,17 +4,22 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants } from 'node:fs/promises';
+import { access, constants, mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import express, { type ErrorRequestHandler, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { ScrubError, asScrubError } from './errors.js';
-import type { Ledger } from './ledger.js';
+import { requireBearer } from './auth.js';
+import { defaults } from './config.js';
+import type { ArtefactRecord, Ledger } from './ledger.js';
+import { countByKind, removeArtefactFiles } from './sweeper.js';
+import { makeThumbnail } from './thumbnails.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
 import { publicReport } from './pipeline.js';
 import type { Forwarder } from './steps/forward.js';
-import { systemClock } from './steps/tag-expiry.js';
-import { versionOf, type Binary } from './tools/ffmpeg.js';
+import { expiresAt, systemClock } from './steps/tag-expiry.js';
+import { versionOf, type Binary, type Ffmpeg } from './tools/ffmpeg.js';
 
 export interface AppDeps {
   logger: Logger;
@@ -22,8 +27,11 @@ export interface AppDeps {
   scrubline: ScrublineOptions;
   forwarder: Forwarder;
   ledger: Ledger;
-  ffmpeg: Binary;
-  ffprobe: Binary;
+  tools: Ffmpeg;
+  /** Bearer token every /v1/* request must carry. */
+  apiToken: string;
+  /** Longest a file may live while its job has not reported finished. */
+  unfinishedJobCapHours: number;
 }
 
 /** The one place errors become HTTP: status, and a JSON body that says what was wrong and what to do. */
@@ -42,6 +50,39 @@ export function errorHandler(): ErrorRequestHandler {
 }
 
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
+const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
+const routes =
+  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, GET /healthz, GET /readyz';
+
+export const thumbnailId = (fileId: string): string => `th_${fileId}`;
+
+/** Unknown, purged-by-request or foreign ids all answer the same 404. */
+function notFound(what: string, why = ''): ScrubError {
+  return new ScrubError('not_found', `No such ${what}. ${why}`.trim());
+}
+
+function validJobId(jobId: string): string {
+  if (!jobIdPattern.test(jobId)) throw new ScrubError('bad_request', 'jobId must be 1–128 characters from A–Z, a–z, 0–9, ".", "_", ":" and "-".');
+  return jobId;
+}
+
+/** The public record of a file: ids, times and retention; never a name or a value. */
+function fileView(record: ArtefactRecord, hasThumbnail: boolean) {
+  return {
+    id: record.id,
+    jobId: record.jobId ?? null,
+    mime: record.mime,
+    bytes: record.bytes,
+    fingerprintId: record.fingerprintId,
+    destination: record.destination,
+    retention: record.retention,
+    createdAt: record.createdAt,
+    jobFinishedAt: record.jobFinishedAt ?? null,
+    expiresAt: record.expiresAt,
+    purgedAt: record.purgedAt ?? null,
+    thumbnail: hasThumbnail,
+  };
+}
 
 export function buildApp(deps: AppDeps): express.Express {
   const app = express();
@@ -70,8 +111,8 @@ export function buildApp(deps: AppDeps): express.Express {
 
   app.get('/readyz', async (_req, res) => {
     const [ffmpeg, ffprobe, dataDir] = await Promise.allSettled([
-      versionOf(deps.ffmpeg, 10_000),
-      versionOf(deps.ffprobe, 10_000),
+      versionOf(deps.tools.ffmpeg, 10_000),
+      versionOf(deps.tools.ffprobe, 10_000),
       access(deps.dataDir, constants.W_OK),
     ]);
     const tool = (binary: Binary, result: PromiseSettledResult<{ version: string }>) => ({
@@ -81,8 +122,8 @@ export function buildApp(deps: AppDeps): express.Express {
       version: result.status === 'fulfilled' ? result.value.version : undefined,
     });
     const body = {
-      ffmpeg: tool(deps.ffmpeg, ffmpeg),
-      ffprobe: tool(deps.ffprobe, ffprobe),
+      ffmpeg: tool(deps.tools.ffmpeg, ffmpeg),
+      ffprobe: tool(deps.tools.ffprobe, ffprobe),
       dataDir: { ok: dataDir.status === 'fulfilled', writable: dataDir.status === 'fulfilled' },
       ledger: { ok: true, schemaVersion: deps.ledger.schemaVersion },
     };
@@ -90,33 +131,101 @@ export function buildApp(deps: AppDeps): express.Express {
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...body });
   });
 
-  app.post('/v1/uploads', scrubline(deps.scrubline), async function forwardUpload(req: Request, res: Response) {
-    const upload = req.scrubline!;
-    const fields = { jobId: upload.jobId, retention: upload.retention };
-    const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
-    const createdAt = (deps.scrubline.clock ?? systemClock)().toISOString();
-    deps.ledger.record(
-      upload.files.map((f) => ({
-        id: f.id,
-        kind: 'file' as const,
-        jobId: upload.jobId,
-        mime: f.mime,
-        bytes: f.bytes,
-        fingerprintId: f.fingerprint.id,
-        destination: result.destination,
-        retention: f.retention,
-        createdAt,
-        expiresAt: f.expiresAt,
-      })),
-    );
-    for (const f of upload.files) {
-      req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
-    }
-    await upload.release();
-    res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
+  const clock = deps.scrubline.clock ?? systemClock;
+  const thumbnailDir = path.join(deps.dataDir, 'thumbnails');
+  // Every /v1 route, before any of them reads a byte of the body.
+  app.use('/v1', requireBearer(deps.apiToken));
+
+  app.post(
+    '/v1/uploads',
+    scrubline({ ...deps.scrubline, jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId), unfinishedJobCapHours: deps.unfinishedJobCapHours }),
+    async function forwardUpload(req: Request, res: Response) {
+      const upload = req.scrubline!;
+      const fields = { jobId: upload.jobId, retention: upload.retention };
+      // Previews are made from the cleaned files before forwarding (the local sink moves them),
+      // and stored only once the forward succeeded: a failed upload leaves nothing behind.
+      const thumbnails = await Promise.all(
+        upload.files.map((f) => makeThumbnail(f, deps.tools, deps.scrubline.maxInputPixels ?? defaults.maxInputPixels).catch(() => undefined)),
+      );
+      const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
+      const createdAt = clock().toISOString();
+      const jobFinishedAt = upload.jobId === undefined ? undefined : deps.ledger.jobFinishedAt(upload.jobId);
+      const records: ArtefactRecord[] = [];
+      await mkdir(thumbnailDir, { recursive: true, mode: 0o700 });
+      for (const [i, f] of upload.files.entries()) {
+        const file: ArtefactRecord = {
+          id: f.id,
+          kind: 'file',
+          jobId: upload.jobId,
+          mime: f.mime,
+          bytes: f.bytes,
+          fingerprintId: f.fingerprint.id,
+          destination: result.destination,
+          retention: f.retention,
+          createdAt,
+          expiresAt: f.expiresAt,
+          jobFinishedAt,
+          paths: result.stored?.[f.id] ?? [],
+        };
+        records.push(file);
+        const jpeg = thumbnails[i];
+        if (jpeg) {
+          const id = thumbnailId(f.id);
+          await writeFile(path.join(thumbnailDir, `${id}.jpg`), jpeg, { mode: 0o600 });
+          records.push({ ...file, id, kind: 'thumbnail', parentId: f.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg`] });
+        }
+      }
+      deps.ledger.record(records);
+      for (const f of upload.files) {
+        req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
+      }
+      await upload.release();
+      res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
+    },
+  );
+
+  app.get('/v1/files/:id', (req, res) => {
+    const record = deps.ledger.get(req.params.id);
+    if (!record || record.kind !== 'file') throw notFound('file');
+    res.json(fileView(record, deps.ledger.thumbnailOf(record.id) !== undefined));
   });
 
-  app.use((_req, _res, next) => next(new ScrubError('not_found', 'No such route. See the README for the API: POST /v1/uploads, GET /healthz, GET /readyz.')));
+  app.get('/v1/files/:id/thumbnail', (req, res, next) => {
+    const file = deps.ledger.get(req.params.id);
+    const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? deps.ledger.thumbnailOf(file.id) : undefined;
+    if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or the format has no preview (HEIC).');
+    res.setHeader('Cache-Control', 'private, no-store');
+    res.sendFile(path.join(thumbnailDir, `${thumbnail.id}.jpg`), { headers: { 'Content-Type': 'image/jpeg' } }, (err) => {
+      if (err && !res.headersSent) next(notFound('thumbnail', 'It was purged.'));
+    });
+  });
+
+  app.post('/v1/jobs/:jobId/finished', (req, res) => {
+    const jobId = validJobId(req.params.jobId);
+    const done = deps.ledger.finishJob(jobId, clock().toISOString(), (retention, finishedAt) => expiresAt(retention, new Date(finishedAt)));
+    req.log.info({ jobId, firstReport: done.firstReport, artefacts: done.artefacts }, 'job finished');
+    res.json({
+      jobId,
+      finishedAt: done.finishedAt,
+      firstReport: done.firstReport,
+      expiresAt: { standard: expiresAt('standard', new Date(done.finishedAt)), extended: expiresAt('extended', new Date(done.finishedAt)) },
+      artefacts: done.artefacts,
+    });
+  });
+
+  app.delete('/v1/jobs/:jobId', async (req, res) => {
+    const jobId = validJobId(req.params.jobId);
+    const records = deps.ledger.ofJob(jobId);
+    for (const record of records) await removeArtefactFiles(deps.dataDir, record);
+    const at = clock().toISOString();
+    deps.ledger.markPurged(records.map((r) => r.id), at);
+    const counts = countByKind(records);
+    deps.ledger.recordDeletion(jobId, at, counts, records.map((r) => r.id));
+    req.log.info({ jobId, purged: counts }, 'job deleted on request');
+    res.json({ jobId, deletedAt: at, purged: counts });
+  });
+
+  app.use((_req, _res, next) => next(new ScrubError('not_found', `No such route. See the README for the API: ${routes}.`)));
   app.use(errorHandler());
   return app;
 }

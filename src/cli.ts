@@ -2,6 +2,7 @@
  * `scrubline` — the command line. Exit codes: 0 all files cleaned, 2 a file was rejected (one
  * line on stderr says why; no output file is written for it), 1 an internal or usage error.
  */
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
@@ -10,6 +11,8 @@ import { createRequire } from 'node:module';
 import { ConfigError, configVariables, loadConfig, type Config } from './config.js';
 import { asScrubError, ScrubError } from './errors.js';
 import { loadFingerprintKey } from './keys.js';
+import { Ledger } from './ledger.js';
+import { sweep } from './sweeper.js';
 import { acceptedFormatsText } from './media.js';
 import { cleanFile } from './pipeline.js';
 import { minFilesForWorkers, pipelineDeps, stripInWorkers, stripOne, withWorkDir, type StripJob, type StripOutcome } from './cli-strip.js';
@@ -25,6 +28,9 @@ Usage:
   scrubline strip <input…> (-o <output> | --out-dir <dir>) [--json] [--retention standard|extended]
   scrubline inspect <file> [--json]       metadata categories the file carries, with counts (no values)
   scrubline fingerprint <file>            the fingerprint JSON of the file's cleaned form
+  scrubline sweep [--dry-run] [--at <ISO time>] [--json]
+                                          purge expired files, thumbnails and records from the ledger
+                                          in SCRUBLINE_DATA_DIR (--dry-run: only list what would go)
   scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables)
   scrubline --help | --version
 
@@ -112,6 +118,27 @@ async function fingerprintCommand(args: string[], config: Config, out: Out): Pro
   });
 }
 
+async function sweepCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { values } = parseArgs({ args, options: { 'dry-run': { type: 'boolean' }, at: { type: 'string' }, json: { type: 'boolean' } } });
+  const at = values.at === undefined ? new Date() : new Date(values.at);
+  if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
+  if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR to the service's data dir`);
+  const ledger = Ledger.open(config.dataDir);
+  try {
+    const report = await sweep({ ledger, dataDir: config.dataDir, at, dryRun: values['dry-run'] === true });
+    if (values.json) out.stdout(JSON.stringify(report) + '\n');
+    else {
+      const verb = report.dryRun ? 'would purge' : 'purged';
+      const counts = Object.entries(report.purged).map(([kind, n]) => `${n} ${kind}${n === 1 ? '' : 's'}`).join(', ');
+      out.stdout(`${report.at}: ${verb} ${counts}; ${report.orphans} orphan file(s) ${report.dryRun ? 'found' : 'removed'}\n`);
+      if (report.dryRun) for (const id of report.ids) out.stdout(`${id}\n`);
+    }
+    return 0;
+  } finally {
+    ledger.close();
+  }
+}
+
 async function serveCommand(config: Config): Promise<number> {
   const { startServer } = await import('./server.js');
   const running = await startServer(config);
@@ -149,6 +176,8 @@ export async function main(argv: string[], out: Out = defaultOut): Promise<numbe
         return await inspectCommand(rest, config, out);
       case 'fingerprint':
         return await fingerprintCommand(rest, config, out);
+      case 'sweep':
+        return await sweepCommand(rest, config, out);
       case 'serve':
         return await serveCommand(config);
       default:

@@ -20,6 +20,12 @@ export interface Config {
   maxUploadBytes: number;
   maxFiles: number;
   maxInputPixels: number;
+  /** Bearer token for /v1/*; undefined means "generate once and keep in <dataDir>/api-token". */
+  apiToken: string | undefined;
+  /** How long a file of a job that has not reported "finished" may live at most. */
+  unfinishedJobCapHours: number;
+  /** How often the service's sweeper runs; 0 turns it off (run `scrubline sweep` instead). */
+  sweepIntervalMs: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -33,6 +39,8 @@ export const defaults = {
   maxFiles: 10,
   // 268 MP: the same default sharp uses; a 12 MP photo is far below it.
   maxInputPixels: 268_402_689,
+  unfinishedJobCapHours: 7 * 24,
+  sweepIntervalMs: 5 * 60_000,
   logLevel: 'info',
 } as const satisfies Partial<Config>;
 
@@ -83,6 +91,11 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push('SCRUBLINE_FINGERPRINT_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)');
   }
 
+  const apiToken = read('API_TOKEN');
+  if (apiToken !== undefined && apiToken.length < 32) {
+    problems.push('SCRUBLINE_API_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)');
+  }
+
   const logLevel = read('LOG_LEVEL') ?? defaults.logLevel;
   if (!(logLevels as readonly string[]).includes(logLevel)) {
     problems.push(`SCRUBLINE_LOG_LEVEL must be one of ${logLevels.join(', ')}, got "${logLevel}"`);
@@ -101,6 +114,9 @@ export function loadConfig(env: Env = process.env): Config {
     maxUploadBytes: integer('MAX_UPLOAD_BYTES', defaults.maxUploadBytes, 1, Number.MAX_SAFE_INTEGER),
     maxFiles: integer('MAX_FILES', defaults.maxFiles, 1, 1000),
     maxInputPixels: integer('MAX_INPUT_PIXELS', defaults.maxInputPixels, 1, 2 ** 40),
+    apiToken,
+    unfinishedJobCapHours: integer('UNFINISHED_JOB_CAP_HOURS', defaults.unfinishedJobCapHours, 1, 24 * 365),
+    sweepIntervalMs: integer('SWEEP_INTERVAL_MS', defaults.sweepIntervalMs, 0, 24 * 3_600_000),
     logLevel: logLevel as Config['logLevel'],
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -121,5 +137,8 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_MAX_UPLOAD_BYTES', `largest accepted file (default ${defaults.maxUploadBytes})`],
   ['SCRUBLINE_MAX_FILES', `most files in one upload (default ${defaults.maxFiles})`],
   ['SCRUBLINE_MAX_INPUT_PIXELS', `largest accepted image, width x height (default ${defaults.maxInputPixels})`],
+  ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; unset = generated once and kept in <data dir>/api-token'],
+  ['SCRUBLINE_UNFINISHED_JOB_CAP_HOURS', `longest a file may live while its job has not reported finished (default ${defaults.unfinishedJobCapHours})`],
+  ['SCRUBLINE_SWEEP_INTERVAL_MS', `how often the service purges expired artefacts; 0 = never, run \`scrubline sweep\` instead (default ${defaults.sweepIntervalMs})`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];

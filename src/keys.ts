@@ -3,25 +3,54 @@
  * data dir, created 0600, generated once and reused, never logged.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 
 /** The configured key, else the one in `<dataDir>/fingerprint-key`, created on first use. */
 export function loadFingerprintKey(dataDir: string, configured: string | undefined): Buffer {
   if (configured !== undefined) return Buffer.from(configured, 'utf8');
-  const file = path.join(dataDir, 'fingerprint-key');
+  return Buffer.from(loadSecret(dataDir, 'fingerprint-key', () => randomBytes(32).toString('hex')), 'hex');
+}
+
+/**
+ * The configured API token, else the one in `<dataDir>/api-token`, created on first start so a
+ * bare `npm start` is never an open service. `generated` says whether it was created just now.
+ */
+export function loadApiToken(dataDir: string, configured: string | undefined): { token: string; file: string | undefined; generated: boolean } {
+  if (configured !== undefined) return { token: configured, file: undefined, generated: false };
+  const file = path.join(dataDir, 'api-token');
+  let generated = false;
+  const token = loadSecret(dataDir, 'api-token', () => {
+    generated = true;
+    return randomBytes(32).toString('base64url');
+  });
+  return { token, file, generated };
+}
+
+/** Reads `<dataDir>/<name>`, or creates it 0600 with `make()` when missing; another process's file wins a race. */
+function loadSecret(dataDir: string, name: string, make: () => string): string {
+  const file = path.join(dataDir, name);
   try {
-    return Buffer.from(readFileSync(file, 'utf8').trim(), 'hex');
+    const existing = readFileSync(file, 'utf8').trim();
+    if (existing !== '') return existing;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
   mkdirSync(dataDir, { recursive: true });
-  const key = randomBytes(32);
+  const value = make();
   try {
-    // 'wx': if another process created it first, fall through and read theirs.
-    writeFileSync(file, key.toString('hex') + '\n', { mode: 0o600, flag: 'wx' });
-    return key;
-  } catch {
-    return Buffer.from(readFileSync(file, 'utf8').trim(), 'hex');
+    // Written whole to a private temp name, then linked into place: a reader never sees it half
+    // written, and if another process created it first (EEXIST) theirs is read and used.
+    const partial = `${file}.${process.pid}.${randomBytes(4).toString('hex')}`;
+    writeFileSync(partial, `${value}\n`, { mode: 0o600, flag: 'wx' });
+    try {
+      linkSync(partial, file);
+    } finally {
+      unlinkSync(partial);
+    }
+    return value;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    return readFileSync(file, 'utf8').trim();
   }
 }

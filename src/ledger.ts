@@ -1,8 +1,13 @@
 /**
- * The ledger: what scrubline accepted, for whom, and when it must be gone. SQLite in the data
- * dir through better-sqlite3 (synchronous, so a record is on disk before the response goes out;
- * WAL, so readers never block the writer; the most used and best kept SQLite binding for Node).
- * Rows hold ids, types, sizes, fingerprints and times; never a file name or a metadata value.
+ * The ledger: every artefact scrubline keeps or hands on (cleaned files, thumbnails, fingerprints,
+ * crash records), which job it belongs to, and when it must be gone. SQLite in the data dir
+ * through better-sqlite3 (synchronous, so a record is on disk before the response goes out; WAL,
+ * so readers never block the writer; the most used and best kept SQLite binding for Node).
+ * Rows hold ids, types, sizes, fingerprints, times and data-dir-relative paths built from ids;
+ * never a client file name or a metadata value.
+ *
+ * Times are ISO 8601 UTC strings with milliseconds ("2026-05-01T00:00:00.000Z"): they sort as
+ * text, so "expired at T" is a plain string comparison in SQL.
  */
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
@@ -26,11 +31,32 @@ const migrations: string[] = [
    );
    CREATE INDEX artefacts_expires_at ON artefacts (expires_at) WHERE purged_at IS NULL;
    CREATE INDEX artefacts_job_id ON artefacts (job_id);`,
+  // v2, the job-finished clock: thumbnails hang off their file, files record where they lie on
+  // disk, jobs record when they finished, and deletion requests leave an audit row.
+  `ALTER TABLE artefacts ADD COLUMN parent_id TEXT;
+   ALTER TABLE artefacts ADD COLUMN job_finished_at TEXT;
+   ALTER TABLE artefacts ADD COLUMN paths TEXT NOT NULL DEFAULT '[]';
+   CREATE INDEX artefacts_parent_id ON artefacts (parent_id);
+   CREATE TABLE jobs (
+     job_id TEXT PRIMARY KEY,
+     finished_at TEXT NOT NULL
+   );
+   CREATE TABLE deletions (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     job_id TEXT NOT NULL,
+     requested_at TEXT NOT NULL,
+     counts TEXT NOT NULL,
+     artefact_ids TEXT NOT NULL
+   );`,
 ];
+
+export type ArtefactKind = 'file' | 'thumbnail' | 'fingerprint' | 'crash';
 
 export interface ArtefactRecord {
   id: string;
-  kind: 'file';
+  kind: ArtefactKind;
+  /** The file a thumbnail was made from. */
+  parentId?: string | undefined;
   jobId: string | undefined;
   mime: string;
   bytes: number;
@@ -39,6 +65,33 @@ export interface ArtefactRecord {
   retention: Retention;
   createdAt: string;
   expiresAt: string;
+  jobFinishedAt?: string | undefined;
+  purgedAt?: string | undefined;
+  /** What this artefact occupies on disk, relative to the data dir ([] when held upstream). */
+  paths: string[];
+}
+
+type Row = Record<string, string | number | null>;
+
+const optional = (value: string | number | null | undefined): string | undefined => (value === null || value === undefined ? undefined : String(value));
+
+function fromRow(row: Row): ArtefactRecord {
+  return {
+    id: String(row.id),
+    kind: row.kind as ArtefactKind,
+    parentId: optional(row.parent_id),
+    jobId: optional(row.job_id),
+    mime: String(row.mime),
+    bytes: Number(row.bytes),
+    fingerprintId: String(row.fingerprint_id),
+    destination: row.destination as ArtefactRecord['destination'],
+    retention: row.retention as Retention,
+    createdAt: String(row.created_at),
+    expiresAt: String(row.expires_at),
+    jobFinishedAt: optional(row.job_finished_at),
+    purgedAt: optional(row.purged_at),
+    paths: JSON.parse(String(row.paths ?? '[]')) as string[],
+  };
 }
 
 export class Ledger {
@@ -65,29 +118,87 @@ export class Ledger {
 
   record(records: ArtefactRecord[]): void {
     const insert = this.db.prepare(
-      `INSERT INTO artefacts (id, kind, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at)
-       VALUES (@id, @kind, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt)`,
+      `INSERT INTO artefacts (id, kind, parent_id, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at, job_finished_at, paths)
+       VALUES (@id, @kind, @parentId, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt, @jobFinishedAt, @paths)`,
     );
     this.db.transaction(() => {
-      for (const r of records) insert.run({ ...r, jobId: r.jobId ?? null });
+      for (const r of records) {
+        insert.run({ ...r, parentId: r.parentId ?? null, jobId: r.jobId ?? null, jobFinishedAt: r.jobFinishedAt ?? null, paths: JSON.stringify(r.paths) });
+      }
     })();
   }
 
   get(id: string): ArtefactRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM artefacts WHERE id = ?').get(id) as Record<string, string | number | null> | undefined;
-    if (!row) return undefined;
-    return {
-      id: String(row.id),
-      kind: 'file',
-      jobId: row.job_id === null ? undefined : String(row.job_id),
-      mime: String(row.mime),
-      bytes: Number(row.bytes),
-      fingerprintId: String(row.fingerprint_id),
-      destination: row.destination as ArtefactRecord['destination'],
-      retention: row.retention as Retention,
-      createdAt: String(row.created_at),
-      expiresAt: String(row.expires_at),
-    };
+    const row = this.db.prepare('SELECT * FROM artefacts WHERE id = ?').get(id) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** The thumbnail made from a file, if one exists and is not purged. */
+  thumbnailOf(fileId: string): ArtefactRecord | undefined {
+    const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'thumbnail' AND purged_at IS NULL").get(fileId) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  jobFinishedAt(jobId: string): string | undefined {
+    const row = this.db.prepare('SELECT finished_at FROM jobs WHERE job_id = ?').get(jobId) as Row | undefined;
+    return optional(row?.finished_at);
+  }
+
+  /**
+   * Records that a job finished (the first report wins: a repeated report never extends a
+   * deadline) and re-dates its live files and thumbnails: finish time + their retention.
+   */
+  finishJob(jobId: string, at: string, expiry: (retention: Retention, finishedAt: string) => string): { finishedAt: string; firstReport: boolean; artefacts: number } {
+    return this.db.transaction(() => {
+      const inserted = this.db.prepare('INSERT OR IGNORE INTO jobs (job_id, finished_at) VALUES (?, ?)').run(jobId, at);
+      const finishedAt = this.jobFinishedAt(jobId)!;
+      let artefacts = 0;
+      for (const retention of ['standard', 'extended'] as const) {
+        artefacts += this.db
+          .prepare(
+            `UPDATE artefacts SET job_finished_at = ?, expires_at = ?
+             WHERE job_id = ? AND retention = ? AND kind IN ('file', 'thumbnail') AND purged_at IS NULL`,
+          )
+          .run(finishedAt, expiry(retention, finishedAt), jobId, retention).changes;
+      }
+      return { finishedAt, firstReport: inserted.changes === 1, artefacts };
+    })();
+  }
+
+  /** Live (not purged) artefacts of a job. */
+  ofJob(jobId: string): ArtefactRecord[] {
+    return (this.db.prepare('SELECT * FROM artefacts WHERE job_id = ? AND purged_at IS NULL ORDER BY created_at, id').all(jobId) as Row[]).map(fromRow);
+  }
+
+  /** Live artefacts whose expiry is at or before `at`. */
+  expired(at: string): ArtefactRecord[] {
+    return (this.db.prepare('SELECT * FROM artefacts WHERE purged_at IS NULL AND expires_at <= ? ORDER BY expires_at, id').all(at) as Row[]).map(fromRow);
+  }
+
+  /** Every data-dir-relative path a live artefact occupies (the sweeper's "known" set). */
+  livePaths(): Set<string> {
+    const rows = this.db.prepare("SELECT paths FROM artefacts WHERE purged_at IS NULL AND paths != '[]'").all() as Row[];
+    return new Set(rows.flatMap((row) => JSON.parse(String(row.paths)) as string[]));
+  }
+
+  markPurged(ids: string[], at: string): void {
+    const update = this.db.prepare('UPDATE artefacts SET purged_at = ? WHERE id = ? AND purged_at IS NULL');
+    this.db.transaction(() => {
+      for (const id of ids) update.run(at, id);
+    })();
+  }
+
+  /** The audit row of a deletion request: ids, time and counts, nothing else. */
+  recordDeletion(jobId: string, at: string, counts: Record<string, number>, ids: string[]): void {
+    this.db.prepare('INSERT INTO deletions (job_id, requested_at, counts, artefact_ids) VALUES (?, ?, ?, ?)').run(jobId, at, JSON.stringify(counts), JSON.stringify(ids));
+  }
+
+  deletions(jobId: string): Array<{ requestedAt: string; counts: Record<string, number>; ids: string[] }> {
+    return (this.db.prepare('SELECT * FROM deletions WHERE job_id = ? ORDER BY id').all(jobId) as Row[]).map((row) => ({
+      requestedAt: String(row.requested_at),
+      counts: JSON.parse(String(row.counts)) as Record<string, number>,
+      ids: JSON.parse(String(row.artefact_ids)) as string[],
+    }));
   }
 
   close(): void {

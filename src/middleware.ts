@@ -17,7 +17,7 @@ import type { Retention } from './context.js';
 import { asScrubError } from './errors.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
 import { receiver } from './steps/receive.js';
-import { systemClock, type Clock } from './steps/tag-expiry.js';
+import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
 import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
 
 export interface ScrublineOptions {
@@ -38,6 +38,13 @@ export interface ScrublineOptions {
   ffmpegTimeoutMs?: number;
   /** Time source for expiry. Default: the system clock. */
   clock?: Clock;
+  /**
+   * The job-finished clock: when given, a file of a job that has not finished expires after
+   * `unfinishedJobCapHours` (default 168) and one of a finished job 24/72 h after the finish.
+   * Without it, every file expires 24/72 h after its upload.
+   */
+  jobFinishedAt?: (jobId: string) => string | undefined;
+  unfinishedJobCapHours?: number;
 }
 
 /** What the route handler after the middleware finds on `req.scrubline`. */
@@ -86,6 +93,7 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, defaults.ffmpegTimeoutMs);
   const receive = receiver(limits);
   const clock = options.clock ?? systemClock;
+  const unfinishedJobCapHours = positiveInteger('unfinishedJobCapHours', options.unfinishedJobCapHours, defaults.unfinishedJobCapHours);
   // ffmpeg's version is read once, on first use; a failure is retried on the next request.
   let ffmpeg: Promise<Ffmpeg> | undefined;
   const tools = (): Promise<Ffmpeg> => {
@@ -107,7 +115,8 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       uploadDir = upload.uploadDir;
       // The client went away while uploading: nothing to answer, and the close handler cleans up.
       if (res.writableEnded || res.destroyed) return;
-      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock };
+      const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
+      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.
       for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));

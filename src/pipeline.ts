@@ -13,11 +13,12 @@
  * follows them (app.ts). No step does face detection, saliency crops or perceptual hashing.
  */
 import type { Received, Removed, Retention } from './context.js';
+import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import { fingerprint, hmacFile } from './steps/fingerprint.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
-import { tagExpiry, type Clock } from './steps/tag-expiry.js';
+import { tagExpiry, type Clock, type Expiry } from './steps/tag-expiry.js';
 import { verify } from './steps/verify.js';
 import type { Ffmpeg } from './tools/ffmpeg.js';
 
@@ -26,6 +27,8 @@ export interface PipelineDeps {
   fingerprintKey: Buffer;
   maxInputPixels: number;
   clock: Clock;
+  /** When a file must be gone; default: upload time + retention. The service passes the job clock. */
+  expiry?: Expiry | undefined;
 }
 
 /** A cleaned, verified file, as the route handler after the middleware sees it. */
@@ -34,6 +37,8 @@ export interface CleanFile {
   mime: string;
   /** Extension for the cleaned file's name (from the sniffed type). */
   ext: string;
+  /** The sniffed type, for what comes after the pipeline (forwarding, thumbnails). */
+  kind: MediaKind;
   bytes: number;
   /** Path of the cleaned file; removed when the response ends (move or copy it before then). */
   path: string;
@@ -55,11 +60,12 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     throw err;
   });
   const fingerprinted = await fingerprint(verified, deps.fingerprintKey, contentHmac);
-  const tagged = tagExpiry(fingerprinted, retention, deps.clock);
+  const tagged = tagExpiry(fingerprinted, retention, deps.clock, deps.expiry);
   return {
     id: tagged.id,
     mime: tagged.kind.mime,
     ext: tagged.kind.ext,
+    kind: tagged.kind,
     bytes: tagged.cleanBytes,
     path: tagged.cleanPath,
     removed: tagged.removed,
@@ -70,7 +76,7 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
 }
 
 /** The per-file report callers see: categories and counts, never a value or a file name. */
-export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext'> {
+export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind'> {
   return {
     id: file.id,
     mime: file.mime,

@@ -8,7 +8,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { buildApp } from './app.js';
 import type { Config } from './config.js';
-import { loadFingerprintKey } from './keys.js';
+import { loadApiToken, loadFingerprintKey } from './keys.js';
+import { sweep } from './sweeper.js';
 import { Ledger } from './ledger.js';
 import { createLogger } from './log.js';
 import type { Forwarder } from './steps/forward.js';
@@ -40,6 +41,9 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   }
   const ledger = Ledger.open(config.dataDir);
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
+  const api = loadApiToken(config.dataDir, config.apiToken);
+  // Where to find the token, never the token itself.
+  if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
   const forwarder: Forwarder = config.upstreamUrl ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs) : new LocalSink(config.dataDir);
 
   const app = buildApp({
@@ -47,8 +51,9 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     dataDir: config.dataDir,
     forwarder,
     ledger,
-    ffmpeg: ffmpeg.ffmpeg,
-    ffprobe: ffmpeg.ffprobe,
+    tools: ffmpeg,
+    apiToken: api.token,
+    unfinishedJobCapHours: config.unfinishedJobCapHours,
     scrubline: {
       tmpDir,
       fingerprintKey,
@@ -74,12 +79,36 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     'scrubline listening',
   );
 
+  const sweeper = config.sweepIntervalMs > 0 ? startSweeper(ledger, config.dataDir, config.sweepIntervalMs, logger) : undefined;
+
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closing ??= new Promise<void>((resolve) => {
+      sweeper?.stop();
       server.close(() => resolve());
       server.closeIdleConnections();
       stopAll();
     }).then(() => ledger.close()));
   return { server, url, close };
+}
+
+/** The in-service purge: one sweep at a time, on an interval that never keeps the process alive. */
+function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logger: Logger): { stop(): void } {
+  let running = false;
+  const run = async (): Promise<void> => {
+    if (running) return;
+    running = true;
+    try {
+      const report = await sweep({ ledger, dataDir, at: new Date() });
+      if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
+    } catch (err) {
+      logger.error({ err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'sweep failed; it will run again');
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(() => void run(), intervalMs);
+  timer.unref();
+  void run();
+  return { stop: () => clearInterval(timer) };
 }

@@ -62,6 +62,8 @@ export function ffmpegTools(): Promise<Ffmpeg> {
 }
 
 export const testKey = Buffer.alloc(32, 7);
+/** The API token test services require (SCRUBLINE_API_TOKEN's role). */
+export const testToken = 'planted-secret-token-0123456789abcdef';
 
 export async function pipelineDeps(): Promise<PipelineDeps> {
   return { ffmpeg: await ffmpegTools(), fingerprintKey: testKey, maxInputPixels: 100_000_000, clock: () => new Date('2026-01-02T03:04:05.000Z') };

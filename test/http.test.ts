@@ -13,7 +13,7 @@ import { createLogger } from '../src/log.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import type { Forwarder } from '../src/steps/forward.js';
-import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey } from './helpers.js';
+import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey, testToken } from './helpers.js';
 
 const plantedName = String(manifest.planted.filename);
 
@@ -27,8 +27,9 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
     dataDir,
     forwarder: forwarder(dataDir),
     ledger,
-    ffmpeg: tools.ffmpeg,
-    ffprobe: tools.ffprobe,
+    tools,
+    apiToken: testToken,
+    unfinishedJobCapHours: 168,
     scrubline: {
       tmpDir: path.join(dataDir, 'tmp'),
       fingerprintKey: testKey,
@@ -39,7 +40,9 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
       clock: () => new Date('2026-03-01T12:00:00.000Z'),
     },
   });
-  return { app, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { ledger.close(); await removeDir(dataDir); } };
+  // Every request of these tests carries the token unless a test says otherwise.
+  const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
+  return { app, api, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { ledger.close(); await removeDir(dataDir); } };
 }
 
 describe('POST /v1/uploads to a render service', () => {
@@ -55,9 +58,8 @@ describe('POST /v1/uploads to a render service', () => {
   });
 
   it('cleans a JPEG with GPS and an MP4 with a location and forwards them, named by id', async () => {
-    const res = await request(svc.app)
+    const res = await svc.api
       .post('/v1/uploads')
-      .set('authorization', 'Bearer planted-secret-token')
       .field('jobId', 'job-42')
       .field('retention', 'extended')
       .attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), { filename: plantedName, contentType: 'image/png' })
@@ -68,7 +70,8 @@ describe('POST /v1/uploads to a render service', () => {
     assert.equal(jpeg.mime, 'image/jpeg');
     assert.equal(mp4.mime, 'video/mp4');
     assert.equal(jpeg.retention, 'extended');
-    assert.equal(jpeg.expiresAt, '2026-03-04T12:00:00.000Z');
+    // job-42 has not reported finished: the 7-day safety cap applies until it does.
+    assert.equal(jpeg.expiresAt, '2026-03-08T12:00:00.000Z');
     assert.ok(jpeg.removed.gps >= 1 && jpeg.removed.exif >= 1);
     assert.match(jpeg.fingerprint.id, /^fp_[0-9a-f]{16}$/);
     assert.deepEqual(res.body.upstream, { status: 202, destination: 'upstream' });
@@ -91,12 +94,12 @@ describe('POST /v1/uploads to a render service', () => {
     assert.deepEqual(await svc.tmpFiles(), []);
     const logText = svc.logs.text;
     assert.ok(logText.includes('file cleaned'));
-    for (const secret of [plantedName, 'planted-secret-token', String(manifest.planted.artist), 'holiday']) assert.ok(!logText.includes(secret), `logs contain ${secret}`);
+    for (const secret of [plantedName, testToken, String(manifest.planted.artist), 'holiday']) assert.ok(!logText.includes(secret), `logs contain ${secret}`);
   });
 
   it('refuses HTML sent as an image with 415 and forwards nothing', async () => {
     const before = upstream.requests.length;
-    const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('reject/html-as-image.png'), { contentType: 'image/png' });
+    const res = await svc.api.post('/v1/uploads').attach('file', fixture('reject/html-as-image.png'), { contentType: 'image/png' });
     assert.equal(res.status, 415);
     assert.equal(res.body.error.code, 'unsupported_type');
     assert.equal(upstream.requests.length, before);
@@ -105,7 +108,7 @@ describe('POST /v1/uploads to a render service', () => {
 
   it('refuses a GIF polyglot and a truncated JPEG with 415', async () => {
     for (const name of ['reject/gif-polyglot.gif', 'reject/jpeg-truncated.jpg']) {
-      const res = await request(svc.app).post('/v1/uploads').attach('file', fixture(name));
+      const res = await svc.api.post('/v1/uploads').attach('file', fixture(name));
       assert.equal(res.status, 415, name);
     }
     assert.deepEqual(await svc.tmpFiles(), []);
@@ -113,11 +116,11 @@ describe('POST /v1/uploads to a render service', () => {
 
   it('answers 400 for a bad retention, an unknown field, an unexpected file field or no file', async () => {
     const cases = [
-      request(svc.app).post('/v1/uploads').field('retention', 'forever').attach('file', fixture('media/gif-comment-xmp.gif')),
-      request(svc.app).post('/v1/uploads').field('owner', 'x').attach('file', fixture('media/gif-comment-xmp.gif')),
-      request(svc.app).post('/v1/uploads').attach('upload', fixture('media/gif-comment-xmp.gif')),
-      request(svc.app).post('/v1/uploads').field('jobId', 'a'),
-      request(svc.app).post('/v1/uploads').field('a[b][c]', '1').attach('file', fixture('media/gif-comment-xmp.gif')),
+      svc.api.post('/v1/uploads').field('retention', 'forever').attach('file', fixture('media/gif-comment-xmp.gif')),
+      svc.api.post('/v1/uploads').field('owner', 'x').attach('file', fixture('media/gif-comment-xmp.gif')),
+      svc.api.post('/v1/uploads').attach('upload', fixture('media/gif-comment-xmp.gif')),
+      svc.api.post('/v1/uploads').field('jobId', 'a'),
+      svc.api.post('/v1/uploads').field('a[b][c]', '1').attach('file', fixture('media/gif-comment-xmp.gif')),
     ];
     for (const res of await Promise.all(cases)) {
       assert.equal(res.status, 400, JSON.stringify(res.body));
@@ -127,25 +130,25 @@ describe('POST /v1/uploads to a render service', () => {
   });
 
   it('answers 415 for a body that is not multipart', async () => {
-    const res = await request(svc.app).post('/v1/uploads').set('content-type', 'application/json').send('{"file":"x"}');
+    const res = await svc.api.post('/v1/uploads').set('content-type', 'application/json').send('{"file":"x"}');
     assert.equal(res.status, 415);
     assert.equal(res.body.error.code, 'not_multipart');
   });
 
   it('answers 413 for too many files and for a file over the limit, keeping nothing', async () => {
-    let req = request(svc.app).post('/v1/uploads');
+    let req = svc.api.post('/v1/uploads');
     for (let i = 0; i < 4; i++) req = req.attach('file', fixture('media/gif-comment-xmp.gif'));
     assert.equal((await req).status, 413);
     const big = Buffer.alloc(6 * 1024 * 1024, 1);
-    const res = await request(svc.app).post('/v1/uploads').attach('file', big, 'big.jpg');
+    const res = await svc.api.post('/v1/uploads').attach('file', big, 'big.jpg');
     assert.equal(res.status, 413);
     assert.equal(res.body.error.code, 'too_large');
     assert.deepEqual(await svc.tmpFiles(), []);
   });
 
   it('serves /healthz and a green /readyz naming the ffmpeg in use', async () => {
-    assert.equal((await request(svc.app).get('/healthz')).status, 200);
-    const ready = await request(svc.app).get('/readyz');
+    assert.equal((await svc.api.get('/healthz')).status, 200);
+    const ready = await svc.api.get('/readyz');
     assert.equal(ready.status, 200, JSON.stringify(ready.body));
     assert.equal(ready.body.ffmpeg.ok, true);
     assert.equal(typeof ready.body.ffmpeg.version, 'string');
@@ -153,7 +156,7 @@ describe('POST /v1/uploads to a render service', () => {
   });
 
   it('answers unknown routes with a JSON 404', async () => {
-    const res = await request(svc.app).get('/v1/nothing');
+    const res = await svc.api.get('/v1/nothing');
     assert.equal(res.status, 404);
     assert.equal(res.body.error.code, 'not_found');
   });
@@ -174,7 +177,7 @@ describe('upstream faults', () => {
     try {
       for (const [url, timeout, status, code] of cases) {
         const svc = await makeApp(() => new HttpForwarder(new URL(url), timeout));
-        const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+        const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
         assert.equal(res.status, status, JSON.stringify(res.body));
         assert.equal(res.body.error.code, code);
         if (code === 'upstream_rejected') assert.equal(res.body.error.upstreamStatus, 500);
@@ -192,7 +195,7 @@ describe('embedded local sink', () => {
   it('writes the cleaned file and its report under the data dir', async () => {
     const svc = await makeApp((dataDir) => new LocalSink(dataDir));
     try {
-      const res = await request(svc.app).post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'), plantedName);
+      const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'), plantedName);
       assert.equal(res.status, 201);
       const { id } = res.body.files[0];
       assert.deepEqual(res.body.upstream, { status: 201, destination: 'local' });

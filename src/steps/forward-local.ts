@@ -31,10 +31,12 @@ export class LocalSink implements Forwarder {
     await mkdir(this.cleanDir, { recursive: true, mode: 0o700 });
     await mkdir(this.reportDir, { recursive: true, mode: 0o700 });
     const written: string[] = [];
+    const stored: Record<string, string[]> = {};
     try {
       for (const file of files) {
         const target = path.join(this.cleanDir, `${file.id}.${file.ext}`);
         const report = path.join(this.reportDir, `${file.id}.json`);
+        stored[file.id] = [`clean/${file.id}.${file.ext}`, `reports/${file.id}.json`];
         // Write the report first and the file last, each atomically, so a crash never leaves a
         // half-written file that looks complete.
         await writeFile(`${report}.partial`, JSON.stringify({ ...publicReport(file), jobId: fields.jobId }, null, 2), { mode: 0o600 });
@@ -47,6 +49,6 @@ export class LocalSink implements Forwarder {
       await Promise.all(written.map((f) => rm(f, { force: true })));
       throw err;
     }
-    return { status: 201, destination: 'local' };
+    return { status: 201, destination: 'local', stored };
   }
 }

@@ -14,6 +14,8 @@ export interface ForwardResult {
   /** The upstream's HTTP status; 201 for the local sink. */
   status: number;
   destination: 'upstream' | 'local';
+  /** File id → what it occupies in the data dir (relative paths), for the ledger and the sweeper. */
+  stored?: Record<string, string[]>;
 }
 
 export interface Forwarder {

@@ -76,3 +76,25 @@ export function remuxArgs(plan: RemuxPlan): string[] {
   args.push('-f', plan.muxer, '-y', `file:${plan.output}`);
   return args;
 }
+
+/**
+ * One frame of the main video stream at `seconds`, as a PNG: the source of a preview thumbnail.
+ * Output-side seek (decode up to the frame) so the position is exact, not the nearest keyframe.
+ */
+export function frameArgs(input: string, demuxer: Demuxer, seconds: number, output: string): string[] {
+  if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
+  return [
+    '-nostdin',
+    '-hide_banner',
+    '-v', 'error',
+    ...lockedInput(input, demuxer),
+    '-ss', seconds.toFixed(3),
+    '-map', '0:V:0',
+    '-frames:v', '1',
+    '-map_metadata', '-1',
+    '-fflags', '+bitexact',
+    '-f', 'image2',
+    '-c:v', 'png',
+    '-y', `file:${output}`,
+  ];
+}
