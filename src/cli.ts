@@ -2,8 +2,8 @@
  * `scrubline` — the command line. Exit codes: 0 all files cleaned, 2 a file was rejected (one
  * line on stderr says why; no output file is written for it), 1 an internal or usage error.
  */
-import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -13,6 +13,9 @@ import { asScrubError, ScrubError } from './errors.js';
 import { loadFingerprintKey } from './keys.js';
 import { Ledger } from './ledger.js';
 import { sweep } from './sweeper.js';
+import { htmlReport, junitXml, summarise } from './qa/reports.js';
+import { runSuite, type Target } from './qa/run.js';
+import { loadSuite, SuiteError, type Suite } from './qa/suite.js';
 import { acceptedFormatsText } from './media.js';
 import { cleanFile } from './pipeline.js';
 import { minFilesForWorkers, pipelineDeps, stripInWorkers, stripOne, withWorkDir, type StripJob, type StripOutcome } from './cli-strip.js';
@@ -31,6 +34,10 @@ Usage:
   scrubline sweep [--dry-run] [--at <ISO time>] [--json]
                                           purge expired files, thumbnails and records from the ledger
                                           in SCRUBLINE_DATA_DIR (--dry-run: only list what would go)
+  scrubline qa <suite-dir> [--junit <out.xml>] [--html <out.html>] [--url <service URL>] [--json]
+                                          run a QA suite (suite.json) and judge every file; exit 1 on
+                                          any failed expectation (--url: against a running service,
+                                          token from SCRUBLINE_API_TOKEN)
   scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables)
   scrubline --help | --version
 
@@ -139,6 +146,62 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
   }
 }
 
+async function qaCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { junit: { type: 'string' }, html: { type: 'string' }, url: { type: 'string' }, json: { type: 'boolean' } },
+  });
+  if (positionals.length !== 1) throw new UsageError('qa takes exactly one suite folder');
+  let suite: Suite;
+  try {
+    suite = await loadSuite(positionals[0]!);
+  } catch (err) {
+    if (err instanceof SuiteError) throw new UsageError(`suite: ${err.message}`);
+    throw err;
+  }
+  let target: Target = { kind: 'local', config };
+  if (values.url !== undefined) {
+    const url = URL.canParse(values.url) ? new URL(values.url) : undefined;
+    if (!url) throw new UsageError('--url must be the service base URL, e.g. http://127.0.0.1:8080');
+    const token = config.apiToken ?? readFileSync(path.join(config.dataDir, 'api-token'), 'utf8').trim();
+    target = { kind: 'remote', url, token };
+  }
+  const tty = process.stderr.isTTY === true && !values.json;
+  const started = performance.now();
+  const results = await runSuite(suite, target, (result, done) => {
+    if (tty) {
+      const width = 30;
+      const filled = Math.round((done / suite.files.length) * width);
+      out.stderr(`\r[${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${done}/${suite.files.length}`);
+    } else if (!values.json) {
+      out.stderr(`${result.pass ? 'ok  ' : 'FAIL'} ${result.file}${result.pass ? '' : `: ${result.problems.join('; ')}`}\n`);
+    }
+  });
+  if (tty) out.stderr('\n');
+  const summary = summarise(results, Math.round(performance.now() - started));
+  if (values.junit) await writeFile(values.junit, junitXml(suite.name, results, summary));
+  if (values.html) await writeFile(values.html, htmlReport(suite.name, results, summary, new Date().toISOString()));
+  if (values.json) {
+    out.stdout(JSON.stringify({ suite: suite.name, summary, files: results.map(({ seen: { preview: _preview, ...seen }, ...r }) => ({ ...r, seen })) }) + '\n');
+  } else {
+    const row = (label: string, n: number): string => `  ${label.padEnd(10)} ${String(n).padStart(5)}`;
+    out.stdout(
+      [
+        `scrubline qa: ${suite.name}, ${summary.total} files in ${(summary.ms / 1000).toFixed(1)} s`,
+        row('passed', summary.passed),
+        row('failed', summary.failed),
+        row('cleaned', summary.cleaned),
+        row('rejected', summary.rejected),
+        row('dirty', summary.dirty),
+        row('errors', summary.errors),
+        ...results.filter((r) => !r.pass).map((r) => `FAIL ${r.file}: ${r.problems.join('; ')}`),
+      ].join('\n') + '\n',
+    );
+  }
+  return summary.failed > 0 ? 1 : 0;
+}
+
 async function serveCommand(config: Config): Promise<number> {
   const { startServer } = await import('./server.js');
   const running = await startServer(config);
@@ -178,6 +241,8 @@ export async function main(argv: string[], out: Out = defaultOut): Promise<numbe
         return await fingerprintCommand(rest, config, out);
       case 'sweep':
         return await sweepCommand(rest, config, out);
+      case 'qa':
+        return await qaCommand(rest, config, out);
       case 'serve':
         return await serveCommand(config);
       default:

@@ -20,11 +20,11 @@ export interface FixtureEntry {
 
 export const manifest = JSON.parse(await readFile(path.join(fixturesDir, 'manifest.json'), 'utf8')) as {
   planted: Record<string, string | number>;
-  fixtures: FixtureEntry[];
+  files: FixtureEntry[];
 };
 export const fixture = (name: string): string => path.join(fixturesDir, name);
-export const cleanFixtures = manifest.fixtures.filter((f) => f.expect.outcome === 'clean');
-export const rejectFixtures = manifest.fixtures.filter((f) => f.expect.outcome === 'reject');
+export const cleanFixtures = manifest.files.filter((f) => f.expect.outcome === 'clean');
+export const rejectFixtures = manifest.files.filter((f) => f.expect.outcome === 'reject');
 
 /** Every planted string, and the planted coordinates in the decimal forms text metadata uses. */
 export const plantedNeedles: string[] = [

@@ -23,6 +23,9 @@ const dropCategory: Record<string, string> = {
   caBX: 'jumbf',
 };
 
+/** XMP in PNG is an iTXt chunk with this keyword (XMP spec part 3). */
+const isXmpKeyword = (chunk: Buffer): boolean => chunk.toString('latin1', 8, 26) === 'XML:com.adobe.xmp\0';
+
 export function stripPng(input: Buffer): ImageStripResult {
   if (input.length < signature.length || !input.subarray(0, 8).equals(signature)) throw reject.corrupt('PNG', 'bad signature');
   const removed: Removed = {};
@@ -51,7 +54,7 @@ export function stripPng(input: Buffer): ImageStripResult {
     // Bit 5 of the first letter: uppercase = critical. An unknown critical chunk changes how the
     // image decodes, so it cannot be dropped and cannot be trusted.
     if ((type.charCodeAt(0) & 0x20) === 0) throw reject.structure('PNG', `unknown critical chunk ${type}`);
-    countRemoved(removed, dropCategory[type] ?? 'unknownChunk');
+    countRemoved(removed, type === 'iTXt' && isXmpKeyword(chunk) ? 'xmp' : (dropCategory[type] ?? 'unknownChunk'));
   }
   if (pos < input.length) countRemoved(removed, 'trailer');
   return { parts, removed, orientation: 1 };
