@@ -12,6 +12,7 @@ import { pinoHttp } from 'pino-http';
 import { ScrubError, asScrubError } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from './config.js';
+import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, Ledger } from './ledger.js';
 import { countByKind, removeArtefactFiles } from './sweeper.js';
 import { makeThumbnail } from './thumbnails.js';
@@ -32,6 +33,8 @@ export interface AppDeps {
   apiToken: string;
   /** Longest a file may live while its job has not reported finished. */
   unfinishedJobCapHours: number;
+  /** How long fingerprints and crash records are kept (default 30 days). */
+  recordRetentionDays?: number;
 }
 
 /** The one place errors become HTTP: status, and a JSON body that says what was wrong and what to do. */
@@ -52,7 +55,7 @@ export function errorHandler(): ErrorRequestHandler {
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
-  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, GET /healthz, GET /readyz';
+  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
 
 export const thumbnailId = (fileId: string): string => `th_${fileId}`;
 
@@ -133,6 +136,7 @@ export function buildApp(deps: AppDeps): express.Express {
 
   const clock = deps.scrubline.clock ?? systemClock;
   const thumbnailDir = path.join(deps.dataDir, 'thumbnails');
+  const recordRetentionDays = deps.recordRetentionDays ?? defaults.recordRetentionDays;
   // Every /v1 route, before any of them reads a byte of the body.
   app.use('/v1', requireBearer(deps.apiToken));
 
@@ -167,7 +171,7 @@ export function buildApp(deps: AppDeps): express.Express {
           jobFinishedAt,
           paths: result.stored?.[f.id] ?? [],
         };
-        records.push(file);
+        records.push(file, fingerprintRecord(file, f.fingerprint, recordRetentionDays));
         const jpeg = thumbnails[i];
         if (jpeg) {
           const id = thumbnailId(f.id);
@@ -183,6 +187,8 @@ export function buildApp(deps: AppDeps): express.Express {
       res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
     },
   );
+
+  app.use('/v1', crashRoutes({ ledger: deps.ledger, clock, retentionDays: recordRetentionDays }));
 
   app.get('/v1/files/:id', (req, res) => {
     const record = deps.ledger.get(req.params.id);

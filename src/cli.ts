@@ -15,6 +15,8 @@ import { Ledger } from './ledger.js';
 import { sweep } from './sweeper.js';
 import { htmlReport, junitXml, summarise } from './qa/reports.js';
 import { runSuite, type Target } from './qa/run.js';
+import { repro, ReproError } from './repro.js';
+import type { Fingerprint } from './steps/fingerprint.js';
 import { loadSuite, SuiteError, type Suite } from './qa/suite.js';
 import { acceptedFormatsText } from './media.js';
 import { cleanFile } from './pipeline.js';
@@ -38,6 +40,9 @@ Usage:
                                           run a QA suite (suite.json) and judge every file; exit 1 on
                                           any failed expectation (--url: against a running service,
                                           token from SCRUBLINE_API_TOKEN)
+  scrubline repro <fingerprint.json | fp_id> -o <file>
+                                          synthesise a file with the fingerprint's technical properties
+                                          (an id is looked up in the ledger in SCRUBLINE_DATA_DIR)
   scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables)
   scrubline --help | --version
 
@@ -202,6 +207,41 @@ async function qaCommand(args: string[], config: Config, out: Out): Promise<numb
   return summary.failed > 0 ? 1 : 0;
 }
 
+async function reproCommand(args: string[], config: Config, out: Out): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { output: { type: 'string', short: 'o' } } });
+  if (positionals.length !== 1 || values.output === undefined) throw new UsageError('repro takes a fingerprint (a .json file or an fp_ id) and -o <output file>');
+  const source = positionals[0]!;
+  let json: string | undefined;
+  if (existsSync(source)) json = readFileSync(source, 'utf8');
+  else if (/^fp_[0-9a-f]{16}$/.test(source)) {
+    if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir} to look ${source} up in; pass the fingerprint JSON instead`);
+    const ledger = Ledger.open(config.dataDir);
+    try {
+      json = ledger.fingerprint(source)?.body;
+    } finally {
+      ledger.close();
+    }
+    if (json === undefined) throw new UsageError(`no fingerprint ${source} in the ledger (expired or deleted?)`);
+  } else throw new UsageError(`${source} is neither a fingerprint file nor an fp_ id`);
+  let fingerprint: Fingerprint;
+  try {
+    fingerprint = JSON.parse(json) as Fingerprint;
+  } catch {
+    throw new UsageError('the fingerprint is not valid JSON');
+  }
+  try {
+    await repro(fingerprint, values.output, await loadFfmpeg(config));
+  } catch (err) {
+    if (err instanceof ReproError) {
+      out.stderr(`scrubline: repro: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  out.stdout(`${values.output}\n`);
+  return 0;
+}
+
 async function serveCommand(config: Config): Promise<number> {
   const { startServer } = await import('./server.js');
   const running = await startServer(config);
@@ -243,6 +283,8 @@ export async function main(argv: string[], out: Out = defaultOut): Promise<numbe
         return await sweepCommand(rest, config, out);
       case 'qa':
         return await qaCommand(rest, config, out);
+      case 'repro':
+        return await reproCommand(rest, config, out);
       case 'serve':
         return await serveCommand(config);
       default:

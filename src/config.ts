@@ -26,6 +26,8 @@ export interface Config {
   unfinishedJobCapHours: number;
   /** How often the service's sweeper runs; 0 turns it off (run `scrubline sweep` instead). */
   sweepIntervalMs: number;
+  /** How long fingerprints and crash records are kept. */
+  recordRetentionDays: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -41,6 +43,7 @@ export const defaults = {
   maxInputPixels: 268_402_689,
   unfinishedJobCapHours: 7 * 24,
   sweepIntervalMs: 5 * 60_000,
+  recordRetentionDays: 30,
   logLevel: 'info',
 } as const satisfies Partial<Config>;
 
@@ -117,6 +120,7 @@ export function loadConfig(env: Env = process.env): Config {
     apiToken,
     unfinishedJobCapHours: integer('UNFINISHED_JOB_CAP_HOURS', defaults.unfinishedJobCapHours, 1, 24 * 365),
     sweepIntervalMs: integer('SWEEP_INTERVAL_MS', defaults.sweepIntervalMs, 0, 24 * 3_600_000),
+    recordRetentionDays: integer('RECORD_RETENTION_DAYS', defaults.recordRetentionDays, 1, 3650),
     logLevel: logLevel as Config['logLevel'],
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -140,5 +144,6 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; unset = generated once and kept in <data dir>/api-token'],
   ['SCRUBLINE_UNFINISHED_JOB_CAP_HOURS', `longest a file may live while its job has not reported finished (default ${defaults.unfinishedJobCapHours})`],
   ['SCRUBLINE_SWEEP_INTERVAL_MS', `how often the service purges expired artefacts; 0 = never, run \`scrubline sweep\` instead (default ${defaults.sweepIntervalMs})`],
+  ['SCRUBLINE_RECORD_RETENTION_DAYS', `how long fingerprints and crash records are kept (default ${defaults.recordRetentionDays})`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];

@@ -48,6 +48,9 @@ const migrations: string[] = [
      counts TEXT NOT NULL,
      artefact_ids TEXT NOT NULL
    );`,
+  // v3, crash diagnostics: fingerprints and crash records keep their JSON here; purging clears it.
+  `ALTER TABLE artefacts ADD COLUMN body TEXT;
+   CREATE INDEX artefacts_fingerprint_id ON artefacts (fingerprint_id, kind);`,
 ];
 
 export type ArtefactKind = 'file' | 'thumbnail' | 'fingerprint' | 'crash';
@@ -69,6 +72,8 @@ export interface ArtefactRecord {
   purgedAt?: string | undefined;
   /** What this artefact occupies on disk, relative to the data dir ([] when held upstream). */
   paths: string[];
+  /** JSON of a fingerprint or crash record (never of a file); gone once purged. */
+  body?: string | undefined;
 }
 
 type Row = Record<string, string | number | null>;
@@ -91,6 +96,7 @@ function fromRow(row: Row): ArtefactRecord {
     jobFinishedAt: optional(row.job_finished_at),
     purgedAt: optional(row.purged_at),
     paths: JSON.parse(String(row.paths ?? '[]')) as string[],
+    body: optional(row.body),
   };
 }
 
@@ -118,12 +124,12 @@ export class Ledger {
 
   record(records: ArtefactRecord[]): void {
     const insert = this.db.prepare(
-      `INSERT INTO artefacts (id, kind, parent_id, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at, job_finished_at, paths)
-       VALUES (@id, @kind, @parentId, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt, @jobFinishedAt, @paths)`,
+      `INSERT INTO artefacts (id, kind, parent_id, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at, job_finished_at, paths, body)
+       VALUES (@id, @kind, @parentId, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt, @jobFinishedAt, @paths, @body)`,
     );
     this.db.transaction(() => {
       for (const r of records) {
-        insert.run({ ...r, parentId: r.parentId ?? null, jobId: r.jobId ?? null, jobFinishedAt: r.jobFinishedAt ?? null, paths: JSON.stringify(r.paths) });
+        insert.run({ ...r, parentId: r.parentId ?? null, jobId: r.jobId ?? null, jobFinishedAt: r.jobFinishedAt ?? null, paths: JSON.stringify(r.paths), body: r.body ?? null });
       }
     })();
   }
@@ -136,6 +142,14 @@ export class Ledger {
   /** The thumbnail made from a file, if one exists and is not purged. */
   thumbnailOf(fileId: string): ArtefactRecord | undefined {
     const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'thumbnail' AND purged_at IS NULL").get(fileId) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** The newest live fingerprint record with this fingerprint id. */
+  fingerprint(fingerprintId: string): ArtefactRecord | undefined {
+    const row = this.db
+      .prepare("SELECT * FROM artefacts WHERE fingerprint_id = ? AND kind = 'fingerprint' AND purged_at IS NULL ORDER BY created_at DESC LIMIT 1")
+      .get(fingerprintId) as Row | undefined;
     return row ? fromRow(row) : undefined;
   }
 
@@ -182,7 +196,8 @@ export class Ledger {
   }
 
   markPurged(ids: string[], at: string): void {
-    const update = this.db.prepare('UPDATE artefacts SET purged_at = ? WHERE id = ? AND purged_at IS NULL');
+    // Purging a record also drops its JSON: nothing of it stays but ids and times.
+    const update = this.db.prepare('UPDATE artefacts SET purged_at = ?, body = NULL WHERE id = ? AND purged_at IS NULL');
     this.db.transaction(() => {
       for (const id of ids) update.run(at, id);
     })();

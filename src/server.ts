@@ -54,6 +54,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     tools: ffmpeg,
     apiToken: api.token,
     unfinishedJobCapHours: config.unfinishedJobCapHours,
+    recordRetentionDays: config.recordRetentionDays,
     scrubline: {
       tmpDir,
       fingerprintKey,

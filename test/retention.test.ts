@@ -226,13 +226,14 @@ describe('the sweeper', () => {
     const paths = [a.id, b.id].flatMap((id) => svc.ledger.get(id)!.paths.concat(svc.ledger.thumbnailOf(id)?.paths ?? []));
     const res = await svc.api.delete('/v1/jobs/user-deletes');
     assert.equal(res.status, 200);
-    assert.deepEqual(res.body.purged, { file: 2, thumbnail: 2, fingerprint: 0, crash: 0 });
+    // Fingerprints are kept per file too (for crash reports), and go with the job.
+    assert.deepEqual(res.body.purged, { file: 2, thumbnail: 2, fingerprint: 2, crash: 0 });
     assert.ok(paths.every((p) => !existsSync(path.join(svc.dataDir, p))));
     assert.notEqual((await svc.record(a.id)).purgedAt, null);
     const audit = svc.ledger.deletions('user-deletes');
     assert.equal(audit.length, 1);
-    assert.deepEqual(audit[0]!.counts, { file: 2, thumbnail: 2, fingerprint: 0, crash: 0 });
-    assert.equal(audit[0]!.ids.length, 4);
+    assert.deepEqual(audit[0]!.counts, { file: 2, thumbnail: 2, fingerprint: 2, crash: 0 });
+    assert.equal(audit[0]!.ids.length, 6);
   });
 });
 

@@ -10,6 +10,7 @@ import { open } from 'node:fs/promises';
 import type { Verified } from '../context.js';
 import { rotationOf, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import type { ImageInfo } from '../tools/sharp.js';
+import { imageLayout, videoLayout, type LayoutEntry, type VideoLayout } from './fingerprint-layout.js';
 import type { VerifiedFacts } from './verify.js';
 
 export const fingerprintSchemaVersion = 1;
@@ -32,6 +33,7 @@ export interface ImageFingerprint {
   chromaSubsampling: string | undefined;
   orientation: number;
   frames: number;
+  layout: LayoutEntry[];
   contentHmac: string;
 }
 
@@ -53,6 +55,11 @@ export interface StreamFingerprint {
   frameRate?: string | undefined;
   frames?: number | undefined;
   bFrames?: number | undefined;
+  /** Sync samples and the longest distance between them, where the container indexes them (MP4/MOV). */
+  keyframes?: number | undefined;
+  keyframeInterval?: number | undefined;
+  /** HDR side data present on the stream, from a closed list. */
+  hdr?: string[] | undefined;
   sampleRate?: number | undefined;
   channels?: number | undefined;
   channelLayout?: string | undefined;
@@ -65,8 +72,11 @@ export interface VideoFingerprint {
   container: string;
   mime: string;
   bytes: number;
+  /** ISOBMFF major brand (a registered four-character code), when there is one. */
+  brand: string | undefined;
   durationMs: number | undefined;
   streams: StreamFingerprint[];
+  layout: LayoutEntry[];
   contentHmac: string;
 }
 
@@ -100,6 +110,13 @@ const optionalNumber = (value: string | number | undefined): number | undefined 
   return value === undefined || value === '' || !Number.isFinite(n) ? undefined : n;
 };
 
+const hdrSideData: Array<[RegExp, string]> = [
+  [/mastering display/i, 'mastering-display'],
+  [/content light level/i, 'content-light-level'],
+  [/dovi|dolby vision/i, 'dolby-vision'],
+  [/hdr10\+|dynamic hdr/i, 'hdr10-plus'],
+];
+
 function streamFingerprint(s: ProbeStream): StreamFingerprint {
   const common = { type: s.codec_type ?? 'unknown', codec: s.codec_name, profile: s.profile, level: s.level };
   if (s.codec_type === 'video') {
@@ -118,12 +135,13 @@ function streamFingerprint(s: ProbeStream): StreamFingerprint {
       frameRate: s.avg_frame_rate,
       frames: optionalNumber(s.nb_frames),
       bFrames: s.has_b_frames,
+      hdr: hdrSideData.filter(([pattern]) => (s.side_data_list ?? []).some((d) => pattern.test(String(d.side_data_type ?? '')))).map(([, name]) => name),
     };
   }
   return { ...common, sampleRate: optionalNumber(s.sample_rate), channels: s.channels, channelLayout: s.channel_layout };
 }
 
-export function imageFingerprint(info: ImageInfo, mime: string, bytes: number, contentHmac: string): ImageFingerprint {
+export function imageFingerprint(info: ImageInfo, mime: string, bytes: number, contentHmac: string, layout: LayoutEntry[]): ImageFingerprint {
   return {
     schema: fingerprintSchemaVersion,
     id: fingerprintId(contentHmac),
@@ -142,12 +160,22 @@ export function imageFingerprint(info: ImageInfo, mime: string, bytes: number, c
     chromaSubsampling: info.chromaSubsampling,
     orientation: info.orientation,
     frames: info.pages,
+    layout,
     contentHmac,
   };
 }
 
-export function videoFingerprint(info: ProbeResult, mime: string, bytes: number, contentHmac: string): VideoFingerprint {
+export function videoFingerprint(info: ProbeResult, mime: string, bytes: number, contentHmac: string, structure: VideoLayout): VideoFingerprint {
   const seconds = optionalNumber(info.format.duration);
+  const brand = info.format.tags?.major_brand;
+  // The container's keyframe tables are per video track, in the same order as ffprobe's streams.
+  let videoTrack = 0;
+  const streams = info.streams.map((s) => {
+    const stream = streamFingerprint(s);
+    if (s.codec_type !== 'video') return stream;
+    const table = structure.keyframes[videoTrack++];
+    return table ? { ...stream, keyframes: table.keyframes, keyframeInterval: table.interval } : stream;
+  });
   return {
     schema: fingerprintSchemaVersion,
     id: fingerprintId(contentHmac),
@@ -155,8 +183,10 @@ export function videoFingerprint(info: ProbeResult, mime: string, bytes: number,
     container: info.format.format_name ?? 'unknown',
     mime,
     bytes,
+    brand: brand && /^[A-Za-z0-9 ]{4}$/.test(brand) ? brand : undefined,
     durationMs: seconds === undefined ? undefined : Math.round(seconds * 1000),
-    streams: info.streams.map(streamFingerprint),
+    streams,
+    layout: structure.layout,
     contentHmac,
   };
 }
@@ -175,9 +205,10 @@ export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>
     ? createHmac('sha256', key).update(file.facts.bytes).digest('hex')
     : await (contentHmac ?? hmacFile(file.cleanPath, key));
   const { facts } = file;
+  const { kind } = file;
   const result =
     facts.imageInfo !== undefined
-      ? imageFingerprint(facts.imageInfo, file.kind.mime, file.cleanBytes, hmac)
-      : videoFingerprint(facts.probe, file.kind.mime, file.cleanBytes, hmac);
+      ? imageFingerprint(facts.imageInfo, kind.mime, file.cleanBytes, hmac, kind.family === 'image' ? imageLayout(kind.format, facts.bytes) : [])
+      : videoFingerprint(facts.probe, kind.mime, file.cleanBytes, hmac, await videoLayout(kind.family === 'video' && kind.demuxer === 'matroska' ? 'matroska' : 'isobmff', file.cleanPath));
   return { ...file, fingerprint: result };
 }

@@ -98,3 +98,56 @@ export function frameArgs(input: string, demuxer: Demuxer, seconds: number, outp
     '-y', `file:${output}`,
   ];
 }
+
+/** A synthetic stand-in for a file, from its fingerprint (see repro.ts): test sources, encoded alike. */
+export interface SynthesisPlan {
+  output: string;
+  muxer: Muxer;
+  seconds: number;
+  video?: {
+    encoder: string;
+    width: number;
+    height: number;
+    rate: string;
+    pixelFormat?: string | undefined;
+    profile?: string | undefined;
+    level?: string | undefined;
+    gop?: number | undefined;
+    bFrames?: number | undefined;
+    colour: { primaries?: string | undefined; transfer?: string | undefined; matrix?: string | undefined; range?: string | undefined };
+    rotation: number;
+  };
+  audio?: { encoder: string; sampleRate: number; channels: number; layout?: string | undefined; profile?: string | undefined };
+}
+
+export function synthesisArgs(plan: SynthesisPlan): string[] {
+  if (!path.isAbsolute(plan.output)) throw new Error('ffmpeg output must be an absolute path');
+  const seconds = plan.seconds.toFixed(3);
+  const args = ['-nostdin', '-hide_banner', '-v', 'error'];
+  const { video, audio } = plan;
+  if (video) args.push('-f', 'lavfi', '-i', `testsrc2=size=${video.width}x${video.height}:rate=${video.rate}:duration=${seconds}`);
+  if (audio) args.push('-f', 'lavfi', '-i', `sine=frequency=440:sample_rate=${audio.sampleRate}:duration=${seconds}`);
+  let input = 0;
+  if (video) {
+    args.push('-map', `${input++}:v`, '-c:v', video.encoder);
+    if (video.pixelFormat) args.push('-pix_fmt', video.pixelFormat);
+    if (video.profile) args.push('-profile:v', video.profile);
+    if (video.level) args.push('-level:v', video.level);
+    if (video.gop !== undefined) args.push('-g', String(video.gop));
+    if (video.bFrames !== undefined) args.push('-bf', String(video.bFrames));
+    const c = video.colour;
+    if (c.primaries) args.push('-color_primaries', c.primaries);
+    if (c.transfer) args.push('-color_trc', c.transfer);
+    if (c.matrix) args.push('-colorspace', c.matrix);
+    if (c.range) args.push('-color_range', c.range);
+    // ffmpeg 5 writes a display matrix from this tag (6+ dropped it for -display_rotation).
+    if (video.rotation) args.push('-metadata:s:v:0', `rotate=${video.rotation}`);
+  }
+  if (audio) {
+    args.push('-map', `${input++}:a`, '-c:a', audio.encoder, '-ar', String(audio.sampleRate), '-ac', String(audio.channels));
+    if (audio.layout) args.push('-channel_layout', audio.layout);
+    if (audio.profile) args.push('-profile:a', audio.profile);
+  }
+  args.push('-map_metadata', '-1', '-fflags', '+bitexact', '-flags:v', '+bitexact', '-flags:a', '+bitexact', '-f', plan.muxer, '-y', `file:${plan.output}`);
+  return args;
+}

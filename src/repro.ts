@@ -1,0 +1,225 @@
+/**
+ * `scrubline repro`: a file with the same technical properties as a fingerprint, made from the
+ * fingerprint alone (no pixels of the original exist anywhere to make it from). Video: ffmpeg test
+ * sources encoded with the same container, codecs, profile, level, pixel format, size, rotation,
+ * colour tags, frame rate, duration, GOP and audio layout. Images: a generated pattern written by
+ * sharp in the same format, size, channels, bit depth, alpha, interlacing, chroma subsampling,
+ * ICC presence, orientation and frame count. When the tools here cannot make a codec, it says
+ * which encoder is missing instead of making something different.
+ */
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import sharp, { type Sharp } from 'sharp';
+import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from './steps/fingerprint.js';
+import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from './tools/ffmpeg-args.js';
+import { probe, runTool, type Ffmpeg } from './tools/ffmpeg.js';
+
+export class ReproError extends Error {}
+
+/** Decoder name (as ffprobe reports it) → the ffmpeg encoder that writes it. */
+const videoEncoders: Record<string, string> = {
+  h264: 'libx264', hevc: 'libx265', vp8: 'libvpx', vp9: 'libvpx-vp9', av1: 'libaom-av1', mpeg4: 'mpeg4', h263: 'h263',
+  mpeg2video: 'mpeg2video', mpeg1video: 'mpeg1video', mjpeg: 'mjpeg', prores: 'prores_ks', dnxhd: 'dnxhd', theora: 'libtheora',
+};
+const audioEncoders: Record<string, string> = {
+  aac: 'aac', mp3: 'libmp3lame', mp2: 'mp2', opus: 'libopus', vorbis: 'libvorbis', flac: 'flac', alac: 'alac', ac3: 'ac3', eac3: 'eac3',
+  amr_nb: 'libopencore_amrnb', amr_wb: 'libvo_amrwbenc', pcm_s16le: 'pcm_s16le', pcm_s16be: 'pcm_s16be', pcm_s24le: 'pcm_s24le',
+  pcm_s24be: 'pcm_s24be', pcm_s32le: 'pcm_s32le', pcm_f32le: 'pcm_f32le', pcm_u8: 'pcm_u8',
+};
+const muxers: Record<string, Muxer> = {
+  'video/mp4': 'mp4', 'video/quicktime': 'mov', 'video/x-m4v': 'ipod', 'video/3gpp': '3gp', 'video/3gpp2': '3gp',
+  'video/webm': 'webm', 'video/matroska': 'matroska', 'video/x-matroska': 'matroska',
+};
+/** ffprobe's profile names → the encoders' -profile values. */
+const profiles: Record<string, Record<string, string>> = {
+  libx264: { Baseline: 'baseline', 'Constrained Baseline': 'baseline', Main: 'main', High: 'high', 'High 10': 'high10', 'High 4:2:2': 'high422', 'High 4:4:4 Predictive': 'high444' },
+  libx265: { Main: 'main', 'Main 10': 'main10', 'Main Still Picture': 'mainstillpicture' },
+  'libvpx-vp9': { 'Profile 0': '0', 'Profile 1': '1', 'Profile 2': '2', 'Profile 3': '3' },
+  aac: { LC: 'aac_low', HE: 'aac_he', 'HE-AACv2': 'aac_he_v2' },
+};
+const known = (value: string | undefined): string | undefined => (value && value !== 'unknown' ? value : undefined);
+
+let encoderList: Promise<string> | undefined;
+async function hasEncoder(tools: Ffmpeg, name: string): Promise<boolean> {
+  encoderList ??= runTool(tools.ffmpeg.path, ['-hide_banner', '-encoders'], tools.timeoutMs).then((r) => r.stdout);
+  return new RegExp(`^\\s*[VAS][.A-Z]{5}\\s+${name.replace(/[-+]/g, '\\$&')}\\s`, 'm').test(await encoderList);
+}
+
+async function encoderFor(tools: Ffmpeg, stream: StreamFingerprint, table: Record<string, string>): Promise<string> {
+  const encoder = stream.codec ? table[stream.codec] : undefined;
+  if (!encoder) throw new ReproError(`no known encoder for ${stream.type} codec "${stream.codec ?? 'unknown'}"`);
+  if (!(await hasEncoder(tools, encoder))) throw new ReproError(`this ffmpeg cannot encode ${stream.codec}: it has no "${encoder}" encoder (${tools.ffmpeg.path}, ${tools.ffmpegVersion})`);
+  return encoder;
+}
+
+export async function videoPlan(fp: VideoFingerprint, output: string, tools: Ffmpeg): Promise<SynthesisPlan> {
+  const muxer = muxers[fp.mime];
+  if (!muxer) throw new ReproError(`no container for ${fp.mime}`);
+  const videoStream = fp.streams.find((s) => s.type === 'video');
+  const audioStream = fp.streams.find((s) => s.type === 'audio');
+  if (fp.streams.filter((s) => s.type === 'video').length > 1 || fp.streams.filter((s) => s.type === 'audio').length > 1) {
+    throw new ReproError('repro makes at most one video and one audio stream');
+  }
+  const seconds = (fp.durationMs ?? 1000) / 1000;
+  const plan: SynthesisPlan = { output, muxer, seconds };
+  if (videoStream) {
+    const encoder = await encoderFor(tools, videoStream, videoEncoders);
+    const level = videoStream.level !== undefined && videoStream.level > 0 && encoder === 'libx264' ? (videoStream.level / 10).toFixed(1) : undefined;
+    plan.video = {
+      encoder,
+      width: videoStream.width ?? 320,
+      height: videoStream.height ?? 240,
+      rate: videoStream.frameRate && videoStream.frameRate !== '0/0' ? videoStream.frameRate : '25',
+      pixelFormat: known(videoStream.pixelFormat),
+      profile: videoStream.profile ? profiles[encoder]?.[videoStream.profile] : undefined,
+      level,
+      gop: videoStream.keyframeInterval,
+      bFrames: videoStream.bFrames === 0 ? 0 : undefined,
+      colour: {
+        primaries: known(videoStream.colourPrimaries),
+        transfer: known(videoStream.colourTransfer),
+        matrix: known(videoStream.colourMatrix),
+        range: known(videoStream.colourRange),
+      },
+      rotation: videoStream.rotation ?? 0,
+    };
+  }
+  if (audioStream) {
+    const encoder = await encoderFor(tools, audioStream, audioEncoders);
+    plan.audio = {
+      encoder,
+      sampleRate: audioStream.sampleRate ?? 48_000,
+      channels: audioStream.channels ?? 2,
+      layout: known(audioStream.channelLayout),
+      profile: audioStream.profile ? profiles[encoder]?.[audioStream.profile] : undefined,
+    };
+  }
+  return plan;
+}
+
+/** A smooth pattern with some texture, in as many channels as the original had. */
+function pattern(width: number, height: number, channels: number, frame: number): Buffer {
+  const pixels = Buffer.alloc(width * height * channels);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const at = (y * width + x) * channels;
+      const values = [(x * 255) / Math.max(1, width - 1), (y * 255) / Math.max(1, height - 1), ((x + y + frame * 40) * 7) % 256, 255 - ((x * y) % 64)];
+      for (let c = 0; c < channels; c++) pixels[at + c] = values[c]! & 255;
+    }
+  }
+  return pixels;
+}
+
+async function imageRepro(fp: ImageFingerprint, output: string): Promise<void> {
+  if (fp.container === 'heif' && fp.mime !== 'image/avif') {
+    throw new ReproError('this build cannot encode HEIC: sharp\'s libvips has no HEVC encoder (AVIF works; libheif\'s heif-enc can make HEIC by hand)');
+  }
+  const channels = Math.min(4, Math.max(1, fp.channels));
+  const frames = await Promise.all(
+    Array.from({ length: Math.max(1, fp.frames) }, (_, i) => sharp(pattern(fp.width, fp.height, channels, i), { raw: { width: fp.width, height: fp.height, channels: channels as 1 | 2 | 3 | 4 } }).png().toBuffer()),
+  );
+  let image: Sharp = frames.length > 1 ? sharp(frames, { join: { animated: true } }) : sharp(frames[0]!);
+  if (fp.iccProfile) image = image.withIccProfile('srgb');
+  if (fp.orientation !== 1) image = image.withMetadata({ orientation: fp.orientation });
+  const sixteen = fp.bitDepth === 16;
+  if (sixteen) image = image.toColourspace(channels >= 3 ? 'rgb16' : 'grey16');
+  switch (fp.container) {
+    case 'jpeg':
+      image = image.jpeg({ quality: 90, progressive: fp.progressive, chromaSubsampling: fp.chromaSubsampling === '4:4:4' ? '4:4:4' : '4:2:0' });
+      break;
+    case 'png':
+      image = image.png({ progressive: fp.progressive });
+      break;
+    case 'webp':
+      image = image.webp({ quality: 90 });
+      break;
+    case 'gif':
+      image = image.gif();
+      break;
+    case 'tiff':
+      image = image.tiff({ compression: 'deflate' });
+      break;
+    case 'heif':
+      image = image.avif({ quality: 60, bitdepth: (fp.bitDepth ?? 8) as 8 });
+      break;
+    default:
+      throw new ReproError(`no image writer for container "${fp.container}"`);
+  }
+  await image.toFile(output);
+}
+
+/**
+ * ffmpeg 5 has no option to write a display matrix (6.0 added -display_rotation), so the video
+ * track header's matrix is set in place: the same transform a phone writes for a turned camera.
+ */
+async function setRotation(file: string, degrees: number, width: number, height: number): Promise<void> {
+  const one = 0x10000;
+  const [a, b, c, d, x, y] =
+    degrees === 90 ? [0, one, -one, 0, height, 0] : degrees === 180 ? [-one, 0, 0, -one, width, height] : degrees === 270 ? [0, -one, one, 0, 0, width] : [one, 0, 0, one, 0, 0];
+  const bytes = await readFile(file);
+  const boxes = (start: number, end: number): Array<{ type: string; start: number; end: number }> => {
+    const out: Array<{ type: string; start: number; end: number }> = [];
+    for (let pos = start; pos + 8 <= end; ) {
+      const size = bytes.readUInt32BE(pos);
+      if (size < 8 || pos + size > end) break;
+      out.push({ type: bytes.toString('latin1', pos + 4, pos + 8), start: pos + 8, end: pos + size });
+      pos += size;
+    }
+    return out;
+  };
+  const moov = boxes(0, bytes.length).find((box) => box.type === 'moov');
+  for (const trak of moov ? boxes(moov.start, moov.end).filter((box) => box.type === 'trak') : []) {
+    const inner = boxes(trak.start, trak.end);
+    const mdia = inner.find((box) => box.type === 'mdia');
+    const hdlr = mdia && boxes(mdia.start, mdia.end).find((box) => box.type === 'hdlr');
+    const tkhd = inner.find((box) => box.type === 'tkhd');
+    if (!tkhd || !hdlr || bytes.toString('latin1', hdlr.start + 8, hdlr.start + 12) !== 'vide') continue;
+    const matrix = tkhd.start + (bytes[tkhd.start] === 1 ? 52 : 40);
+    [a, b, 0, c, d, 0, x * one, y * one, 0x40000000].forEach((value, i) => bytes.writeInt32BE(value, matrix + i * 4));
+    await writeFile(file, bytes);
+    return;
+  }
+  throw new ReproError('the synthesised file has no video track header to rotate');
+}
+
+const plan0Ext = (fp: VideoFingerprint): string => (fp.mime.includes('webm') ? 'webm' : fp.mime.includes('matroska') ? 'mkv' : 'mp4');
+
+/**
+ * How long to make the test sources. A container's duration is where its longest stream ends,
+ * after the encoder's framing (AAC frames, whole video frames), so the fingerprint's duration is
+ * tried first and then the whole-frame durations around it; the first that lands exactly wins.
+ */
+function durationCandidates(fp: VideoFingerprint): number[] {
+  const seconds = (fp.durationMs ?? 1000) / 1000;
+  const rate = fp.streams.find((s) => s.type === 'video')?.frameRate?.split('/').map(Number);
+  const fps = rate && rate[0]! > 0 && rate[1]! > 0 ? rate[0]! / rate[1]! : undefined;
+  if (!fps) return [seconds];
+  const frames = fp.streams.find((s) => s.type === 'video')?.frames ?? Math.round(seconds * fps);
+  return [...new Set([seconds, frames / fps, (frames - 1) / fps, (frames + 1) / fps, Math.floor(seconds * fps) / fps])].filter((s) => s > 0);
+}
+
+export async function repro(fp: Fingerprint, output: string, tools: Ffmpeg): Promise<void> {
+  if (fp.schema !== 1) throw new ReproError(`fingerprint schema ${String(fp.schema)} is not one this scrubline reads (1)`);
+  const target = path.resolve(output);
+  if (fp.family === 'image') return imageRepro(fp, target);
+  // Synthesised next to the target, then remuxed exactly as scrubline remuxes an upload, so the
+  // repro has the container layout and timing of a cleaned file, not of a fresh encode.
+  const encoded = `${target}.encoding.${plan0Ext(fp)}`;
+  try {
+    for (const seconds of durationCandidates(fp)) {
+      const plan = { ...(await videoPlan(fp, encoded, tools)), seconds };
+      const made = await runTool(tools.ffmpeg.path, synthesisArgs(plan), Math.max(tools.timeoutMs, 600_000));
+      if (made.code !== 0) throw new ReproError(`ffmpeg could not make the file: ${made.stderr.trim().split('\n').at(-1) ?? `exit ${made.code}`}`);
+      const demuxer = plan.muxer === 'webm' || plan.muxer === 'matroska' ? 'matroska' : 'mov';
+      const legacyRotateDegrees = tools.legacyRotateTag && plan.video?.rotation ? (360 - plan.video.rotation) % 360 : undefined;
+      const remuxed = await runTool(tools.ffmpeg.path, remuxArgs({ input: encoded, demuxer, output: target, muxer: plan.muxer, streams: 'usual', legacyRotateDegrees }), tools.timeoutMs);
+      if (remuxed.code !== 0) throw new ReproError(`ffmpeg could not remux the synthesised file (exit ${remuxed.code})`);
+      if (plan.video?.rotation && demuxer === 'mov' && !tools.legacyRotateTag) await setRotation(target, plan.video.rotation, plan.video.width, plan.video.height);
+      const duration = Number((await probe(tools, target, demuxer)).format.duration);
+      if (fp.durationMs === undefined || Math.round(duration * 1000) === fp.durationMs) return;
+    }
+    // None landed exactly: the last attempt stands, and the difference is the container's framing.
+  } finally {
+    await rm(encoded, { force: true });
+  }
+}
