@@ -131,7 +131,8 @@ async function imageRepro(fp: ImageFingerprint, output: string): Promise<void> {
       image = image.png({ progressive: fp.progressive });
       break;
     case 'webp':
-      image = image.webp({ quality: 90 });
+      // The layout says which WebP it was: VP8L is the lossless bitstream, VP8 the lossy one.
+      image = image.webp(fp.layout.some((l) => l.type === 'VP8L') ? { lossless: true } : { quality: 90 });
       break;
     case 'gif':
       image = image.gif();
