@@ -11,6 +11,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from './steps/fingerprint.js';
+import { boxesIn, childBox, videoTracks } from './formats/isobmff.js';
 import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from './tools/ffmpeg-args.js';
 import { probe, runTool, type Ffmpeg } from './tools/ffmpeg.js';
 
@@ -158,23 +159,10 @@ async function setRotation(file: string, degrees: number, width: number, height:
   const [a, b, c, d, x, y] =
     degrees === 90 ? [0, one, -one, 0, height, 0] : degrees === 180 ? [-one, 0, 0, -one, width, height] : degrees === 270 ? [0, -one, one, 0, 0, width] : [one, 0, 0, one, 0, 0];
   const bytes = await readFile(file);
-  const boxes = (start: number, end: number): Array<{ type: string; start: number; end: number }> => {
-    const out: Array<{ type: string; start: number; end: number }> = [];
-    for (let pos = start; pos + 8 <= end; ) {
-      const size = bytes.readUInt32BE(pos);
-      if (size < 8 || pos + size > end) break;
-      out.push({ type: bytes.toString('latin1', pos + 4, pos + 8), start: pos + 8, end: pos + size });
-      pos += size;
-    }
-    return out;
-  };
-  const moov = boxes(0, bytes.length).find((box) => box.type === 'moov');
-  for (const trak of moov ? boxes(moov.start, moov.end).filter((box) => box.type === 'trak') : []) {
-    const inner = boxes(trak.start, trak.end);
-    const mdia = inner.find((box) => box.type === 'mdia');
-    const hdlr = mdia && boxes(mdia.start, mdia.end).find((box) => box.type === 'hdlr');
-    const tkhd = inner.find((box) => box.type === 'tkhd');
-    if (!tkhd || !hdlr || bytes.toString('latin1', hdlr.start + 8, hdlr.start + 12) !== 'vide') continue;
+  const moov = boxesIn(bytes, 0, bytes.length).find((box) => box.type === 'moov');
+  const trak = moov && videoTracks(bytes, moov.start, moov.end)[0];
+  const tkhd = trak && childBox(bytes, trak, 'tkhd');
+  if (tkhd) {
     const matrix = tkhd.start + (bytes[tkhd.start] === 1 ? 52 : 40);
     [a, b, 0, c, d, 0, x * one, y * one, 0x40000000].forEach((value, i) => bytes.writeInt32BE(value, matrix + i * 4));
     await writeFile(file, bytes);
@@ -183,7 +171,7 @@ async function setRotation(file: string, degrees: number, width: number, height:
   throw new ReproError('the synthesised file has no video track header to rotate');
 }
 
-const plan0Ext = (fp: VideoFingerprint): string => (fp.mime.includes('webm') ? 'webm' : fp.mime.includes('matroska') ? 'mkv' : 'mp4');
+const encodingExt = (fp: VideoFingerprint): string => (fp.mime.includes('webm') ? 'webm' : fp.mime.includes('matroska') ? 'mkv' : 'mp4');
 
 /**
  * How long to make the test sources. A container's duration is where its longest stream ends,
@@ -205,7 +193,7 @@ export async function repro(fp: Fingerprint, output: string, tools: Ffmpeg): Pro
   if (fp.family === 'image') return imageRepro(fp, target);
   // Synthesised next to the target, then remuxed exactly as scrubline remuxes an upload, so the
   // repro has the container layout and timing of a cleaned file, not of a fresh encode.
-  const encoded = `${target}.encoding.${plan0Ext(fp)}`;
+  const encoded = `${target}.encoding.${encodingExt(fp)}`;
   try {
     for (const seconds of durationCandidates(fp)) {
       const plan = { ...(await videoPlan(fp, encoded, tools)), seconds };

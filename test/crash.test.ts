@@ -12,15 +12,11 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import request from 'supertest';
-import { buildApp } from '../src/app.js';
-import { Ledger } from '../src/ledger.js';
-import { createLogger } from '../src/log.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { repro, ReproError } from '../src/repro.js';
 import type { Fingerprint, VideoFingerprint } from '../src/steps/fingerprint.js';
-import { LocalSink } from '../src/steps/forward-local.js';
 import { sweep } from '../src/sweeper.js';
-import { cleanFixtures, ffmpegTools, fixture, LogCapture, manifest, pipelineDeps, removeDir, root, tempDir, testKey, testToken } from './helpers.js';
+import { cleanFixtures, ffmpegTools, fixture, LogCapture, manifest, pipelineDeps, removeDir, root, tempDir, testService } from './helpers.js';
 
 let work: string;
 before(async () => {
@@ -107,34 +103,14 @@ describe('scrubline repro', () => {
 });
 
 describe('crash records API', () => {
-  let dataDir: string;
-  let ledger: Ledger;
-  let api: ReturnType<typeof request.agent>;
-  let app: ReturnType<typeof buildApp>;
-  let logs: LogCapture;
-  const now = { t: new Date('2026-07-01T00:00:00.000Z') };
+  let svc: Awaited<ReturnType<typeof testService>>;
+  let api: Awaited<ReturnType<typeof testService>>['api'];
+  const logs = new LogCapture();
   before(async () => {
-    dataDir = await tempDir();
-    ledger = Ledger.open(dataDir);
-    logs = new LogCapture();
-    const tools = await ffmpegTools();
-    app = buildApp({
-      logger: createLogger('info', logs),
-      dataDir,
-      forwarder: new LocalSink(dataDir),
-      ledger,
-      tools,
-      apiToken: testToken,
-      unfinishedJobCapHours: 168,
-      recordRetentionDays: 30,
-      scrubline: { tmpDir: path.join(dataDir, 'tmp'), fingerprintKey: testKey, clock: () => now.t },
-    });
-    api = request.agent(app).set('authorization', `Bearer ${testToken}`);
+    svc = await testService({ logs, now: new Date('2026-07-01T00:00:00.000Z') });
+    api = svc.api;
   });
-  after(async () => {
-    ledger.close();
-    await removeDir(dataDir);
-  });
+  after(() => svc.close());
 
   it('files a crash against an uploaded file and returns the bundle with the repro command', async () => {
     const upload = await api.post('/v1/uploads').field('jobId', 'render-7').attach('file', fixture('media/mp4-location.mp4'));
@@ -161,7 +137,7 @@ describe('crash records API', () => {
 
     // The engineer's side: the repro command, run against the same data dir, rebuilds the file.
     const out = path.join(work, 'from-ledger.mp4');
-    await promisify(execFile)(process.execPath, [path.join(root, 'bin/scrubline.js'), 'repro', file.fingerprint.id, '-o', out], { env: { ...process.env, SCRUBLINE_DATA_DIR: dataDir } });
+    await promisify(execFile)(process.execPath, [path.join(root, 'bin/scrubline.js'), 'repro', file.fingerprint.id, '-o', out], { env: { ...process.env, SCRUBLINE_DATA_DIR: svc.dataDir } });
     assert.deepEqual(structural((await clean(out)).fingerprint), structural(file.fingerprint));
   });
 
@@ -177,13 +153,14 @@ describe('crash records API', () => {
     assert.equal(await bad({ fileId: 'no-such-file', error: { message: 'x' } }), 404);
     assert.equal((await api.get('/v1/crashes/cr_nope')).status, 404);
     assert.equal((await api.get('/v1/fingerprints/fp_0000000000000000')).status, 404);
-    assert.equal((await request(app).post('/v1/crashes').send({ fileId: 'a', error: { message: 'x' } })).status, 401);
+    assert.equal((await request(svc.app).post('/v1/crashes').send({ fileId: 'a', error: { message: 'x' } })).status, 401);
   });
 
   it('keeps fingerprints and crash records for the record retention, then the sweeper clears them', async () => {
+    const { ledger, dataDir } = svc;
     const crashes = ledger.ofJob('render-7').filter((r) => r.kind === 'crash');
     assert.equal(crashes.length, 2);
-    const report = await sweep({ ledger, dataDir, at: new Date(now.t.getTime() + 30 * 86_400_000) });
+    const report = await sweep({ ledger, dataDir, at: new Date(svc.clock.now.getTime() + 30 * 86_400_000) });
     assert.ok(report.purged.crash >= 2 && report.purged.fingerprint >= 1);
     assert.equal(ledger.get(crashes[0]!.id)!.body, undefined, 'a purged record keeps no JSON');
     assert.equal((await api.get(`/v1/crashes/${crashes[0]!.id}`)).status, 404);

@@ -5,7 +5,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
+import request from 'supertest';
+import { buildApp } from '../src/app.js';
+import { Ledger } from '../src/ledger.js';
+import { createLogger } from '../src/log.js';
 import type { PipelineDeps } from '../src/pipeline.js';
+import { LocalSink } from '../src/steps/forward-local.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -139,4 +144,38 @@ export function multipartParts(body: Buffer, contentType: string): Array<{ name:
     pos = next;
   }
   return parts;
+}
+
+/**
+ * The HTTP service built with real parts on a temp data dir and the local sink, with an agent
+ * that carries the API token. `clock.now` can be moved by the test.
+ */
+export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number } = {}) {
+  const dataDir = await tempDir();
+  const ledger = Ledger.open(dataDir);
+  const clock = { now: options.now ?? new Date('2026-06-01T08:00:00.000Z') };
+  const tools = await ffmpegTools();
+  const app = buildApp({
+    logger: createLogger('info', options.logs ?? new LogCapture()),
+    dataDir,
+    forwarder: new LocalSink(dataDir),
+    ledger,
+    tools,
+    apiToken: testToken,
+    unfinishedJobCapHours: 168,
+    recordRetentionDays: options.recordRetentionDays ?? 30,
+    scrubline: { tmpDir: path.join(dataDir, 'tmp'), fingerprintKey: testKey, ffmpegPath: tools.ffmpeg.path, ffprobePath: tools.ffprobe.path, clock: () => clock.now },
+  });
+  const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
+  return {
+    app,
+    api,
+    dataDir,
+    ledger,
+    clock,
+    close: async (): Promise<void> => {
+      ledger.close();
+      await removeDir(dataDir);
+    },
+  };
 }

@@ -12,43 +12,25 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import request from 'supertest';
-import { buildApp } from '../src/app.js';
-import { Ledger } from '../src/ledger.js';
-import { createLogger } from '../src/log.js';
-import { LocalSink } from '../src/steps/forward-local.js';
 import { sweep } from '../src/sweeper.js';
 import { readExifValues } from '../src/tools/exifr.js';
-import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, removeDir, root, tempDir, testKey, testToken } from './helpers.js';
+import { filesUnder, findPlanted, fixture, root, testService, testToken } from './helpers.js';
 
 const hour = 3_600_000;
 const t0 = new Date('2026-06-01T08:00:00.000Z');
 const at = (hours: number): Date => new Date(t0.getTime() + hours * hour);
 
 async function service() {
-  const dataDir = await tempDir();
-  const ledger = Ledger.open(dataDir);
-  const clock = { now: t0 };
-  const tools = await ffmpegTools();
-  const app = buildApp({
-    logger: createLogger('info', new LogCapture()),
-    dataDir,
-    forwarder: new LocalSink(dataDir),
-    ledger,
-    tools,
-    apiToken: testToken,
-    unfinishedJobCapHours: 168,
-    scrubline: { tmpDir: path.join(dataDir, 'tmp'), fingerprintKey: testKey, ffmpegPath: tools.ffmpeg.path, ffprobePath: tools.ffprobe.path, clock: () => clock.now },
-  });
-  const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
+  const svc = await testService({ now: t0 });
   const upload = async (file: string, fields: Record<string, string> = {}): Promise<{ id: string; expiresAt: string }> => {
-    let req = api.post('/v1/uploads');
+    let req = svc.api.post('/v1/uploads');
     for (const [k, v] of Object.entries(fields)) req = req.field(k, v);
     const res = await req.attach('file', fixture(file));
     assert.equal(res.status, 201, JSON.stringify(res.body));
     return res.body.files[0];
   };
-  const record = async (id: string) => (await api.get(`/v1/files/${id}`)).body as { expiresAt: string; jobFinishedAt: string | null; purgedAt: string | null; thumbnail: boolean; retention: string };
-  return { app, api, dataDir, ledger, clock, upload, record, close: async () => { ledger.close(); await removeDir(dataDir); } };
+  const record = async (id: string) => (await svc.api.get(`/v1/files/${id}`)).body as { expiresAt: string; jobFinishedAt: string | null; purgedAt: string | null; thumbnail: boolean; retention: string };
+  return { ...svc, upload, record };
 }
 
 describe('access control', () => {

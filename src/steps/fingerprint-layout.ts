@@ -7,6 +7,7 @@
  * summarise without reading every packet.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { childBox, videoTracks } from '../formats/isobmff.js';
 import type { ImageFormat } from '../media.js';
 
 export interface LayoutEntry {
@@ -197,30 +198,17 @@ async function ebmlLayout(file: FileHandle, size: number): Promise<Array<[string
   return items;
 }
 
-/** Sync-sample tables of the video tracks, from a moov box held in memory. */
+/** Sync-sample tables of the video tracks, from a moov payload held in memory. */
 function keyframeTables(moov: Buffer): VideoLayout['keyframes'] {
-  const boxes = (start: number, end: number): Array<{ type: string; start: number; end: number }> => {
-    const out: Array<{ type: string; start: number; end: number }> = [];
-    for (let pos = start; pos + 8 <= end; ) {
-      const size = moov.readUInt32BE(pos);
-      if (size < 8 || pos + size > end) break;
-      out.push({ type: moov.toString('latin1', pos + 4, pos + 8), start: pos + 8, end: pos + size });
-      pos += size;
-    }
-    return out;
-  };
-  const child = (start: number, end: number, type: string) => boxes(start, end).find((b) => b.type === type);
   const tables: VideoLayout['keyframes'] = [];
-  for (const trak of boxes(0, moov.length).filter((b) => b.type === 'trak')) {
-    const mdia = child(trak.start, trak.end, 'mdia');
-    const hdlr = mdia && child(mdia.start, mdia.end, 'hdlr');
-    if (!mdia || !hdlr || moov.toString('latin1', hdlr.start + 8, hdlr.start + 12) !== 'vide') continue;
-    const minf = child(mdia.start, mdia.end, 'minf');
-    const stbl = minf && child(minf.start, minf.end, 'stbl');
-    const stsz = stbl && child(stbl.start, stbl.end, 'stsz');
+  for (const trak of videoTracks(moov, 0, moov.length)) {
+    const mdia = childBox(moov, trak, 'mdia')!;
+    const minf = childBox(moov, mdia, 'minf');
+    const stbl = minf && childBox(moov, minf, 'stbl');
+    const stsz = stbl && childBox(moov, stbl, 'stsz');
     if (!stbl || !stsz) continue;
     const samples = moov.readUInt32BE(stsz.start + 8);
-    const stss = child(stbl.start, stbl.end, 'stss');
+    const stss = childBox(moov, stbl, 'stss');
     if (!stss) {
       tables.push({ keyframes: samples, samples, interval: 1 }); // no table: every sample is a sync sample
       continue;
