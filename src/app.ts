@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { access, constants, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import express, { type ErrorRequestHandler, type Request, type Response } from 'express';
+import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
 import { ScrubError, asScrubError } from './errors.js';
@@ -15,6 +15,7 @@ import { defaults } from './config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, Ledger } from './ledger.js';
 import { countByKind, removeArtefactFiles } from './sweeper.js';
+import { Metrics } from './metrics.js';
 import { makeThumbnail } from './thumbnails.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
 import { publicReport } from './pipeline.js';
@@ -35,24 +36,31 @@ export interface AppDeps {
   unfinishedJobCapHours: number;
   /** How long fingerprints and crash records are kept (default 30 days). */
   recordRetentionDays?: number;
+  /** Uploads processed at once; more get 503 with Retry-After before their body is read. */
+  maxConcurrentUploads?: number;
+  metrics?: Metrics;
 }
 
 /** The one place errors become HTTP: status, and a JSON body that says what was wrong and what to do. */
-export function errorHandler(): ErrorRequestHandler {
+export function errorHandler(onError?: (error: ScrubError, req: Request) => void): ErrorRequestHandler {
   return async function scrublineErrorHandler(err, req, res, _next) {
     // Nothing of a failed upload may outlive the answer.
     await req.scrubline?.release();
     const error = asScrubError(err);
+    onError?.(error, req);
     const log = (req as Request & { log?: Logger }).log;
     const fields = { code: error.code, status: error.status, internal: error.message };
     if (error.status >= 500 && error.code !== 'upstream_rejected') log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
     else log?.info(fields, 'request refused');
     if (res.headersSent || res.destroyed) return;
+    if (error.code === 'overloaded') res.setHeader('Retry-After', String(retryAfterSeconds));
     res.status(error.status).json(error.toJSON());
   };
 }
 
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
+/** What a 503 tells a client to wait: about one upload's processing time. */
+const retryAfterSeconds = 5;
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
   'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
@@ -140,9 +148,33 @@ export function buildApp(deps: AppDeps): express.Express {
   // Every /v1 route, before any of them reads a byte of the body.
   app.use('/v1', requireBearer(deps.apiToken));
 
+  const metrics = deps.metrics ?? new Metrics();
+  app.get('/metrics', async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  // The concurrency cap: counted from before the body is read until the response is gone.
+  const maxConcurrent = deps.maxConcurrentUploads ?? defaults.maxConcurrentUploads;
+  let inFlight = 0;
+  const gate: RequestHandler = function concurrencyCap(_req, res, next) {
+    if (inFlight >= maxConcurrent) {
+      return next(new ScrubError('overloaded', `scrubline is processing ${maxConcurrent} uploads already. Retry after ${retryAfterSeconds} seconds.`));
+    }
+    inFlight++;
+    metrics.inFlight.set(inFlight);
+    res.once('close', () => metrics.inFlight.set(--inFlight));
+    next();
+  };
+
   app.post(
     '/v1/uploads',
-    scrubline({ ...deps.scrubline, jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId), unfinishedJobCapHours: deps.unfinishedJobCapHours }),
+    gate,
+    scrubline({
+      ...deps.scrubline,
+      jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
+      unfinishedJobCapHours: deps.unfinishedJobCapHours,
+      observe: (stage, seconds) => metrics.observe(stage, seconds),
+    }),
     async function forwardUpload(req: Request, res: Response) {
       const upload = req.scrubline!;
       const fields = { jobId: upload.jobId, retention: upload.retention };
@@ -151,7 +183,9 @@ export function buildApp(deps: AppDeps): express.Express {
       const thumbnails = await Promise.all(
         upload.files.map((f) => makeThumbnail(f, deps.tools, deps.scrubline.maxInputPixels ?? defaults.maxInputPixels).catch(() => undefined)),
       );
+      const forwardStarted = performance.now();
       const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
+      metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
       const createdAt = clock().toISOString();
       const jobFinishedAt = upload.jobId === undefined ? undefined : deps.ledger.jobFinishedAt(upload.jobId);
       const records: ArtefactRecord[] = [];
@@ -181,6 +215,8 @@ export function buildApp(deps: AppDeps): express.Express {
       }
       deps.ledger.record(records);
       for (const f of upload.files) {
+        metrics.uploads.inc({ outcome: 'forwarded', family: f.kind.family });
+        metrics.bytes.inc({ direction: 'out' }, f.bytes);
         req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
       }
       await upload.release();
@@ -232,6 +268,13 @@ export function buildApp(deps: AppDeps): express.Express {
   });
 
   app.use((_req, _res, next) => next(new ScrubError('not_found', `No such route. See the README for the API: ${routes}.`)));
-  app.use(errorHandler());
+  app.use(
+    errorHandler((error, req) => {
+      metrics.rejections.inc({ reason: error.code });
+      if (req.path === '/v1/uploads' && error.code !== 'overloaded' && error.code !== 'unauthorized') {
+        metrics.uploads.inc({ outcome: error.isRejection ? 'rejected' : 'failed', family: 'unknown' });
+      }
+    }),
+  );
   return app;
 }

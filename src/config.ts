@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 
 /**
@@ -28,6 +29,13 @@ export interface Config {
   sweepIntervalMs: number;
   /** How long fingerprints and crash records are kept. */
   recordRetentionDays: number;
+  /** Uploads processed at once; more are answered 503 with Retry-After. */
+  maxConcurrentUploads: number;
+  /** Longest a whole request (body included) may take, and the header read. */
+  requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  /** Further attempts after a render-service 5xx or refused connection. */
+  upstreamRetries: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 }
 
@@ -44,6 +52,11 @@ export const defaults = {
   unfinishedJobCapHours: 7 * 24,
   sweepIntervalMs: 5 * 60_000,
   recordRetentionDays: 30,
+  // The work is CPU-bound: a few uploads per core keep the cores busy without queueing memory.
+  maxConcurrentUploads: Math.max(2, 2 * availableParallelism()),
+  requestTimeoutMs: 10 * 60_000,
+  headersTimeoutMs: 30_000,
+  upstreamRetries: 2,
   logLevel: 'info',
 } as const satisfies Partial<Config>;
 
@@ -121,6 +134,10 @@ export function loadConfig(env: Env = process.env): Config {
     unfinishedJobCapHours: integer('UNFINISHED_JOB_CAP_HOURS', defaults.unfinishedJobCapHours, 1, 24 * 365),
     sweepIntervalMs: integer('SWEEP_INTERVAL_MS', defaults.sweepIntervalMs, 0, 24 * 3_600_000),
     recordRetentionDays: integer('RECORD_RETENTION_DAYS', defaults.recordRetentionDays, 1, 3650),
+    maxConcurrentUploads: integer('MAX_CONCURRENT_UPLOADS', defaults.maxConcurrentUploads, 1, 10_000),
+    requestTimeoutMs: integer('REQUEST_TIMEOUT_MS', defaults.requestTimeoutMs, 1000, 24 * 3_600_000),
+    headersTimeoutMs: integer('HEADERS_TIMEOUT_MS', defaults.headersTimeoutMs, 1000, 3_600_000),
+    upstreamRetries: integer('UPSTREAM_RETRIES', defaults.upstreamRetries, 0, 10),
     logLevel: logLevel as Config['logLevel'],
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -145,5 +162,9 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_UNFINISHED_JOB_CAP_HOURS', `longest a file may live while its job has not reported finished (default ${defaults.unfinishedJobCapHours})`],
   ['SCRUBLINE_SWEEP_INTERVAL_MS', `how often the service purges expired artefacts; 0 = never, run \`scrubline sweep\` instead (default ${defaults.sweepIntervalMs})`],
   ['SCRUBLINE_RECORD_RETENTION_DAYS', `how long fingerprints and crash records are kept (default ${defaults.recordRetentionDays})`],
+  ['SCRUBLINE_MAX_CONCURRENT_UPLOADS', `uploads processed at once; more get 503 + Retry-After (default 2 per core, here ${defaults.maxConcurrentUploads})`],
+  ['SCRUBLINE_REQUEST_TIMEOUT_MS', `longest a request may take to arrive, body included; slower gets 408 (default ${defaults.requestTimeoutMs})`],
+  ['SCRUBLINE_HEADERS_TIMEOUT_MS', `longest the request headers may take (default ${defaults.headersTimeoutMs})`],
+  ['SCRUBLINE_UPSTREAM_RETRIES', `further attempts after a render-service 5xx or refused connection, same Idempotency-Key (default ${defaults.upstreamRetries})`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];

@@ -45,6 +45,8 @@ export interface ScrublineOptions {
    */
   jobFinishedAt?: (jobId: string) => string | undefined;
   unfinishedJobCapHours?: number;
+  /** Told how long each pipeline stage took for each file (e.g. for metrics). */
+  observe?: PipelineDeps['observe'];
 }
 
 /** What the route handler after the middleware finds on `req.scrubline`. */
@@ -116,7 +118,7 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       // The client went away while uploading: nothing to answer, and the close handler cleans up.
       if (res.writableEnded || res.destroyed) return;
       const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
-      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry };
+      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.
       for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));

@@ -29,6 +29,8 @@ export interface PipelineDeps {
   clock: Clock;
   /** When a file must be gone; default: upload time + retention. The service passes the job clock. */
   expiry?: Expiry | undefined;
+  /** Told how long each stage took (metrics). */
+  observe?: ((stage: 'sniff' | 'strip' | 'verify' | 'fingerprint', seconds: number) => void) | undefined;
 }
 
 /** A cleaned, verified file, as the route handler after the middleware sees it. */
@@ -50,16 +52,24 @@ export interface CleanFile {
 
 /** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
 export async function cleanFile(received: Received, retention: Retention, deps: PipelineDeps): Promise<CleanFile> {
-  const sniffed = await sniff(received);
-  const stripped = await strip(sniffed, deps);
+  const timed = async <T>(stage: 'sniff' | 'strip' | 'verify' | 'fingerprint', work: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    try {
+      return await work();
+    } finally {
+      deps.observe?.(stage, (performance.now() - started) / 1000);
+    }
+  };
+  const sniffed = await timed('sniff', () => sniff(received));
+  const stripped = await timed('strip', () => strip(sniffed, deps));
   // A video's keyed hash streams the cleaned file while verify waits on ffprobe; it is only used
   // once verify has passed, and is settled before a failure propagates (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
-  const verified = await verify(stripped, deps).catch(async (err: unknown) => {
+  const verified = await timed('verify', () => verify(stripped, deps)).catch(async (err: unknown) => {
     await contentHmac?.catch(() => undefined);
     throw err;
   });
-  const fingerprinted = await fingerprint(verified, deps.fingerprintKey, contentHmac);
+  const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
   const tagged = tagExpiry(fingerprinted, retention, deps.clock, deps.expiry);
   return {
     id: tagged.id,

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { buildApp } from './app.js';
 import type { Config } from './config.js';
 import { loadApiToken, loadFingerprintKey } from './keys.js';
+import { Metrics } from './metrics.js';
 import { sweep } from './sweeper.js';
 import { Ledger } from './ledger.js';
 import { createLogger } from './log.js';
@@ -44,7 +45,10 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const api = loadApiToken(config.dataDir, config.apiToken);
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
-  const forwarder: Forwarder = config.upstreamUrl ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs) : new LocalSink(config.dataDir);
+  const metrics = new Metrics();
+  const forwarder: Forwarder = config.upstreamUrl
+    ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, { onAttempt: (outcome) => metrics.upstream.inc({ outcome }) })
+    : new LocalSink(config.dataDir);
 
   const app = buildApp({
     logger,
@@ -55,6 +59,8 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     apiToken: api.token,
     unfinishedJobCapHours: config.unfinishedJobCapHours,
     recordRetentionDays: config.recordRetentionDays,
+    maxConcurrentUploads: config.maxConcurrentUploads,
+    metrics,
     scrubline: {
       tmpDir,
       fingerprintKey,
@@ -70,8 +76,10 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
   });
-  server.requestTimeout = 10 * 60_000;
-  server.headersTimeout = 30_000;
+  // A body that trickles in past requestTimeout gets 408 from Node and the connection is closed;
+  // multer then sees the abort and the partial file is removed with its upload dir.
+  server.requestTimeout = config.requestTimeoutMs;
+  server.headersTimeout = config.headersTimeoutMs;
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
@@ -80,7 +88,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     'scrubline listening',
   );
 
-  const sweeper = config.sweepIntervalMs > 0 ? startSweeper(ledger, config.dataDir, config.sweepIntervalMs, logger) : undefined;
+  const sweeper = config.sweepIntervalMs > 0 ? startSweeper(ledger, config.dataDir, config.sweepIntervalMs, logger, metrics) : undefined;
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
@@ -94,13 +102,15 @@ export async function startServer(config: Config, logger: Logger = createLogger(
 }
 
 /** The in-service purge: one sweep at a time, on an interval that never keeps the process alive. */
-function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logger: Logger): { stop(): void } {
+function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logger: Logger, metrics: Metrics): { stop(): void } {
   let running = false;
   const run = async (): Promise<void> => {
     if (running) return;
     running = true;
     try {
       const report = await sweep({ ledger, dataDir, at: new Date() });
+      for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
+      metrics.orphans.inc(report.orphans);
       if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
     } catch (err) {
       logger.error({ err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'sweep failed; it will run again');

@@ -30,6 +30,8 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
     tools,
     apiToken: testToken,
     unfinishedJobCapHours: 168,
+    // These tests send a few requests at once on purpose; the cap has its own test (threats 27).
+    maxConcurrentUploads: 64,
     scrubline: {
       tmpDir: path.join(dataDir, 'tmp'),
       fingerprintKey: testKey,
@@ -176,17 +178,44 @@ describe('upstream faults', () => {
     ];
     try {
       for (const [url, timeout, status, code] of cases) {
-        const svc = await makeApp(() => new HttpForwarder(new URL(url), timeout));
+        const svc = await makeApp(() => new HttpForwarder(new URL(url), timeout, 2, 10));
         const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
         assert.equal(res.status, status, JSON.stringify(res.body));
         assert.equal(res.body.error.code, code);
         if (code === 'upstream_rejected') assert.equal(res.body.error.upstreamStatus, 500);
+        if (url === failing.url) assert.equal(failing.requests.length, 3, 'one try and two retries');
         assert.deepEqual(await svc.tmpFiles(), []);
         await svc.cleanup();
       }
     } finally {
       await failing.close();
       await hanging.close();
+    }
+  });
+});
+
+describe('upstream retries', () => {
+  it('retries a 5xx with the same Idempotency-Key and starts exactly one render job', async () => {
+    const jobs = new Set<string>();
+    let calls = 0;
+    const flaky = await startUpstream((req, res) => {
+      calls++;
+      if (calls <= 2) return void res.writeHead(503).end('busy');
+      jobs.add(String(req.headers['idempotency-key']));
+      res.writeHead(202).end('{}');
+    });
+    const svc = await makeApp(() => new HttpForwarder(new URL(flaky.url), 5_000, 2, 10));
+    try {
+      const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/gif-comment-xmp.gif'));
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(flaky.requests.length, 3);
+      assert.equal(new Set(flaky.requests.map((r) => r.headers['idempotency-key'])).size, 1, 'one key for every attempt');
+      assert.equal(jobs.size, 1);
+      // Every attempt carried the whole cleaned file.
+      for (const r of flaky.requests) assert.equal(multipartParts(r.body, String(r.headers['content-type'])).filter((p) => p.name === 'file').length, 1);
+    } finally {
+      await flaky.close();
+      await svc.cleanup();
     }
   });
 });

@@ -26,6 +26,9 @@ export const technicalStreamTags = new Set(['language', 'vendor_id', 'rotate', '
 export const ffmpegHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'DataHandler']);
 const locationKeys = /location|xyz|gps/i;
 
+/** Real recordings have a handful of streams; thousands are an attack on the demuxer's bookkeeping. */
+export const maxStreams = 32;
+
 const isCoverArt = (s: ProbeStream): boolean => s.disposition?.attached_pic === 1;
 
 /** Picks what to keep and counts what goes. Pure: tested against frozen ffprobe output. */
@@ -89,6 +92,9 @@ export async function stripVideo(
   if (remuxed.status === 'rejected') throw remuxed.reason;
   const info = probed.value;
   const early = remuxed.value;
+  if (info.streams.length > maxStreams) {
+    throw new ScrubError('unsupported_structure', `The file has ${info.streams.length} streams; scrubline accepts at most ${maxStreams}. It was not forwarded.`);
+  }
   const { streams, removed, video } = planStreams(info);
   if (video === undefined && streams.length === 0) {
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');

@@ -81,12 +81,17 @@ export function remuxArgs(plan: RemuxPlan): string[] {
  * One frame of the main video stream at `seconds`, as a PNG: the source of a preview thumbnail.
  * Output-side seek (decode up to the frame) so the position is exact, not the nearest keyframe.
  */
+/** 8K UHD with room to spare. */
+export const maxFramePixels = 8192 * 8192;
+
 export function frameArgs(input: string, demuxer: Demuxer, seconds: number, output: string): string[] {
   if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
   return [
     '-nostdin',
     '-hide_banner',
     '-v', 'error',
+    // The only place scrubline decodes video: a frame larger than any real one is refused.
+    '-max_pixels', String(maxFramePixels),
     ...lockedInput(input, demuxer),
     '-ss', seconds.toFixed(3),
     '-map', '0:V:0',

@@ -1,0 +1,59 @@
+/**
+ * Prometheus metrics (prom-client), served at GET /metrics. One registry per app, so tests and
+ * embedders can build several. No label ever carries an id, a name or a value: outcomes, media
+ * families, error codes, pipeline stages and artefact kinds are all closed vocabularies.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export type Stage = 'sniff' | 'strip' | 'verify' | 'fingerprint' | 'forward';
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly uploads = new Counter({
+    name: 'scrubline_uploads_total',
+    help: 'Files by outcome (forwarded, rejected, failed) and media family',
+    labelNames: ['outcome', 'family'] as const,
+    registers: [this.registry],
+  });
+  readonly rejections = new Counter({
+    name: 'scrubline_rejections_total',
+    help: 'Requests answered with an error, by error code',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly bytes = new Counter({
+    name: 'scrubline_bytes_total',
+    help: 'Bytes of cleaned files handed on (direction="out")',
+    labelNames: ['direction'] as const,
+    registers: [this.registry],
+  });
+  readonly stageSeconds = new Histogram({
+    name: 'scrubline_stage_duration_seconds',
+    help: 'Time spent in each pipeline stage, per file (forward: per upload)',
+    labelNames: ['stage'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
+    registers: [this.registry],
+  });
+  readonly upstream = new Counter({
+    name: 'scrubline_upstream_attempts_total',
+    help: 'HTTP attempts to the render service by outcome (ok, retried, rejected, unreachable, timeout)',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly swept = new Counter({
+    name: 'scrubline_sweeper_purged_total',
+    help: 'Artefacts purged by the sweeper, by kind',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+  readonly orphans = new Counter({ name: 'scrubline_sweeper_orphans_total', help: 'Orphan files removed by the sweeper', registers: [this.registry] });
+  readonly inFlight = new Gauge({ name: 'scrubline_uploads_in_flight', help: 'Uploads being received, cleaned or forwarded now', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'scrubline_' });
+  }
+
+  observe(stage: Stage, seconds: number): void {
+    this.stageSeconds.observe({ stage }, seconds);
+  }
+}
