@@ -1,0 +1,154 @@
+/**
+ * `npm run load [-- --seconds 30 --clients 32 --video-mb 1024]`
+ *
+ * Starts `scrubline serve` as its own process (temp data dir, a loopback upstream that drains and
+ * counts what it receives), then:
+ *   1. `--clients` concurrent clients upload a ~5 MB 12 MP JPEG in a loop for `--seconds`;
+ *   2. one client uploads a ~1 GB MP4.
+ * Prints throughput, p50/p99 latency, errors (anything but 201 and the cap's deliberate 503s)
+ * and the server's peak RSS in each phase. Goals: no errors but 503s; RSS ≤ 150 MiB and flat in
+ * file size. Inputs are generated (sharp noise, ffmpeg test sources) and removed afterwards.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { openAsBlob } from 'node:fs';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+import { parseArgs, promisify } from 'node:util';
+import sharp from 'sharp';
+
+const run = promisify(execFile);
+const root = path.resolve(import.meta.dirname, '..');
+const { values } = parseArgs({ options: { seconds: { type: 'string', default: '30' }, clients: { type: 'string', default: '32' }, 'video-mb': { type: 'string', default: '1024' } } });
+const seconds = Number(values.seconds);
+const clients = Number(values.clients);
+const videoBytes = Number(values['video-mb']) * 1024 * 1024;
+const token = 'load-test-token-0123456789abcdef0123456789';
+
+async function makeVideo(work: string): Promise<string> {
+  // A 10 s high-bitrate piece, then stream-copied end to end until it reaches the size wanted.
+  const piece = path.join(work, 'piece.mp4');
+  await run('ffmpeg', ['-v', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc2=size=1920x1080:rate=30:duration=10', '-f', 'lavfi', '-i', 'sine=duration=10', '-vf', 'noise=alls=20:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-crf', '8', '-pix_fmt', 'yuv420p', '-c:a', 'aac', piece]);
+  const copies = Math.max(1, Math.ceil(videoBytes / (await stat(piece)).size));
+  const list = path.join(work, 'list.txt');
+  await writeFile(list, Array.from({ length: copies }, () => `file '${piece}'`).join('\n'));
+  const video = path.join(work, 'big.mp4');
+  await run('ffmpeg', ['-v', 'error', '-y', '-f', 'concat', '-safe', '0', '-i', list, '-c', 'copy', video]);
+  await rm(piece);
+  return video;
+}
+
+/** Peak resident set of a process, sampled from /proc while `during` runs. */
+async function peakRss<T>(pid: number, during: Promise<T>): Promise<{ result: T; peakMiB: number }> {
+  let peak = 0;
+  let done = false;
+  const sampler = (async () => {
+    while (!done) {
+      const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+      peak = Math.max(peak, Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0));
+      await delay(50);
+    }
+  })();
+  const result = await during;
+  done = true;
+  await sampler;
+  return { result, peakMiB: peak / 1024 };
+}
+
+const percentile = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(path.join(tmpdir(), 'scrubline-load-'));
+  // The upstream: drains every request and answers 202.
+  let upstreamBytes = 0;
+  const upstream = createServer((req, res) => {
+    req.on('data', (chunk: Buffer) => (upstreamBytes += chunk.length));
+    req.on('end', () => res.writeHead(202).end('{}'));
+  });
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  // A free port for the service, so it can log at warn and still be found.
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const port = (probe.address() as AddressInfo).port;
+  await new Promise((resolve) => probe.close(resolve));
+  const server = spawn(process.execPath, [path.join(root, 'bin', 'scrubline.js'), 'serve'], {
+    env: {
+      ...process.env,
+      SCRUBLINE_DATA_DIR: path.join(work, 'data'),
+      SCRUBLINE_PORT: String(port),
+      SCRUBLINE_HOST: '127.0.0.1',
+      SCRUBLINE_API_TOKEN: token,
+      SCRUBLINE_UPSTREAM_URL: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}/jobs`,
+      SCRUBLINE_LOG_LEVEL: 'warn',
+      SCRUBLINE_MAX_UPLOAD_BYTES: String(4 * 1024 ** 3),
+    },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  try {
+    for (let i = 0; ; i++) {
+      if ((await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => undefined))?.ok) break;
+      if (i > 200) throw new Error('scrubline serve did not start');
+      await delay(100);
+    }
+    const url = `http://127.0.0.1:${port}/v1/uploads`;
+    const jpegPath = path.join(work, 'photo.jpg');
+    await sharp({ create: { width: 4000, height: 3000, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 16 } } })
+      .withExif({ IFD0: { Make: 'LoadMake', Artist: 'Load Artist' } })
+      .jpeg({ quality: 90 })
+      .toFile(jpegPath);
+    const jpegBlob = await openAsBlob(jpegPath, { type: 'image/jpeg' });
+    const upload = async (blob: Blob): Promise<{ status: number; ms: number }> => {
+      const form = new FormData();
+      form.append('file', blob, 'upload');
+      const started = performance.now();
+      const res = await fetch(url, { method: 'POST', body: form, headers: { authorization: `Bearer ${token}` } });
+      await res.arrayBuffer();
+      return { status: res.status, ms: performance.now() - started };
+    };
+
+    // Phase 1: many clients, one photo each, over and over.
+    const latencies: number[] = [];
+    const statuses = new Map<number, number>();
+    const until = Date.now() + seconds * 1000;
+    const phase1 = Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (Date.now() < until) {
+          const { status, ms } = await upload(jpegBlob).catch(() => ({ status: 0, ms: 0 }));
+          statuses.set(status, (statuses.get(status) ?? 0) + 1);
+          if (status === 201) latencies.push(ms);
+          else if (status === 503) await delay(100); // the cap said to come back later
+        }
+      }),
+    );
+    const p1 = await peakRss(server.pid!, phase1);
+    latencies.sort((a, b) => a - b);
+    const ok = statuses.get(201) ?? 0;
+    const errors = [...statuses].filter(([s]) => s !== 201 && s !== 503).reduce((n, [, c]) => n + c, 0);
+    const jpegMB = (await stat(jpegPath)).size / 1e6;
+    console.log(`phase 1: ${clients} clients × ${(jpegMB).toFixed(1)} MB JPEG for ${seconds} s`);
+    console.log(`  201: ${ok} (${(ok / seconds).toFixed(1)}/s, ${((ok * jpegMB) / seconds).toFixed(1)} MB/s)  503 (cap): ${statuses.get(503) ?? 0}  errors: ${errors}${errors ? ` ${JSON.stringify(Object.fromEntries(statuses))}` : ''}`);
+    console.log(`  latency of accepted uploads: p50 ${percentile(latencies, 50).toFixed(0)} ms, p99 ${percentile(latencies, 99).toFixed(0)} ms`);
+    console.log(`  server peak RSS: ${p1.peakMiB.toFixed(0)} MiB`);
+
+    // Phase 2: one big video.
+    const video = await makeVideo(work);
+    const size = (await stat(video)).size;
+    const p2 = await peakRss(server.pid!, upload(await openAsBlob(video, { type: 'video/mp4' })));
+    console.log(`phase 2: one ${(size / 1024 ** 3).toFixed(2)} GiB MP4`);
+    console.log(`  status ${p2.result.status} in ${(p2.result.ms / 1000).toFixed(1)} s (${(size / 1e6 / (p2.result.ms / 1000)).toFixed(0)} MB/s end to end)`);
+    console.log(`  server peak RSS: ${p2.peakMiB.toFixed(0)} MiB`);
+    console.log(`upstream received ${(upstreamBytes / 1e6).toFixed(0)} MB`);
+    const goals = errors === 0 && p2.result.status === 201 && Math.max(p1.peakMiB, p2.peakMiB) <= 150;
+    console.log(goals ? 'goals met: no errors but 503s, RSS ≤ 150 MiB' : 'goals NOT met (see above)');
+    process.exitCode = goals ? 0 : 1;
+  } finally {
+    server.kill('SIGTERM');
+    upstream.close();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+await main();
