@@ -16,7 +16,7 @@ import { createLogger } from './log.js';
 import type { Forwarder } from './steps/forward.js';
 import { HttpForwarder } from './steps/forward-http.js';
 import { LocalSink } from './steps/forward-local.js';
-import { loadFfmpeg, stopAll } from './tools/ffmpeg.js';
+import { killOrphans, loadFfmpeg, stopAll } from './tools/ffmpeg.js';
 
 /** Originals from a crashed run must not survive it: empty the temp dir before serving. */
 export async function sweepTempDir(tmpDir: string): Promise<number> {
@@ -34,6 +34,9 @@ export interface RunningServer {
 
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   const tmpDir = path.join(config.dataDir, 'tmp');
+  // A previous run killed with -9 may have left ffmpeg working on originals: stop those first.
+  const orphans = await killOrphans(tmpDir);
+  if (orphans > 0) logger.warn({ processes: orphans }, 'killed ffmpeg/ffprobe runs left by a previous process');
   const swept = await sweepTempDir(tmpDir);
   if (swept > 0) logger.warn({ entries: swept }, 'removed uploads left in the temp dir by a previous run');
   const ffmpeg = await loadFfmpeg(config);

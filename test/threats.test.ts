@@ -440,7 +440,7 @@ describe('THREATS: load and faults', () => {
     assert.equal(error.code, 'insufficient_storage');
   });
 
-  it('29 kill -9 mid-upload, then restart: temp dir swept, no orphan ffmpeg, nothing half-forwarded', async () => {
+  it('29 kill -9 mid-upload and mid-ffmpeg, then restart: temp dir swept, no orphan ffmpeg, nothing forwarded', async () => {
     const dataDir = await tempDir();
     const upstream = await startUpstream();
     const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_UPSTREAM_URL: upstream.url };
@@ -463,10 +463,29 @@ describe('THREATS: load and faults', () => {
       first.child.kill('SIGKILL');
       await new Promise((resolve) => first.child.once('exit', resolve));
 
+      // Now mid-ffmpeg: a big clip, and the kill lands while ffmpeg or ffprobe is working on it.
+      const clip = path.join(await tempDir(), 'big.mp4');
+      await promisify(execFile)('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=1920x1080:rate=30:duration=20', '-vf', 'noise=alls=20:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-crf', '10', clip]);
+      const restarted = await start();
+      const big = multipart('b', [{ name: 'file', filename: 'big.mp4', data: await readFile(clip) }]);
+      void raw(restarted.port, uploadHead(restarted.port, 'b', big.length), big);
+      const toolRunning = async (): Promise<boolean> => {
+        const { stdout } = await promisify(execFile)('ps', ['-eo', 'args']);
+        return stdout.split('\n').some((line) => /ffmpeg|ffprobe/.test(line) && line.includes(path.join(dataDir, 'tmp')));
+      };
+      let caught = false;
+      for (let i = 0; i < 400 && !caught; i++) {
+        caught = await toolRunning();
+        if (!caught) await delay(10);
+      }
+      assert.ok(caught, 'ffmpeg/ffprobe seen working on the upload');
+      restarted.child.kill('SIGKILL');
+      await new Promise((resolve) => restarted.child.once('exit', resolve));
+      await removeDir(path.dirname(clip));
+
       const second = await start();
       assert.deepEqual(await filesUnder(path.join(dataDir, 'tmp')), [], 'swept at startup');
-      const { stdout } = await promisify(execFile)('ps', ['-eo', 'args']);
-      assert.ok(!stdout.includes(dataDir) || !/ffmpeg|ffprobe/.test(stdout.split('\n').filter((l) => l.includes(dataDir)).join('\n')), 'no orphan ffmpeg');
+      assert.equal(await toolRunning(), false, 'no orphan ffmpeg after the restart');
       assert.equal(upstream.requests.length, 0, 'nothing forwarded');
       second.child.kill('SIGTERM');
       await new Promise((resolve) => second.child.once('exit', resolve));
@@ -475,6 +494,19 @@ describe('THREATS: load and faults', () => {
       await removeDir(dataDir);
     }
   });
+});
+
+it('29 (mechanism) startup kills a tool a crashed process left running on the temp dir', async () => {
+  const { killOrphans } = await import('../src/tools/ffmpeg.js');
+  const tmp = path.join(await tempDir(), 'tmp');
+  await mkdir(tmp);
+  // Stands in for an ffmpeg orphaned by kill -9: its own process group, a temp-dir path in its args.
+  const orphan = spawn('sh', ['-c', 'sleep 30', path.join(tmp, 'upload', 'original')], { detached: true, stdio: 'ignore' });
+  const exited = new Promise((resolve) => orphan.once('exit', (_code, sig) => resolve(sig)));
+  await delay(100);
+  assert.equal(await killOrphans(tmp), 1);
+  assert.equal(await exited, 'SIGKILL');
+  await removeDir(path.dirname(tmp));
 });
 
 describe('THREATS: access and logs', () => {

@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { ScrubError } from '../errors.js';
@@ -145,6 +146,33 @@ function killGroup(child: ChildProcess): void {
 /** Kills every ffmpeg/ffprobe still running (server shutdown). */
 export function stopAll(): void {
   for (const child of running) killGroup(child);
+}
+
+/**
+ * After a crash (kill -9) the tools a previous process started live on in their own process
+ * groups, still reading originals in the temp dir. At startup, before the temp dir is swept,
+ * every process whose command line names a path under it is killed with its group. Linux only
+ * (/proc); elsewhere a no-op. Returns how many were killed.
+ */
+export async function killOrphans(tmpDir: string): Promise<number> {
+  const prefix = `${path.resolve(tmpDir)}${path.sep}`;
+  const pids = await readdir('/proc').catch(() => [] as string[]);
+  let killed = 0;
+  for (const pid of pids.filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid)) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (!cmdline.split('\0').some((arg) => arg.includes(prefix))) continue;
+    try {
+      process.kill(-Number(pid), 'SIGKILL');
+    } catch {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        continue;
+      }
+    }
+    killed++;
+  }
+  return killed;
 }
 
 export interface ProbeStream {
