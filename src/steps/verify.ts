@@ -8,10 +8,13 @@
  * It also checks that the picture still has the right size and way up.
  */
 import { createReadStream } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
-import { probe, rotationOf, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { packetDumpArgs } from '../tools/ffmpeg-args.js';
+import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { readRanges, sampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
@@ -78,6 +81,7 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
       if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
     }
     const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
+    problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values)));
     const [after, structure, leaks] = await Promise.all([
       probed,
       checkVideoStructure(container, file.cleanPath),
@@ -100,6 +104,37 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
     );
   }
   return { ...file, verified: true, facts };
+}
+
+/** How much of an input's subtitle/data packets and unowned media bytes is mined for values. */
+const maxMinedBytes = 4 * 1024 * 1024;
+
+/**
+ * Values carried in a video input's *samples* rather than its tags: the text of subtitle and data
+ * tracks (drone GPS lines, telemetry), and, for ISOBMFF, whatever the sample tables leave
+ * unowned; plus the structural check that no audio/video sample points into either (a corrupted
+ * table would otherwise smuggle them into the output as "audio").
+ */
+async function collectVideoInputValues(tools: Ffmpeg, file: Stripped, before: ProbeResult, container: 'isobmff' | 'matroska', values: ValueCollector): Promise<string[]> {
+  const problems: string[] = [];
+  if (file.kind.family !== 'video') return problems;
+  if (container === 'isobmff') {
+    const samples = await sampleLayout(file.inputPath);
+    problems.push(...samples.problems);
+    for (const chunk of await readRanges(file.inputPath, samples.metadataRanges, maxMinedBytes)) values.printableWords(chunk);
+  }
+  // Matroska keeps a track's packets inside its own blocks: ask ffmpeg for them, one stream per run
+  // (its raw "data" muxer takes one). For ISOBMFF the sample tables above already located them.
+  const dropped = container === 'matroska' ? before.streams.filter((s) => s.codec_type === 'subtitle' || s.codec_type === 'data').map((s) => s.index) : [];
+  for (const index of dropped) {
+    const dump = path.join(file.workDir, `dropped-${index}.bin`);
+    const result = await runTool(tools.ffmpeg.path, packetDumpArgs(file.inputPath, file.kind.demuxer, index, dump, maxMinedBytes), tools.timeoutMs);
+    // A stream ffmpeg cannot copy out is still metadata: without its text, refuse rather than guess.
+    if (result.code !== 0) problems.push('video: a subtitle/data stream of the input could not be read');
+    else values.printableWords((await readFile(dump)).subarray(0, maxMinedBytes));
+    await rm(dump, { force: true });
+  }
+  return problems;
 }
 
 function videoTagProblems(info: ProbeResult): string[] {

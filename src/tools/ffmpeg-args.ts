@@ -156,3 +156,12 @@ export function synthesisArgs(plan: SynthesisPlan): string[] {
   args.push('-map_metadata', '-1', '-fflags', '+bitexact', '-flags:v', '+bitexact', '-flags:a', '+bitexact', '-f', plan.muxer, '-y', `file:${plan.output}`);
   return args;
 }
+
+/**
+ * The raw packets of one stream a remux leaves behind (a subtitle or data track), for the
+ * verifier to learn their text. Capped at `maxBytes`: enough for the text, not a copy of a film.
+ */
+export function packetDumpArgs(input: string, demuxer: Demuxer, stream: number, output: string, maxBytes: number): string[] {
+  if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
+  return ['-nostdin', '-hide_banner', '-v', 'error', ...lockedInput(input, demuxer), '-map', `0:${stream}`, '-c', 'copy', '-fs', String(maxBytes), '-f', 'data', '-y', `file:${output}`];
+}

@@ -51,6 +51,18 @@ export class ValueCollector {
     for (const match of text.matchAll(new RegExp(`[\\x20-\\x7e]{${minRunChars},}`, 'g'))) this.text(match[0]);
   }
 
+  /**
+   * Printable runs and the words in them: subtitle and telemetry text (a drone's "GPS 51.50721,
+   * -0.12758 SN-…" line) whose pieces can travel on their own when a sample is cut apart.
+   */
+  printableWords(payload: Uint8Array): void {
+    const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('latin1');
+    for (const match of text.matchAll(new RegExp(`[\\x20-\\x7e]{${minRunChars},}`, 'g'))) {
+      this.text(match[0]);
+      for (const word of match[0].split(/[\s,;]+/)) this.text(word);
+    }
+  }
+
   /** Text nodes and attribute values of an XML packet (XMP). */
   xml(packet: string): void {
     const decode = (s: string): string =>
