@@ -12,7 +12,7 @@ import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
-import { packetDumpArgs } from '../tools/ffmpeg-args.js';
+import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
@@ -82,11 +82,16 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
     }
     const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
     problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values)));
-    const [after, structure, leaks] = await Promise.all([
+    const hasAudio = before.streams.some((s) => s.codec_type === 'audio');
+    const [after, structure, leaks, audioDecodes] = await Promise.all([
       probed,
       checkVideoStructure(container, file.cleanPath),
       countLeaks(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []),
+      // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text
+      // carried that way): kept audio must decode without a single error.
+      hasAudio ? runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs).then((r) => r.code === 0) : true,
     ]);
+    if (!audioDecodes) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
     problems.push(...videoTagProblems(after), ...structure);
     if (after.streams.length === 0) problems.push('video: no playable stream in the output');
     const mainVideo = (info: ProbeResult): ProbeStream | undefined =>

@@ -165,3 +165,11 @@ export function packetDumpArgs(input: string, demuxer: Demuxer, stream: number, 
   if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
   return ['-nostdin', '-hide_banner', '-v', 'error', ...lockedInput(input, demuxer), '-map', `0:${stream}`, '-c', 'copy', '-fs', String(maxBytes), '-f', 'data', '-y', `file:${output}`];
 }
+
+/**
+ * Decodes the audio of a cleaned file and stops at the first error: the samples a remux copied
+ * must be audio. (Audio decodes at hundreds of times real time; video is not decoded here.)
+ */
+export function audioDecodeArgs(file: string, demuxer: Demuxer): string[] {
+  return ['-nostdin', '-hide_banner', '-v', 'error', '-xerror', ...lockedInput(file, demuxer), '-map', '0:a', '-f', 'null', '-'];
+}
