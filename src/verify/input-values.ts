@@ -3,7 +3,7 @@
  * value collector. Deliberately its own parser (not the strippers'), so that one mistake in a
  * stripper's allowlist is not repeated here.
  */
-import { inflateSync } from 'node:zlib';
+import { crc32, inflateSync } from 'node:zlib';
 import type { ImageFormat } from '../media.js';
 import { heifValues } from './heif.js';
 import type { ValueCollector } from './values.js';
@@ -163,8 +163,49 @@ function gifValues(input: Buffer, into: ValueCollector): void {
   }
 }
 
+/**
+ * Metadata found by its signature wherever it lies, whatever the structure walk made of the
+ * bytes around it. A damaged header (a GIF whose colour-table size bit flipped, say) can make a
+ * structure walk read a comment or an XMP packet as pixels, and a stripper that makes the same
+ * reading keeps it; this sweep does not depend on any reading of the structure.
+ */
+function signatureSweep(input: Buffer, into: ValueCollector): void {
+  const each = (needle: string, visit: (at: number) => void): void => {
+    for (let at = input.indexOf(needle, 0, 'latin1'), n = 0; at >= 0 && n < 1000; at = input.indexOf(needle, at + 1, 'latin1'), n++) visit(at);
+  };
+  each('<x:xmpmeta', (at) => {
+    const end = input.indexOf('</x:xmpmeta>', at, 'latin1');
+    into.xml(input.toString('utf8', at, end > at ? end + 12 : Math.min(input.length, at + maxOpaqueBytes)));
+  });
+  each('<rdf:RDF', (at) => into.xml(input.toString('utf8', at, Math.min(input.length, at + maxOpaqueBytes))));
+  each('Exif\0\0', (at) => {
+    const tiff = input.subarray(at + 6);
+    if (tiff.toString('latin1', 0, 2) === 'II' || tiff.toString('latin1', 0, 2) === 'MM') into.tiff(tiff);
+  });
+  // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. The pair also
+  // occurs by chance in compressed pixels, so only what reads as text counts.
+  each('\x21\xfe', (at) => {
+    const pieces: Buffer[] = [];
+    for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
+    const text = Buffer.concat(pieces);
+    const printable = text.filter((b) => (b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09).length;
+    if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
+  });
+  // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none).
+  for (const type of ['tEXt', 'zTXt', 'iTXt']) {
+    each(type, (at) => {
+      if (at < 4) return;
+      const length = input.readUInt32BE(at - 4);
+      const end = at + 4 + length;
+      if (length === 0 || end + 4 > input.length || crc32(input.subarray(at, end)) !== input.readUInt32BE(end)) return;
+      pngText(type, input.subarray(at + 4, end), into);
+    });
+  }
+}
+
 /** Every value the input image carried, by the verifier's own reading plus exifr's. */
 export async function collectImageValues(format: ImageFormat, input: Buffer, into: ValueCollector): Promise<void> {
+  signatureSweep(input, into);
   if (format === 'jpeg') jpegValues(input, into);
   else if (format === 'png') pngValues(input, into);
   else if (format === 'webp') webpValues(input, into);

@@ -136,6 +136,17 @@ function walkTiff(out: Buffer, report: StructureReport): void {
   for (const { tag } of tags) if (!tiffTechnicalTags.has(tag)) report.problems.push('tiff: metadata tag present');
 }
 
+/** XMP's own markers: in no clean image, whatever its format (outside a kept ICC profile). */
+const xmpMarkers = ['<x:xmpmeta', '<rdf:RDF', 'http://ns.adobe.com/xap/1.0/'];
+
+function xmpAnywhere(out: Buffer, report: StructureReport): void {
+  for (const marker of xmpMarkers) {
+    for (let at = out.indexOf(marker, 0, 'latin1'); at >= 0; at = out.indexOf(marker, at + 1, 'latin1')) {
+      if (!report.profileRanges.some(([start, end]) => at >= start && at < end)) return void report.problems.push('image: an XMP packet is present');
+    }
+  }
+}
+
 export function checkImageStructure(format: ImageFormat, out: Buffer): StructureReport {
   const report: StructureReport = { problems: [], profileRanges: [] };
   if (format === 'jpeg') walkJpeg(out, report);
@@ -144,5 +155,6 @@ export function checkImageStructure(format: ImageFormat, out: Buffer): Structure
   else if (format === 'gif') walkGif(out, report);
   else if (format === 'tiff') walkTiff(out, report);
   else checkHeifStructure(out, report.problems, report.profileRanges);
+  xmpAnywhere(out, report);
   return report;
 }
