@@ -50,7 +50,8 @@ export function errorHandler(onError?: (error: ScrubError, req: Request) => void
     onError?.(error, req);
     const log = (req as Request & { log?: Logger }).log;
     const fields = { code: error.code, status: error.status, internal: error.message };
-    if (error.status >= 500 && error.code !== 'upstream_rejected') log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
+    // Faults are errors; refusals (including the cap's deliberate 503s) are facts about a request.
+    if (error.status >= 500 && error.code !== 'upstream_rejected' && error.code !== 'overloaded') log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
     else log?.info(fields, 'request refused');
     if (res.headersSent || res.destroyed) return;
     if (error.code === 'overloaded') res.setHeader('Retry-After', String(retryAfterSeconds));
