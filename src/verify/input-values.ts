@@ -169,7 +169,7 @@ function gifValues(input: Buffer, into: ValueCollector): void {
  * structure walk read a comment or an XMP packet as pixels, and a stripper that makes the same
  * reading keeps it; this sweep does not depend on any reading of the structure.
  */
-function signatureSweep(input: Buffer, into: ValueCollector): void {
+function signatureSweep(format: ImageFormat, input: Buffer, into: ValueCollector): void {
   const each = (needle: string, visit: (at: number) => void): void => {
     for (let at = input.indexOf(needle, 0, 'latin1'), n = 0; at >= 0 && n < 1000; at = input.indexOf(needle, at + 1, 'latin1'), n++) visit(at);
   };
@@ -182,9 +182,10 @@ function signatureSweep(input: Buffer, into: ValueCollector): void {
     const tiff = input.subarray(at + 6);
     if (tiff.toString('latin1', 0, 2) === 'II' || tiff.toString('latin1', 0, 2) === 'MM') into.tiff(tiff);
   });
+  // Format-specific containers of text: each sweep reads the whole file once, so only where it can occur.
   // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. The pair also
   // occurs by chance in compressed pixels, so only what reads as text counts.
-  each('\x21\xfe', (at) => {
+  if (format === 'gif') each('\x21\xfe', (at) => {
     const pieces: Buffer[] = [];
     for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
     const text = Buffer.concat(pieces);
@@ -192,7 +193,7 @@ function signatureSweep(input: Buffer, into: ValueCollector): void {
     if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
   });
   // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none).
-  for (const type of ['tEXt', 'zTXt', 'iTXt']) {
+  for (const type of format === 'png' ? ['tEXt', 'zTXt', 'iTXt'] : []) {
     each(type, (at) => {
       if (at < 4) return;
       const length = input.readUInt32BE(at - 4);
@@ -205,7 +206,7 @@ function signatureSweep(input: Buffer, into: ValueCollector): void {
 
 /** Every value the input image carried, by the verifier's own reading plus exifr's. */
 export async function collectImageValues(format: ImageFormat, input: Buffer, into: ValueCollector): Promise<void> {
-  signatureSweep(input, into);
+  signatureSweep(format, input, into);
   if (format === 'jpeg') jpegValues(input, into);
   else if (format === 'png') pngValues(input, into);
   else if (format === 'webp') webpValues(input, into);
