@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
 import { ConfigError, configVariables, loadConfig, type Config } from './config.js';
-import { asScrubError, ScrubError } from './errors.js';
+import { ScrubError } from './errors.js';
 import { loadFingerprintKey } from './keys.js';
 import { Ledger } from './ledger.js';
 import { sweep } from './sweeper.js';

@@ -7,11 +7,11 @@
  * ICC presence, orientation and frame count. When the tools here cannot make a codec, it says
  * which encoder is missing instead of making something different.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import sharp, { type Sharp } from 'sharp';
 import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from './steps/fingerprint.js';
-import { boxesIn, childBox, videoTracks } from './formats/isobmff.js';
+import { childBox, readAt, topLevelBoxes, videoTracks } from './formats/isobmff.js';
 import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from './tools/ffmpeg-args.js';
 import { probe, runTool, type Ffmpeg } from './tools/ffmpeg.js';
 
@@ -40,10 +40,12 @@ const profiles: Record<string, Record<string, string>> = {
 };
 const known = (value: string | undefined): string | undefined => (value && value !== 'unknown' ? value : undefined);
 
-let encoderList: Promise<string> | undefined;
+/** `ffmpeg -encoders`, once per binary. */
+const encoderLists = new Map<string, Promise<string>>();
 async function hasEncoder(tools: Ffmpeg, name: string): Promise<boolean> {
-  encoderList ??= runTool(tools.ffmpeg.path, ['-hide_banner', '-encoders'], tools.timeoutMs).then((r) => r.stdout);
-  return new RegExp(`^\\s*[VAS][.A-Z]{5}\\s+${name.replace(/[-+]/g, '\\$&')}\\s`, 'm').test(await encoderList);
+  let list = encoderLists.get(tools.ffmpeg.path);
+  if (!list) encoderLists.set(tools.ffmpeg.path, (list = runTool(tools.ffmpeg.path, ['-hide_banner', '-encoders'], tools.timeoutMs).then((r) => r.stdout)));
+  return new RegExp(`^\\s*[VAS][.A-Z]{5}\\s+${name.replace(/[-+]/g, '\\$&')}\\s`, 'm').test(await list);
 }
 
 async function encoderFor(tools: Ffmpeg, stream: StreamFingerprint, table: Record<string, string>): Promise<string> {
@@ -158,15 +160,21 @@ async function setRotation(file: string, degrees: number, width: number, height:
   const one = 0x10000;
   const [a, b, c, d, x, y] =
     degrees === 90 ? [0, one, -one, 0, height, 0] : degrees === 180 ? [-one, 0, 0, -one, width, height] : degrees === 270 ? [0, -one, one, 0, 0, width] : [one, 0, 0, one, 0, 0];
-  const bytes = await readFile(file);
-  const moov = boxesIn(bytes, 0, bytes.length).find((box) => box.type === 'moov');
-  const trak = moov && videoTracks(bytes, moov.start, moov.end)[0];
-  const tkhd = trak && childBox(bytes, trak, 'tkhd');
-  if (tkhd) {
-    const matrix = tkhd.start + (bytes[tkhd.start] === 1 ? 52 : 40);
-    [a, b, 0, c, d, 0, x * one, y * one, 0x40000000].forEach((value, i) => bytes.writeInt32BE(value, matrix + i * 4));
-    await writeFile(file, bytes);
-    return;
+  // Only the moov is read and only the 36-byte matrix is written back: a long repro stays on disk.
+  const handle = await open(file, 'r+');
+  try {
+    const moovBox = (await topLevelBoxes(handle, (await handle.stat()).size)).find((box) => box.type === 'moov');
+    const moov = moovBox ? await readAt(handle, moovBox.start, moovBox.end - moovBox.start) : Buffer.alloc(0);
+    const trak = videoTracks(moov, 0, moov.length)[0];
+    const tkhd = trak && childBox(moov, trak, 'tkhd');
+    if (moovBox && tkhd) {
+      const matrix = Buffer.alloc(36);
+      [a, b, 0, c, d, 0, x * one, y * one, 0x40000000].forEach((value, i) => matrix.writeInt32BE(value, i * 4));
+      await handle.write(matrix, 0, 36, moovBox.start + tkhd.start + (moov[tkhd.start] === 1 ? 52 : 40));
+      return;
+    }
+  } finally {
+    await handle.close();
   }
   throw new ReproError('the synthesised file has no video track header to rotate');
 }

@@ -93,7 +93,7 @@ describe('pattern scanner', () => {
       const data = Buffer.from(Array.from({ length: 2000 }, () => random(5) + 97)); // a tiny alphabet: many partial matches
       for (const p of patterns) if (random(2)) p.copy(data, random(data.length - p.length));
       const expected = new Set<string>();
-      patterns.forEach((p, i) => {
+      patterns.forEach((p) => {
         for (let at = data.indexOf(p); at >= 0; at = data.indexOf(p, at + 1)) expected.add(`${p.toString()}@${at}`);
       });
       const set = new PatternSet(patterns);

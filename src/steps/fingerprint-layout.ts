@@ -7,7 +7,7 @@
  * summarise without reading every packet.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { childBox, videoTracks } from '../formats/isobmff.js';
+import { childBox, readAt as read, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
 import type { ImageFormat } from '../media.js';
 
 export interface LayoutEntry {
@@ -144,11 +144,6 @@ export function imageLayout(format: ImageFormat, bytes: Buffer): LayoutEntry[] {
 // ---------------------------------------------------------------------------------------------
 // Video, read from disk with positional reads (memory stays flat in file size)
 
-async function read(file: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buffer = Buffer.alloc(length);
-  const { bytesRead } = await file.read(buffer, 0, length, position);
-  return buffer.subarray(0, bytesRead);
-}
 
 export interface VideoLayout {
   layout: LayoutEntry[];
@@ -233,24 +228,11 @@ export async function videoLayout(container: 'isobmff' | 'matroska', path: strin
   try {
     const { size } = await file.stat();
     if (container === 'matroska') return { layout: fold(await ebmlLayout(file, size)), keyframes: [] };
-    const items: Array<[string, number]> = [];
-    let keyframes: VideoLayout['keyframes'] = [];
-    for (let pos = 0, n = 0; pos + 8 <= size && n < 100_000; n++) {
-      const h = await read(file, pos, 16);
-      let boxSize = h.readUInt32BE(0);
-      const type = h.toString('latin1', 4, 8);
-      let header = 8;
-      if (boxSize === 1) {
-        boxSize = Number(h.readBigUInt64BE(8));
-        header = 16;
-      }
-      if (boxSize === 0) boxSize = size - pos;
-      if (boxSize < header || pos + boxSize > size) break;
-      items.push([type, boxSize]);
-      // moov is small next to the media data; capped so a hostile one cannot take memory.
-      if (type === 'moov' && boxSize <= 64 * 1024 * 1024) keyframes = keyframeTables(await read(file, pos + header, boxSize - header));
-      pos += boxSize;
-    }
+    const boxes = await topLevelBoxes(file, size);
+    const moov = boxes.find((b) => b.type === 'moov');
+    // moov is small next to the media data; capped so a hostile one cannot take memory.
+    const keyframes = moov && moov.end - moov.start <= 64 * 1024 * 1024 ? keyframeTables(await read(file, moov.start, moov.end - moov.start)) : [];
+    const items = boxes.map((b): [string, number] => [b.type, b.end - b.box]);
     return { layout: fold(items), keyframes };
   } finally {
     await file.close();

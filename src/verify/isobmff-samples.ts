@@ -7,7 +7,8 @@
  * the verifier must treat as metadata: the samples of every other track (subtitles, GPMF, camm,
  * mebx …) and any mdat bytes no track owns. Fragmented files (mvex/moof) are not analysed.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { readAt as read, topLevelBoxes } from '../formats/isobmff.js';
 
 interface Range {
   start: number;
@@ -25,11 +26,6 @@ export interface SampleLayout {
 const maxMoovBytes = 64 * 1024 * 1024;
 const maxSamples = 20_000_000;
 
-async function read(file: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buffer = Buffer.alloc(length);
-  const { bytesRead } = await file.read(buffer, 0, length, position);
-  return buffer.subarray(0, bytesRead);
-}
 
 function children(b: Buffer, start: number, end: number): Array<{ type: string; start: number; end: number }> {
   const out: Array<{ type: string; start: number; end: number }> = [];
@@ -107,19 +103,7 @@ export async function sampleLayout(path: string): Promise<SampleLayout> {
   const file = await open(path, 'r');
   try {
     const { size } = await file.stat();
-    const top: Array<{ type: string; start: number; end: number }> = [];
-    for (let pos = 0; pos + 8 <= size && top.length < 10_000; ) {
-      const h = await read(file, pos, 16);
-      let boxSize = h.readUInt32BE(0);
-      let header = 8;
-      if (boxSize === 1) {
-        boxSize = Number(h.readBigUInt64BE(8));
-        header = 16;
-      } else if (boxSize === 0) boxSize = size - pos;
-      if (boxSize < header || pos + boxSize > size) break;
-      top.push({ type: h.toString('latin1', 4, 8), start: pos + header, end: pos + boxSize });
-      pos += boxSize;
-    }
+    const top = await topLevelBoxes(file, size, 10_000);
     const moovBox = top.find((b) => b.type === 'moov');
     // ffmpeg's demuxer reads a moov whose box size is broken; this reader does not guess, so such
     // a file is refused rather than remuxed on tables nobody checked.
