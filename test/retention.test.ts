@@ -33,6 +33,15 @@ async function service() {
   return { ...svc, upload, record };
 }
 
+/** GET a thumbnail with its body as a Buffer (supertest would try to parse an image otherwise). */
+function thumbnail(svc: Awaited<ReturnType<typeof service>>, id: string) {
+  return svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
+    const chunks: Buffer[] = [];
+    r.on('data', (c: Buffer) => chunks.push(c));
+    r.on('end', () => done(null, Buffer.concat(chunks)));
+  });
+}
+
 describe('access control', () => {
   let svc: Awaited<ReturnType<typeof service>>;
   before(async () => (svc = await service()));
@@ -106,11 +115,7 @@ describe('thumbnails', () => {
   for (const file of ['media/jpeg-orientation-6.jpg', 'media/jpeg-gps-exif-xmp-iptc.jpg', 'media/mp4-location.mp4', 'media/avif-exif-xmp-gps.avif']) {
     it(`${file}: a small metadata-free JPEG made from the cleaned file`, async () => {
       const { id } = await svc.upload(file, { jobId: 'thumbs' });
-      const res = await svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
-        const chunks: Buffer[] = [];
-        r.on('data', (c: Buffer) => chunks.push(c));
-        r.on('end', () => done(null, Buffer.concat(chunks)));
-      });
+      const res = await thumbnail(svc, id);
       assert.equal(res.status, 200);
       assert.equal(res.headers['content-type'], 'image/jpeg');
       const jpeg = res.body as Buffer;
@@ -127,11 +132,7 @@ describe('thumbnails', () => {
 
   it('keeps the way up: the portrait-orientation JPEG gives a portrait thumbnail', async () => {
     const { id } = await svc.upload('media/jpeg-orientation-6.jpg');
-    const res = await svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
-      const chunks: Buffer[] = [];
-      r.on('data', (c: Buffer) => chunks.push(c));
-      r.on('end', () => done(null, Buffer.concat(chunks)));
-    });
+    const res = await thumbnail(svc, id);
     const thumb = await sharp(res.body as Buffer).metadata();
     const original = await sharp(fixture('media/jpeg-orientation-6.jpg')).metadata();
     // Orientation 6: the stored pixels are landscape, the displayed picture portrait.

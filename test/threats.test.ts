@@ -514,9 +514,42 @@ describe('THREATS: access and logs', () => {
   before(async () => (svc = await service()));
   after(() => stop(svc));
 
-  it('30 upstream faults: see http.test.ts (refused → 502, 5xx → retried then 502, hang → 504, one Idempotency-Key)', async () => {
-    const res = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: (() => { const f = new FormData(); f.append('file', new Blob([Buffer.from('x')]), 'a'); return f; })() });
-    assert.equal(res.status, 415); // a request that never reaches the upstream
+  it('30 upstream down → 502, hanging → 504, 5xx then success → retried with one Idempotency-Key, one job', async () => {
+    const file = await jpeg();
+    // Down: a port with nothing listening.
+    const gone = await startUpstream();
+    const goneUrl = gone.url;
+    await gone.close();
+    const hanging = await startUpstream(() => undefined);
+    let calls = 0;
+    const jobs = new Set<string>();
+    const flaky = await startUpstream((req, res) => {
+      if (++calls <= 2) return void res.writeHead(503).end();
+      jobs.add(String(req.headers['idempotency-key']));
+      res.writeHead(202).end('{}');
+    });
+    try {
+      for (const [url, status, env] of [
+        [goneUrl, 502, {}],
+        [hanging.url, 504, { SCRUBLINE_UPSTREAM_TIMEOUT_MS: '300' }],
+        [flaky.url, 201, {}],
+      ] as const) {
+        const faulty = await service({ SCRUBLINE_UPSTREAM_URL: url, ...env });
+        try {
+          const res = await post(faulty, [{ name: 'file', filename: 'a.jpg', data: file }]);
+          assert.equal(res.status, status, res.body);
+          assert.deepEqual(await filesUnder(path.join(faulty.dataDir, 'tmp')), []);
+        } finally {
+          await stop(faulty);
+        }
+      }
+      assert.equal(flaky.requests.length, 3, 'two retries');
+      assert.equal(new Set(flaky.requests.map((r) => r.headers['idempotency-key'])).size, 1);
+      assert.equal(jobs.size, 1, 'exactly one render job');
+    } finally {
+      await hanging.close();
+      await flaky.close();
+    }
   });
 
   it('31 no or wrong credentials → 401 before a byte is written', async () => {
