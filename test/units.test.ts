@@ -99,10 +99,9 @@ describe('pattern scanner', () => {
       const set = new PatternSet(patterns);
       const scanner = set.scanner();
       const found = new Set<string>();
-      const unique = [...new Map(patterns.map((p) => [p.toString(), p])).values()];
       for (let at = 0; at < data.length; ) {
         const size = 1 + random(300);
-        for (const m of scanner.feed(data.subarray(at, at + size))) found.add(`${unique[m.pattern]!.toString()}@${m.start}`);
+        for (const m of scanner.feed(data.subarray(at, at + size))) found.add(`${patterns[m.pattern]!.toString()}@${m.start}`);
         at += size;
       }
       assert.deepEqual([...found].sort(), [...expected].sort(), `round ${round}`);
