@@ -10,11 +10,11 @@
 import { createReadStream } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { Stripped, Verified } from '../context.js';
+import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
-import { readRanges, sampleLayout } from '../verify/isobmff-samples.js';
+import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
@@ -45,7 +45,34 @@ const unscannedInputTags = new Set([...cleanFormatTags, ...cleanStreamTags, 'han
 const displaySize = (info: ImageInfo): string =>
   info.orientation >= 5 ? `${info.height}x${info.width}` : `${info.width}x${info.height}`;
 
-export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified & { facts: VerifiedFacts }> {
+/**
+ * What the verifier reads of a video *input* while the stripper is still remuxing it (it needs
+ * only the original, and the remux leaves the main thread and a core idle): the input's own
+ * sample tables, and whether all of its audio decodes. The output's audio packets are a copy of
+ * some of those packets (a stream-copy remux), so audio that decodes here decodes there; when it
+ * does not, verify decodes the output's audio itself and decides on that.
+ */
+export interface EarlyReading {
+  samples: Promise<SampleLayout & { mined: Buffer[] }> | undefined;
+  inputAudioDecodes: Promise<boolean>;
+  /** Resolves when everything started here has ended (a failed strip waits on it before cleaning up). */
+  settled: Promise<unknown>;
+}
+
+export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | undefined {
+  if (file.kind.family !== 'video') return undefined;
+  const samples =
+    file.kind.demuxer === 'mov'
+      ? readInputSamples(file.inputPath)
+      : undefined;
+  const inputAudioDecodes = runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.inputPath, file.kind.demuxer), deps.ffmpeg.timeoutMs).then(
+    (r) => r.code === 0,
+    () => false,
+  );
+  return { samples, inputAudioDecodes, settled: Promise.allSettled([samples, inputAudioDecodes]) };
+}
+
+export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyReading): Promise<Verified & { facts: VerifiedFacts }> {
   const problems: string[] = [];
   let facts: VerifiedFacts;
   const values = new ValueCollector();
@@ -60,7 +87,11 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
     const structure = checkImageStructure(format, output);
     problems.push(...structure.problems);
     await collectImageValues(format, input, values);
-    const leaks = await countLeaks([output], values.values, structure.profileRanges);
+    // One pass over the output for both the input's values and the structure's forbidden signatures.
+    const { forbidden } = structure;
+    const found = await matchedPatterns([output], [...forbidden.map((f) => f.bytes), ...values.values], structure.profileRanges);
+    problems.push(...new Set([...found].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
+    const leaks = [...found].filter((i) => i >= forbidden.length).length;
 
     for (const [block, tags] of Object.entries(await tagBlocks)) {
       const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
@@ -74,6 +105,7 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
   } else {
     const { demuxer } = file.kind;
     const probed = probe(deps.ffmpeg, file.cleanPath, demuxer);
+    probed.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
     values.probeTags(before, unscannedInputTags);
     for (const stream of before.streams) {
@@ -81,17 +113,24 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
       if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
     }
     const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
-    problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values)));
+    // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text carried
+    // that way): kept audio must decode without a single error. Started before the value
+    // collection, so the decode runs while this thread collects and scans.
     const hasAudio = before.streams.some((s) => s.codec_type === 'audio');
-    const [after, structure, leaks, audioDecodes] = await Promise.all([
+    const audioDecodes = hasAudio
+      ? Promise.resolve(early?.inputAudioDecodes ?? false).then(
+          async (inputDecodes) => inputDecodes || (await runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs)).code === 0,
+        ).catch(() => false)
+      : true;
+    problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values, early)));
+    const [after, structure, leaks] = await Promise.all([
       probed,
       checkVideoStructure(container, file.cleanPath),
-      countLeaks(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []),
-      // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text
-      // carried that way): kept audio must decode without a single error.
-      hasAudio ? runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs).then((r) => r.code === 0) : true,
+      values.values.length === 0 ? 0 : matchedPatterns(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []).then((found) => found.size),
     ]);
-    if (!audioDecodes) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
+    // Nothing the early reading started outlives verify (it has no audio to decode, say).
+    await early?.settled;
+    if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
     problems.push(...videoTagProblems(after), ...structure);
     if (after.streams.length === 0) problems.push('video: no playable stream in the output');
     const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
@@ -114,19 +153,32 @@ export async function verify(file: Stripped, deps: VerifyDeps): Promise<Verified
 /** How much of an input's subtitle/data packets and unowned media bytes is mined for values. */
 const maxMinedBytes = 4 * 1024 * 1024;
 
+/** The verifier's own reading of an ISOBMFF input's sample tables, and the bytes they leave unowned. */
+async function readInputSamples(path: string): Promise<SampleLayout & { mined: Buffer[] }> {
+  const layout = await sampleLayout(path);
+  return { ...layout, mined: await readRanges(path, layout.metadataRanges, maxMinedBytes) };
+}
+
 /**
  * Values carried in a video input's *samples* rather than its tags: the text of subtitle and data
  * tracks (drone GPS lines, telemetry), and, for ISOBMFF, whatever the sample tables leave
  * unowned; plus the structural check that no audio/video sample points into either (a corrupted
  * table would otherwise smuggle them into the output as "audio").
  */
-async function collectVideoInputValues(tools: Ffmpeg, file: Stripped, before: ProbeResult, container: 'isobmff' | 'matroska', values: ValueCollector): Promise<string[]> {
+async function collectVideoInputValues(
+  tools: Ffmpeg,
+  file: Stripped,
+  before: ProbeResult,
+  container: 'isobmff' | 'matroska',
+  values: ValueCollector,
+  early: EarlyReading | undefined,
+): Promise<string[]> {
   const problems: string[] = [];
   if (file.kind.family !== 'video') return problems;
   if (container === 'isobmff') {
-    const samples = await sampleLayout(file.inputPath);
+    const samples = await (early?.samples ?? readInputSamples(file.inputPath));
     problems.push(...samples.problems);
-    for (const chunk of await readRanges(file.inputPath, samples.metadataRanges, maxMinedBytes)) values.printableWords(chunk);
+    for (const chunk of samples.mined) values.printableWords(chunk);
   }
   // Matroska keeps a track's packets inside its own blocks: ask ffmpeg for them, one stream per run
   // (its raw "data" muxer takes one). For ISOBMFF the sample tables above already located them.
@@ -162,17 +214,17 @@ function videoTagProblems(info: ProbeResult): string[] {
 
 /**
  * One pass over the output's bytes (a buffer already read, or a stream for video); matches
- * inside a kept colour profile do not count. Resolves to how many distinct values were found.
+ * inside a kept colour profile do not count. Resolves to the indices of the patterns found.
  */
-async function countLeaks(chunks: Iterable<Buffer> | AsyncIterable<Buffer>, patterns: Buffer[], ignored: Array<[number, number]>): Promise<number> {
+async function matchedPatterns(chunks: Iterable<Buffer> | AsyncIterable<Buffer>, patterns: Buffer[], ignored: Array<[number, number]>): Promise<Set<number>> {
   const set = new PatternSet(patterns);
-  if (set.size === 0) return 0;
+  if (set.size === 0) return new Set();
   const scanner = set.scanner();
-  const leaked = new Set<number>();
+  const found = new Set<number>();
   for await (const chunk of chunks) {
     for (const match of scanner.feed(chunk)) {
-      if (!ignored.some(([start, end]) => match.start >= start && match.start < end)) leaked.add(match.pattern);
+      if (!ignored.some(([start, end]) => match.start >= start && match.start < end)) found.add(match.pattern);
     }
   }
-  return leaked.size;
+  return found;
 }

@@ -13,7 +13,8 @@ const everything = {
   gps: true,
   interop: true,
   makerNote: true,
-  userComment: true,
+  // A block of its own holding UserComment again, which the exif block already carries as bytes.
+  userComment: false,
   xmp: true,
   iptc: true,
   icc: false,
@@ -36,7 +37,9 @@ export async function readExifValues(input: Buffer): Promise<ExifBlocks> {
     const result = (await exifr.parse(input, everything)) as Record<string, unknown> | undefined;
     const blocks: ExifBlocks = {};
     for (const [name, block] of Object.entries(result ?? {})) {
-      if (name !== 'errors' && block !== null && typeof block === 'object' && !Array.isArray(block)) blocks[name] = block as Record<string, unknown>;
+      if (name === 'errors' || block === null || typeof block !== 'object' || Array.isArray(block)) continue;
+      // A bare byte block stays one value (as an object, each byte would be a "tag" of its own).
+      blocks[name] = ArrayBuffer.isView(block) ? { [name]: block } : (block as Record<string, unknown>);
     }
     return blocks;
   } catch {

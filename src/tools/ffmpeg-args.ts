@@ -167,9 +167,10 @@ export function packetDumpArgs(input: string, demuxer: Demuxer, stream: number, 
 }
 
 /**
- * Decodes the audio of a cleaned file and stops at the first error: the samples a remux copied
+ * Decodes every audio stream of a file and stops at the first error: the samples a remux copies
  * must be audio. (Audio decodes at hundreds of times real time; video is not decoded here.)
  */
 export function audioDecodeArgs(file: string, demuxer: Demuxer): string[] {
-  return ['-nostdin', '-hide_banner', '-v', 'error', '-xerror', ...lockedInput(file, demuxer), '-map', '0:a', '-f', 'null', '-'];
+  // `0:a?`: a file without audio fails with "no stream" rather than a mapping error; callers ask only when there is audio.
+  return ['-nostdin', '-hide_banner', '-v', 'error', '-xerror', ...lockedInput(file, demuxer), '-map', '0:a?', '-f', 'null', '-'];
 }

@@ -6,10 +6,13 @@
 import { crc32, inflateSync } from 'node:zlib';
 import type { ImageFormat } from '../media.js';
 import { heifValues } from './heif.js';
+import { findSignatures } from './scan.js';
 import type { ValueCollector } from './values.js';
 
 /** Opaque payloads bigger than this are not mined for printable runs (they are removed whole). */
 const maxOpaqueBytes = 64 * 1024;
+/** Bound on the structures one signature sweep reads per signature (a file of repeated signatures is not a reason to stall). */
+const maxSignatureHits = 1000;
 
 function opaque(into: ValueCollector, payload: Buffer): void {
   into.printableRuns(payload.subarray(0, maxOpaqueBytes));
@@ -170,37 +173,49 @@ function gifValues(input: Buffer, into: ValueCollector): void {
  * reading keeps it; this sweep does not depend on any reading of the structure.
  */
 function signatureSweep(format: ImageFormat, input: Buffer, into: ValueCollector): void {
-  const each = (needle: string, visit: (at: number) => void): void => {
-    for (let at = input.indexOf(needle, 0, 'latin1'), n = 0; at >= 0 && n < 1000; at = input.indexOf(needle, at + 1, 'latin1'), n++) visit(at);
-  };
-  each('<x:xmpmeta', (at) => {
+  let xmpEnd = -1;
+  const onXmp = (at: number): void => {
     const end = input.indexOf('</x:xmpmeta>', at, 'latin1');
-    into.xml(input.toString('utf8', at, end > at ? end + 12 : Math.min(input.length, at + maxOpaqueBytes)));
-  });
-  each('<rdf:RDF', (at) => into.xml(input.toString('utf8', at, Math.min(input.length, at + maxOpaqueBytes))));
-  each('Exif\0\0', (at) => {
+    xmpEnd = end > at ? end + 12 : Math.min(input.length, at + maxOpaqueBytes);
+    into.xml(input.toString('utf8', at, xmpEnd));
+  };
+  // Hits come in file order: an RDF inside the packet just read needs no second reading.
+  const onRdf = (at: number): void => {
+    if (at >= xmpEnd) into.xml(input.toString('utf8', at, Math.min(input.length, at + maxOpaqueBytes)));
+  };
+  const onExif = (at: number): void => {
     const tiff = input.subarray(at + 6);
     if (tiff.toString('latin1', 0, 2) === 'II' || tiff.toString('latin1', 0, 2) === 'MM') into.tiff(tiff);
-  });
-  // Format-specific containers of text: each sweep reads the whole file once, so only where it can occur.
-  // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. The pair also
-  // occurs by chance in compressed pixels, so only what reads as text counts.
-  if (format === 'gif') each('\x21\xfe', (at) => {
-    const pieces: Buffer[] = [];
-    for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
-    const text = Buffer.concat(pieces);
-    const printable = text.filter((b) => (b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09).length;
-    if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
-  });
-  // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none).
-  for (const type of format === 'png' ? ['tEXt', 'zTXt', 'iTXt'] : []) {
-    each(type, (at) => {
-      if (at < 4) return;
-      const length = input.readUInt32BE(at - 4);
-      const end = at + 4 + length;
-      if (length === 0 || end + 4 > input.length || crc32(input.subarray(at, end)) !== input.readUInt32BE(end)) return;
-      pngText(type, input.subarray(at + 4, end), into);
-    });
+  };
+  // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none). Only swept for
+  // in PNGs: the fewer and longer the signatures, the faster the one pass over the file.
+  const onPngText = (type: string) => (at: number): void => {
+    if (at < 4) return;
+    const length = input.readUInt32BE(at - 4);
+    const end = at + 4 + length;
+    if (length === 0 || end + 4 > input.length || crc32(input.subarray(at, end)) !== input.readUInt32BE(end)) return;
+    pngText(type, input.subarray(at + 4, end), into);
+  };
+  const signatures: Array<[string, (at: number) => void]> = [
+    ['<x:xmpmeta', onXmp],
+    ['<rdf:RDF', onRdf],
+    ['Exif\0\0', onExif],
+    ...(format === 'png' ? (['tEXt', 'zTXt', 'iTXt'] as const).map((type): [string, (at: number) => void] => [type, onPngText(type)]) : []),
+  ];
+  const seen = signatures.map(() => 0);
+  for (const { pattern, start } of findSignatures(input, signatures.map(([needle]) => Buffer.from(needle, 'latin1')))) {
+    if (seen[pattern]!++ < maxSignatureHits) signatures[pattern]![1](start);
+  }
+  // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. Two bytes are too
+  // short for the pass above and occur by chance in compressed pixels: only what reads as text counts.
+  if (format === 'gif') {
+    for (let at = input.indexOf('\x21\xfe', 0, 'latin1'), n = 0; at >= 0 && n < maxSignatureHits; at = input.indexOf('\x21\xfe', at + 1, 'latin1'), n++) {
+      const pieces: Buffer[] = [];
+      for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
+      const text = Buffer.concat(pieces);
+      const printable = text.filter((b) => (b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09).length;
+      if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
+    }
   }
 }
 

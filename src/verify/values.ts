@@ -15,6 +15,7 @@ const minRunChars = 6;
 
 export class ValueCollector {
   private readonly patterns = new Map<string, Buffer>();
+  private readonly packets = new Set<string>();
 
   /** A string value: scanned as UTF-8 and, for non-ASCII-free text too, as UTF-16LE (EXIF XP* tags). */
   text(value: string): void {
@@ -64,7 +65,13 @@ export class ValueCollector {
   }
 
   /** Text nodes and attribute values of an XML packet (XMP). */
-  xml(packet: string): void {
+  xml(text: string): void {
+    // The same packet is often met twice (by the structure walk and by its signature): read once.
+    const start = text.indexOf('<x:xmpmeta');
+    const end = start >= 0 ? text.indexOf('</x:xmpmeta>', start) : -1;
+    const packet = start >= 0 && end > start ? text.slice(start, end + 12) : text;
+    if (this.packets.has(packet)) return;
+    this.packets.add(packet);
     const decode = (s: string): string =>
       s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
     for (const match of packet.matchAll(/>([^<]+)</g)) this.text(decode(match[1]!));
