@@ -19,7 +19,7 @@ import { fingerprint, hmacFile } from './steps/fingerprint.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
 import { tagExpiry, type Clock, type Expiry } from './steps/tag-expiry.js';
-import { verify } from './steps/verify.js';
+import { readInputEarly, verify } from './steps/verify.js';
 import type { Ffmpeg } from './tools/ffmpeg.js';
 
 export interface PipelineDeps {
@@ -61,12 +61,18 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     }
   };
   const sniffed = await timed('sniff', () => sniff(received));
-  const stripped = await timed('strip', () => strip(sniffed, deps));
+  // For video, the verifier reads the original while the stripper remuxes it; a failed strip
+  // waits for that reading to end, so nothing still reads the original once it is removed.
+  const early = readInputEarly(sniffed, deps);
+  const stripped = await timed('strip', () => strip(sniffed, deps)).catch(async (err: unknown) => {
+    await early?.settled;
+    throw err;
+  });
   // A video's keyed hash streams the cleaned file while verify waits on ffprobe; it is only used
   // once verify has passed, and is settled before a failure propagates (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
-  const verified = await timed('verify', () => verify(stripped, deps)).catch(async (err: unknown) => {
-    await contentHmac?.catch(() => undefined);
+  const verified = await timed('verify', () => verify(stripped, deps, early)).catch(async (err: unknown) => {
+    await Promise.allSettled([contentHmac, early?.settled]);
     throw err;
   });
   const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
