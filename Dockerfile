@@ -19,4 +19,4 @@ ENV NODE_ENV=production \
 USER scrubline
 EXPOSE 8080
 HEALTHCHECK CMD node -e "fetch('http://127.0.0.1:8080/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-CMD ["node", "bin/scrubline.js", "serve"]
+CMD ["bin/serve.sh"]

@@ -74,7 +74,8 @@ async function main(): Promise<void> {
   await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
   const port = (probe.address() as AddressInfo).port;
   await new Promise((resolve) => probe.close(resolve));
-  const server = spawn(process.execPath, [path.join(root, 'bin', 'scrubline.js'), 'serve'], {
+  // Started the way `npm start` and the container start it (bin/serve.sh: its memory settings).
+  const server = spawn(path.join(root, 'bin', 'serve.sh'), [], {
     env: {
       ...process.env,
       SCRUBLINE_DATA_DIR: path.join(work, 'data'),

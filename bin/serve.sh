@@ -1,0 +1,16 @@
+#!/bin/sh
+# Starts the long-running service with the memory settings `npm run load` measures it with
+# (goal: RSS <= 150 MiB under load, flat in file size). Each is set only if the caller has not.
+#   MALLOC_MMAP_THRESHOLD_  pinned at glibc's initial 128 KiB. Left alone, glibc raises it to the
+#                           size of the biggest block freed so far, after which a photo's
+#                           megabyte-sized buffers come from the heap and stay resident once
+#                           freed; pinned, they are mmapped and handed back to the kernel.
+#   MALLOC_ARENA_MAX        libvips and libuv worker threads would each get an arena of their own.
+#   --max-semi-space-size   V8's young generation grows to 2 x 16 MiB under load by default; 4 MiB
+#                           costs a few more (cheap) scavenges.
+#   --expose-gc             lets the service free dead upload buffers when a request ends (see
+#                           releaseDeadBuffers in src/server.ts) instead of after 64 MiB pile up.
+# `exec`, so that no shell stays in front of the service and signals reach it directly.
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
+exec node --max-semi-space-size=4 --expose-gc "$(dirname "$0")/scrubline.js" serve "$@"
