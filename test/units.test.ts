@@ -8,7 +8,7 @@ import { rotationOf } from '../src/tools/ffmpeg.js';
 import { expiresAt } from '../src/steps/tag-expiry.js';
 import { probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
-import { PatternSet } from '../src/verify/scan.js';
+import { findSignatures, PatternSet } from '../src/verify/scan.js';
 
 describe('config', () => {
   it('uses defaults and reads SCRUBLINE_* variables once into typed values', () => {
@@ -106,6 +106,21 @@ describe('pattern scanner', () => {
       }
       assert.deepEqual([...found].sort(), [...expected].sort(), `round ${round}`);
     }
+  });
+
+  it('finds a few signatures, overlapping ones and ones sharing a first byte included, in file order', () => {
+    const data = Buffer.from('..<x:xmpmeta <rdf:RDF>!\xfe!\xfe\xfeExif\0\0II <x:xmp', 'latin1');
+    const signatures = ['<x:xmpmeta', '<rdf:RDF', '\x21\xfe', 'Exif\0\0', '\xfe'].map((s) => Buffer.from(s, 'latin1'));
+    const expected = signatures
+      .flatMap((sig, pattern) => {
+        const hits = [];
+        for (let at = data.indexOf(sig); at >= 0; at = data.indexOf(sig, at + 1)) hits.push({ pattern, start: at });
+        return hits;
+      })
+      .sort((a, b) => a.start - b.start || a.pattern - b.pattern);
+    const found = findSignatures(data, signatures).sort((a, b) => a.start - b.start || a.pattern - b.pattern);
+    assert.deepEqual(found, expected);
+    assert.equal(found.filter((m) => m.pattern === 0).length, 1, 'a truncated signature at the end is no match');
   });
 });
 

@@ -187,8 +187,7 @@ function signatureSweep(format: ImageFormat, input: Buffer, into: ValueCollector
     const tiff = input.subarray(at + 6);
     if (tiff.toString('latin1', 0, 2) === 'II' || tiff.toString('latin1', 0, 2) === 'MM') into.tiff(tiff);
   };
-  // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none). Only swept for
-  // in PNGs: the fewer and longer the signatures, the faster the one pass over the file.
+  // PNG text chunks anywhere, recognised by a valid CRC (a chance match has none).
   const onPngText = (type: string) => (at: number): void => {
     if (at < 4) return;
     const length = input.readUInt32BE(at - 4);
@@ -196,26 +195,27 @@ function signatureSweep(format: ImageFormat, input: Buffer, into: ValueCollector
     if (length === 0 || end + 4 > input.length || crc32(input.subarray(at, end)) !== input.readUInt32BE(end)) return;
     pngText(type, input.subarray(at + 4, end), into);
   };
+  // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. The pair also
+  // occurs by chance in compressed pixels, so only what reads as text counts.
+  const onGifComment = (at: number): void => {
+    const pieces: Buffer[] = [];
+    for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
+    const text = Buffer.concat(pieces);
+    const printable = text.filter((b) => (b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09).length;
+    if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
+  };
+  // Format-specific containers of text only where they can occur: the fewer the signatures (and
+  // the rarer their first bytes), the faster the one pass over the file.
   const signatures: Array<[string, (at: number) => void]> = [
     ['<x:xmpmeta', onXmp],
     ['<rdf:RDF', onRdf],
     ['Exif\0\0', onExif],
     ...(format === 'png' ? (['tEXt', 'zTXt', 'iTXt'] as const).map((type): [string, (at: number) => void] => [type, onPngText(type)]) : []),
+    ...(format === 'gif' ? [['\x21\xfe', onGifComment] as [string, (at: number) => void]] : []),
   ];
   const seen = signatures.map(() => 0);
   for (const { pattern, start } of findSignatures(input, signatures.map(([needle]) => Buffer.from(needle, 'latin1')))) {
     if (seen[pattern]!++ < maxSignatureHits) signatures[pattern]![1](start);
-  }
-  // GIF comment extensions: introducer, label, then length-prefixed sub-blocks. Two bytes are too
-  // short for the pass above and occur by chance in compressed pixels: only what reads as text counts.
-  if (format === 'gif') {
-    for (let at = input.indexOf('\x21\xfe', 0, 'latin1'), n = 0; at >= 0 && n < maxSignatureHits; at = input.indexOf('\x21\xfe', at + 1, 'latin1'), n++) {
-      const pieces: Buffer[] = [];
-      for (let pos = at + 2; pos < input.length && input[pos] !== 0 && pieces.length < 256; pos += 1 + input[pos]!) pieces.push(input.subarray(pos + 1, pos + 1 + input[pos]!));
-      const text = Buffer.concat(pieces);
-      const printable = text.filter((b) => (b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09).length;
-      if (text.length >= 8 && printable >= 0.9 * text.length) into.printableWords(text);
-    }
   }
 }
 
