@@ -8,6 +8,7 @@
 import { copyFile, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { setFlagsFromString } from 'node:v8';
 import type { Config } from './config.js';
 import type { Retention } from './context.js';
 import { asScrubError, type ErrorCode } from './errors.js';
@@ -28,6 +29,9 @@ export interface StripJob {
 export type StripOutcome =
   | { ok: true; input: string; output: string; report: ReturnType<typeof publicReport> }
   | { ok: false; input: string; error: { code: ErrorCode; message: string; isRejection: boolean } };
+
+/** Initial old-generation size of each worker's heap (see stripInWorkers). */
+const workerInitialOldSpaceMiB = 64;
 
 /** Below this many files a batch runs on the main thread: starting workers costs more. */
 export const minFilesForWorkers = 4;
@@ -90,6 +94,12 @@ export async function stripOne(config: Config, deps: PipelineDeps, job: StripJob
  * another's CPU work; `onOutcome` is called on the main thread as each job ends.
  */
 export async function stripInWorkers(jobs: StripJob[], size: number, onOutcome: (outcome: StripOutcome) => void): Promise<void> {
+  // A worker's heap stays ~10 MiB, so V8's old-generation limit sits just above it and every photo
+  // or two (each promotes a little while its multi-megabyte buffers trigger scavenges) costs a
+  // full mark-compact. Started at 64 MiB, the workers collect far less often: 100 photos took
+  // 1.8 s instead of 2.4-2.8 s here (2 cores), sys time halved. V8 reads the flag when an isolate
+  // is created, so it applies to the workers made below and not to this thread.
+  setFlagsFromString(`--initial-old-space-size=${workerInitialOldSpaceMiB}`);
   // Under tsx (tests, scripts) this module is a .ts file and so is its worker.
   const entry = new URL(import.meta.url.endsWith('.ts') ? './cli-worker.ts' : './cli-worker.js', import.meta.url);
   let next = 0;
