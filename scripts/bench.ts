@@ -34,11 +34,15 @@ async function timed(work: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - start) / 1e6;
 }
 
-/** Median of `runs` timings, after one warm-up run. */
-async function median(work: () => Promise<unknown>, n = runs): Promise<number> {
+/** Median of `runs` timings, after one warm-up run; `before` runs untimed ahead of each. */
+async function median(work: () => Promise<unknown>, n = runs, before?: () => Promise<unknown>): Promise<number> {
+  await before?.();
   await work();
   const times: number[] = [];
-  for (let i = 0; i < n; i++) times.push(await timed(work));
+  for (let i = 0; i < n; i++) {
+    await before?.();
+    times.push(await timed(work));
+  }
   times.sort((a, b) => a - b);
   return times[Math.floor(times.length / 2)]!;
 }
@@ -148,15 +152,26 @@ async function main(): Promise<void> {
     for (let i = 0; i < 100; i++) await copyFile(jpeg, path.join(batch, `p${String(i).padStart(3, '0')}.jpg`));
     const files = (await readdir(batch)).map((f) => path.join(batch, f));
     const batchRuns = Math.min(runs, 3);
-    const cpBatch = await median(() => run('cp', ['-r', batch, path.join(work, `batch-cp-${n++}`)]), batchRuns);
+    // Each batch writes 500 MB. Before each run (untimed) the last run's output goes and the disk
+    // is flushed: otherwise every run pays for the write-back of the one before it, and whichever
+    // tool runs after `cp -r` pays the most.
+    const fresh = (dir: string) => async (): Promise<unknown> => {
+      await rm(dir, { recursive: true, force: true });
+      return run('sync');
+    };
+    const cpOut = path.join(work, 'batch-cp');
+    const cpBatch = await median(() => run('cp', ['-r', batch, cpOut]), batchRuns, fresh(cpOut));
     rows.push({ what: '`cp -r` of the folder', ms: cpBatch, base: cpBatch });
+    const ourOut = path.join(work, 'batch-out');
     const ours = await median(
-      () => run(process.execPath, [cli, 'strip', '--out-dir', path.join(work, `batch-out-${n++}`), ...files], { env: { ...process.env, SCRUBLINE_DATA_DIR: path.join(work, 'data') } }),
+      () => run(process.execPath, [cli, 'strip', '--out-dir', ourOut, ...files], { env: { ...process.env, SCRUBLINE_DATA_DIR: path.join(work, 'data') } }),
       batchRuns,
+      fresh(ourOut),
     );
     let theirs: number | undefined;
     if (hasExiftool) {
-      theirs = await median(() => run('exiftool', ['-q', '-all=', '-o', `${path.join(work, `batch-ex-${n++}`)}/`, batch]), batchRuns);
+      const theirOut = path.join(work, 'batch-ex');
+      theirs = await median(() => run('exiftool', ['-q', '-all=', '-o', `${theirOut}/`, batch]), batchRuns, fresh(theirOut));
       rows.push({ what: '`exiftool -all=` over the folder', ms: theirs, base: cpBatch, note: `${(100_000 / theirs).toFixed(0)} files/s` });
     }
     rows.push({
