@@ -94,6 +94,11 @@ export class ScrubError extends Error {
 /** Anything thrown that is not a ScrubError becomes an opaque internal error. */
 export function asScrubError(err: unknown): ScrubError {
   if (err instanceof ScrubError) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  // SQLITE_FULL: the ledger's disk is full (better-sqlite3 reports SQLite's own code).
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') {
+    return new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', { cause: err });
+  }
   return new ScrubError('internal', 'Internal error while processing the upload; it was not stored or forwarded. Retry later or report the request id.', {
     cause: err,
   });

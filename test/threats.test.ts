@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, statfs, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -16,13 +16,13 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { loadConfig } from '../src/config.js';
-import { receiveError } from '../src/steps/receive.js';
 import { planStreams } from '../src/steps/strip-video.js';
 import { startServer, type RunningServer } from '../src/server.js';
 import { createLogger } from '../src/log.js';
 import '../src/tools/sharp.js'; // the loader lock-down under test (THREATS 20)
 import { filesUnder, fixture, LogCapture, manifest, removeDir, root, startUpstream, tempDir, testToken } from './helpers.js';
 
+const run = promisify(execFile);
 const planted = manifest.planted as Record<string, string | number>;
 const auth = { authorization: `Bearer ${testToken}` };
 
@@ -34,8 +34,8 @@ interface Service {
   port: number;
 }
 
-async function service(env: Record<string, string> = {}): Promise<Service> {
-  const dataDir = await tempDir();
+async function service(env: Record<string, string> = {}, dataDir?: string): Promise<Service> {
+  dataDir ??= await tempDir();
   const logs = new LogCapture();
   const upstream = await startUpstream();
   const config = loadConfig({
@@ -367,7 +367,7 @@ describe('THREATS: ffmpeg', () => {
     // A file with more streams than any recording has is refused before the remux.
     const dir = await tempDir();
     const crowded = path.join(dir, 'crowded.mp4');
-    await promisify(execFile)('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'sine=duration=0.2', ...Array.from({ length: 33 }, () => ['-map', '0:a']).flat(), '-c:a', 'aac', crowded]);
+    await run('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'sine=duration=0.2', ...Array.from({ length: 33 }, () => ['-map', '0:a']).flat(), '-c:a', 'aac', crowded]);
     const { cleanFile } = await import('../src/pipeline.js');
     const { pipelineDeps } = await import('./helpers.js');
     await mkdir(path.join(dir, 'work'));
@@ -382,7 +382,7 @@ describe('THREATS: ffmpeg', () => {
       return true;
     });
     await delay(200);
-    const { stdout } = await promisify(execFile)('ps', ['-eo', 'args']);
+    const { stdout } = await run('ps', ['-eo', 'args']);
     assert.ok(!stdout.includes(marker), 'the timed-out ffmpeg is gone');
     await removeDir(path.dirname(marker));
   });
@@ -434,10 +434,46 @@ describe('THREATS: load and faults', () => {
     }
   });
 
-  it('28 disk full while receiving → 507, and the partial upload is removed with its directory', () => {
-    const error = receiveError(Object.assign(new Error('no space'), { code: 'ENOSPC' }), { tmpDir: '/tmp', maxUploadBytes: 1, maxFiles: 1 });
-    assert.equal(error.status, 507);
-    assert.equal(error.code, 'insufficient_storage');
+  it('28 disk full → 507 while receiving and while processing, nothing left behind, and the service recovers', async (t) => {
+    // A real full file system: the data dir on a 2 MiB tmpfs (mounting needs root; CI runs as root).
+    const dataDir = await tempDir();
+    const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=2m,mode=0700', 'tmpfs', dataDir]).then(() => true, () => false);
+    if (!mounted) {
+      await removeDir(dataDir);
+      return t.skip('mounting a tmpfs needs root');
+    }
+    const svc = await service({ SCRUBLINE_MAX_UPLOAD_BYTES: String(8 * 1024 * 1024) }, dataDir);
+    const filler = path.join(dataDir, 'filler');
+    try {
+      // Receiving: a 3 MiB upload cannot land on a 2 MiB disk.
+      const big = Buffer.concat([await jpeg(), Buffer.alloc(3 * 1024 * 1024, 7)]);
+      const received = await post(svc, [{ name: 'file', filename: 'a.jpg', data: big }]);
+      assert.equal(received.status, 507, received.body);
+      assert.equal(received.json.error?.code, 'insufficient_storage');
+      await baseline(svc, 0);
+
+      // Processing: room for the upload but not for its cleaned copy beside it.
+      const photo = await sharp({ create: { width: 700, height: 700, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+        .jpeg({ quality: 95 })
+        .toBuffer();
+      const { bavail, bsize } = await statfs(dataDir);
+      await writeFile(filler, Buffer.alloc(Math.max(0, bavail * bsize - Math.round(1.5 * photo.length))));
+      const processed = await post(svc, [{ name: 'file', filename: 'a.jpg', data: photo }]);
+      assert.equal(processed.status, 507, processed.body);
+      assert.equal(processed.json.error?.code, 'insufficient_storage');
+      await baseline(svc, 0);
+
+      // Space back: the same upload goes through.
+      await rm(filler);
+      const again = await post(svc, [{ name: 'file', filename: 'a.jpg', data: photo }]);
+      assert.equal(again.status, 201, again.body);
+      await baseline(svc, 1);
+    } finally {
+      await svc.server.close();
+      await svc.upstream.close();
+      await run('umount', [dataDir]);
+      await removeDir(dataDir);
+    }
   });
 
   it('29 kill -9 mid-upload and mid-ffmpeg, then restart: temp dir swept, no orphan ffmpeg, nothing forwarded', async () => {
@@ -465,12 +501,12 @@ describe('THREATS: load and faults', () => {
 
       // Now mid-ffmpeg: a big clip, and the kill lands while ffmpeg or ffprobe is working on it.
       const clip = path.join(await tempDir(), 'big.mp4');
-      await promisify(execFile)('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=1920x1080:rate=30:duration=20', '-vf', 'noise=alls=20:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-crf', '10', clip]);
+      await run('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=1920x1080:rate=30:duration=20', '-vf', 'noise=alls=20:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-crf', '10', clip]);
       const restarted = await start();
       const big = multipart('b', [{ name: 'file', filename: 'big.mp4', data: await readFile(clip) }]);
       void raw(restarted.port, uploadHead(restarted.port, 'b', big.length), big);
       const toolRunning = async (): Promise<boolean> => {
-        const { stdout } = await promisify(execFile)('ps', ['-eo', 'args']);
+        const { stdout } = await run('ps', ['-eo', 'args']);
         return stdout.split('\n').some((line) => /ffmpeg|ffprobe/.test(line) && line.includes(path.join(dataDir, 'tmp')));
       };
       let caught = false;

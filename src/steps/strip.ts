@@ -41,12 +41,24 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
   return { ...file, cleanPath, cleanBytes: size, removed, inputProbe, original };
 }
 
-/** Writes slices in one vectored write per batch; the file is created 0600 and must be new. */
+/**
+ * Writes slices in one vectored write per batch; the file is created 0600 and must be new. A
+ * write may take fewer bytes than offered (a disk filling up does that before it says ENOSPC), so
+ * the rest is written again until all is down or the error comes.
+ */
 async function writeParts(file: string, parts: Buffer[]): Promise<void> {
   const handle = await open(file, 'wx', 0o600);
   try {
-    // writev takes at most IOV_MAX (1024) buffers at a time.
-    for (let i = 0; i < parts.length; i += 1024) await handle.writev(parts.slice(i, i + 1024));
+    let pending = parts.filter((part) => part.length > 0);
+    while (pending.length > 0) {
+      // writev takes at most IOV_MAX (1024) buffers at a time.
+      const batch = pending.slice(0, 1024);
+      let { bytesWritten } = await handle.writev(batch);
+      if (bytesWritten === 0) throw Object.assign(new Error('a write made no progress'), { code: 'EIO' });
+      let done = 0;
+      while (done < batch.length && bytesWritten >= batch[done]!.length) bytesWritten -= batch[done++]!.length;
+      pending = done < batch.length ? [batch[done]!.subarray(bytesWritten), ...batch.slice(done + 1), ...pending.slice(1024)] : pending.slice(1024);
+    }
   } finally {
     await handle.close();
   }

@@ -125,10 +125,16 @@ export function runTool(binary: string, args: string[], timeoutMs: number): Prom
         reject(new ScrubError('unsupported_structure', 'The file describes more structure than scrubline will read; it was not forwarded.'));
         return;
       }
+      const errorText = Buffer.concat(stderr).toString('utf8');
+      // A full disk is the server's fault, not the file's: say so rather than "damaged file".
+      if (code !== 0 && /No space left on device|Disk quota exceeded/.test(errorText)) {
+        reject(new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', { internal: 'tool: ENOSPC' }));
+        return;
+      }
       resolve({
         code: code ?? (signal ? 128 : 1),
         stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: Buffer.concat(stderr).toString('utf8'),
+        stderr: errorText,
       });
     });
   });
