@@ -135,8 +135,8 @@ function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logge
  * photos, resident. When the process runs with --expose-gc (bin/serve.sh), a processed request
  * that ends with more than this much external memory triggers that collection at once (~10 ms on
  * a heap of ~20 MiB), at most every `minCollectionGapMs`. Without the flag, nothing happens.
- * Measured with `npm run load` (2 cores): peak RSS 171-192 MiB without, 142-146 MiB with, for
- * ~15% fewer uploads a second.
+ * Measured with `npm run load` (2 cores): peak RSS 171-192 MiB without, 140-146 MiB with, for
+ * about a quarter fewer uploads a second.
  */
 const deadBufferSlackBytes = 16 * 1024 * 1024;
 const minCollectionGapMs = 250;
