@@ -29,19 +29,24 @@ export interface Match {
 /** The chain table's slot for a pattern's (or a candidate's) first three bytes. */
 const slotOf = (b0: number, b1: number, b2: number, bits: number): number => Math.imul((b0 << 16) | (b1 << 8) | b2, 0x9e3779b1) >>> (32 - bits);
 
+/** What the hot loop looks things up in, built once per PatternSet. */
+interface Tables {
+  /** Byte pair (b0 << 8 | b1) → bit k set when some pattern has that pair at offset k < step. */
+  pairs: Uint32Array;
+  /** Pairs are sampled every `step` bytes (the shortest pattern's length minus one). */
+  step: number;
+  /** Slot → first pattern index in its chain, -1 if none; `chain[i]` is the next after pattern i. */
+  heads: Int32Array;
+  chain: Int32Array;
+  bits: number;
+  patterns: Buffer[];
+  /** Unique pattern → its index in the caller's array. */
+  ids: number[];
+}
+
 export class PatternSet {
   readonly size: number;
-  private readonly patterns: Buffer[];
-  /** Unique pattern → its index in the caller's array. */
-  private readonly ids: number[];
-  /** Slot → first pattern index in its chain, -1 if none; `chain[i]` is the next after pattern i. */
-  private readonly heads: Int32Array;
-  private readonly chain: Int32Array;
-  private readonly bits: number;
-  /** Byte pair (b0 << 8 | b1) → bit k set when some pattern has that pair at offset k < step. */
-  private readonly pairs = new Uint32Array(65536);
-  /** Pairs are sampled every `step` bytes (the shortest pattern's length minus one). */
-  private readonly step: number;
+  private readonly tables: Tables;
   private readonly longest: number;
 
   constructor(patterns: readonly Buffer[]) {
@@ -51,35 +56,35 @@ export class PatternSet {
       const key = head.toString('hex');
       if (head.length >= minPatternBytes && !unique.has(key)) unique.set(key, [head, id]);
     });
-    const kept = (this.patterns = [...unique.values()].map(([head]) => head));
-    this.ids = [...unique.values()].map(([, id]) => id);
-    this.size = kept.length;
-    this.bits = Math.max(4, Math.ceil(Math.log2(kept.length * 2 + 1)));
-    this.heads = new Int32Array(1 << this.bits).fill(-1);
-    this.chain = new Int32Array(kept.length);
+    const kept = [...unique.values()].map(([head]) => head);
+    const bits = Math.max(4, Math.ceil(Math.log2(kept.length * 2 + 1)));
+    const heads = new Int32Array(1 << bits).fill(-1);
+    const chain = new Int32Array(kept.length);
     kept.forEach((p, i) => {
-      const slot = slotOf(p[0]!, p[1]!, p[2]!, this.bits);
-      this.chain[i] = this.heads[slot]!;
-      this.heads[slot] = i;
+      const slot = slotOf(p[0]!, p[1]!, p[2]!, bits);
+      chain[i] = heads[slot]!;
+      heads[slot] = i;
     });
-    this.longest = Math.max(0, ...kept.map((p) => p.length));
-    this.step = Math.min(maxStep, Math.min(Infinity, ...kept.map((p) => p.length)) - 1);
+    const step = Math.min(maxStep, Math.min(Infinity, ...kept.map((p) => p.length)) - 1);
+    const pairs = new Uint32Array(65536);
     for (const pattern of kept) {
-      for (let k = 0; k < this.step; k++) this.pairs[(pattern[k]! << 8) | pattern[k + 1]!]! |= 1 << k;
+      for (let k = 0; k < step; k++) pairs[(pattern[k]! << 8) | pattern[k + 1]!]! |= 1 << k;
     }
+    this.size = kept.length;
+    this.longest = Math.max(0, ...kept.map((p) => p.length));
+    this.tables = { pairs, step, heads, chain, bits, patterns: kept, ids: [...unique.values()].map(([, id]) => id) };
   }
 
   /** A resumable scan; `feed` returns matches as they are found (a match may be reported twice). */
   scanner(): { feed(chunk: Uint8Array): Match[] } {
-    const { patterns, ids, heads, chain, bits, pairs, step, longest, size } = this;
+    const { tables, longest, size } = this;
     // The last longest-1 bytes before `offset`: a match may start there and end in the next chunk.
     let tail: Uint8Array = new Uint8Array(0);
     /** Stream offset of the next chunk's first byte. */
     let offset = 0;
     const scan = (bytes: Uint8Array, at: number, matches: Match[]): void => {
       const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
-      // Sample pair positions on a grid fixed to the stream, so chunking never shifts it.
-      scanChunk(view, (step - (at % step)) % step, step, pairs, heads, chain, bits, patterns, ids, at, matches);
+      scanChunk(view, at, tables, matches);
     };
     return {
       feed(chunk: Uint8Array): Match[] {
@@ -125,42 +130,25 @@ export function findSignatures(data: Uint8Array, signatures: readonly Uint8Array
   return found.sort((a, b) => a.start - b.start);
 }
 
-/** The hot loop, a plain top-level function so V8 optimises it once for every scanner. */
-function scanChunk(
-  buf: Uint8Array,
-  first: number,
-  step: number,
-  pairs: Uint32Array,
-  heads: Int32Array,
-  chain: Int32Array,
-  bits: number,
-  patterns: Buffer[],
-  ids: number[],
-  base: number,
-  matches: Match[],
-): void {
+/**
+ * The hot loop, a plain top-level function so V8 optimises it once for every scanner. `base` is
+ * the stream offset of buf[0]; pairs are sampled on a grid fixed to the stream, so chunking never
+ * shifts it.
+ */
+function scanChunk(buf: Uint8Array, base: number, tables: Tables, matches: Match[]): void {
+  const { pairs, step } = tables;
   // Pairs read as big-endian 16-bit words: one bounds-checked load instead of two.
   const words = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const last = buf.length - 2;
-  for (let j = first; j <= last; j += step) {
+  for (let j = (step - (base % step)) % step; j <= last; j += step) {
     const mask = pairs[words.getUint16(j)]!;
-    if (mask !== 0) candidates(buf, j, mask, heads, chain, bits, patterns, ids, base, matches);
+    if (mask !== 0) candidates(buf, base, j, mask, tables, matches);
   }
 }
 
 /** The rare case, kept out of the hot loop: compare the patterns a sampled pair points at. */
-function candidates(
-  buf: Uint8Array,
-  j: number,
-  mask: number,
-  heads: Int32Array,
-  chain: Int32Array,
-  bits: number,
-  patterns: Buffer[],
-  ids: number[],
-  base: number,
-  matches: Match[],
-): void {
+function candidates(buf: Uint8Array, base: number, j: number, mask: number, tables: Tables, matches: Match[]): void {
+  const { heads, chain, bits, patterns, ids } = tables;
   const end = buf.length;
   for (let rest = mask; rest !== 0; ) {
     const k = 31 - Math.clz32(rest);
