@@ -138,7 +138,10 @@ async function main(): Promise<void> {
     const cp = await median(() => run('cp', [jpeg, path.join(work, 'copy.jpg')]));
     rows.push({ what: '`cp`', ms: cp, base: cp });
     rows.push({ what: 'fs.copyFile (in process)', ms: await median(() => copyFile(jpeg, path.join(work, 'copy2.jpg'))), base: cp });
-    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: await median(() => clean(jpeg)), base: cp, note: 'target ≤ 4×' });
+    // The service and a batch run the pipeline over and over: measure it warm (JIT-compiled),
+    // not the first few files' interpreter speed.
+    for (let i = 0; i < 20; i++) await clean(jpeg);
+    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: await median(() => clean(jpeg), Math.max(runs, 15)), base: cp, note: 'target ≤ 4×' });
     if (hasExiftool) {
       const target = path.join(work, 'exiftool.jpg');
       rows.push({ what: '`exiftool -all=`', ms: await median(() => rm(target, { force: true }).then(() => run('exiftool', ['-q', '-all=', '-o', target, jpeg]))), base: cp });
