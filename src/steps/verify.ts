@@ -61,10 +61,7 @@ export interface EarlyReading {
 
 export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | undefined {
   if (file.kind.family !== 'video') return undefined;
-  const samples =
-    file.kind.demuxer === 'mov'
-      ? readInputSamples(file.inputPath)
-      : undefined;
+  const samples = file.kind.demuxer === 'mov' ? readInputSamples(file.inputPath) : undefined;
   const inputAudioDecodes = runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.inputPath, file.kind.demuxer), deps.ffmpeg.timeoutMs).then(
     (r) => r.code === 0,
     () => false,
