@@ -15,7 +15,7 @@
 import express, { Router, type NextFunction, type Request, type Response } from 'express';
 import { ScrubError } from './errors.js';
 import type { ArtefactRecord, Ledger } from './ledger.js';
-import { randomId } from './steps/receive.js';
+import { randomId } from './ids.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import type { Clock } from './steps/tag-expiry.js';
 

@@ -4,7 +4,6 @@
  * client's file name never decides a path, a type or a log line: THREATS 11). multer removes
  * what it stored when a request fails; the caller removes the directory when the request ends.
  */
-import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -13,6 +12,7 @@ import type { Request, Response } from 'express';
 import multer from 'multer';
 import type { Received, Retention } from '../context.js';
 import { ScrubError } from '../errors.js';
+import { randomId } from '../ids.js';
 
 export interface ReceiveOptions {
   tmpDir: string;
@@ -28,8 +28,6 @@ export interface ReceivedUpload {
   jobId: string | undefined;
   retention: Retention;
 }
-
-export const randomId = (): string => randomBytes(12).toString('base64url');
 
 const uploadDirKey = Symbol('scrubline.uploadDir');
 type WithUploadDir = Request & { [uploadDirKey]?: string };
