@@ -8,22 +8,16 @@ import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
+import type { StripJob, StripOutcome } from './cli-strip.js';
 import { ConfigError, configVariables, loadConfig, type Config } from './config.js';
 import { ScrubError } from './errors.js';
-import { loadFingerprintKey } from './keys.js';
-import { Ledger } from './ledger.js';
-import { sweep } from './sweeper.js';
-import { htmlReport, junitXml, summarise } from './qa/reports.js';
-import { runSuite, type Target } from './qa/run.js';
-import { repro, ReproError } from './repro.js';
-import type { Fingerprint } from './steps/fingerprint.js';
-import { loadSuite, SuiteError, type Suite } from './qa/suite.js';
 import { acceptedFormatsText } from './media.js';
-import { cleanFile } from './pipeline.js';
-import { minFilesForWorkers, pipelineDeps, stripInWorkers, stripOne, withWorkDir, type StripJob, type StripOutcome } from './cli-strip.js';
-import { sniff } from './steps/sniff.js';
-import { strip } from './steps/strip.js';
-import { loadFfmpeg } from './tools/ffmpeg.js';
+import type { Suite } from './qa/suite.js';
+import type { Target } from './qa/run.js';
+import type { Fingerprint } from './steps/fingerprint.js';
+
+// Each command imports what it uses when it runs: a batch's main thread only hands files to
+// workers, and loading the pipeline, sharp, SQLite and the QA reports first would delay them.
 
 const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
 
@@ -91,12 +85,12 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
     if (values.json) out.stdout(JSON.stringify({ input: outcome.input, error: { code: error.code, message: error.message } }) + '\n');
   };
   const jobs: StripJob[] = positionals.map((input) => ({ input, output: values.output, outDir: values['out-dir'], retention }));
+  const { minFilesForWorkers, sharedDeps, stripInWorkers } = await import('./cli-pool.js');
   if (jobs.length >= minFilesForWorkers && availableParallelism() > 1) {
-    // Created here, once, before workers could race to create it.
-    loadFingerprintKey(config.dataDir, config.fingerprintKey);
-    await stripInWorkers(jobs, availableParallelism(), report);
+    await stripInWorkers(jobs, availableParallelism(), sharedDeps(config), report);
   } else {
-    const deps = await pipelineDeps(config);
+    const { pipelineDeps, stripOne } = await import('./cli-strip.js');
+    const deps = pipelineDeps(config, await sharedDeps(config));
     await runPool(jobs, 2, async (job) => report(await stripOne(config, deps, job)));
   }
   return failed > 0 ? 1 : rejected > 0 ? 2 : 0;
@@ -105,7 +99,11 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
 async function inspectCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
   if (positionals.length !== 1) throw new UsageError('inspect takes exactly one file');
-  const deps = await pipelineDeps(config);
+  const { sharedDeps } = await import('./cli-pool.js');
+  const { pipelineDeps, withWorkDir } = await import('./cli-strip.js');
+  const { sniff } = await import('./steps/sniff.js');
+  const { strip } = await import('./steps/strip.js');
+  const deps = pipelineDeps(config, await sharedDeps(config));
   return withWorkDir(config, positionals[0]!, async (received) => {
     const sniffed = await sniff(received);
     const stripped = await strip(sniffed, deps);
@@ -122,7 +120,10 @@ async function inspectCommand(args: string[], config: Config, out: Out): Promise
 async function fingerprintCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   if (positionals.length !== 1) throw new UsageError('fingerprint takes exactly one file');
-  const deps = await pipelineDeps(config);
+  const { sharedDeps } = await import('./cli-pool.js');
+  const { pipelineDeps, withWorkDir } = await import('./cli-strip.js');
+  const { cleanFile } = await import('./pipeline.js');
+  const deps = pipelineDeps(config, await sharedDeps(config));
   return withWorkDir(config, positionals[0]!, async (received) => {
     const file = await cleanFile(received, 'standard', deps);
     out.stdout(JSON.stringify(file.fingerprint, null, 2) + '\n');
@@ -135,6 +136,8 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
   const at = values.at === undefined ? new Date() : new Date(values.at);
   if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
   if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR to the service's data dir`);
+  const { Ledger } = await import('./ledger.js');
+  const { sweep } = await import('./sweeper.js');
   const ledger = Ledger.open(config.dataDir);
   try {
     const report = await sweep({ ledger, dataDir: config.dataDir, at, dryRun: values['dry-run'] === true });
@@ -158,6 +161,9 @@ async function qaCommand(args: string[], config: Config, out: Out): Promise<numb
     options: { junit: { type: 'string' }, html: { type: 'string' }, url: { type: 'string' }, json: { type: 'boolean' } },
   });
   if (positionals.length !== 1) throw new UsageError('qa takes exactly one suite folder');
+  const { loadSuite, SuiteError } = await import('./qa/suite.js');
+  const { runSuite } = await import('./qa/run.js');
+  const { htmlReport, junitXml, summarise } = await import('./qa/reports.js');
   let suite: Suite;
   try {
     suite = await loadSuite(positionals[0]!);
@@ -211,6 +217,9 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { output: { type: 'string', short: 'o' } } });
   if (positionals.length !== 1 || values.output === undefined) throw new UsageError('repro takes a fingerprint (a .json file or an fp_ id) and -o <output file>');
   const source = positionals[0]!;
+  const { Ledger } = await import('./ledger.js');
+  const { repro, ReproError } = await import('./repro.js');
+  const { loadFfmpeg } = await import('./tools/ffmpeg.js');
   let json: string | undefined;
   if (existsSync(source)) json = readFileSync(source, 'utf8');
   else if (/^fp_[0-9a-f]{16}$/.test(source)) {
@@ -254,6 +263,7 @@ async function serveCommand(config: Config): Promise<number> {
 }
 
 async function versionCommand(config: Config, out: Out): Promise<number> {
+  const { loadFfmpeg } = await import('./tools/ffmpeg.js');
   const tools = await loadFfmpeg(config);
   out.stdout(`scrubline ${version}\nffmpeg ${tools.ffmpegVersion} (${tools.ffmpeg.source}: ${tools.ffmpeg.path})\nffprobe (${tools.ffprobe.source}: ${tools.ffprobe.path})\n`);
   return 0;

@@ -53,6 +53,16 @@ describe('scrubline CLI', () => {
     assert.deepEqual(await readdir(path.join(dir, 'data', 'tmp')), [], 'no work dir left behind');
   });
 
+  it('a batch without ffmpeg stops its workers and exits 1 with nothing written', async () => {
+    // The workers start before ffmpeg is looked up; its failure must end them, not hang the run.
+    const out = path.join(dir, 'no-ffmpeg');
+    const inputs = Array.from({ length: 5 }, () => fixture('media/jpeg-gps-exif-xmp-iptc.jpg'));
+    const result = await run(['strip', ...inputs, '--out-dir', out], { ...env, SCRUBLINE_FFMPEG_PATH: path.join(dir, 'no-such-ffmpeg') });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /tool_unavailable/);
+    assert.deepEqual(await readdir(out), []);
+  });
+
   it('strip rejects a non-media file with exit 2, one line on stderr and no output file', async () => {
     const target = path.join(dir, 'never.png');
     const result = await run(['strip', fixture('reject/html-as-image.png'), '-o', target], env);
