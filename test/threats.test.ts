@@ -357,7 +357,9 @@ describe('THREATS: ffmpeg', () => {
   it('22 the demuxer is forced and only file: is allowed (see 14: a playlist never reaches a URL)', async () => {
     const { remuxArgs, probeArgs, frameArgs } = await import('../src/tools/ffmpeg-args.js');
     for (const args of [probeArgs('/tmp/x', 'mov'), remuxArgs({ input: '/tmp/x', output: '/tmp/y', demuxer: 'mov', muxer: 'mp4', streams: 'usual', legacyRotateDegrees: undefined }), frameArgs('/tmp/x', 'mov', 1, '/tmp/y.png')]) {
-      assert.deepEqual(args.slice(args.indexOf('-protocol_whitelist'), args.indexOf('-protocol_whitelist') + 6), ['-protocol_whitelist', 'file', '-f', 'mov', '-i', 'file:/tmp/x']);
+      const at = args.indexOf('-protocol_whitelist');
+      assert.deepEqual(args.slice(at, at + 4), ['-protocol_whitelist', 'file', '-format_whitelist', 'mov']);
+      assert.deepEqual(args.slice(at + 6, at + 10), ['-f', 'mov', '-i', 'file:/tmp/x']);
     }
   });
 
@@ -372,6 +374,15 @@ describe('THREATS: ffmpeg', () => {
     const { pipelineDeps } = await import('./helpers.js');
     await mkdir(path.join(dir, 'work'));
     await assert.rejects(cleanFile({ id: 'c', inputPath: crowded, inputBytes: 1000, workDir: path.join(dir, 'work') }, 'standard', await pipelineDeps()), /at most 32/);
+    // A decoder off the allowlist is never opened, not even to probe a stream that would be dropped:
+    // H.264 beside an FFV1 stream is refused whole (before the list, the FFV1 stream was probed).
+    const exotic = path.join(dir, 'exotic.mkv');
+    await run('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=160x120:duration=0.5', '-map', '0', '-map', '0', '-c:v:0', 'libx264', '-c:v:1', 'ffv1', exotic]);
+    await assert.rejects(cleanFile({ id: 'e', inputPath: exotic, inputBytes: 1000, workDir: path.join(dir, 'work') }, 'standard', await pipelineDeps()), (err: unknown) => {
+      assert.equal((err as { code?: string }).code, 'unsupported_structure');
+      assert.match((err as { publicMessage?: string }).publicMessage ?? '', /codec scrubline does not open/);
+      return true;
+    });
     await removeDir(dir);
 
     // A run that would never end (an endless test source) is killed, with its whole process group.

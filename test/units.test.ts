@@ -6,7 +6,7 @@ import { scrubline } from '../src/middleware.js';
 import { planStreams } from '../src/steps/strip-video.js';
 import { rotationOf } from '../src/tools/ffmpeg.js';
 import { expiresAt } from '../src/steps/tag-expiry.js';
-import { probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
+import { allowedDecoders, probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
 import { findSignatures, PatternSet } from '../src/verify/scan.js';
 
@@ -33,8 +33,11 @@ describe('config', () => {
 });
 
 describe('ffmpeg arguments', () => {
-  it('locks every input down: forced demuxer, file protocol only, file: prefix', () => {
-    assert.deepEqual(probeArgs('/tmp/a b.mp4', 'mov').slice(3, 9), ['-protocol_whitelist', 'file', '-f', 'mov', '-i', 'file:/tmp/a b.mp4']);
+  it('locks every input down: forced demuxer, file protocol only, listed decoders, file: prefix', () => {
+    const args = probeArgs('/tmp/a b.mp4', 'mov');
+    assert.deepEqual(args.slice(3, 9), ['-protocol_whitelist', 'file', '-format_whitelist', 'mov', '-codec_whitelist', allowedDecoders.join(',')]);
+    assert.deepEqual(args.slice(9, 13), ['-f', 'mov', '-i', 'file:/tmp/a b.mp4']);
+    assert.ok(!allowedDecoders.includes('ffv1') && allowedDecoders.includes('h264'));
     assert.throws(() => probeArgs('relative.mp4', 'mov'), /absolute/);
   });
 

@@ -2,9 +2,10 @@
  * Pure builders for every ffmpeg/ffprobe argument list scrubline uses. No I/O here: the
  * process side lives in ffmpeg.ts, and these are unit-tested against frozen ffprobe output.
  *
- * Every input is opened the same locked-down way (THREATS 22): the demuxer is forced from the
- * sniffed type, only the `file` protocol is allowed, and the path is given as `file:<absolute>`
- * so a name that looks like a URL, a `concat:` list or an option is never interpreted.
+ * Every input is opened the same locked-down way (THREATS 22, 23): the demuxer is forced from the
+ * sniffed type and is the only format allowed, only the `file` protocol is allowed, only the
+ * decoders below may be opened, and the path is given as `file:<absolute>` so a name that looks
+ * like a URL, a `concat:` list or an option is never interpreted.
  */
 import path from 'node:path';
 
@@ -13,9 +14,34 @@ export type Demuxer = 'mov' | 'matroska';
 /** ffmpeg muxer names for the cleaned output: the same container family as the input. */
 export type Muxer = 'mp4' | 'mov' | 'ipod' | '3gp' | 'webm' | 'matroska';
 
+/**
+ * The only decoders an ffmpeg or ffprobe run of ours may open. Both open a decoder for every
+ * stream to read its parameters (and the audio check and thumbnails decode), so without this list
+ * a crafted stream reaches any of libavcodec's hundreds of decoders, most rarely fuzzed. Listed:
+ * the codecs we keep, by the names their decoders have in common builds (native and library);
+ * the text subtitles and cover-art images files carry and we drop. A stream in anything else
+ * makes the run fail with "not on whitelist", and the file is refused (see probe()).
+ */
+export const allowedDecoders: readonly string[] = [
+  // video
+  'h264', 'hevc', 'vp8', 'libvpx', 'vp9', 'libvpx-vp9', 'av1', 'libdav1d', 'libaom-av1', 'mpeg4', 'h263',
+  'mpeg2video', 'mpeg1video', 'prores', 'mjpeg', 'dnxhd', 'theora',
+  // audio
+  'aac', 'aac_fixed', 'mp3', 'mp3float', 'mp2', 'mp2float', 'opus', 'libopus', 'vorbis', 'libvorbis', 'flac',
+  'alac', 'ac3', 'ac3_fixed', 'eac3', 'amrnb', 'amrwb', 'libopencore_amrnb', 'libopencore_amrwb',
+  'pcm_s16le', 'pcm_s16be', 'pcm_s24le', 'pcm_s24be', 'pcm_s32le', 'pcm_f32le', 'pcm_u8',
+  // dropped, but probed: text subtitles (GPS tracks among them) and cover art
+  'mov_text', 'subrip', 'srt', 'ass', 'ssa', 'webvtt', 'text', 'png',
+];
+
 export function lockedInput(file: string, demuxer: Demuxer): string[] {
   if (!path.isAbsolute(file)) throw new Error(`ffmpeg input must be an absolute path, got a relative one`);
-  return ['-protocol_whitelist', 'file', '-f', demuxer, '-i', `file:${file}`];
+  return [
+    '-protocol_whitelist', 'file',
+    '-format_whitelist', demuxer,
+    '-codec_whitelist', allowedDecoders.join(','),
+    '-f', demuxer, '-i', `file:${file}`,
+  ];
 }
 
 export function probeArgs(file: string, demuxer: Demuxer): string[] {

@@ -247,6 +247,13 @@ export interface Ffmpeg {
 /** Runs ffprobe on a file with the demuxer forced; an unreadable file is a 415. */
 export async function probe(tools: Ffmpeg, file: string, demuxer: Demuxer): Promise<ProbeResult> {
   const result = await runTool(tools.ffprobe.path, probeArgs(file, demuxer), tools.timeoutMs);
+  if (result.code !== 0 && /not on whitelist/.test(result.stderr)) {
+    throw new ScrubError(
+      'unsupported_structure',
+      'A stream in the video is in a codec scrubline does not open. Send the video with common codecs only (e.g. H.264, HEVC, VP9 or AV1 video; AAC, Opus or MP3 audio).',
+      { internal: 'ffprobe: decoder not on the allowlist' },
+    );
+  }
   if (result.code !== 0) {
     throw new ScrubError('corrupt_media', 'The video could not be read (the container is damaged or not what its header says). Send an intact file.', {
       internal: `ffprobe exited ${result.code}`,
