@@ -3,11 +3,13 @@
  * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises';
-import type { Server, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { buildApp } from './app.js';
 import type { Config } from './config.js';
+import { ScrubError } from './errors.js';
 import { loadApiToken, loadFingerprintKey } from './keys.js';
 import { Metrics } from './metrics.js';
 import { sweep } from './sweeper.js';
@@ -79,11 +81,20 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const server = await new Promise<Server>((resolve, reject) => {
     const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
   });
-  // A body that trickles in past requestTimeout gets 408 from Node and the connection is closed;
-  // multer then sees the abort and the partial file is removed with its upload dir.
+  // A body that trickles in past requestTimeout gets 408 and the connection is closed; multer
+  // then sees the abort and the partial file is removed with its upload dir.
   server.requestTimeout = config.requestTimeoutMs;
   server.headersTimeout = config.headersTimeoutMs;
-  server.on('request', (_req: unknown, res: ServerResponse) => res.once('close', () => releaseDeadBuffers(res.statusCode)));
+  const responses = new WeakMap<Duplex, ServerResponse>();
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    responses.set(req.socket, res);
+    res.once('close', () => {
+      // A kept-alive connection's next request has no response until its headers are in.
+      if (responses.get(req.socket) === res) responses.delete(req.socket);
+      releaseDeadBuffers(res.statusCode);
+    });
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, responses.get(socket)));
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
@@ -103,6 +114,27 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       stopAll();
     }).then(() => ledger.close()));
   return { server, url, close };
+}
+
+/**
+ * Node answers a request that timed out or is not valid HTTP with a bare status line; ours says
+ * what went wrong and what to do, in the JSON every other error has. Only when no byte of a
+ * response went out on the connection yet (as Node does); the connection is closed either way.
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, current: ServerResponse | undefined): void {
+  if (socket.writable && !current?.headersSent) {
+    const [status, error] =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, new ScrubError('request_timeout', 'The request did not arrive within the time limit, so it was dropped and nothing was kept. Send it again, faster or smaller.')]
+        : err.code === 'HPE_HEADER_OVERFLOW'
+          ? [431, new ScrubError('bad_request', 'The request headers are larger than the server accepts. Send smaller headers.')]
+          : [400, new ScrubError('bad_request', 'The request is not valid HTTP/1.1. Check the client.')];
+    const body = JSON.stringify(error);
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(err);
 }
 
 /** The in-service purge: one sweep at a time, on an interval that never keeps the process alive. */

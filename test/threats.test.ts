@@ -416,9 +416,15 @@ describe('THREATS: load and faults', () => {
       const body = multipart('b', [{ name: 'file', filename: 'a.jpg', data: await jpeg() }]);
       const trickle = Array.from({ length: 40 }, (_, i) => body.subarray(i, i + 1));
       const slow = await raw(svc.port, uploadHead(svc.port, 'b', body.length), trickle, { gapMs: 200 });
-      assert.ok(slow.status === 408 || slow.status === 0, `got ${slow.status}`);
+      // Our JSON, not Node's bare status line: the client learns what happened and what to do.
+      assert.equal(slow.status, 408, slow.headers);
+      assert.equal(JSON.parse(slow.body).error.code, 'request_timeout');
       const headers = await raw(svc.port, '', ['POST /v1/uploads HTTP/1.1\r\n', 'Host: x\r\n', 'X-A: 1\r\n', 'X-B: 2\r\n', 'X-C: 3\r\n', 'X-D: 4\r\n', 'X-E: 5\r\n', 'X-F: 6\r\n'].map((s) => Buffer.from(s)), { gapMs: 300 });
-      assert.ok(headers.status === 408 || headers.status === 0, `got ${headers.status}`);
+      assert.equal(headers.status, 408, headers.headers);
+      assert.equal(JSON.parse(headers.body).error.code, 'request_timeout');
+      const garbage = await raw(svc.port, 'NOT HTTP AT ALL\r\n\r\n');
+      assert.equal(garbage.status, 400);
+      assert.equal(JSON.parse(garbage.body).error.code, 'bad_request');
       await delay(200);
       await baseline(svc, 0);
     } finally {
