@@ -36,7 +36,7 @@ function loadSecret(dataDir: string, name: string, make: () => string): string {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
-  mkdirSync(dataDir, { recursive: true });
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const value = make();
   try {
     // Written whole to a private temp name, then linked into place: a reader never sees it half

@@ -10,7 +10,7 @@
  * text, so "expired at T" is a plain string comparison in SQL.
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import type { Retention } from './context.js';
 
@@ -104,8 +104,14 @@ export class Ledger {
   private constructor(private readonly db: Database.Database) {}
 
   static open(dataDir: string): Ledger {
-    mkdirSync(dataDir, { recursive: true });
-    const db = new Database(path.join(dataDir, 'ledger.sqlite3'));
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const file = path.join(dataDir, 'ledger.sqlite3');
+    // Ids, job ids and crash reports are ours alone: the file is made 0600 before SQLite opens it
+    // (SQLite would create it 0644; an older ledger may be), and SQLite gives its -wal and -shm
+    // files the database's mode when it creates them.
+    closeSync(openSync(file, 'a', 0o600));
+    chmodSync(file, 0o600);
+    const db = new Database(file);
     db.pragma('journal_mode = WAL');
     db.pragma('busy_timeout = 5000');
     const current = db.pragma('user_version', { simple: true }) as number;

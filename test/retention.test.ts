@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readdir, utimes, writeFile } from 'node:fs/promises';
+import { readdir, stat, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -65,6 +65,13 @@ describe('access control', () => {
     assert.equal((await svc.api.get('/v1/files/nope')).status, 404);
     assert.equal((await svc.api.get('/v1/files/nope/thumbnail')).status, 404);
     assert.equal((await svc.api.post('/v1/jobs/bad%20id/finished')).status, 400);
+  });
+
+  it('keeps the ledger private: it and its -wal and -shm files are 0600', async () => {
+    await svc.upload('media/png-text-exif-xmp.png');
+    const ledgerFiles = (await readdir(svc.dataDir)).filter((f) => f.startsWith('ledger.sqlite3'));
+    assert.deepEqual(ledgerFiles.sort(), ['ledger.sqlite3', 'ledger.sqlite3-shm', 'ledger.sqlite3-wal']);
+    for (const f of ledgerFiles) assert.equal((await stat(path.join(svc.dataDir, f))).mode & 0o777, 0o600, f);
   });
 });
 
