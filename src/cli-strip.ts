@@ -7,7 +7,7 @@ import path from 'node:path';
 import type { Config } from './config.js';
 import type { Retention } from './context.js';
 import { asScrubError, type ErrorCode } from './errors.js';
-import type { SharedDeps } from './cli-pool.js';
+import { sharedDeps, type SharedDeps } from './cli-pool.js';
 import { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
 import { randomId } from './ids.js';
 import { systemClock } from './steps/tag-expiry.js';
@@ -28,6 +28,11 @@ export function pipelineDeps(config: Config, shared: SharedDeps): PipelineDeps {
   // A Buffer posted to a worker arrives as a plain Uint8Array.
   const fingerprintKey = Buffer.from(shared.fingerprintKey.buffer, shared.fingerprintKey.byteOffset, shared.fingerprintKey.byteLength);
   return { ffmpeg: shared.ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, clock: systemClock };
+}
+
+/** Dependencies for jobs run on this thread (a few files, inspect, fingerprint, qa). */
+export async function localDeps(config: Config): Promise<PipelineDeps> {
+  return pipelineDeps(config, await sharedDeps(config));
 }
 
 /** Runs `work` on a local file with a private work dir that is removed whatever happens. */

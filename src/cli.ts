@@ -89,8 +89,8 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
   if (jobs.length >= minFilesForWorkers && availableParallelism() > 1) {
     await stripInWorkers(jobs, availableParallelism(), sharedDeps(config), report);
   } else {
-    const { pipelineDeps, stripOne } = await import('./cli-strip.js');
-    const deps = pipelineDeps(config, await sharedDeps(config));
+    const { localDeps, stripOne } = await import('./cli-strip.js');
+    const deps = await localDeps(config);
     await runPool(jobs, 2, async (job) => report(await stripOne(config, deps, job)));
   }
   return failed > 0 ? 1 : rejected > 0 ? 2 : 0;
@@ -99,11 +99,10 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
 async function inspectCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
   if (positionals.length !== 1) throw new UsageError('inspect takes exactly one file');
-  const { sharedDeps } = await import('./cli-pool.js');
-  const { pipelineDeps, withWorkDir } = await import('./cli-strip.js');
+  const { localDeps, withWorkDir } = await import('./cli-strip.js');
   const { sniff } = await import('./steps/sniff.js');
   const { strip } = await import('./steps/strip.js');
-  const deps = pipelineDeps(config, await sharedDeps(config));
+  const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const sniffed = await sniff(received);
     const stripped = await strip(sniffed, deps);
@@ -120,10 +119,9 @@ async function inspectCommand(args: string[], config: Config, out: Out): Promise
 async function fingerprintCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   if (positionals.length !== 1) throw new UsageError('fingerprint takes exactly one file');
-  const { sharedDeps } = await import('./cli-pool.js');
-  const { pipelineDeps, withWorkDir } = await import('./cli-strip.js');
+  const { localDeps, withWorkDir } = await import('./cli-strip.js');
   const { cleanFile } = await import('./pipeline.js');
-  const deps = pipelineDeps(config, await sharedDeps(config));
+  const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const file = await cleanFile(received, 'standard', deps);
     out.stdout(JSON.stringify(file.fingerprint, null, 2) + '\n');

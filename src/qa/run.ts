@@ -6,8 +6,7 @@ import { openAsBlob } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
-import { sharedDeps } from '../cli-pool.js';
-import { pipelineDeps, withWorkDir } from '../cli-strip.js';
+import { localDeps, withWorkDir } from '../cli-strip.js';
 import type { Config } from '../config.js';
 import { asScrubError } from '../errors.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from '../pipeline.js';
@@ -121,7 +120,7 @@ async function runRemote(url: URL, token: string, file: string): Promise<Observe
 
 export async function runSuite(suite: Suite, target: Target, onResult: (result: FileResult, done: number) => void): Promise<FileResult[]> {
   const config = target.kind === 'local' ? target.config : undefined;
-  const deps = config ? pipelineDeps(config, await sharedDeps(config)) : undefined;
+  const deps = config ? await localDeps(config) : undefined;
   const results: FileResult[] = [];
   let next = 0;
   const worker = async (): Promise<void> => {
