@@ -91,14 +91,17 @@ export class ScrubError extends Error {
   }
 }
 
+/** The disk filled up under our writes, ffmpeg's or the ledger's: the server's fault, not the file's. */
+export function diskFull(options: { cause?: unknown; internal?: string }): ScrubError {
+  return new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', options);
+}
+
 /** Anything thrown that is not a ScrubError becomes an opaque internal error. */
 export function asScrubError(err: unknown): ScrubError {
   if (err instanceof ScrubError) return err;
   const code = (err as { code?: unknown } | null)?.code;
   // SQLITE_FULL: the ledger's disk is full (better-sqlite3 reports SQLite's own code).
-  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') {
-    return new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', { cause: err });
-  }
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return diskFull({ cause: err });
   return new ScrubError('internal', 'Internal error while processing the upload; it was not stored or forwarded. Retry later or report the request id.', {
     cause: err,
   });

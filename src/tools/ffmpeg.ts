@@ -10,7 +10,7 @@ import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { ScrubError } from '../errors.js';
+import { diskFull, ScrubError } from '../errors.js';
 import { probeArgs, type Demuxer } from './ffmpeg-args.js';
 
 export interface Binary {
@@ -126,9 +126,9 @@ export function runTool(binary: string, args: string[], timeoutMs: number): Prom
         return;
       }
       const errorText = Buffer.concat(stderr).toString('utf8');
-      // A full disk is the server's fault, not the file's: say so rather than "damaged file".
+      // Said as such rather than as a "damaged file".
       if (code !== 0 && /No space left on device|Disk quota exceeded/.test(errorText)) {
-        reject(new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', { internal: 'tool: ENOSPC' }));
+        reject(diskFull({ internal: 'tool: ENOSPC' }));
         return;
       }
       resolve({
