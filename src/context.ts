@@ -32,6 +32,11 @@ export interface Stripped extends Sniffed {
   removed: Removed;
   /** ffprobe's reading of the original (video): raw tool output, reused so it runs once. */
   inputProbe?: ProbeResult | undefined;
+  /**
+   * True when the remux also decoded every audio stream of the original without an error (video;
+   * see RemuxPlan.decodeAudio); otherwise the verifier decodes the output's audio itself.
+   */
+  inputAudioDecodes?: boolean | undefined;
   /** The original's bytes (images), as read once for the rebuild; strippers never write to it. */
   original?: Buffer | undefined;
 }

@@ -61,18 +61,19 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     }
   };
   const sniffed = await timed('sniff', () => sniff(received));
-  // For video, the verifier reads the original while the stripper remuxes it; a failed strip
-  // waits for that reading to end, so nothing still reads the original once it is removed.
+  // For video, the verifier reads the original and starts its ffprobe of the output while the
+  // stripper remuxes; a failed strip stops that and waits for it to end, so nothing still reads
+  // the work dir once it is removed.
   const early = readInputEarly(sniffed, deps);
   const stripped = await timed('strip', () => strip(sniffed, deps)).catch(async (err: unknown) => {
-    await early?.settled;
+    await early?.abandon();
     throw err;
   });
   // A video's keyed hash streams the cleaned file while verify waits on ffprobe; it is only used
   // once verify has passed, and is settled before a failure propagates (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
   const verified = await timed('verify', () => verify(stripped, deps, early)).catch(async (err: unknown) => {
-    await Promise.allSettled([contentHmac, early?.settled]);
+    await Promise.allSettled([contentHmac, early?.abandon()]);
     throw err;
   });
   const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));

@@ -52,6 +52,14 @@ describe('ffmpeg arguments', () => {
     assert.deepEqual(args.slice(-4), ['-f', 'mov', '-y', 'file:/out.mov']);
     const legacy = remuxArgs({ input: '/in.mov', demuxer: 'mov', output: '/o.mov', muxer: 'mov', streams: [0], legacyRotateDegrees: 90 });
     assert.ok(legacy.join(' ').includes('-metadata:s:v:0 rotate=90'));
+    assert.ok(!args.includes('-xerror') && !args.includes('null'));
+  });
+
+  it('decodes the audio in the remux run when asked: -xerror, and a second output that discards', () => {
+    const args = remuxArgs({ input: '/in.mp4', demuxer: 'mov', output: '/out.mp4', muxer: 'mp4', streams: 'usual', legacyRotateDegrees: undefined, decodeAudio: true });
+    assert.ok(args.indexOf('-xerror') < args.indexOf('-i'));
+    const second = args.slice(args.indexOf('file:/out.mp4') + 1);
+    assert.deepEqual(second, ['-map', '0:V:0?', '-c:v', 'copy', '-map', '0:a?', '-f', 'null', '-']);
   });
 
   // Frozen from ffprobe on a GoPro clip with GPMF telemetry, a timecode track and cover art.

@@ -73,20 +73,24 @@ export function usualStreams(info: ProbeResult): number[] {
  * once; when the probe's plan turns out to be that usual mapping, which it is for almost every
  * file, its output stands, otherwise the file is remuxed again with the exact plan. Builds that
  * need the rotation written back (legacy tag) always wait for the probe.
+ *
+ * The `usual` remux also decodes the input's audio for the verifier (RemuxPlan.decodeAudio). When
+ * that run fails, which may be the audio check alone, the file is remuxed again without it and
+ * the verifier decodes the output's audio instead.
  */
 export async function stripVideo(
   tools: Ffmpeg,
   kind: Extract<MediaKind, { family: 'video' }>,
   input: string,
   output: string,
-): Promise<{ removed: Removed; inputProbe: ProbeResult }> {
+): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean }> {
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
   // Settle both before acting: a failed probe must not leave ffmpeg writing into a work dir
   // that is being removed.
   const [probed, remuxed] = await Promise.allSettled([
     probe(tools, input, kind.demuxer),
-    speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual' }), tools.timeoutMs) : undefined,
+    speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true }), tools.timeoutMs) : undefined,
   ]);
   if (probed.status === 'rejected') throw probed.reason;
   if (remuxed.status === 'rejected') throw remuxed.reason;
@@ -100,8 +104,9 @@ export async function stripVideo(
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
   }
   const planned = streams.join() === usualStreams(info).join();
+  const inputAudioDecodes = early?.code === 0;
   let result = early;
-  if (!planned || result === undefined) {
+  if (!planned || result === undefined || result.code !== 0) {
     const rotation = rotationOf(video);
     const plan: RemuxPlan = {
       ...base,
@@ -119,5 +124,5 @@ export async function stripVideo(
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
-  return { removed, inputProbe: info };
+  return { removed, inputProbe: info, inputAudioDecodes };
 }

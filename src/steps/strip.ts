@@ -18,11 +18,15 @@ export interface StripDeps {
 /** Images are rebuilt in memory; past this size a file is not an image we should hold. */
 export const maxImageBytes = 512 * 1024 * 1024;
 
+/** Where the cleaned copy is written (the verifier starts reading it ahead for video). */
+export const cleanPathOf = (file: Sniffed): string => path.join(file.workDir, `clean.${file.kind.ext}`);
+
 export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
-  const cleanPath = path.join(file.workDir, `clean.${file.kind.ext}`);
+  const cleanPath = cleanPathOf(file);
   const { kind } = file;
   let removed: Removed;
   let inputProbe: ProbeResult | undefined;
+  let inputAudioDecodes: boolean | undefined;
   let original: Buffer | undefined;
   if (kind.family === 'image') {
     if (file.inputBytes > maxImageBytes) {
@@ -36,9 +40,10 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
     const result = await stripVideo(deps.ffmpeg, kind, file.inputPath, cleanPath);
     removed = result.removed;
     inputProbe = result.inputProbe;
+    inputAudioDecodes = result.inputAudioDecodes;
   }
   const { size } = await stat(cleanPath);
-  return { ...file, cleanPath, cleanBytes: size, removed, inputProbe, original };
+  return { ...file, cleanPath, cleanBytes: size, removed, inputProbe, inputAudioDecodes, original };
 }
 
 /**

@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
-import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { probe, probeAhead, rotationOf, runTool, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
@@ -22,6 +22,7 @@ import { PatternSet } from '../verify/scan.js';
 import { checkImageStructure } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { ValueCollector } from '../verify/values.js';
+import { cleanPathOf } from './strip.js';
 
 export interface VerifyDeps {
   ffmpeg: Ffmpeg;
@@ -46,27 +47,28 @@ const displaySize = (info: ImageInfo): string =>
   info.orientation >= 5 ? `${info.height}x${info.width}` : `${info.width}x${info.height}`;
 
 /**
- * What the verifier reads of a video *input* while the stripper is still remuxing it (it needs
- * only the original, and the remux leaves the main thread and a core idle): the input's own
- * sample tables, and whether all of its audio decodes. The output's audio packets are a copy of
- * some of those packets (a stream-copy remux), so audio that decodes here decodes there; when it
- * does not, verify decodes the output's audio itself and decides on that.
+ * What the verifier starts while the stripper is still remuxing (the remux leaves the main thread
+ * and a core idle): a reading of the input's own sample tables, and its ffprobe of the output,
+ * which does its start-up now and reads the output once it is complete.
  */
 export interface EarlyReading {
   samples: Promise<SampleLayout & { mined: Buffer[] }> | undefined;
-  inputAudioDecodes: Promise<boolean>;
-  /** Resolves when everything started here has ended (a failed strip waits on it before cleaning up). */
-  settled: Promise<unknown>;
+  outputProbe: Promise<ProbeAhead>;
+  /**
+   * Stops what still waits for the output and resolves when everything started here has ended
+   * (a failed strip or verify calls it before the work dir is removed).
+   */
+  abandon(): Promise<void>;
 }
 
 export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | undefined {
   if (file.kind.family !== 'video') return undefined;
   const samples = file.kind.demuxer === 'mov' ? readInputSamples(file.inputPath) : undefined;
-  const inputAudioDecodes = runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.inputPath, file.kind.demuxer), deps.ffmpeg.timeoutMs).then(
-    (r) => r.code === 0,
-    () => false,
-  );
-  return { samples, inputAudioDecodes, settled: Promise.allSettled([samples, inputAudioDecodes]) };
+  const outputProbe = probeAhead(deps.ffmpeg, cleanPathOf(file), file.kind.demuxer, file.workDir);
+  const abandon = async (): Promise<void> => {
+    await Promise.allSettled([samples, outputProbe.then((p) => p.cancel())]);
+  };
+  return { samples, outputProbe, abandon };
 }
 
 export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyReading): Promise<Verified & { facts: VerifiedFacts }> {
@@ -101,7 +103,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   } else {
     const { demuxer } = file.kind;
-    const probed = probe(deps.ffmpeg, file.cleanPath, demuxer);
+    const probed = early ? early.outputProbe.then((ahead) => ahead.open()) : probe(deps.ffmpeg, file.cleanPath, demuxer);
     probed.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
     values.probeTags(before, unscannedInputTags);
@@ -111,14 +113,17 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     }
     const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
     // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text carried
-    // that way): kept audio must decode without a single error. Started before the value
-    // collection, so the decode runs while this thread collects and scans.
+    // that way): kept audio must decode without a single error. The output's audio packets are a
+    // copy of some of the input's, so input audio that decoded (in the remux's own run) decodes
+    // here; otherwise the output's audio is decoded, while this thread collects and scans.
     const hasAudio = before.streams.some((s) => s.codec_type === 'audio');
-    const audioDecodes = hasAudio
-      ? Promise.resolve(early?.inputAudioDecodes ?? false).then(
-          async (inputDecodes) => inputDecodes || (await runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs)).code === 0,
-        ).catch(() => false)
-      : true;
+    const audioDecodes =
+      !hasAudio || file.inputAudioDecodes === true
+        ? true
+        : runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs).then(
+            (r) => r.code === 0,
+            () => false,
+          );
     problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values, early)));
     const [after, structure, leaks] = await Promise.all([
       probed,
@@ -126,7 +131,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       values.values.length === 0 ? 0 : matchedPatterns(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []).then((found) => found.size),
     ]);
     // Nothing the early reading started outlives verify (it has no audio to decode, say).
-    await early?.settled;
+    await early?.abandon();
     if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
     problems.push(...videoTagProblems(after), ...structure);
     if (after.streams.length === 0) problems.push('video: no playable stream in the output');

@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { diskFull, ScrubError } from '../errors.js';
@@ -78,10 +78,25 @@ export function resolveBinary(tool: 'ffmpeg' | 'ffprobe', configured: string | u
 const maxStdoutBytes = 16 * 1024 * 1024;
 const maxStderrBytes = 64 * 1024;
 
+export interface RunOptions {
+  /** Working directory and extra environment variables of the child. */
+  cwd?: string | undefined;
+  env?: Record<string, string> | undefined;
+  /**
+   * For a child started ahead of its work (see probeAhead): the time limit counts from when this
+   * settles, and until then the child may wait at most `waitLimitMs`.
+   */
+  startsWork?: Promise<unknown> | undefined;
+  waitLimitMs?: number | undefined;
+  /** Kills the child and its group when aborted. */
+  signal?: AbortSignal | undefined;
+}
+
 /** Runs a tool with an argument array and a wall-clock limit that kills its whole process group. */
-export function runTool(binary: string, args: string[], timeoutMs: number): Promise<ToolRunResult> {
+export function runTool(binary: string, args: string[], timeoutMs: number, options: RunOptions = {}): Promise<ToolRunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const env = options.env ? { ...process.env, ...options.env } : undefined;
+    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: options.cwd, env });
     running.add(child);
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
@@ -90,10 +105,18 @@ export function runTool(binary: string, args: string[], timeoutMs: number): Prom
     let timedOut = false;
     let overflowed = false;
 
-    const timer = setTimeout(() => {
+    const expire = (): void => {
       timedOut = true;
       killGroup(child);
-    }, timeoutMs);
+    };
+    let timer = setTimeout(expire, options.startsWork ? (options.waitLimitMs ?? timeoutMs) : timeoutMs);
+    options.startsWork?.finally(() => {
+      clearTimeout(timer);
+      if (child.exitCode === null && child.signalCode === null) timer = setTimeout(expire, timeoutMs);
+    });
+    const abort = (): void => killGroup(child);
+    options.signal?.addEventListener('abort', abort, { once: true });
+    if (options.signal?.aborted) abort();
 
     child.stdout.on('data', (chunk: Buffer) => {
       stdoutBytes += chunk.length;
@@ -112,11 +135,13 @@ export function runTool(binary: string, args: string[], timeoutMs: number): Prom
     child.on('error', (err) => {
       clearTimeout(timer);
       running.delete(child);
+      options.signal?.removeEventListener('abort', abort);
       reject(new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause: err }));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
       running.delete(child);
+      options.signal?.removeEventListener('abort', abort);
       if (timedOut) {
         reject(new ScrubError('processing_timeout', 'Processing the file took longer than the configured limit; it was not forwarded. Send a smaller or simpler file.'));
         return;
@@ -246,7 +271,71 @@ export interface Ffmpeg {
 
 /** Runs ffprobe on a file with the demuxer forced; an unreadable file is a 415. */
 export async function probe(tools: Ffmpeg, file: string, demuxer: Demuxer): Promise<ProbeResult> {
-  const result = await runTool(tools.ffprobe.path, probeArgs(file, demuxer), tools.timeoutMs);
+  return probeResult(await runTool(tools.ffprobe.path, probeArgs(file, demuxer), tools.timeoutMs));
+}
+
+/** A probe of a file that does not exist yet: started now, reading the file once `open` is called. */
+export interface ProbeAhead {
+  /** The file is complete: probe it. */
+  open(): Promise<ProbeResult>;
+  /** The file will not come: stop the waiting ffprobe. Resolves once it has exited. */
+  cancel(): Promise<void>;
+}
+
+const gateName = 'probe-gate';
+
+/**
+ * Starts ffprobe for a file another tool is still writing. Debian's ffprobe spends ~70 ms of CPU
+ * starting up (resolving the symbols of ~200 shared libraries) before it reads a byte, longer
+ * than the probe of a 70 MB MP4 itself; started ahead, that start-up runs while the stripper
+ * writes, and the probe proper starts the moment the file is complete.
+ *
+ * The gate is a FIFO named as ffprobe's report file (FFREPORT): ffprobe opens its report before
+ * its input, and opening a FIFO to write blocks until it has a reader. `open()` becomes that
+ * reader (non-blocking, so a dead ffprobe cannot hang it). The report ffprobe then leaves in the
+ * pipe proves it waited; without it (a wrapper that drops FFREPORT, say) the file is probed again
+ * the plain way, as it is from the start when mkfifo is missing.
+ */
+export async function probeAhead(tools: Ffmpeg, file: string, demuxer: Demuxer, workDir: string): Promise<ProbeAhead> {
+  const plain: ProbeAhead = { open: () => probe(tools, file, demuxer), cancel: async () => {} };
+  const gate = path.join(workDir, gateName);
+  const made = await runTool('mkfifo', ['-m', '600', gate], tools.timeoutMs).catch(() => undefined);
+  if (made?.code !== 0) return plain;
+
+  let startWork!: () => void;
+  const working = new Promise<void>((resolve) => (startWork = resolve));
+  const stop = new AbortController();
+  const run = runTool(tools.ffprobe.path, probeArgs(file, demuxer), tools.timeoutMs, {
+    // Relative to the work dir, so no path needs escaping in FFREPORT's key=value syntax.
+    cwd: workDir,
+    env: { FFREPORT: `file=${gateName}:level=-8` },
+    startsWork: working,
+    // It waits for a strip that has a time limit of its own.
+    waitLimitMs: 2 * tools.timeoutMs,
+    signal: stop.signal,
+  });
+  run.catch(() => undefined); // awaited by open() or cancel()
+  return {
+    open: async () => {
+      const reader = await open(gate, constants.O_RDONLY | constants.O_NONBLOCK);
+      startWork();
+      try {
+        const result = await run;
+        const { bytesRead } = await reader.read(Buffer.alloc(1), 0, 1, null).catch(() => ({ bytesRead: 0 }));
+        return bytesRead === 1 ? probeResult(result) : await probe(tools, file, demuxer);
+      } finally {
+        await reader.close();
+      }
+    },
+    cancel: async () => {
+      stop.abort();
+      startWork();
+      await run.catch(() => undefined);
+    },
+  };
+}
+
+function probeResult(result: ToolRunResult): ProbeResult {
   if (result.code !== 0 && /not on whitelist/.test(result.stderr)) {
     throw new ScrubError(
       'unsupported_structure',
