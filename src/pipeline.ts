@@ -15,7 +15,8 @@
 import type { Received, Removed, Retention } from './context.js';
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
-import { fingerprint, hmacFile } from './steps/fingerprint.js';
+import { fingerprint } from './steps/fingerprint.js';
+import { hmacFile, startHashThread } from './hash-thread.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
 import { tagExpiry, type Clock, type Expiry } from './steps/tag-expiry.js';
@@ -65,13 +66,16 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   // stripper remuxes; a failed strip stops that and waits for it to end, so nothing still reads
   // the work dir once it is removed.
   const early = readInputEarly(sniffed, deps);
+  if (sniffed.kind.family === 'video') startHashThread();
   const stripped = await timed('strip', () => strip(sniffed, deps)).catch(async (err: unknown) => {
     await early?.abandon();
     throw err;
   });
-  // A video's keyed hash streams the cleaned file while verify waits on ffprobe; it is only used
-  // once verify has passed, and is settled before a failure propagates (no read of a removed file).
+  // A video's keyed hash reads the cleaned file on its own thread while verify scans it and waits
+  // on ffprobe; it is only used once verify has passed, and is settled before a failure propagates
+  // (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
+  contentHmac?.catch(() => undefined); // awaited by fingerprint; marked handled in case it fails first
   const verified = await timed('verify', () => verify(stripped, deps, early)).catch(async (err: unknown) => {
     await Promise.allSettled([contentHmac, early?.abandon()]);
     throw err;

@@ -5,8 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { copyFile, mkdir, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -61,6 +62,16 @@ describe('fingerprints', () => {
     for (const file of ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/mp4-location.mp4', 'media/heic-exif-xmp-thumbnail.heic']) {
       const [a, b] = [await clean(fixture(file)), await clean(fixture(file))];
       assert.deepEqual(a.fingerprint, b.fingerprint, file);
+    }
+  });
+
+  it('carry the HMAC-SHA256 of exactly the cleaned bytes (a video hashed on its own thread, an image in memory)', async () => {
+    const { fingerprintKey } = await pipelineDeps();
+    for (const file of ['media/mp4-location.mp4', 'media/mkv-attachment-chapters.mkv', 'media/jpeg-gps-exif-xmp-iptc.jpg']) {
+      const cleaned = await clean(fixture(file));
+      const expected = createHmac('sha256', fingerprintKey).update(await readFile(cleaned.path)).digest('hex');
+      assert.equal(cleaned.fingerprint.contentHmac, expected, file);
+      assert.equal(cleaned.fingerprint.id, `fp_${expected.slice(0, 16)}`, file);
     }
   });
 

@@ -1,5 +1,11 @@
 /** Fast unit tests: config, pure ffmpeg argument builders, the pattern scanner, the middleware factory. */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { scrubline } from '../src/middleware.js';
@@ -9,6 +15,7 @@ import { expiresAt } from '../src/steps/tag-expiry.js';
 import { allowedDecoders, probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
 import { findSignatures, PatternSet } from '../src/verify/scan.js';
+import { hmacFile } from '../src/hash-thread.js';
 
 describe('config', () => {
   it('uses defaults and reads SCRUBLINE_* variables once into typed values', () => {
@@ -149,5 +156,40 @@ describe('scrubline(options)', () => {
     assert.throws(() => scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'short' }), /fingerprintKey must be/);
     assert.throws(() => scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'k'.repeat(32), maxFiles: 0 }), /maxFiles must be a positive whole number/);
     assert.equal(scrubline({ tmpDir: '/tmp/x', fingerprintKey: 'k'.repeat(32) }).name, 'scrublineMiddleware');
+  });
+});
+
+describe('the hash thread', () => {
+  const key = Buffer.alloc(32, 9);
+  const expected = (bytes: Buffer): string => createHmac('sha256', key).update(bytes).digest('hex');
+
+  it('gives the HMAC-SHA256 of each file, several at once, across its 1 MiB reads', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'scrubline-hash-'));
+    try {
+      const contents = [Buffer.alloc(0), randomBytes(1024 * 1024), randomBytes(1024 * 1024 + 1), randomBytes(3 * 1024 * 1024 + 17)];
+      const files = await Promise.all(contents.map(async (bytes, i) => {
+        const file = path.join(dir, `f${i}`);
+        await writeFile(file, bytes);
+        return file;
+      }));
+      assert.deepEqual(await Promise.all(files.map((f) => hmacFile(f, key))), contents.map(expected));
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('rejects with the file system error code, and keeps working after', async () => {
+    await assert.rejects(hmacFile('/nonexistent/scrubline-hash', key), (err: NodeJS.ErrnoException) => err.code === 'ENOENT');
+    await assert.rejects(hmacFile('/', key), (err: NodeJS.ErrnoException) => err.code === 'EISDIR');
+    assert.equal(await hmacFile(process.execPath, key).then((h) => h.length), 64);
+  });
+
+  it('does not keep a process alive, started and idle or once its hashes are done', async () => {
+    // Were the thread left referenced, the child would never exit and the call would time out.
+    const module = JSON.stringify(new URL('../src/hash-thread.ts', import.meta.url).href);
+    const run = (script: string) => promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 20_000 });
+    const { stdout } = await run(`import { hmacFile } from ${module}; console.log(await hmacFile(process.execPath, Buffer.alloc(32)));`);
+    assert.match(stdout.trim(), /^[0-9a-f]{64}$/);
+    await run(`import { startHashThread } from ${module}; startHashThread();`);
   });
 });

@@ -6,8 +6,8 @@
  * no file name, no date, no pixels, no perceptual hash.
  */
 import { createHmac } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import type { Verified } from '../context.js';
+import { hmacFile } from '../hash-thread.js';
 import { rotationOf, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import type { ImageInfo } from '../tools/sharp.js';
 import { imageLayout, videoLayout, type LayoutEntry, type VideoLayout } from './fingerprint-layout.js';
@@ -83,24 +83,6 @@ export interface VideoFingerprint {
 export type Fingerprint = ImageFingerprint | VideoFingerprint;
 
 const bitDepthOf: Record<string, number> = { uchar: 8, char: 8, ushort: 16, short: 16, uint: 32, int: 32, float: 32, double: 64 };
-
-/** HMAC-SHA256 of a file, streamed. */
-export async function hmacFile(path: string, key: Buffer): Promise<string> {
-  const hmac = createHmac('sha256', key);
-  // One reused buffer rather than a stream's fresh chunk per read: no garbage per megabyte.
-  const buffer = Buffer.allocUnsafe(1024 * 1024);
-  const file = await open(path, 'r');
-  try {
-    for (;;) {
-      const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) break;
-      hmac.update(buffer.subarray(0, bytesRead));
-    }
-  } finally {
-    await file.close();
-  }
-  return hmac.digest('hex');
-}
 
 /** The short public id: the first 16 hex digits of the HMAC (64 bits). */
 export const fingerprintId = (contentHmac: string): string => `fp_${contentHmac.slice(0, 16)}`;
@@ -192,9 +174,9 @@ export function videoFingerprint(info: ProbeResult, mime: string, bytes: number,
 }
 
 /**
- * The keyed hash covers the cleaned bytes: an image's as verify read them; a video's streamed
- * from disk, or handed in as `contentHmac` when the caller hashed it already (the pipeline does
- * while verify waits on ffprobe).
+ * The keyed hash covers the cleaned bytes: an image's as verify read them; a video's read from
+ * disk on the hash thread, or handed in as `contentHmac` when the caller started that already
+ * (the pipeline does, while verify runs).
  */
 export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>(
   file: T,

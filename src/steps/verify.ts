@@ -7,8 +7,7 @@
  *   3. value scan: no value the input carried appears anywhere in the output bytes.
  * It also checks that the picture still has the right size and way up.
  */
-import { createReadStream } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
+import { open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
@@ -128,7 +127,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const [after, structure, leaks] = await Promise.all([
       probed,
       checkVideoStructure(container, file.cleanPath),
-      values.values.length === 0 ? 0 : matchedPatterns(createReadStream(file.cleanPath, { highWaterMark: 1024 * 1024 }), values.values, []).then((found) => found.size),
+      values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, []).then((found) => found.size),
     ]);
     // Nothing the early reading started outlives verify (it has no audio to decode, say).
     await early?.abandon();
@@ -229,4 +228,22 @@ async function matchedPatterns(chunks: Iterable<Buffer> | AsyncIterable<Buffer>,
     }
   }
   return found;
+}
+
+/**
+ * A file's bytes through one reused 1 MiB buffer: each chunk is valid until the next is asked
+ * for (the scanner copies what it keeps across a seam), and a 100 MB video makes no garbage.
+ */
+async function* fileChunks(path: string): AsyncGenerator<Buffer> {
+  const buffer = Buffer.allocUnsafe(1024 * 1024);
+  const file = await open(path, 'r');
+  try {
+    for (;;) {
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await file.close();
+  }
 }
