@@ -129,7 +129,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       checkVideoStructure(container, file.cleanPath),
       values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, []).then((found) => found.size),
     ]);
-    // Nothing the early reading started outlives verify (it has no audio to decode, say).
+    // Nothing the early reading started outlives verify.
     await early?.abandon();
     if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
     problems.push(...videoTagProblems(after), ...structure);
