@@ -64,10 +64,12 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   const sniffed = await timed('sniff', () => sniff(received));
   // For video, the verifier reads the original and starts its ffprobe of the output while the
   // stripper remuxes; a failed strip stops that and waits for it to end, so nothing still reads
-  // the work dir once it is removed.
+  // the work dir once it is removed. The strip is called first, so its remux is the first process
+  // spawned (a spawn holds this thread for a few ms or more).
+  const stripping = timed('strip', () => strip(sniffed, deps));
   const early = readInputEarly(sniffed, deps);
   if (sniffed.kind.family === 'video') startHashThread();
-  const stripped = await timed('strip', () => strip(sniffed, deps)).catch(async (err: unknown) => {
+  const stripped = await stripping.catch(async (err: unknown) => {
     await early?.abandon();
     throw err;
   });

@@ -86,12 +86,11 @@ export async function stripVideo(
 ): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean }> {
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
-  // Settle both before acting: a failed probe must not leave ffmpeg writing into a work dir
-  // that is being removed.
-  const [probed, remuxed] = await Promise.allSettled([
-    probe(tools, input, kind.demuxer),
-    speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true }), tools.timeoutMs) : undefined,
-  ]);
+  // The remux is spawned first: it is the long run, and each spawn holds this thread for a while
+  // (fork copies the page tables: ~6 ms per 100 MB of this process). Settle both before acting: a
+  // failed probe must not leave ffmpeg writing into a work dir that is being removed.
+  const remuxing = speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true }), tools.timeoutMs) : undefined;
+  const [probed, remuxed] = await Promise.allSettled([probe(tools, input, kind.demuxer), remuxing]);
   if (probed.status === 'rejected') throw probed.reason;
   if (remuxed.status === 'rejected') throw remuxed.reason;
   const info = probed.value;
