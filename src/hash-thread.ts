@@ -7,13 +7,14 @@
  */
 import { Worker } from 'node:worker_threads';
 
-export interface HashJob {
+/** What the thread is posted, and what it answers (its source below is untyped JavaScript). */
+interface HashJob {
   id: number;
   path: string;
   key: Uint8Array;
 }
 
-export type HashAnswer = { id: number; hex: string; error?: undefined } | { id: number; error: { code?: string | undefined; message: string } };
+type HashAnswer = { id: number; hex: string; error?: undefined } | { id: number; error: { code?: string | undefined; message: string } };
 
 interface Pending {
   resolve(hex: string): void;

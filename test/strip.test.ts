@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { ScrubError } from '../src/errors.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
-import { probe, probeAhead } from '../src/tools/ffmpeg.js';
+import { probe, probeAhead, type Ffmpeg } from '../src/tools/ffmpeg.js';
 import { readExifValues } from '../src/tools/exifr.js';
 import { heifItems } from '../src/verify/heif.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
@@ -216,12 +216,19 @@ async function packetHashes(ffprobe: string, file: string): Promise<Map<number, 
 describe('ffprobe started ahead of its file', () => {
   // The verifier starts its ffprobe of a video's output while the remux writes it (probeAhead).
   const mp4 = 'media/mp4-location.mp4';
-
-  it('waits at its gate until the file is complete, then reads it', async () => {
+  /** Runs `work` with the ffmpeg tools, a fresh work dir and the not-yet-written output's path in it. */
+  const inWorkDir = async (work: (tools: Ffmpeg, dir: string, target: string) => Promise<void>): Promise<void> => {
     const tools = await ffmpegTools();
     const dir = await tempDir();
     try {
-      const target = path.join(dir, 'clean.mp4');
+      await work(tools, dir, path.join(dir, 'clean.mp4'));
+    } finally {
+      await removeDir(dir);
+    }
+  };
+
+  it('waits at its gate until the file is complete, then reads it', () =>
+    inWorkDir(async (tools, dir, target) => {
       const ahead = await probeAhead(tools, target, 'mov', dir);
       // Long enough for an ungated ffprobe to have failed on the missing file; this one waits.
       await new Promise((resolve) => setTimeout(resolve, 400));
@@ -231,39 +238,24 @@ describe('ffprobe started ahead of its file', () => {
       const info = await ahead.open();
       assert.deepEqual(info.streams.map((s) => s.codec_type), ['video', 'audio']);
       assert.deepEqual(info, await probe(tools, target, 'mov'));
-    } finally {
-      await removeDir(dir);
-    }
-  });
+    }));
 
-  it('is stopped when the file will not come, and leaves no process behind', async () => {
-    const tools = await ffmpegTools();
-    const dir = await tempDir();
-    try {
-      const target = path.join(dir, 'clean.mp4');
+  it('is stopped when the file will not come, and leaves no process behind', () =>
+    inWorkDir(async (tools, dir, target) => {
       await probeAhead(tools, target, 'mov', dir).then((ahead) => ahead.cancel());
       const { stdout } = await promisify(execFile)('ps', ['-eo', 'args']);
       assert.ok(!stdout.includes(target), 'the waiting ffprobe is gone');
-    } finally {
-      await removeDir(dir);
-    }
-  });
+    }));
 
-  it('probes the plain way when the ffprobe it runs ignores the gate', async () => {
-    const tools = await ffmpegTools();
-    const dir = await tempDir();
-    try {
+  it('probes the plain way when the ffprobe it runs ignores the gate', () =>
+    inWorkDir(async (tools, dir, target) => {
       // A wrapper that drops FFREPORT: its ffprobe runs at once and fails on the missing file.
       const wrapper = path.join(dir, 'ffprobe-no-report');
       await writeFile(wrapper, `#!/bin/sh\nunset FFREPORT\nexec '${tools.ffprobe.path}' "$@"\n`, { mode: 0o755 });
-      const target = path.join(dir, 'clean.mp4');
       const ahead = await probeAhead({ ...tools, ffprobe: { path: wrapper, source: 'config' } }, target, 'mov', dir);
       await new Promise((resolve) => setTimeout(resolve, 400));
       await copyFile(fixture(mp4), target);
       const info = await ahead.open();
       assert.deepEqual(info.streams.map((s) => s.codec_type), ['video', 'audio']);
-    } finally {
-      await removeDir(dir);
-    }
-  });
+    }));
 });

@@ -2,8 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
@@ -16,6 +15,7 @@ import { allowedDecoders, probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
 import { findSignatures, PatternSet } from '../src/verify/scan.js';
 import { hmacFile } from '../src/hash-thread.js';
+import { removeDir, tempDir } from './helpers.js';
 
 describe('config', () => {
   it('uses defaults and reads SCRUBLINE_* variables once into typed values', () => {
@@ -164,7 +164,7 @@ describe('the hash thread', () => {
   const expected = (bytes: Buffer): string => createHmac('sha256', key).update(bytes).digest('hex');
 
   it('gives the HMAC-SHA256 of each file, several at once, across its 1 MiB reads', async () => {
-    const dir = await mkdtemp(path.join(tmpdir(), 'scrubline-hash-'));
+    const dir = await tempDir();
     try {
       const contents = [Buffer.alloc(0), randomBytes(1024 * 1024), randomBytes(1024 * 1024 + 1), randomBytes(3 * 1024 * 1024 + 17)];
       const files = await Promise.all(contents.map(async (bytes, i) => {
@@ -174,7 +174,7 @@ describe('the hash thread', () => {
       }));
       assert.deepEqual(await Promise.all(files.map((f) => hmacFile(f, key))), contents.map(expected));
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await removeDir(dir);
     }
   });
 
