@@ -13,6 +13,9 @@ import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { ScrubError } from '../src/errors.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
+import { sniff } from '../src/steps/sniff.js';
+import { strip } from '../src/steps/strip.js';
+import { verify } from '../src/steps/verify.js';
 import { probe, probeAhead, type Ffmpeg } from '../src/tools/ffmpeg.js';
 import { readExifValues } from '../src/tools/exifr.js';
 import { heifItems } from '../src/verify/heif.js';
@@ -258,4 +261,30 @@ describe('ffprobe started ahead of its file', () => {
       const info = await ahead.open();
       assert.deepEqual(info.streams.map((s) => s.codec_type), ['video', 'audio']);
     }));
+});
+
+describe('verify that fails', () => {
+  it('stops the audio decode it started and waits for it, before the work dir can go', async () => {
+    const tools = await ffmpegTools();
+    const dir = await tempDir();
+    try {
+      const inputPath = path.join(dir, 'original');
+      await copyFile(fixture('media/mp4-location.mp4'), inputPath);
+      const stripped = await strip(await sniff({ id: 'test', inputPath, inputBytes: (await stat(inputPath)).size, workDir: dir }), await pipelineDeps());
+      // An ffmpeg that would decode the output's audio for 60 s, and an ffprobe that fails on the
+      // output once that decode is running: verify throws while it runs.
+      const pidFile = path.join(dir, 'decode.pid');
+      const slowFfmpeg = path.join(dir, 'ffmpeg-slow');
+      const failingFfprobe = path.join(dir, 'ffprobe-fails');
+      await writeFile(slowFfmpeg, `#!/bin/sh\necho $$ > '${pidFile}'\nexec sleep 60\n`, { mode: 0o755 });
+      await writeFile(failingFfprobe, `#!/bin/sh\nfor i in $(seq 500); do [ -s '${pidFile}' ] && exit 1; sleep 0.01; done\nexit 1\n`, { mode: 0o755 });
+      const broken: Ffmpeg = { ...tools, ffmpeg: { path: slowFfmpeg, source: 'config' }, ffprobe: { path: failingFfprobe, source: 'config' } };
+      // The remux's own audio check "failed", so verify decodes the output's audio itself.
+      await assert.rejects(verify({ ...stripped, inputAudioDecodes: false }, { ffmpeg: broken, maxInputPixels: 100_000_000 }));
+      const pid = Number(await readFile(pidFile, 'utf8'));
+      assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' }, 'the decode is gone when verify returns');
+    } finally {
+      await removeDir(dir);
+    }
+  });
 });

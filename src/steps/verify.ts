@@ -104,42 +104,56 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const { demuxer } = file.kind;
     const probed = early ? early.outputProbe.then((ahead) => ahead.open()) : probe(deps.ffmpeg, file.cleanPath, demuxer);
     probed.catch(() => undefined); // awaited below; marked handled in case a step before that throws
-    const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
-    values.probeTags(before, unscannedInputTags);
-    for (const stream of before.streams) {
-      const handler = stream.tags?.handler_name;
-      if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
+    // The work dir is removed as soon as verify fails: whatever was started here that still reads
+    // it (the output's audio decode above all, which can run for seconds) is stopped and waited
+    // for first.
+    const audioCheck = new AbortController();
+    const started: unknown[] = [probed];
+    try {
+      const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
+      values.probeTags(before, unscannedInputTags);
+      for (const stream of before.streams) {
+        const handler = stream.tags?.handler_name;
+        if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
+      }
+      const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
+      // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text carried
+      // that way): kept audio must decode without a single error. The output's audio packets are a
+      // copy of some of the input's, so input audio that decoded (in the remux's own run) decodes
+      // here; otherwise the output's audio is decoded, while this thread collects and scans.
+      const hasAudio = before.streams.some((s) => s.codec_type === 'audio');
+      const audioDecodes =
+        !hasAudio || file.inputAudioDecodes === true
+          ? true
+          : runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs, { signal: audioCheck.signal }).then(
+              (r) => r.code === 0,
+              () => false,
+            );
+      started.push(audioDecodes);
+      problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values, early)));
+      const reads = [
+        probed,
+        checkVideoStructure(container, file.cleanPath),
+        values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, []).then((found) => found.size),
+      ] as const;
+      started.push(...reads);
+      const [after, structure, leaks] = await Promise.all(reads);
+      // Nothing the early reading started outlives verify.
+      await early?.abandon();
+      if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
+      problems.push(...videoTagProblems(after), ...structure);
+      if (after.streams.length === 0) problems.push('video: no playable stream in the output');
+      const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
+        info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
+        info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
+      if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
+      facts = { probe: after };
+      if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
+    } catch (err) {
+      audioCheck.abort();
+      await Promise.allSettled(started);
+      throw err;
     }
-    const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
-    // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text carried
-    // that way): kept audio must decode without a single error. The output's audio packets are a
-    // copy of some of the input's, so input audio that decoded (in the remux's own run) decodes
-    // here; otherwise the output's audio is decoded, while this thread collects and scans.
-    const hasAudio = before.streams.some((s) => s.codec_type === 'audio');
-    const audioDecodes =
-      !hasAudio || file.inputAudioDecodes === true
-        ? true
-        : runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs).then(
-            (r) => r.code === 0,
-            () => false,
-          );
-    problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values, early)));
-    const [after, structure, leaks] = await Promise.all([
-      probed,
-      checkVideoStructure(container, file.cleanPath),
-      values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, []).then((found) => found.size),
-    ]);
-    // Nothing the early reading started outlives verify.
-    await early?.abandon();
-    if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
-    problems.push(...videoTagProblems(after), ...structure);
-    if (after.streams.length === 0) problems.push('video: no playable stream in the output');
-    const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
-      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
-      info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
-    if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
-    facts = { probe: after };
-    if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   }
 
   if (problems.length > 0) {
