@@ -177,7 +177,6 @@ async function main(): Promise<void> {
     rows.push({ what: 'scrubline strip + verify + fingerprint', ms: ourVideo, base: cpVideo, note: `${(ourVideo / remux).toFixed(2)}× the bare remux (target ≤ 1.5×)` });
     print(`MP4, 1080p30 H.264/AAC, ${(mp4Bytes / 1e6).toFixed(0)} MB`);
 
-
     // ---- one JPEG
     const jpeg = path.join(work, 'photo.jpg');
     await makeJpeg(jpeg);
