@@ -68,6 +68,43 @@ function jpegValues(input: Buffer, into: ValueCollector, depth = 0): void {
   }
 }
 
+const isSpace = (c: number): boolean => c === 0x20 || (c >= 0x09 && c <= 0x0d);
+const isWord = (c: number): boolean => (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x5f;
+const hexValue = (c: number): number => (c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x57 : c >= 0x41 && c <= 0x46 ? c - 0x37 : -1);
+
+/**
+ * ImageMagick's "Raw profile type exif/iptc/xmp" text: whitespace, a profile name, a length, then
+ * a hex dump with line breaks. Returns the dump's bytes, or undefined when the text is not one.
+ * A single pass over the text (a regular expression with adjacent `\s` quantifiers here took
+ * 40 s on 200,000 spaces: THREATS 34).
+ */
+export function rawProfile(text: string): Buffer | undefined {
+  let at = 0;
+  const skip = (accept: (c: number) => boolean): number => {
+    const from = at;
+    while (at < text.length && accept(text.charCodeAt(at))) at++;
+    return at - from;
+  };
+  skip(isSpace);
+  if (skip(isWord) === 0 || skip(isSpace) === 0) return undefined;
+  if (skip((c) => c >= 0x30 && c <= 0x39) === 0 || skip(isSpace) === 0) return undefined;
+  const out = Buffer.allocUnsafe((text.length - at) >> 1);
+  let length = 0;
+  let high = -1;
+  for (; at < text.length; at++) {
+    const c = text.charCodeAt(at);
+    if (isSpace(c)) continue;
+    const nibble = hexValue(c);
+    if (nibble < 0) return undefined;
+    if (high < 0) high = nibble;
+    else {
+      out[length++] = (high << 4) | nibble;
+      high = -1;
+    }
+  }
+  return length > 0 ? out.subarray(0, length) : undefined;
+}
+
 function pngText(type: string, data: Buffer, into: ValueCollector): void {
   const nul = data.indexOf(0);
   if (nul < 0) return opaque(into, data);
@@ -90,10 +127,8 @@ function pngText(type: string, data: Buffer, into: ValueCollector): void {
   const string = text.toString('utf8');
   if (string.includes('<x:xmpmeta') || string.includes('<rdf:RDF')) into.xml(string);
   else into.text(string);
-  // ImageMagick's "Raw profile type exif/iptc/xmp": a hex dump after a header line.
-  const hex = /^\s*\w+\s+\d+\s+([0-9a-fA-F\s]+)$/.exec(string);
-  if (hex) {
-    const raw = Buffer.from(hex[1]!.replace(/\s+/g, ''), 'hex');
+  const raw = rawProfile(string);
+  if (raw) {
     const exif = raw.indexOf('Exif\0\0');
     if (exif >= 0) into.tiff(raw.subarray(exif + 6));
     else if (raw.includes('<x:xmpmeta')) into.xml(raw.toString('utf8'));
