@@ -15,6 +15,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
+import { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
 
 const FORMAT = 'HEIF';
@@ -181,7 +182,7 @@ function parseItems(input: Buffer, box: Box): Item[] {
   });
 }
 
-function parseLocations(input: Buffer, box: Box): Location[] {
+function parseLocations(input: Buffer, box: Box, budget: WorkBudget): Location[] {
   const r = new Reader(input, box.body, box.end);
   const { version } = r.full();
   if (version > 2) throw reject.structure(FORMAT, 'iloc of an unknown version');
@@ -198,6 +199,8 @@ function parseLocations(input: Buffer, box: Box): Location[] {
     if (r.u16() !== 0) throw reject.structure(FORMAT, 'an item stored in another file');
     const base = r.sized(baseSize);
     const extentCount = r.u16();
+    // With zero-width offset and length fields an extent costs no bytes: count, not size, bounds it.
+    budget.spend(1 + extentCount);
     const extents: Extent[] = [];
     for (let j = 0; j < extentCount; j++) {
       if (indexSize > 0) r.sized(indexSize);
@@ -360,11 +363,12 @@ export function stripHeif(input: Buffer): ImageStripResult {
     if (!['hdlr', 'pitm', 'iinf', 'iloc', 'iprp', 'iref', 'idat', 'dinf'].includes(c.type)) countRemoved(removed, c.type === 'grpl' ? 'entityGroup' : 'otherBox');
   }
 
+  const budget = new WorkBudget(FORMAT);
   const p = new Reader(input, pitm.body, pitm.end);
   const primary = p.full().version === 0 ? p.u16() : p.u32();
   const items = parseItems(input, iinf);
   const byId = new Map(items.map((i) => [i.id, i]));
-  const locations = new Map(parseLocations(input, iloc).map((l) => [l.id, l]));
+  const locations = new Map(parseLocations(input, iloc, budget).map((l) => [l.id, l]));
   const iref = one('iref');
   const refs = iref ? parseReferences(input, iref) : [];
 
@@ -374,19 +378,33 @@ export function stripHeif(input: Buffer): ImageStripResult {
   const properties = boxesIn(input, ipco.body, ipco.end);
   const associations = new Map<number, Association[]>();
   for (const ipma of iprpChildren.filter((b) => b.type === 'ipma')) parseAssociations(input, ipma, associations);
-  const propertiesOf = (id: number): Box[] =>
-    (associations.get(id) ?? []).flatMap((a) => (a.index > 0 && properties[a.index - 1] ? [properties[a.index - 1]!] : []));
+  const propertiesOf = (id: number): Box[] => {
+    const list = associations.get(id) ?? [];
+    budget.spend(list.length);
+    return list.flatMap((a) => (a.index > 0 && properties[a.index - 1] ? [properties[a.index - 1]!] : []));
+  };
   const isAlpha = (id: number): boolean =>
     propertiesOf(id).some((prop) => prop.type === 'auxC' && alphaUrns.has(new Reader(input, prop.body + 4, prop.end).cstring()));
 
   // The items to keep: the primary, what it is derived from (grid tiles), and its alpha planes.
   if (!byId.has(primary)) throw reject.corrupt(FORMAT, 'the primary item is not listed');
+  // References indexed once, so following them is linear in their number (THREATS 35).
+  const tilesOf = new Map<number, number[]>();
+  const auxiliariesOf = new Map<number, number[]>();
+  for (const r of refs) {
+    budget.spend(1 + r.to.length);
+    const add = (index: Map<number, number[]>, key: number, ...ids: number[]): void => {
+      const list = index.get(key);
+      if (list) list.push(...ids);
+      else index.set(key, ids);
+    };
+    if (r.type === 'dimg') add(tilesOf, r.from, ...r.to);
+    if (r.type === 'auxl') for (const to of new Set(r.to)) add(auxiliariesOf, to, r.from);
+  }
   const keep = new Set<number>([primary]);
   for (const id of keep) {
-    for (const r of refs) {
-      if (r.type === 'dimg' && r.from === id) r.to.forEach((t) => keep.add(t));
-      if (r.type === 'auxl' && r.to.includes(id) && isAlpha(r.from)) keep.add(r.from);
-    }
+    for (const tile of tilesOf.get(id) ?? []) keep.add(tile);
+    for (const from of auxiliariesOf.get(id) ?? []) if (isAlpha(from)) keep.add(from);
   }
   for (const id of keep) {
     const item = byId.get(id);

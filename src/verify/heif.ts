@@ -2,8 +2,10 @@
  * The verifier's own reading of HEIF/AVIF (ISOBMFF `meta` items), written apart from the
  * stripper's rebuilder: one function proves a cleaned file's structure, one mines an input for
  * the values the value scan must not find again. Lenient where the stripper is strict: it never
- * throws, a part it cannot read is a problem (output) or opaque bytes (input).
+ * throws on what it cannot read (a part it cannot read is a problem in an output, opaque bytes in
+ * an input), only on a file whose tables cost more than its work budget (THREATS 35).
  */
+import { WorkBudget } from '../formats/work-budget.js';
 import type { ValueCollector } from './values.js';
 
 interface Span {
@@ -67,16 +69,18 @@ interface MetaView {
   children: Span[];
   items: MetaItem[];
   locations: ItemData[];
+  /** The first location given for each item id (indexed once: THREATS 35). */
+  locationOf: Map<number, ItemData>;
   refTypes: string[];
   properties: Span[];
   idat: Span | undefined;
 }
 
-function readMeta(buf: Buffer, meta: Span): MetaView | undefined {
+function readMeta(buf: Buffer, meta: Span, budget = new WorkBudget('HEIF')): MetaView | undefined {
   const children = spans(buf, meta.data + 4, meta.end);
   if (!children) return undefined;
   const find = (t: string): Span | undefined => children.find((c) => c.type === t);
-  const view: MetaView = { children, items: [], locations: [], refTypes: [], properties: [], idat: find('idat') };
+  const view: MetaView = { children, items: [], locations: [], locationOf: new Map(), refTypes: [], properties: [], idat: find('idat') };
 
   const iinf = find('iinf');
   if (iinf) {
@@ -119,6 +123,8 @@ function readMeta(buf: Buffer, meta: Span): MetaView | undefined {
       const extentCount = uint(buf, at, 2, iloc.end);
       at += 2;
       if (id === undefined || extentCount === undefined) return undefined;
+      // Zero-width offset and length fields make an extent cost no bytes: its count is bounded.
+      budget.spend(1 + extentCount);
       const extents: Array<[number, number]> = [];
       for (let j = 0; j < extentCount; j++) {
         at += indexSize;
@@ -128,7 +134,9 @@ function readMeta(buf: Buffer, meta: Span): MetaView | undefined {
         if (offset === undefined || length === undefined) return undefined;
         extents.push([base + offset, length]);
       }
-      view.locations.push({ id, method, extents });
+      const location = { id, method, extents };
+      view.locations.push(location);
+      if (!view.locationOf.has(id)) view.locationOf.set(id, location);
     }
   }
 
@@ -234,11 +242,11 @@ export function heifValues(input: Buffer, into: ValueCollector, opaque: (data: B
   const meta = top.find((b) => b.type === 'meta');
   const view = meta ? readMeta(input, meta) : undefined;
   if (!view) return;
-  for (const c of view.children) if (c.type === 'hdlr') into.text(input.toString('utf8', c.data + 24, c.end).replace(/\0+$/, ''));
+  for (const c of view.children) if (c.type === 'hdlr') into.text(input.toString('utf8', c.data + 24, c.end));
   for (const item of view.items) {
     into.text(item.name);
     if (itemTypesAllowed.has(item.type)) continue;
-    const location = view.locations.find((l) => l.id === item.id);
+    const location = view.locationOf.get(item.id);
     const data = location ? Buffer.concat(itemRanges(input, view, location).map(([s, e]) => input.subarray(s, e))) : Buffer.alloc(0);
     if (item.type === 'Exif' && data.length >= 4) {
       // ExifDataBlock: a 32-bit offset to the TIFF header, usually past "Exif\0\0".
@@ -260,7 +268,7 @@ export function heifItems(buf: Buffer): Array<{ id: number; type: string; data: 
   const view = meta ? readMeta(buf, meta) : undefined;
   if (!view) return [];
   return view.items.map((item) => {
-    const location = view.locations.find((l) => l.id === item.id);
+    const location = view.locationOf.get(item.id);
     const data = location ? Buffer.concat(itemRanges(buf, view, location).map(([s, e]) => buf.subarray(s, e))) : Buffer.alloc(0);
     return { id: item.id, type: item.type, data };
   });

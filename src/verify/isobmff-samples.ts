@@ -9,6 +9,7 @@
  */
 import { open } from 'node:fs/promises';
 import { readAt as read, topLevelBoxes } from '../formats/isobmff.js';
+import { WorkBudget } from '../formats/work-budget.js';
 
 interface Range {
   start: number;
@@ -24,8 +25,6 @@ export interface SampleLayout {
 }
 
 const maxMoovBytes = 64 * 1024 * 1024;
-const maxSamples = 20_000_000;
-
 
 function children(b: Buffer, start: number, end: number): Array<{ type: string; start: number; end: number }> {
   const out: Array<{ type: string; start: number; end: number }> = [];
@@ -43,8 +42,13 @@ function children(b: Buffer, start: number, end: number): Array<{ type: string; 
   return out;
 }
 
-/** Sample byte ranges of one trak (merged where contiguous). */
-function trackRanges(b: Buffer, stbl: { start: number; end: number }): Range[] | undefined {
+/**
+ * Sample byte ranges of one trak (merged where contiguous). One pass over the chunk offsets with
+ * a cursor into the sample-to-chunk runs (the spec orders them by first chunk; a table that is
+ * not ordered is refused, since a demuxer may read it otherwise than we do). Fixed-size samples
+ * make one range per chunk without a step per sample.
+ */
+function trackRanges(b: Buffer, stbl: { start: number; end: number }, budget: WorkBudget, problems: string[]): Range[] | undefined {
   const boxes = new Map(children(b, stbl.start, stbl.end).map((c) => [c.type, c]));
   const stsz = boxes.get('stsz');
   const stsc = boxes.get('stsc');
@@ -52,44 +56,86 @@ function trackRanges(b: Buffer, stbl: { start: number; end: number }): Range[] |
   if (!stsz || !stsc || !stco) return undefined;
   const wide = boxes.has('co64') && !boxes.has('stco');
   const fixedSize = b.readUInt32BE(stsz.start + 4);
-  const sampleCount = Math.min(b.readUInt32BE(stsz.start + 8), maxSamples);
-  const sizeAt = (i: number): number => (fixedSize !== 0 ? fixedSize : stsz.start + 12 + i * 4 + 4 <= stsz.end ? b.readUInt32BE(stsz.start + 12 + i * 4) : 0);
-  const chunkCount = b.readUInt32BE(stco.start + 4);
+  const sampleCount = b.readUInt32BE(stsz.start + 8);
+  const sizeAt = (i: number): number => (stsz.start + 12 + i * 4 + 4 <= stsz.end ? b.readUInt32BE(stsz.start + 12 + i * 4) : 0);
+  const chunkCount = Math.min(b.readUInt32BE(stco.start + 4), Math.floor((stco.end - stco.start - 8) / (wide ? 8 : 4)));
   const chunkOffset = (i: number): number => {
     const at = stco.start + 8 + i * (wide ? 8 : 4);
-    if (at + (wide ? 8 : 4) > stco.end) return -1;
     return wide ? Number(b.readBigUInt64BE(at)) : b.readUInt32BE(at);
   };
-  const entries = b.readUInt32BE(stsc.start + 4);
-  const runs: Array<{ firstChunk: number; perChunk: number }> = [];
-  for (let i = 0; i < entries && stsc.start + 8 + i * 12 + 12 <= stsc.end; i++) {
-    runs.push({ firstChunk: b.readUInt32BE(stsc.start + 8 + i * 12), perChunk: b.readUInt32BE(stsc.start + 12 + i * 12) });
+  const entries = Math.min(b.readUInt32BE(stsc.start + 4), Math.floor((stsc.end - stsc.start - 8) / 12));
+  const firstChunkOf = (i: number): number => b.readUInt32BE(stsc.start + 8 + i * 12);
+  const perChunkOf = (i: number): number => b.readUInt32BE(stsc.start + 12 + i * 12);
+  budget.spend(entries + chunkCount);
+  for (let i = 1; i < entries; i++) {
+    if (firstChunkOf(i) <= firstChunkOf(i - 1)) {
+      problems.push('isobmff input: a sample-to-chunk table is out of order');
+      return [];
+    }
   }
   const ranges: Range[] = [];
+  const add = (start: number, end: number): void => {
+    const last = ranges.at(-1);
+    if (last && last.end === start) last.end = end;
+    else ranges.push({ start, end });
+  };
+  let run = -1;
   let sample = 0;
   for (let chunk = 1; chunk <= chunkCount && sample < sampleCount; chunk++) {
-    let perChunk = 0;
-    for (const run of runs) if (run.firstChunk <= chunk) perChunk = run.perChunk;
+    while (run + 1 < entries && firstChunkOf(run + 1) <= chunk) run++;
+    const inChunk = Math.min(run < 0 ? 0 : perChunkOf(run), sampleCount - sample);
     let offset = chunkOffset(chunk - 1);
-    if (offset < 0) break;
-    for (let k = 0; k < perChunk && sample < sampleCount; k++, sample++) {
+    if (fixedSize !== 0) {
+      add(offset, offset + inChunk * fixedSize);
+      sample += inChunk;
+      continue;
+    }
+    budget.spend(inChunk);
+    for (let k = 0; k < inChunk; k++, sample++) {
       const size = sizeAt(sample);
-      const last = ranges.at(-1);
-      if (last && last.end === offset) last.end += size;
-      else ranges.push({ start: offset, end: offset + size });
+      add(offset, offset + size);
       offset += size;
     }
   }
   return ranges;
 }
 
-const overlaps = (a: Range, list: Range[]): boolean => list.some((b) => a.start < b.end && b.start < a.end);
+/** Sorted by start, overlapping or touching ranges merged. */
+function merged(list: Range[]): Range[] {
+  const out: Range[] = [];
+  for (const r of [...list].sort((x, y) => x.start - y.start)) {
+    const last = out.at(-1);
+    if (last && r.start <= last.end) last.end = Math.max(last.end, r.end);
+    else out.push({ ...r });
+  }
+  return out;
+}
+
+/** Whether any range of `a` overlaps one of `b` (both sorted and merged): one sweep over both. */
+function anyOverlap(a: Range[], b: Range[]): boolean {
+  for (let i = 0, j = 0; i < a.length && j < b.length; ) {
+    if (a[i]!.start < b[j]!.end && b[j]!.start < a[i]!.end) return true;
+    if (a[i]!.end <= b[j]!.end) i++;
+    else j++;
+  }
+  return false;
+}
+
+/** Whether every range of `inner` (sorted, merged) lies inside one of `outer` (sorted, disjoint). */
+function allInside(inner: Range[], outer: Range[]): boolean {
+  let j = 0;
+  for (const r of inner) {
+    while (j < outer.length && outer[j]!.end <= r.start) j++;
+    if (j === outer.length || r.start < outer[j]!.start || r.end > outer[j]!.end) return false;
+  }
+  return true;
+}
 
 /** [from, to) minus the ranges (sorted, merged), as ranges. */
 function gaps(from: number, to: number, taken: Range[]): Range[] {
   const out: Range[] = [];
   let at = from;
-  for (const r of [...taken].sort((x, y) => x.start - y.start)) {
+  for (const r of taken) {
     if (r.end <= at || r.start >= to) continue;
     if (r.start > at) out.push({ start: at, end: r.start });
     at = Math.max(at, r.end);
@@ -98,7 +144,7 @@ function gaps(from: number, to: number, taken: Range[]): Range[] {
   return out;
 }
 
-export async function sampleLayout(path: string): Promise<SampleLayout> {
+export async function sampleLayout(path: string, budget = new WorkBudget('MP4/MOV')): Promise<SampleLayout> {
   const layout: SampleLayout = { problems: [], metadataRanges: [], fragmented: false };
   const file = await open(path, 'r');
   try {
@@ -124,24 +170,20 @@ export async function sampleLayout(path: string): Promise<SampleLayout> {
       const stbl = minf && children(moov, minf.start, minf.end).find((c) => c.type === 'stbl');
       if (!hdlr || !stbl) continue;
       const handler = moov.toString('latin1', hdlr.start + 8, hdlr.start + 12);
-      const ranges = trackRanges(moov, stbl) ?? [];
+      const ranges = trackRanges(moov, stbl, budget, layout.problems) ?? [];
       (handler === 'vide' || handler === 'soun' ? media : metadata).push(...ranges);
     }
-    const mdats = top.filter((b) => b.type === 'mdat');
-    for (const r of media) {
-      if (!mdats.some((m) => r.start >= m.start && r.end <= m.end)) {
-        layout.problems.push('isobmff input: an audio/video sample lies outside the media data');
-        break;
-      }
-      if (overlaps(r, metadata)) {
-        layout.problems.push('isobmff input: an audio/video sample overlaps a metadata track');
-        break;
-      }
-    }
+    if (layout.problems.length > 0) return layout;
+    const mdats = merged(top.filter((b) => b.type === 'mdat'));
+    const mediaRanges = merged(media);
+    const metadataRanges = merged(metadata);
+    budget.spend(mdats.length + mediaRanges.length + metadataRanges.length);
+    if (!allInside(mediaRanges, mdats)) layout.problems.push('isobmff input: an audio/video sample lies outside the media data');
+    else if (anyOverlap(mediaRanges, metadataRanges)) layout.problems.push('isobmff input: an audio/video sample overlaps a metadata track');
     // Bytes of mdat no track owns, and the metadata tracks' own samples.
-    const owned = [...media, ...metadata];
+    const owned = merged([...media, ...metadata]);
     for (const m of mdats) layout.metadataRanges.push(...gaps(m.start, m.end, owned));
-    layout.metadataRanges.push(...metadata);
+    layout.metadataRanges.push(...metadataRanges);
   } finally {
     await file.close();
   }
