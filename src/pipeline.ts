@@ -49,6 +49,11 @@ export interface CleanFile {
   fingerprint: Fingerprint;
   retention: Retention;
   expiresAt: string;
+  /**
+   * A <= 320 px JPEG of a cleaned image, made by the verifier's decode of its pixels (no metadata,
+   * sRGB); undefined for video (its preview is a frame, made later) and for HEIC.
+   */
+  preview?: Buffer | undefined;
 }
 
 /** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
@@ -95,11 +100,12 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     fingerprint: tagged.fingerprint,
     retention: tagged.retention,
     expiresAt: tagged.expiresAt,
+    preview: verified.facts.preview,
   };
 }
 
 /** The per-file report callers see: categories and counts, never a value or a file name. */
-export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind'> {
+export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind' | 'preview'> {
   return {
     id: file.id,
     mime: file.mime,

@@ -6,35 +6,24 @@
  * but pixels. HEIC cannot be decoded by sharp's libvips, so it gets no thumbnail.
  */
 import path from 'node:path';
-import sharp from 'sharp';
 import type { CleanFile } from './pipeline.js';
 import { frameArgs } from './tools/ffmpeg-args.js';
 import { runTool, type Ffmpeg } from './tools/ffmpeg.js';
+import { decodePreview } from './tools/sharp.js';
 
-/** Longest side of a thumbnail, in pixels. */
-export const thumbnailSize = 320;
 /** Where in a video the preview frame is taken: 1 s in, or the middle of a shorter clip. */
 export const frameSeconds = (durationMs: number | undefined): number => Math.min(1, (durationMs ?? 0) / 2000);
 
-async function resize(source: string | Buffer, maxInputPixels: number): Promise<Buffer> {
-  return sharp(source, { limitInputPixels: maxInputPixels, failOn: 'error', pages: 1 })
-    .autoOrient()
-    .resize(thumbnailSize, thumbnailSize, { fit: 'inside', withoutEnlargement: true })
-    .toColourspace('srgb')
-    .jpeg({ quality: 80, mozjpeg: false })
-    .toBuffer();
-}
-
-/** The thumbnail's JPEG bytes, or undefined when this format has no preview. */
+/**
+ * The thumbnail's JPEG bytes, or undefined when this format has no preview. An image's preview
+ * was made by the verifier's decode of its pixels (`file.preview`); a video's is one frame.
+ */
 export async function makeThumbnail(file: CleanFile, tools: Ffmpeg, maxInputPixels: number): Promise<Buffer | undefined> {
   const { kind } = file;
-  if (kind.family === 'image') {
-    if (kind.format === 'heif' && kind.mime !== 'image/avif') return undefined;
-    return resize(file.path, maxInputPixels);
-  }
+  if (kind.family === 'image') return file.preview;
   const frame = path.join(path.dirname(file.path), `${file.id}.frame.png`);
   const seconds = frameSeconds(file.fingerprint.family === 'video' ? file.fingerprint.durationMs : undefined);
   const result = await runTool(tools.ffmpeg.path, frameArgs(file.path, kind.demuxer, seconds, frame), tools.timeoutMs);
   if (result.code !== 0) return undefined;
-  return resize(frame, maxInputPixels);
+  return decodePreview(frame, { maxInputPixels, format: 'PNG' });
 }

@@ -15,7 +15,7 @@ import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
-import { readImageInfo, type ImageInfo } from '../tools/sharp.js';
+import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet } from '../verify/scan.js';
 import { checkImageStructure } from '../verify/structure-image.js';
@@ -31,8 +31,8 @@ export interface VerifyDeps {
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
 export type VerifiedFacts =
   /** `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again. */
-  | { imageInfo: ImageInfo; bytes: Buffer; probe?: undefined }
-  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined };
+  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; probe?: undefined }
+  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined };
 
 // The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
 const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
@@ -63,6 +63,8 @@ export interface EarlyReading {
 export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | undefined {
   if (file.kind.family !== 'video') return undefined;
   const samples = file.kind.demuxer === 'mov' ? readInputSamples(file.inputPath) : undefined;
+  // Awaited by verify; a hostile table can refuse the file (work budget) before verify is reached.
+  samples?.catch(() => undefined);
   const outputProbe = probeAhead(deps.ffmpeg, cleanPathOf(file), file.kind.demuxer, file.workDir);
   const abandon = async (): Promise<void> => {
     await Promise.allSettled([samples, outputProbe.then((p) => p.cancel())]);
@@ -82,6 +84,14 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const format = file.kind.format;
     const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
     const infos = Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
+    // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
+    // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
+    // coded items are copied byte for byte and not decoded here.
+    const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
+    const preview = decodable
+      ? infos.then(() => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' }))
+      : Promise.resolve(undefined);
+    preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     const structure = checkImageStructure(format, output);
     problems.push(...structure.problems);
     await collectImageValues(format, input, values);
@@ -98,7 +108,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const [before, after] = await infos;
     if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
     if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-    facts = { imageInfo: after, bytes: output };
+    facts = { imageInfo: after, bytes: output, preview: await preview };
     if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   } else {
     const { demuxer } = file.kind;

@@ -32,6 +32,15 @@ export interface ImageInfo {
   bitsPerSample: number | undefined;
 }
 
+/**
+ * An animation's frames are composed on a canvas that the decoder allocates whole, at 4 bytes a
+ * pixel, whatever the frames' own sizes: a 268-byte WebP can declare 16383x16383 and cost 1.2 GB
+ * in a preview decode (THREATS 36). Real animations stay far below this.
+ */
+export const maxAnimationCanvasPixels = 4096 * 4096;
+/** Longest side of a preview, in pixels. */
+export const previewSize = 320;
+
 /** Header-only read (no decode). Limits apply before anything is decoded. */
 export async function readImageInfo(input: Buffer, maxInputPixels: number): Promise<ImageInfo> {
   let meta: Metadata;
@@ -45,6 +54,13 @@ export async function readImageInfo(input: Buffer, maxInputPixels: number): Prom
   const height = meta.height ?? 0;
   if (width * height > maxInputPixels) {
     throw new ScrubError('too_many_pixels', `The image is ${width}x${height}, more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`);
+  }
+  const animated = (meta.pages ?? 1) > 1 || meta.delay !== undefined;
+  if (animated && width * height > maxAnimationCanvasPixels) {
+    throw new ScrubError(
+      'too_many_pixels',
+      `The animation's canvas is ${width}x${height}; scrubline decodes animations up to ${maxAnimationCanvasPixels} pixels (e.g. 4096x4096). Send a smaller animation.`,
+    );
   }
   return {
     format: meta.format ?? 'unknown',
@@ -79,5 +95,31 @@ export async function rewriteTiff(input: Buffer, maxInputPixels: number): Promis
       throw new ScrubError('too_many_pixels', `The image has more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`, { cause: err });
     }
     throw reject.corrupt('TIFF', 'the image data does not decode');
+  }
+}
+
+/**
+ * The one decode of an image's pixels: a preview of at most previewSize px a side, as a JPEG with
+ * no metadata (converted to sRGB, so not even an ICC profile), made from the first frame. Decoding
+ * is what proves the pixel data is image data (THREATS 37: a PNG whose IDAT is HTML, a JPEG whose
+ * scan is text), so a failure is `corrupt_media`. It decodes at reduced scale where the format
+ * allows (JPEG and WebP shrink on load; PNG streams row by row), so memory stays bounded by the
+ * preview, not the picture (a full decode of a 16000x16000 PNG takes 1.5 GB, this one 150 MB).
+ * `strictJpeg` also fails on libjpeg's warnings: a scan that ends before the picture does
+ * ("premature end of data segment") is what a text payload in place of a scan looks like.
+ */
+export async function decodePreview(input: Buffer | string, options: { maxInputPixels: number; format: string; strictJpeg?: boolean }): Promise<Buffer> {
+  try {
+    return await sharp(input, { limitInputPixels: options.maxInputPixels, failOn: options.strictJpeg ? 'warning' : 'error', pages: 1 })
+      .autoOrient()
+      .resize(previewSize, previewSize, { fit: 'inside', withoutEnlargement: true })
+      .toColourspace('srgb')
+      .jpeg({ quality: 80, mozjpeg: false })
+      .toBuffer();
+  } catch (err) {
+    if (err instanceof Error && /pixel limit/i.test(err.message)) {
+      throw new ScrubError('too_many_pixels', `The image has more pixels than the configured limit of ${options.maxInputPixels}. Send a smaller image.`, { cause: err });
+    }
+    throw new ScrubError('corrupt_media', `The file's ${options.format} headers are valid but its pixel data does not decode, so it was not forwarded. Send an intact image.`, { cause: err });
   }
 }
