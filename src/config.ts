@@ -34,6 +34,8 @@ export interface Config {
   /** Longest a whole request (body included) may take, and the header read. */
   requestTimeoutMs: number;
   headersTimeoutMs: number;
+  /** Longest an upload's body may make no progress; then 408 and its slot is freed. */
+  bodyIdleTimeoutMs: number;
   /** Further attempts after a render-service 5xx or refused connection. */
   upstreamRetries: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -57,6 +59,8 @@ export const defaults = {
   maxConcurrentUploads: Math.max(2, availableParallelism()),
   requestTimeoutMs: 10 * 60_000,
   headersTimeoutMs: 30_000,
+  // A phone on a bad network stalls for seconds, not half a minute; a stalled body holds a slot.
+  bodyIdleTimeoutMs: 30_000,
   upstreamRetries: 2,
   logLevel: 'info',
 } as const satisfies Partial<Config>;
@@ -138,6 +142,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxConcurrentUploads: integer('MAX_CONCURRENT_UPLOADS', defaults.maxConcurrentUploads, 1, 10_000),
     requestTimeoutMs: integer('REQUEST_TIMEOUT_MS', defaults.requestTimeoutMs, 1000, 24 * 3_600_000),
     headersTimeoutMs: integer('HEADERS_TIMEOUT_MS', defaults.headersTimeoutMs, 1000, 3_600_000),
+    bodyIdleTimeoutMs: integer('BODY_IDLE_TIMEOUT_MS', defaults.bodyIdleTimeoutMs, 100, 3_600_000),
     upstreamRetries: integer('UPSTREAM_RETRIES', defaults.upstreamRetries, 0, 10),
     logLevel: logLevel as Config['logLevel'],
   };
@@ -166,6 +171,7 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_MAX_CONCURRENT_UPLOADS', `uploads processed at once; more get 503 + Retry-After (default one per core, at least 2; here ${defaults.maxConcurrentUploads})`],
   ['SCRUBLINE_REQUEST_TIMEOUT_MS', `longest a request may take to arrive, body included; slower gets 408 (default ${defaults.requestTimeoutMs})`],
   ['SCRUBLINE_HEADERS_TIMEOUT_MS', `longest the request headers may take (default ${defaults.headersTimeoutMs})`],
+  ['SCRUBLINE_BODY_IDLE_TIMEOUT_MS', `longest an upload's body may make no progress; then 408, partial file removed, slot freed (default ${defaults.bodyIdleTimeoutMs})`],
   ['SCRUBLINE_UPSTREAM_RETRIES', `further attempts after a render-service 5xx or refused connection, same Idempotency-Key (default ${defaults.upstreamRetries})`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];

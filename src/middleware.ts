@@ -10,11 +10,14 @@
  * function. Rejections reach `next(err)` as a ScrubError; mount `errorHandler()` or map
  * `err.status` and `err.toJSON()` yourself.
  */
-import { rm } from 'node:fs/promises';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { lstat, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { defaults } from './config.js';
 import type { Retention } from './context.js';
-import { asScrubError } from './errors.js';
+import { ScrubError, asScrubError } from './errors.js';
+import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
 import { receiver } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
@@ -36,6 +39,19 @@ export interface ScrublineOptions {
   ffprobePath?: string;
   /** Wall-clock limit for one ffmpeg/ffprobe run. Default 120,000 ms. */
   ffmpegTimeoutMs?: number;
+  /** Longest the body may make no progress before the upload is dropped with a 408. Default 30,000 ms. */
+  bodyIdleTimeoutMs?: number;
+  /**
+   * Empty `tmpDir` when the middleware is created: what a crashed process left there are
+   * originals. Only where this middleware alone uses the directory. Default false.
+   */
+  emptyTmpDirOnStart?: boolean;
+  /**
+   * Every this many ms, remove upload directories in `tmpDir` that no request of this middleware
+   * owns and that are older than a minute (defence in depth: nothing should ever be left). 0 =
+   * off (default); only where this middleware alone uses the directory. The service turns it on.
+   */
+  abandonedSweepIntervalMs?: number;
   /** Time source for expiry. Default: the system clock. */
   clock?: Clock;
   /**
@@ -69,6 +85,27 @@ declare module 'express-serve-static-core' {
   }
 }
 
+/** How old an upload directory no request owns must be before the abandoned sweep removes it. */
+const abandonedGraceMs = 60_000;
+
+function emptyDirSync(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  for (const entry of readdirSync(dir)) rmSync(path.join(dir, entry), { recursive: true, force: true });
+}
+
+/** Removes entries of `dir` that are not live and were last changed more than `graceMs` ago. */
+export async function removeAbandoned(dir: string, live: ReadonlySet<string>, graceMs: number): Promise<number> {
+  let removed = 0;
+  for (const entry of await readdir(dir).catch(() => [] as string[])) {
+    if (live.has(entry)) continue;
+    const info = await lstat(path.join(dir, entry)).catch(() => undefined);
+    if (!info || Date.now() - info.mtimeMs < graceMs) continue;
+    await rm(path.join(dir, entry), { recursive: true, force: true });
+    removed++;
+  }
+  return removed;
+}
+
 function positiveInteger(name: string, value: number | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   if (!Number.isSafeInteger(value) || value < 1) {
@@ -90,10 +127,18 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     tmpDir: options.tmpDir,
     maxUploadBytes: positiveInteger('maxUploadBytes', options.maxUploadBytes, defaults.maxUploadBytes),
     maxFiles: positiveInteger('maxFiles', options.maxFiles, defaults.maxFiles),
+    bodyIdleTimeoutMs: positiveInteger('bodyIdleTimeoutMs', options.bodyIdleTimeoutMs, defaults.bodyIdleTimeoutMs),
   };
   const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, defaults.maxInputPixels);
   const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, defaults.ffmpegTimeoutMs);
   const receive = receiver(limits);
+  if (options.emptyTmpDirOnStart) emptyDirSync(options.tmpDir);
+  // Upload directories of requests in progress; anything else in tmpDir is abandoned.
+  const live = new Set<string>();
+  if (options.abandonedSweepIntervalMs) {
+    const every = positiveInteger('abandonedSweepIntervalMs', options.abandonedSweepIntervalMs, 60_000);
+    setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs), every).unref();
+  }
   const clock = options.clock ?? systemClock;
   const unfinishedJobCapHours = positiveInteger('unfinishedJobCapHours', options.unfinishedJobCapHours, defaults.unfinishedJobCapHours);
   // ffmpeg's version is read once, on first use; a failure is retried on the next request.
@@ -107,26 +152,44 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   };
 
   return async function scrublineMiddleware(req: Request, res: Response, next: NextFunction): Promise<void> {
-    let uploadDir: string | undefined;
+    // The upload's directory is named before a byte is received, so that a client going away at
+    // any moment (even before receive has made the directory) removes whatever is in it (issue
+    // 19: a close before receive returned cached a no-op and left the original behind).
+    const uploadId = randomId();
+    const uploadDir = path.join(options.tmpDir, uploadId);
+    live.add(uploadId);
     let released: Promise<void> | undefined;
-    const release = (): Promise<void> => (released ??= uploadDir === undefined ? Promise.resolve() : rm(uploadDir, { recursive: true, force: true }));
-    // Whatever happens, the originals and intermediates go when the response is done.
-    res.once('close', () => void release());
+    const release = (): Promise<void> => (released ??= rm(uploadDir, { recursive: true, force: true }));
+    let closed = false;
+    // Whatever happens, the originals and intermediates go when the response is done: a fresh
+    // removal, since something may have written into the directory after an earlier one.
+    res.once('close', () => {
+      closed = true;
+      released = undefined;
+      void release().finally(() => live.delete(uploadId));
+    });
+    /** The client went away: nothing to answer; everything of the upload goes, whatever is still writing. */
+    const dropClosed = async (): Promise<void> => {
+      released = undefined;
+      await release();
+      next(new ScrubError('client_closed', 'The client closed the connection before the upload was answered. Nothing was kept.'));
+    };
     try {
-      const upload = await receive(req, res);
-      uploadDir = upload.uploadDir;
-      // The client went away while uploading: nothing to answer, and the close handler cleans up.
-      if (res.writableEnded || res.destroyed) return;
+      const upload = await receive(req, res, uploadId, uploadDir);
+      if (closed || res.writableEnded) return await dropClosed();
       const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
       const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.
       for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));
-      req.scrubline = { uploadId: upload.uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
+      if (closed) return await dropClosed();
+      req.scrubline = { uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
       next();
     } catch (err) {
+      // A removal that ran while something still wrote into the directory may have missed it.
+      released = undefined;
       await release();
-      next(asScrubError(err));
+      next(closed ? new ScrubError('client_closed', 'The client closed the connection before the upload was answered. Nothing was kept.', { cause: err }) : asScrubError(err));
     }
   };
 }

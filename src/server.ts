@@ -75,6 +75,8 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       ffmpegPath: ffmpeg.ffmpeg.path,
       ffprobePath: ffmpeg.ffprobe.path,
       ffmpegTimeoutMs: config.ffmpegTimeoutMs,
+      bodyIdleTimeoutMs: config.bodyIdleTimeoutMs,
+      abandonedSweepIntervalMs: 60_000,
     },
   });
 
@@ -148,6 +150,7 @@ function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logge
       for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
       metrics.orphans.inc(report.orphans);
       if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
+      if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows whose paths are not plain files inside the data dir; fix or remove those rows');
     } catch (err) {
       logger.error({ err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'sweep failed; it will run again');
     } finally {

@@ -18,6 +18,8 @@ export interface ReceiveOptions {
   tmpDir: string;
   maxUploadBytes: number;
   maxFiles: number;
+  /** Longest the body may make no progress before the upload is dropped with a 408. */
+  bodyIdleTimeoutMs: number;
 }
 
 export interface ReceivedUpload {
@@ -80,7 +82,7 @@ export function receiveError(err: unknown, options: ReceiveOptions): ScrubError 
   }
   const message = err instanceof Error ? err.message : '';
   if (/Request (aborted|closed)/.test(message)) {
-    return new ScrubError('bad_request', 'The upload was interrupted before it finished. Nothing was kept; send it again.', { internal: message });
+    return new ScrubError('client_closed', 'The upload was interrupted before it finished. Nothing was kept; send it again.', { internal: message });
   }
   if (/Unexpected end of form|Malformed|Boundary|Unexpected end of multipart|Part terminated/i.test(message)) {
     return new ScrubError('bad_request', 'The multipart body is malformed or truncated. Send a complete multipart/form-data request.', { internal: 'busboy: malformed body' });
@@ -107,7 +109,7 @@ function readFields(body: Record<string, unknown>): { jobId: string | undefined;
 }
 
 /** Builds the receive step once (limits depend only on options); call it per request. */
-export function receiver(options: ReceiveOptions): (req: Request, res: Response) => Promise<ReceivedUpload> {
+export function receiver(options: ReceiveOptions): (req: Request, res: Response, uploadId: string, uploadDir: string) => Promise<ReceivedUpload> {
   const upload = multer({
     storage: tempStorage,
     limits: {
@@ -123,16 +125,28 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response)
     },
   }).array('file', options.maxFiles);
 
-  return async function receive(req, res) {
-    const uploadId = randomId();
-    const uploadDir = path.join(options.tmpDir, uploadId);
+  /**
+   * `uploadDir` is the caller's (it removes it whenever the request ends, however it ends); this
+   * creates it and removes it itself when receiving fails.
+   */
+  return async function receive(req, res, uploadId, uploadDir) {
     await mkdir(uploadDir, { recursive: true, mode: 0o700 });
     (req as WithUploadDir)[uploadDirKey] = uploadDir;
+    const watch = watchBody(req, res, options.bodyIdleTimeoutMs);
+    const parsed = new Promise<void>((resolve, reject) => upload(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
     try {
-      await new Promise<void>((resolve, reject) => upload(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
+      await Promise.race([parsed, watch.fired]);
     } catch (err) {
-      await rm(uploadDir, { recursive: true, force: true });
-      throw receiveError(err, options);
+      // A stalled or abandoned body: answered now (a 408 goes out and the connection closes); the
+      // partial file goes now, and again once multer has let go of it.
+      if (watch.error) {
+        await rm(uploadDir, { recursive: true, force: true });
+        void parsed.catch(() => undefined).finally(() => rm(uploadDir, { recursive: true, force: true }));
+      }
+      else await rm(uploadDir, { recursive: true, force: true });
+      throw watch.error ?? receiveError(err, options);
+    } finally {
+      watch.stop();
     }
     const stored = (req.files as Express.Multer.File[] | undefined) ?? [];
     try {
@@ -151,4 +165,53 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response)
       throw err;
     }
   };
+}
+
+/**
+ * Watches the body: when the client hangs up before it is complete, `fired` rejects with
+ * client_closed; when no byte arrives for `idleMs`, with a 408
+ * and the connection is closed once that answer is out, so a client that sends headers and a few
+ * bytes and then nothing cannot hold a concurrency slot for the whole request time limit
+ * (THREATS 38). Progress is read from the socket's byte count, which needs no listener on the
+ * request (a 'data' listener would start the stream flowing before multer reads it).
+ */
+function watchBody(req: Request, res: Response, idleMs: number): { fired: Promise<never>; error: ScrubError | undefined; stop(): void } {
+  const socket = req.socket;
+  let lastBytes = socket.bytesRead;
+  let lastProgress = performance.now();
+  let fail: (err: ScrubError) => void = () => undefined;
+  const state = {
+    fired: new Promise<never>((_resolve, reject) => (fail = reject)),
+    error: undefined as ScrubError | undefined,
+    stop: () => clearInterval(timer),
+  };
+  state.fired.catch(() => undefined); // raced by receive; only read when it fired
+  // A client that hangs up mid-body ends the receive at once: multer does not always call back
+  // after an abort (seen when the connection closes as its parse starts), which held the slot.
+  const onClose = (): void => {
+    if (req.complete || state.error) return;
+    clearInterval(timer);
+    state.error = new ScrubError('client_closed', 'The upload was interrupted before it finished. Nothing was kept; send it again.');
+    fail(state.error);
+  };
+  if (req.destroyed) queueMicrotask(onClose);
+  else req.once('close', onClose);
+  const timer = setInterval(() => {
+    if (socket.bytesRead !== lastBytes) {
+      lastBytes = socket.bytesRead;
+      lastProgress = performance.now();
+      return;
+    }
+    if (performance.now() - lastProgress < idleMs) return;
+    clearInterval(timer);
+    state.error = new ScrubError(
+      'request_timeout',
+      `No byte of the upload arrived for ${Math.round(idleMs / 1000)} s, so it was dropped and nothing was kept. Send it again on a working connection.`,
+    );
+    res.setHeader('Connection', 'close');
+    res.once('finish', () => socket.destroy());
+    fail(state.error);
+  }, Math.min(1000, Math.max(25, idleMs / 4)));
+  timer.unref();
+  return state;
 }
