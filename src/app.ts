@@ -4,7 +4,7 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants, mkdir, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
@@ -13,8 +13,8 @@ import { ScrubError, asScrubError } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from './config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
-import type { ArtefactRecord, Ledger } from './ledger.js';
-import { countByKind, removeArtefactFiles } from './sweeper.js';
+import { jobDeleted, type ArtefactRecord, type Ledger } from './ledger.js';
+import { countByKind, purgeRecords } from './sweeper.js';
 import { Metrics } from './metrics.js';
 import { makeThumbnail } from './thumbnails.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
@@ -59,6 +59,8 @@ export function errorHandler(onError?: (error: ScrubError, req: Request) => void
   };
 }
 
+/** How long one /readyz tool check answers for every caller. */
+export const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 /** What a 503 tells a client to wait: about one upload's processing time. */
 const retryAfterSeconds = 5;
@@ -121,12 +123,17 @@ export function buildApp(deps: AppDeps): express.Express {
     res.json({ status: 'ok' });
   });
 
+  // /readyz is open: every caller within a few seconds shares one tool check, in flight or done,
+  // so a flood of probes spawns no more than two processes per interval (THREATS 39).
+  let toolCheck: { at: number; result: Promise<[PromiseSettledResult<{ version: string }>, PromiseSettledResult<{ version: string }>]> } | undefined;
+  const checkTools = () => {
+    if (!toolCheck || performance.now() - toolCheck.at > readyCheckTtlMs) {
+      toolCheck = { at: performance.now(), result: Promise.allSettled([versionOf(deps.tools.ffmpeg, 10_000), versionOf(deps.tools.ffprobe, 10_000)]) };
+    }
+    return toolCheck.result;
+  };
   app.get('/readyz', async (_req, res) => {
-    const [ffmpeg, ffprobe, dataDir] = await Promise.allSettled([
-      versionOf(deps.tools.ffmpeg, 10_000),
-      versionOf(deps.tools.ffprobe, 10_000),
-      access(deps.dataDir, constants.W_OK),
-    ]);
+    const [[ffmpeg, ffprobe], [dataDir]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK)])]);
     const tool = (binary: Binary, result: PromiseSettledResult<{ version: string }>) => ({
       ok: result.status === 'fulfilled',
       path: binary.path,
@@ -178,6 +185,8 @@ export function buildApp(deps: AppDeps): express.Express {
     }),
     async function forwardUpload(req: Request, res: Response) {
       const upload = req.scrubline!;
+      // A deleted job takes nothing more, in flight or later (THREATS 41).
+      if (upload.jobId !== undefined && deps.ledger.jobDeletedAt(upload.jobId) !== undefined) throw jobDeleted();
       const fields = { jobId: upload.jobId, retention: upload.retention };
       // Previews are made from the cleaned files before forwarding (the local sink moves them),
       // and stored only once the forward succeeded: a failed upload leaves nothing behind.
@@ -214,7 +223,13 @@ export function buildApp(deps: AppDeps): express.Express {
           records.push({ ...file, id, kind: 'thumbnail', parentId: f.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg`] });
         }
       }
-      deps.ledger.record(records);
+      try {
+        deps.ledger.record(records);
+      } catch (err) {
+        // The job was deleted while this upload was being forwarded: what it stored goes too.
+        await Promise.all(records.flatMap((r) => r.paths).map((p) => rm(path.join(deps.dataDir, p), { force: true })));
+        throw err;
+      }
       for (const f of upload.files) {
         metrics.uploads.inc({ outcome: 'forwarded', family: f.kind.family });
         metrics.bytes.inc({ direction: 'out' }, f.bytes);
@@ -258,14 +273,16 @@ export function buildApp(deps: AppDeps): express.Express {
 
   app.delete('/v1/jobs/:jobId', async (req, res) => {
     const jobId = validJobId(req.params.jobId);
-    const records = deps.ledger.ofJob(jobId);
-    for (const record of records) await removeArtefactFiles(deps.dataDir, record);
     const at = clock().toISOString();
-    deps.ledger.markPurged(records.map((r) => r.id), at);
-    const counts = countByKind(records);
-    deps.ledger.recordDeletion(jobId, at, counts, records.map((r) => r.id));
+    // The job is marked deleted in the same transaction that lists its artefacts: an upload
+    // recorded before is in the list, one after is refused (410 job_deleted).
+    const records = deps.ledger.deleteJob(jobId, at);
+    const { purged, skipped } = await purgeRecords(deps.ledger, deps.dataDir, records, at);
+    const counts = countByKind(purged);
+    deps.ledger.recordDeletion(jobId, at, counts, purged.map((r) => r.id));
+    if (skipped.length > 0) req.log.error({ jobId, skipped }, 'job deletion skipped ledger rows whose paths are not plain files inside the data dir');
     req.log.info({ jobId, purged: counts }, 'job deleted on request');
-    res.json({ jobId, deletedAt: at, purged: counts });
+    res.json({ jobId, deletedAt: at, purged: counts, ...(skipped.length > 0 ? { skipped: skipped.length } : {}) });
   });
 
   app.use((_req, _res, next) => next(new ScrubError('not_found', `No such route. See the README for the API: ${routes}.`)));
@@ -273,7 +290,8 @@ export function buildApp(deps: AppDeps): express.Express {
     errorHandler((error, req) => {
       metrics.rejections.inc({ reason: error.code });
       if (req.path === '/v1/uploads' && error.code !== 'overloaded' && error.code !== 'unauthorized') {
-        metrics.uploads.inc({ outcome: error.isRejection ? 'rejected' : 'failed', family: 'unknown' });
+        const outcome = error.code === 'client_closed' ? 'client_closed' : error.isRejection ? 'rejected' : 'failed';
+        metrics.uploads.inc({ outcome, family: 'unknown' });
       }
     }),
   );

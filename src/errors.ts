@@ -18,6 +18,8 @@ export type ErrorCode =
   | 'verification_failed'
   | 'processing_timeout'
   | 'request_timeout'
+  | 'client_closed'
+  | 'job_deleted'
   | 'overloaded'
   | 'insufficient_storage'
   | 'upstream_unreachable'
@@ -41,6 +43,9 @@ const statusByCode: Record<ErrorCode, number> = {
   verification_failed: 422,
   processing_timeout: 422,
   request_timeout: 408,
+  // Never sent (the client is gone); nginx's code for it, so logs and metrics say what happened.
+  client_closed: 499,
+  job_deleted: 410,
   overloaded: 503,
   insufficient_storage: 507,
   upstream_unreachable: 502,
