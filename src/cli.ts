@@ -14,7 +14,6 @@ import { ScrubError } from './errors.js';
 import { acceptedFormatsText } from './media.js';
 import type { Suite } from './qa/suite.js';
 import type { Target } from './qa/run.js';
-import type { Fingerprint } from './steps/fingerprint.js';
 
 // Each command imports what it uses when it runs: a batch's main thread only hands files to
 // workers, and loading the pipeline, sharp, SQLite and the QA reports first would delay them.
@@ -145,8 +144,9 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
       const counts = Object.entries(report.purged).map(([kind, n]) => `${n} ${kind}${n === 1 ? '' : 's'}`).join(', ');
       out.stdout(`${report.at}: ${verb} ${counts}; ${report.orphans} orphan file(s) ${report.dryRun ? 'found' : 'removed'}\n`);
       if (report.dryRun) for (const id of report.ids) out.stdout(`${id}\n`);
+      if (report.skipped.length > 0) out.stderr(`skipped ${report.skipped.length} bad ledger row(s) (a path outside the data dir, through a link, or not a file): ${report.skipped.join(' ')}\n`);
     }
-    return 0;
+    return report.skipped.length > 0 ? 1 : 0;
   } finally {
     ledger.close();
   }
@@ -216,7 +216,7 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
   if (positionals.length !== 1 || values.output === undefined) throw new UsageError('repro takes a fingerprint (a .json file or an fp_ id) and -o <output file>');
   const source = positionals[0]!;
   const { Ledger } = await import('./ledger.js');
-  const { repro, ReproError } = await import('./repro.js');
+  const { readFingerprint, repro, ReproError } = await import('./repro.js');
   const { loadFfmpeg } = await import('./tools/ffmpeg.js');
   let json: string | undefined;
   if (existsSync(source)) json = readFileSync(source, 'utf8');
@@ -230,13 +230,8 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
     }
     if (json === undefined) throw new UsageError(`no fingerprint ${source} in the ledger (expired or deleted?)`);
   } else throw new UsageError(`${source} is neither a fingerprint file nor an fp_ id`);
-  let fingerprint: Fingerprint;
   try {
-    fingerprint = JSON.parse(json) as Fingerprint;
-  } catch {
-    throw new UsageError('the fingerprint is not valid JSON');
-  }
-  try {
+    const fingerprint = readFingerprint(json, config.maxInputPixels);
     await repro(fingerprint, values.output, await loadFfmpeg(config));
   } catch (err) {
     if (err instanceof ReproError) {

@@ -19,7 +19,22 @@ import { randomId } from './ids.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import type { Clock } from './steps/tag-expiry.js';
 
-export const limits = { bodyBytes: 256 * 1024, messageChars: 4096, stackChars: 64 * 1024, jobConfigBytes: 64 * 1024 };
+export const limits = { bodyBytes: 256 * 1024, messageChars: 4096, stackChars: 64 * 1024, jobConfigBytes: 64 * 1024, jobConfigDepth: 32 };
+
+/**
+ * Whether a parsed JSON value nests deeper than `max` levels, without recursion: 100,000 levels
+ * fit in 256 KiB, and a recursive walk (JSON.stringify's) runs out of stack on them (THREATS 44).
+ */
+export function nestedDeeperThan(value: unknown, max: number): boolean {
+  const stack: Array<[unknown, number]> = [[value, 0]];
+  while (stack.length > 0) {
+    const [item, depth] = stack.pop()!;
+    if (item === null || typeof item !== 'object') continue;
+    if (depth >= max) return true;
+    for (const child of Object.values(item)) stack.push([child, depth + 1]);
+  }
+  return false;
+}
 
 const idPattern = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -81,6 +96,7 @@ function readCrash(body: unknown): { ref: { fileId?: string; fingerprintId?: str
   if (error.message.length > limits.messageChars) throw badRequest(`error.message is at most ${limits.messageChars} characters.`);
   if (error.stack !== undefined && (typeof error.stack !== 'string' || error.stack.length > limits.stackChars)) throw badRequest(`error.stack must be a string of at most ${limits.stackChars} characters.`);
   const jobConfig = b.jobConfig ?? null;
+  if (nestedDeeperThan(jobConfig, limits.jobConfigDepth)) throw badRequest(`jobConfig nests deeper than ${limits.jobConfigDepth} levels; flatten it.`);
   if (jobConfig !== null && (typeof jobConfig !== 'object' || Buffer.byteLength(JSON.stringify(jobConfig)) > limits.jobConfigBytes)) {
     throw badRequest(`jobConfig must be a JSON object of at most ${limits.jobConfigBytes} bytes.`);
   }
@@ -97,8 +113,11 @@ export function crashRoutes(deps: { ledger: Ledger; clock: Clock; retentionDays:
 
   router.post('/crashes', jsonBody(), (req, res) => {
     const { ref, crash } = readCrash(req.body);
-    const fingerprintId = ref.fileId !== undefined ? deps.ledger.get(ref.fileId)?.fingerprintId : ref.fingerprintId;
-    const fingerprint = fingerprintId === undefined ? undefined : deps.ledger.fingerprint(fingerprintId);
+    // A crash named by its file belongs to that file's job, and its deletion takes the crash with
+    // it: the file's own fingerprint row, not the newest with the same fingerprint id (the same
+    // bytes uploaded in another job have the same one: THREATS 41).
+    const file = ref.fileId !== undefined ? deps.ledger.get(ref.fileId) : undefined;
+    const fingerprint = ref.fileId !== undefined ? (file?.kind === 'file' ? deps.ledger.fingerprintOf(file.id) : undefined) : deps.ledger.fingerprint(ref.fingerprintId!);
     if (!fingerprint?.body) throw notFound(ref.fileId !== undefined ? 'file' : 'fingerprint');
     const now = deps.clock();
     const record: ArtefactRecord = {

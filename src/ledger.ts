@@ -13,6 +13,12 @@ import Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import type { Retention } from './context.js';
+import { ScrubError } from './errors.js';
+
+/** The answer to an upload for a job that was deleted on request. */
+export function jobDeleted(): ScrubError {
+  return new ScrubError('job_deleted', 'This job was deleted on request; nothing more can be stored for it. Start a new job with a new jobId.');
+}
 
 /** Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit. */
 const migrations: string[] = [
@@ -51,6 +57,12 @@ const migrations: string[] = [
   // v3, crash diagnostics: fingerprints and crash records keep their JSON here; purging clears it.
   `ALTER TABLE artefacts ADD COLUMN body TEXT;
    CREATE INDEX artefacts_fingerprint_id ON artefacts (fingerprint_id, kind);`,
+  // v4, deletion is final: a deleted job id is remembered (id and time only), so that an upload
+  // still in flight when the job was deleted, or a later one to the same id, is not kept.
+  `CREATE TABLE deleted_jobs (
+     job_id TEXT PRIMARY KEY,
+     deleted_at TEXT NOT NULL
+   );`,
 ];
 
 export type ArtefactKind = 'file' | 'thumbnail' | 'fingerprint' | 'crash';
@@ -128,12 +140,17 @@ export class Ledger {
     return this.db.pragma('user_version', { simple: true }) as number;
   }
 
+  /**
+   * Records artefacts in one transaction; refuses (410 job_deleted, nothing recorded) when any of
+   * them belongs to a job deleted meanwhile, so an upload racing its job's deletion is not kept.
+   */
   record(records: ArtefactRecord[]): void {
     const insert = this.db.prepare(
       `INSERT INTO artefacts (id, kind, parent_id, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at, job_finished_at, paths, body)
        VALUES (@id, @kind, @parentId, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt, @jobFinishedAt, @paths, @body)`,
     );
     this.db.transaction(() => {
+      for (const jobId of new Set(records.map((r) => r.jobId))) if (jobId !== undefined && this.jobDeletedAt(jobId)) throw jobDeleted();
       for (const r of records) {
         insert.run({ ...r, parentId: r.parentId ?? null, jobId: r.jobId ?? null, jobFinishedAt: r.jobFinishedAt ?? null, paths: JSON.stringify(r.paths), body: r.body ?? null });
       }
@@ -151,12 +168,35 @@ export class Ledger {
     return row ? fromRow(row) : undefined;
   }
 
+  /** The live fingerprint record kept for one file. */
+  fingerprintOf(fileId: string): ArtefactRecord | undefined {
+    const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'fingerprint' AND purged_at IS NULL").get(fileId) as Row | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
   /** The newest live fingerprint record with this fingerprint id. */
   fingerprint(fingerprintId: string): ArtefactRecord | undefined {
     const row = this.db
       .prepare("SELECT * FROM artefacts WHERE fingerprint_id = ? AND kind = 'fingerprint' AND purged_at IS NULL ORDER BY created_at DESC LIMIT 1")
       .get(fingerprintId) as Row | undefined;
     return row ? fromRow(row) : undefined;
+  }
+
+  /** When the job was deleted on request, if it was. */
+  jobDeletedAt(jobId: string): string | undefined {
+    const row = this.db.prepare('SELECT deleted_at FROM deleted_jobs WHERE job_id = ?').get(jobId) as Row | undefined;
+    return optional(row?.deleted_at);
+  }
+
+  /**
+   * Marks a job deleted (the first time counts) and returns its live artefacts, in one
+   * transaction: an upload recorded before this is in the list, one after it is refused.
+   */
+  deleteJob(jobId: string, at: string): ArtefactRecord[] {
+    return this.db.transaction(() => {
+      this.db.prepare('INSERT OR IGNORE INTO deleted_jobs (job_id, deleted_at) VALUES (?, ?)').run(jobId, at);
+      return this.ofJob(jobId);
+    })();
   }
 
   jobFinishedAt(jobId: string): string | undefined {
