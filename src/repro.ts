@@ -7,8 +7,11 @@
  * ICC presence, orientation and frame count. When the tools here cannot make a codec, it says
  * which encoder is missing instead of making something different.
  */
+import { readFileSync } from 'node:fs';
 import { open, rm } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import sharp, { type Sharp } from 'sharp';
 import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from './steps/fingerprint.js';
 import { childBox, readAt, topLevelBoxes, videoTracks } from './formats/isobmff.js';
@@ -16,6 +19,67 @@ import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from './tool
 import { probe, runTool, type Ffmpeg } from './tools/ffmpeg.js';
 
 export class ReproError extends Error {}
+
+/** The fingerprint schema this scrubline writes, as shipped beside dist/ and src/. */
+const schemaPath = fileURLToPath(new URL('../schemas/fingerprint-v1.schema.json', import.meta.url));
+let validateSchema: ValidateFunction | undefined;
+
+/**
+ * Sane bounds for what repro makes, on top of the schema: a fingerprint is saved JSON an engineer
+ * was handed, so it is input like any upload (THREATS 43). Numbers only reach ffmpeg's filter
+ * graph after these checks, and the frames x pixels an image repro holds are bounded.
+ */
+export const reproBounds = {
+  imageSide: 65_535,
+  videoSide: 16_384,
+  frames: 10_000,
+  framesPerSecond: 1_000,
+  sampleRate: 768_000,
+  audioChannels: 64,
+  durationMs: 24 * 3_600_000,
+};
+
+/**
+ * Parses and checks a fingerprint for repro: the shipped JSON Schema first (a frameRate carrying
+ * `movie=` filter syntax is refused here, before ffmpeg runs), then the bounds above. `maxPixels`
+ * bounds frames x width x height of an image (the upload pixel limit by default).
+ */
+export function readFingerprint(json: string, maxPixels: number): Fingerprint {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    throw new ReproError('the fingerprint is not valid JSON');
+  }
+  validateSchema ??= new Ajv2020({ allErrors: false, strict: false }).compile(JSON.parse(readFileSync(schemaPath, 'utf8')) as object);
+  if (!validateSchema(value)) {
+    const first = validateSchema.errors?.[0];
+    throw new ReproError(`the fingerprint does not match schema 1 (${first ? `${first.instancePath || '/'} ${first.message ?? ''}` : 'invalid'}); pass a fingerprint as scrubline wrote it`);
+  }
+  const fp = value as Fingerprint;
+  const over = (what: string, limit: number): never => {
+    throw new ReproError(`the fingerprint's ${what} is over what repro makes (${limit}); it is not one scrubline wrote`);
+  };
+  if (fp.family === 'image') {
+    if (fp.width > reproBounds.imageSide || fp.height > reproBounds.imageSide) over('image size', reproBounds.imageSide);
+    if (fp.frames > reproBounds.frames) over('frame count', reproBounds.frames);
+    if (fp.frames * fp.width * fp.height > maxPixels) {
+      throw new ReproError(`the image is ${fp.width}x${fp.height} in ${fp.frames} frame(s), more pixels in all than repro makes (${maxPixels}; SCRUBLINE_MAX_INPUT_PIXELS)`);
+    }
+    return fp;
+  }
+  if ((fp.durationMs ?? 0) > reproBounds.durationMs) over('duration in ms', reproBounds.durationMs);
+  for (const s of fp.streams) {
+    if ((s.width ?? 0) > reproBounds.videoSide || (s.height ?? 0) > reproBounds.videoSide) over('video size', reproBounds.videoSide);
+    if ((s.sampleRate ?? 1) < 1 || (s.sampleRate ?? 0) > reproBounds.sampleRate) over('sample rate', reproBounds.sampleRate);
+    if ((s.channels ?? 1) < 1 || (s.channels ?? 0) > reproBounds.audioChannels) over('audio channel count', reproBounds.audioChannels);
+    if (s.frameRate !== undefined) {
+      const [num, den] = s.frameRate.split('/').map(Number) as [number, number];
+      if (num !== 0 && (den === 0 || num / den > reproBounds.framesPerSecond || !Number.isSafeInteger(num) || !Number.isSafeInteger(den))) over('frame rate', reproBounds.framesPerSecond);
+    }
+  }
+  return fp;
+}
 
 /** Decoder name (as ffprobe reports it) → the ffmpeg encoder that writes it. */
 const videoEncoders: Record<string, string> = {
@@ -114,13 +178,16 @@ function pattern(width: number, height: number, channels: number, frame: number)
 }
 
 async function imageRepro(fp: ImageFingerprint, output: string): Promise<void> {
+  // One frame's raw pattern at a time: only the encoded frames are held (readFingerprint bounded
+  // frames x pixels; a 9 KB GIF's fingerprint can say 400 frames of 1000x1000).
   if (fp.container === 'heif' && fp.mime !== 'image/avif') {
     throw new ReproError('this build cannot encode HEIC: sharp\'s libvips has no HEVC encoder (AVIF works; libheif\'s heif-enc can make HEIC by hand)');
   }
   const channels = Math.min(4, Math.max(1, fp.channels));
-  const frames = await Promise.all(
-    Array.from({ length: Math.max(1, fp.frames) }, (_, i) => sharp(pattern(fp.width, fp.height, channels, i), { raw: { width: fp.width, height: fp.height, channels: channels as 1 | 2 | 3 | 4 } }).png().toBuffer()),
-  );
+  const frames: Buffer[] = [];
+  for (let i = 0; i < Math.max(1, fp.frames); i++) {
+    frames.push(await sharp(pattern(fp.width, fp.height, channels, i), { raw: { width: fp.width, height: fp.height, channels: channels as 1 | 2 | 3 | 4 } }).png().toBuffer());
+  }
   let image: Sharp = frames.length > 1 ? sharp(frames, { join: { animated: true } }) : sharp(frames[0]!);
   if (fp.iccProfile) image = image.withIccProfile('srgb');
   if (fp.orientation !== 1) image = image.withMetadata({ orientation: fp.orientation });
