@@ -1,0 +1,476 @@
+/**
+ * ../shared/THREATS.md 34–44, the red-team pass (issue 20), and the disconnect race (issue 19):
+ * each hostile file is built here, and each case runs against the real service on loopback or
+ * the real parts it names. Work is bounded by counting steps or by a deadline far beyond the
+ * linear cost and far below the quadratic one; no test asserts how long something took.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { crc32, deflateSync } from 'node:zlib';
+import express from 'express';
+import sharp from 'sharp';
+import { errorHandler } from '../src/app.js';
+import { nestedDeeperThan } from '../src/crashes.js';
+import { ScrubError } from '../src/errors.js';
+import { WorkBudget } from '../src/formats/work-budget.js';
+import { Ledger, type ArtefactRecord } from '../src/ledger.js';
+import { scrubline } from '../src/middleware.js';
+import { readFingerprint, ReproError } from '../src/repro.js';
+import { stripHeif } from '../src/steps/strip-heif.js';
+import { sweep } from '../src/sweeper.js';
+import { readImageInfo } from '../src/tools/sharp.js';
+import { rawProfile } from '../src/verify/input-values.js';
+import { sampleLayout } from '../src/verify/isobmff-samples.js';
+import { forEachTextNode, withoutTrailingNuls } from '../src/verify/values.js';
+import { filesUnder, fixture, removeDir, root, tempDir, testKey, testService } from './helpers.js';
+import { auth, baseline, multipart, post, raw, service, stop, uploadHead, type Service } from './threat-helpers.js';
+
+const run = promisify(execFile);
+
+// --- builders ------------------------------------------------------------------------------
+
+function pngChunk(type: string, data: Buffer): Buffer {
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(data.length);
+  head.write(type, 4, 'latin1');
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32BE(crc32(Buffer.concat([head.subarray(4), data])));
+  return Buffer.concat([head, data, crc]);
+}
+
+/** An 8x8 PNG with `extra` chunks before IEND, or its IDAT replaced. */
+async function png(extra: Buffer[], idat?: Buffer): Promise<Buffer> {
+  const base = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#336699' } }).png().toBuffer();
+  const out: Buffer[] = [base.subarray(0, 8)];
+  for (let pos = 8; pos < base.length; ) {
+    const length = base.readUInt32BE(pos);
+    const type = base.toString('latin1', pos + 4, pos + 8);
+    if (type === 'IEND') out.push(...extra);
+    out.push(type === 'IDAT' && idat ? pngChunk('IDAT', idat) : base.subarray(pos, pos + 12 + length));
+    pos += 12 + length;
+  }
+  return Buffer.concat(out);
+}
+
+const box = (type: string, ...payload: Buffer[]): Buffer => {
+  const body = Buffer.concat(payload);
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(8 + body.length);
+  head.write(type, 4, 'latin1');
+  return Buffer.concat([head, body]);
+};
+const u32 = (...values: number[]): Buffer => {
+  const b = Buffer.alloc(4 * values.length);
+  values.forEach((v, i) => b.writeUInt32BE(v, i * 4));
+  return b;
+};
+
+/** An MP4 whose one audio track has `n` chunks of one 4-byte sample and `n` stsc runs. */
+function tableBomb(n: number): Buffer {
+  const mdatStart = 8; // mdat comes first; its payload starts after its header
+  const stsc = Buffer.alloc(8 + 12 * n);
+  stsc.writeUInt32BE(n, 4);
+  const stco = Buffer.alloc(8 + 4 * n);
+  stco.writeUInt32BE(n, 4);
+  for (let i = 0; i < n; i++) {
+    stsc.writeUInt32BE(i + 1, 8 + 12 * i);
+    stsc.writeUInt32BE(1, 12 + 12 * i);
+    stsc.writeUInt32BE(1, 16 + 12 * i);
+    stco.writeUInt32BE(mdatStart + 4 * i, 8 + 4 * i);
+  }
+  const hdlr = box('hdlr', u32(0, 0), Buffer.from('soun'), Buffer.alloc(12), Buffer.from('x\0'));
+  const stbl = box('stbl', box('stsz', u32(0, 4, n)), box('stsc', stsc), box('stco', stco));
+  const moov = box('moov', box('trak', box('mdia', hdlr, box('minf', stbl))));
+  return Buffer.concat([box('mdat', Buffer.alloc(4 * n)), moov]);
+}
+
+/** A 268-byte-class animated WebP: 1x1 lossless frames on a 16383x16383 canvas. */
+async function canvasBomb(): Promise<Buffer> {
+  const le = (n: number, bytes: number): Buffer => Buffer.from(Array.from({ length: bytes }, (_, i) => (n >> (8 * i)) & 255));
+  const chunk = (fourcc: string, data: Buffer): Buffer => Buffer.concat([Buffer.from(fourcc, 'latin1'), le(data.length, 4), data, Buffer.alloc(data.length % 2)]);
+  const frame = (await sharp({ create: { width: 1, height: 1, channels: 4, background: '#f00' } }).webp({ lossless: true }).toBuffer()).subarray(12);
+  const anmf = Array.from({ length: 3 }, () => chunk('ANMF', Buffer.concat([le(0, 3), le(0, 3), le(0, 3), le(0, 3), le(100, 3), Buffer.from([0]), frame])));
+  const body = Buffer.concat([Buffer.from('WEBP'), chunk('VP8X', Buffer.concat([Buffer.from([0x12, 0, 0, 0]), le(16382, 3), le(16382, 3)])), chunk('ANIM', Buffer.alloc(6)), ...anmf]);
+  return Buffer.concat([Buffer.from('RIFF'), le(body.length, 4), body]);
+}
+
+/** A JPEG whose entropy-coded scan is replaced by HTML text. */
+async function textScanJpeg(): Promise<Buffer> {
+  const jpg = await sharp({ create: { width: 640, height: 480, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 30 } } }).jpeg().toBuffer();
+  let pos = 2;
+  while (jpg[pos + 1] !== 0xda) pos += 2 + jpg.readUInt16BE(pos + 2);
+  const scan = pos + 2 + jpg.readUInt16BE(pos + 2);
+  return Buffer.concat([jpg.subarray(0, scan), Buffer.from('<html><script>alert(1)</script></html>'.repeat(20)), Buffer.from([0xff, 0xd9])]);
+}
+
+/** Uploads one file and answers; `signal` bounds how long the test waits for the answer. */
+async function upload(svc: Service, data: Buffer, signal = AbortSignal.timeout(120_000), fields: Record<string, string> = {}) {
+  const form = new FormData();
+  for (const [k, v] of Object.entries(fields)) form.append(k, v);
+  form.append('file', new Blob([new Uint8Array(data)]), 'x.bin');
+  const res = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: form, signal });
+  return { status: res.status, json: (await res.json()) as { error?: { code: string; message: string }; files?: Array<{ id: string }> } };
+}
+
+/** Polls /healthz while `work` runs: the event loop must keep answering (THREATS 34). */
+async function healthyWhile<T>(svc: Service, work: Promise<T>): Promise<T> {
+  let done = false;
+  const result = work.finally(() => (done = true));
+  let answered = 0;
+  while (!done) {
+    const res = await fetch(`${svc.server.url}/healthz`, { signal: AbortSignal.timeout(20_000) });
+    assert.equal(res.status, 200);
+    answered++;
+    await delay(20);
+  }
+  assert.ok(answered > 0);
+  return result;
+}
+
+async function tmpEmpty(dir: string): Promise<void> {
+  // A partial file goes once multer lets go of it, just after the answer: wait a little for it.
+  for (let i = 0; i < 100 && (await filesUnder(dir)).length > 0; i++) await delay(50);
+  assert.deepEqual(await filesUnder(dir), [], 'nothing left in the temp dir');
+}
+
+// --- 34, 35: linear parsers and a work budget -------------------------------------------------
+
+describe('THREATS 34–35: parsers linear in their input, with a work budget', () => {
+  let svc: Service;
+  before(async () => (svc = await service({ SCRUBLINE_MAX_UPLOAD_BYTES: String(64 * 1024 * 1024) })));
+  after(() => stop(svc));
+
+  it('the scanners read what the old regular expressions read', () => {
+    assert.equal(withoutTrailingNuls('abc\0\0'), 'abc');
+    assert.equal(withoutTrailingNuls('\0a\0b'), '\0a\0b');
+    const nodes: string[] = [];
+    forEachTextNode('<a>one</a><b>two>three</b><c></c>>', (t) => nodes.push(t));
+    assert.deepEqual(nodes, ['one', 'two>three']);
+    assert.deepEqual(rawProfile('\nexif\n      6\n457869660000\n'), Buffer.from('Exif\0\0', 'latin1'));
+    assert.equal(rawProfile('a 1' + ' '.repeat(10) + 'z'), undefined);
+    assert.equal(rawProfile('just a caption'), undefined);
+  });
+
+  it('34 a zTXt "Raw profile" of 16 MiB of spaces and an iTXt XMP of 16 MiB of ">" do not hold the event loop', async () => {
+    const spaces = deflateSync(Buffer.concat([Buffer.from('a 1'), Buffer.alloc(16 * 1024 * 1024 - 8, 0x20), Buffer.from('z')]), { level: 9 });
+    const angles = deflateSync(Buffer.concat([Buffer.from('<x:xmpmeta'), Buffer.alloc(16 * 1024 * 1024 - 16, 0x3e)]), { level: 9 });
+    const ztxt = pngChunk('zTXt', Buffer.concat([Buffer.from('Raw profile type exif\0\0'), spaces]));
+    const itxt = pngChunk('iTXt', Buffer.concat([Buffer.from('XML:com.adobe.xmp\0\x01\0\0\0'), angles]));
+    for (const file of [await png([ztxt]), await png([itxt])]) {
+      assert.ok(file.length < 64 * 1024, 'a small file');
+      // Quadratic, these take hours; linear, well under a second.
+      const res = await healthyWhile(svc, upload(svc, file));
+      assert.equal(res.status, 201, JSON.stringify(res.json));
+    }
+    await baseline(svc, 2);
+  });
+
+  it('35 an MP4 with 100,000 stsc and stco entries costs steps linear in them; past the budget it is refused', async () => {
+    const dir = await tempDir();
+    try {
+      const n = 100_000;
+      const file = path.join(dir, 'bomb.mp4');
+      await writeFile(file, tableBomb(n));
+      const budget = new WorkBudget('MP4/MOV');
+      const layout = await sampleLayout(file, budget);
+      assert.deepEqual(layout.problems, []);
+      assert.ok(budget.spent <= 4 * n, `spent ${budget.spent} steps for ${n} entries`);
+      await assert.rejects(sampleLayout(file, new WorkBudget('MP4/MOV', n)), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure');
+      // Through the service: answered, and /healthz answered meanwhile.
+      const res = await healthyWhile(svc, upload(svc, await readFile(file)));
+      assert.equal(res.status, 415, JSON.stringify(res.json));
+    } finally {
+      await removeDir(dir);
+    }
+  });
+
+  it('35 a HEIF whose iloc declares 65,535 zero-width extents per item is refused by the budget', () => {
+    const count = 400; // 400 x 65,535 = 26 M extents in 4 KB of iloc
+    const iloc = Buffer.alloc(4 + 2 + 2 + count * 8);
+    iloc.writeUInt16BE(0x0000, 4); // offset, length, base sizes all 0
+    iloc.writeUInt16BE(count, 6);
+    for (let i = 0; i < count; i++) {
+      iloc.writeUInt16BE(i + 1, 8 + i * 8);
+      iloc.writeUInt16BE(65_535, 8 + i * 8 + 6);
+    }
+    const meta = box(
+      'meta',
+      Buffer.alloc(4),
+      box('hdlr', u32(0, 0), Buffer.from('pict'), Buffer.alloc(13)),
+      box('pitm', Buffer.alloc(4), Buffer.from([0, 1])),
+      box('iinf', Buffer.alloc(4), Buffer.from([0, 0])),
+      box('iloc', iloc),
+      box('iprp', box('ipco')),
+    );
+    const heif = Buffer.concat([box('ftyp', Buffer.from('heic'), u32(0), Buffer.from('mif1heic')), meta]);
+    assert.throws(() => stripHeif(heif), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure');
+  });
+});
+
+// --- 36, 37: decodes bounded, pixels proven -----------------------------------------------------
+
+describe('THREATS 36–37: bounded decodes, and pixel data that must decode', () => {
+  let svc: Service;
+  before(async () => (svc = await service()));
+  after(() => stop(svc));
+
+  it('36 an animated WebP declaring a 16383x16383 canvas → 413 from its header, before any decode', async () => {
+    const bomb = await canvasBomb();
+    assert.ok(bomb.length < 400);
+    await assert.rejects(readImageInfo(bomb, 268_402_689), (err: unknown) => err instanceof ScrubError && err.code === 'too_many_pixels');
+    const rssBefore = process.memoryUsage().rss;
+    const res = await upload(svc, bomb);
+    assert.equal(res.status, 413);
+    assert.equal(res.json.error?.code, 'too_many_pixels');
+    assert.ok(process.memoryUsage().rss - rssBefore < 256 * 1024 * 1024, 'no canvas-sized allocation');
+    await baseline(svc, 0);
+  });
+
+  it('36 repro refuses a GIF fingerprint of 400 frames of 1000x1000 rather than building them all', () => {
+    const gif = { schema: 1, id: 'fp_0123456789abcdef', family: 'image', container: 'gif', mime: 'image/gif', bytes: 9000, width: 1000, height: 1000, channels: 3, alpha: false, iccProfile: false, progressive: false, orientation: 1, frames: 400, layout: [], contentHmac: '0'.repeat(64) };
+    assert.throws(() => readFingerprint(JSON.stringify(gif), 268_402_689), (err: unknown) => err instanceof ReproError && /400 frame/.test(err.message));
+    assert.equal(readFingerprint(JSON.stringify({ ...gif, frames: 40 }), 268_402_689).family, 'image');
+  });
+
+  it('37 a PNG whose IDAT is HTML and a JPEG whose scan is text → 415 corrupt_media, never forwarded', async () => {
+    const html = Buffer.from('<html><script>alert(1)</script></html>');
+    for (const file of [await png([], html), await textScanJpeg()]) {
+      const res = await upload(svc, file);
+      assert.equal(res.status, 415, JSON.stringify(res.json));
+      assert.equal(res.json.error?.code, 'corrupt_media');
+      assert.match(res.json.error!.message, /pixel data does not decode/);
+    }
+    await baseline(svc, 0);
+  });
+});
+
+// --- 38, 39: slow clients and probe floods ---------------------------------------------------
+
+describe('THREATS 38–39: stalled bodies free their slot; /readyz floods spawn nothing', () => {
+  let svc: Service;
+  let dir: string;
+  let spawnLog: string;
+  before(async () => {
+    dir = await tempDir();
+    spawnLog = path.join(dir, 'spawns.log');
+    // A wrapper that counts each ffmpeg start, then runs the real one.
+    const wrapper = path.join(dir, 'ffmpeg');
+    const real = (await run('sh', ['-c', 'command -v ffmpeg'])).stdout.trim();
+    await writeFile(wrapper, `#!/bin/sh\necho "$*" >> ${spawnLog}\nexec ${real} "$@"\n`);
+    await chmod(wrapper, 0o755);
+    svc = await service({ SCRUBLINE_BODY_IDLE_TIMEOUT_MS: '500', SCRUBLINE_MAX_CONCURRENT_UPLOADS: '2', SCRUBLINE_FFMPEG_PATH: wrapper });
+  });
+  after(async () => {
+    await stop(svc);
+    await removeDir(dir);
+  });
+
+  it('38 three clients that send headers and a few bytes, then nothing → 408 each, slots freed, partial files removed', async () => {
+    const boundary = 'stallboundary';
+    const body = multipart(boundary, [{ name: 'file', filename: 'a.jpg', data: await readFile(fixture('media/jpeg-orientation-6.jpg')) }]);
+    // Each sends its head and the first 300 bytes, then waits with the connection open.
+    const stalled = [0, 1, 2].map(() => raw(svc.port, uploadHead(svc.port, boundary, body.length), [body.subarray(0, 300), Buffer.alloc(0)], { gapMs: 60_000 }));
+    const answers = await Promise.all(stalled);
+    for (const answer of answers) {
+      // The third may have been refused by the cap (503) before the others timed out.
+      assert.ok([408, 503].includes(answer.status), `status ${answer.status}`);
+      if (answer.status === 408) assert.equal((JSON.parse(answer.body) as { error: { code: string } }).error.code, 'request_timeout');
+    }
+    assert.ok(answers.filter((a) => a.status === 408).length >= 2);
+    // The slots are free again: a normal upload is processed.
+    const res = await upload(svc, await readFile(fixture('media/jpeg-orientation-6.jpg')));
+    assert.equal(res.status, 201, JSON.stringify(res.json));
+    await tmpEmpty(path.join(svc.dataDir, 'tmp'));
+  });
+
+  it('39 300 unauthenticated /readyz, 50 at a time, spawn at most one tool check', async () => {
+    await fetch(`${svc.server.url}/readyz`);
+    const before = (await readFile(spawnLog, 'utf8')).split('\n').filter((l) => l.includes('-version')).length;
+    for (let round = 0; round < 6; round++) {
+      const answers = await Promise.all(Array.from({ length: 50 }, () => fetch(`${svc.server.url}/readyz`).then((r) => r.status)));
+      assert.ok(answers.every((s) => s === 200));
+    }
+    const afterFlood = (await readFile(spawnLog, 'utf8')).split('\n').filter((l) => l.includes('-version')).length;
+    assert.ok(afterFlood - before <= 1, `${afterFlood - before} ffmpeg -version runs for 300 probes`);
+  });
+});
+
+// --- 40: a client going away at any moment -------------------------------------------------------
+
+/**
+ * Sends the head and `body` and hangs up `afterMs` after the last byte is written (mid-body, for
+ * a negative value): the moments cover receive, the end of the parse, strip, verify and forward.
+ */
+function abortAt(port: number, head: string, body: Buffer, afterMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.on('close', () => resolve());
+    socket.on('connect', () => {
+      socket.write(head);
+      if (afterMs < 0) return void socket.write(body.subarray(0, body.length >> 1), () => socket.destroy());
+      socket.write(body, () => setTimeout(() => socket.destroy(), afterMs));
+    });
+  });
+}
+
+describe('THREATS 40: a disconnect at any moment leaves no original (issue 19)', () => {
+  const moments = [-1, 0, 0, 1, 2, 3, 5, 8, 12, 20, 30, 50, 80, 120, 200, 300];
+
+  it('through the service: while sending, after the last byte, during strip, verify and forward', async () => {
+    const svc = await service();
+    try {
+      const boundary = 'abortboundary';
+      for (const name of ['media/heic-exif-xmp-thumbnail.heic', 'media/mp4-location.mp4', 'media/jpeg-gps-exif-xmp-iptc.jpg']) {
+        const body = multipart(boundary, [{ name: 'file', filename: 'a.bin', data: await readFile(fixture(name)) }]);
+        for (const ms of moments) await abortAt(svc.port, uploadHead(svc.port, boundary, body.length), body, ms);
+      }
+      await tmpEmpty(path.join(svc.dataDir, 'tmp'));
+      const metrics = await (await fetch(`${svc.server.url}/metrics`, { headers: auth })).text();
+      assert.match(metrics, /scrubline_rejections_total\{reason="client_closed"\} [1-9]/);
+    } finally {
+      await stop(svc);
+    }
+  });
+
+  it('through the middleware in an app of its own, whose handler answers late', async () => {
+    const dir = await tempDir();
+    const tmpDir = path.join(dir, 'tmp');
+    const app = express();
+    app.post('/render', scrubline({ tmpDir, fingerprintKey: testKey }), async (req, res) => {
+      await delay(30);
+      await req.scrubline!.release();
+      res.json({ files: req.scrubline!.files.length });
+    });
+    app.use(errorHandler());
+    const server = await new Promise<ReturnType<typeof app.listen>>((resolve) => {
+      const s = app.listen(0, '127.0.0.1', () => resolve(s));
+    });
+    try {
+      const port = (server.address() as { port: number }).port;
+      const boundary = 'abortboundary';
+      const body = multipart(boundary, [{ name: 'file', filename: 'a.bin', data: await readFile(fixture('media/heic-exif-xmp-thumbnail.heic')) }]);
+      const head = (length: number) => `POST /render HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${length}\r\nConnection: close\r\n\r\n`;
+      for (const ms of moments) await abortAt(port, head(body.length), body, ms);
+      const whole = await raw(port, head(body.length), body);
+      assert.equal(whole.status, 200, whole.body);
+      await tmpEmpty(tmpDir);
+    } finally {
+      server.close();
+      await removeDir(dir);
+    }
+  });
+});
+
+// --- 41, 42, 44: deletion complete and final; crash bodies ---------------------------------------
+
+describe('THREATS 41–42, 44: deletion is complete and final', () => {
+  it('41 a crash filed for a file belongs to that file\'s job; a deleted job takes no later upload', async () => {
+    const t = await testService();
+    try {
+      const jpg = await readFile(fixture('media/jpeg-orientation-6.jpg'));
+      const a = await t.api.post('/v1/uploads').field('jobId', 'job-a').attach('file', jpg, 'a.jpg');
+      const b = await t.api.post('/v1/uploads').field('jobId', 'job-b').attach('file', jpg, 'b.jpg');
+      assert.equal(a.body.files[0].fingerprint.id, b.body.files[0].fingerprint.id, 'the same bytes, the same fingerprint');
+      const crash = await t.api.post('/v1/crashes').send({ fileId: a.body.files[0].id, error: { message: 'render failed' }, jobConfig: { preset: 'x' } });
+      assert.equal(crash.status, 201);
+      assert.equal((await t.api.get(`/v1/crashes/${crash.body.id}`)).body.jobId, 'job-a');
+      const deletedB = await t.api.delete('/v1/jobs/job-b');
+      assert.equal(deletedB.body.purged.crash, 0, 'deleting B leaves A\'s crash');
+      const deletedA = await t.api.delete('/v1/jobs/job-a');
+      assert.equal(deletedA.body.purged.crash, 1);
+      assert.equal((await t.api.get(`/v1/crashes/${crash.body.id}`)).status, 404);
+      const later = await t.api.post('/v1/uploads').field('jobId', 'job-a').attach('file', jpg, 'c.jpg');
+      assert.equal(later.status, 410);
+      assert.equal(later.body.error.code, 'job_deleted');
+      assert.deepEqual(await filesUnder(path.join(t.dataDir, 'tmp')), []);
+      // In flight: the job is deleted between the upload's checks and its recording.
+      const record: ArtefactRecord = { id: 'f1', kind: 'file', jobId: 'job-c', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp_x', destination: 'local', retention: 'standard', createdAt: 'x', expiresAt: 'y', paths: [] };
+      t.ledger.deleteJob('job-c', new Date().toISOString());
+      assert.throws(() => t.ledger.record([record]), (err: unknown) => err instanceof ScrubError && err.code === 'job_deleted');
+      assert.equal(t.ledger.get('f1'), undefined);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('42 the sweeper skips a bad row (a directory, a path outside, a link out of the data dir) and purges the rest', async () => {
+    const dataDir = await tempDir();
+    const outside = await tempDir();
+    const ledger = Ledger.open(dataDir);
+    try {
+      await mkdir(path.join(dataDir, 'clean', 'adir'), { recursive: true });
+      await writeFile(path.join(dataDir, 'clean', 'good.jpg'), 'x');
+      await writeFile(path.join(outside, 'victim.jpg'), 'keep me');
+      await writeFile(path.join(outside, 'old-orphan.jpg'), 'keep me too');
+      await symlink(outside, path.join(dataDir, 'reports'));
+      const row = (id: string, p: string): ArtefactRecord => ({ id, kind: 'file', jobId: 'j', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp', destination: 'local', retention: 'standard', createdAt: '2026-01-01T00:00:00.000Z', expiresAt: '2026-01-02T00:00:00.000Z', paths: [p] });
+      ledger.record([row('dir', 'clean/adir'), row('out', '../outside.jpg'), row('link', 'reports/victim.jpg'), row('good', 'clean/good.jpg')]);
+      const report = await sweep({ ledger, dataDir, at: new Date('2026-02-01T00:00:00.000Z'), orphanGraceMs: 0 });
+      assert.deepEqual(report.ids, ['good']);
+      assert.deepEqual(report.skipped.sort(), ['dir', 'link', 'out']);
+      assert.equal(await readFile(path.join(outside, 'victim.jpg'), 'utf8'), 'keep me');
+      assert.equal(await readFile(path.join(outside, 'old-orphan.jpg'), 'utf8'), 'keep me too', 'the orphan sweep does not follow a linked folder');
+      assert.equal(ledger.get('good')?.purgedAt, '2026-02-01T00:00:00.000Z');
+    } finally {
+      ledger.close();
+      await removeDir(dataDir);
+      await removeDir(outside);
+    }
+  });
+
+  it('44 a jobConfig nested 100,000 levels deep → 400 naming the depth limit', async () => {
+    assert.equal(nestedDeeperThan({ a: { b: [1, { c: 2 }] } }, 32), false);
+    const t = await testService();
+    try {
+      const jpg = await readFile(fixture('media/jpeg-orientation-6.jpg'));
+      const up = await t.api.post('/v1/uploads').field('jobId', 'job-deep').attach('file', jpg, 'a.jpg');
+      const deep = '['.repeat(100_000) + ']'.repeat(100_000); // 100,000 levels in 200 KB
+      const body = `{"fileId":"${up.body.files[0].id}","error":{"message":"x"},"jobConfig":${deep}}`;
+      const res = await t.api.post('/v1/crashes').set('content-type', 'application/json').send(body);
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      assert.match(res.body.error.message, /deeper than 32 levels/);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+// --- 43: repro input is untrusted -----------------------------------------------------------------
+
+describe('THREATS 43: repro checks its fingerprint before ffmpeg runs', () => {
+  it('a frameRate carrying a movie= filter graph is refused by the schema, and ffmpeg never opens the URL', async () => {
+    let hits = 0;
+    const canary = createServer((_req, res) => {
+      hits++;
+      res.end('x');
+    });
+    await new Promise<void>((resolve) => canary.listen(0, '127.0.0.1', resolve));
+    const dir = await tempDir();
+    try {
+      const port = (canary.address() as { port: number }).port;
+      const hostile = {
+        schema: 1, id: 'fp_0123456789abcdef', family: 'video', container: 'mov,mp4,m4a,3gp,3g2,mj2', mime: 'video/mp4', bytes: 1000, durationMs: 1000, layout: [], contentHmac: '0'.repeat(64),
+        streams: [{ type: 'video', codec: 'h264', width: 64, height: 64, frameRate: `25[t];[t]nullsink;movie=filename=http\\://127.0.0.1\\:${port}/x[m];[m]nullsink`, pixelFormat: 'yuv420p' }],
+      };
+      const file = path.join(dir, 'fp.json');
+      await writeFile(file, JSON.stringify(hostile));
+      const result = await run(process.execPath, [path.join(root, 'bin', 'scrubline.js'), 'repro', file, '-o', path.join(dir, 'out.mp4')], { env: { ...process.env, SCRUBLINE_DATA_DIR: dir } }).catch((err: { code: number; stderr: string }) => err);
+      assert.equal((result as { code: number }).code, 1);
+      assert.match((result as { stderr: string }).stderr, /does not match schema 1/);
+      await delay(200);
+      assert.equal(hits, 0, 'ffmpeg never reached the canary');
+      assert.throws(() => readFingerprint(JSON.stringify({ ...hostile, streams: [{ type: 'video', codec: 'h264', frameRate: '100000/1' }] }), 1e9), /frame rate/);
+    } finally {
+      canary.close();
+      await removeDir(dir);
+    }
+  });
+});
