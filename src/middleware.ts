@@ -11,7 +11,7 @@
  * `err.status` and `err.toJSON()` yourself.
  */
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
-import { lstat, readdir, rm } from 'node:fs/promises';
+import { lstat, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { defaults } from './config.js';
@@ -19,7 +19,7 @@ import type { Retention } from './context.js';
 import { ScrubError, asScrubError } from './errors.js';
 import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
-import { receiver } from './steps/receive.js';
+import { receiver, removeUploadDir } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
 import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
 
@@ -100,7 +100,7 @@ export async function removeAbandoned(dir: string, live: ReadonlySet<string>, gr
     if (live.has(entry)) continue;
     const info = await lstat(path.join(dir, entry)).catch(() => undefined);
     if (!info || Date.now() - info.mtimeMs < graceMs) continue;
-    await rm(path.join(dir, entry), { recursive: true, force: true });
+    await removeUploadDir(path.join(dir, entry));
     removed++;
   }
   return removed;
@@ -137,7 +137,7 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   const live = new Set<string>();
   if (options.abandonedSweepIntervalMs) {
     const every = positiveInteger('abandonedSweepIntervalMs', options.abandonedSweepIntervalMs, 60_000);
-    setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs), every).unref();
+    setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs).catch(() => undefined), every).unref();
   }
   const clock = options.clock ?? systemClock;
   const unfinishedJobCapHours = positiveInteger('unfinishedJobCapHours', options.unfinishedJobCapHours, defaults.unfinishedJobCapHours);
@@ -159,14 +159,18 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     const uploadDir = path.join(options.tmpDir, uploadId);
     live.add(uploadId);
     let released: Promise<void> | undefined;
-    const release = (): Promise<void> => (released ??= rm(uploadDir, { recursive: true, force: true }));
+    const release = (): Promise<void> => (released ??= removeUploadDir(uploadDir));
     let closed = false;
     // Whatever happens, the originals and intermediates go when the response is done: a fresh
     // removal, since something may have written into the directory after an earlier one.
     res.once('close', () => {
       closed = true;
       released = undefined;
-      void release().finally(() => live.delete(uploadId));
+      // Not awaited by anyone: a failure must not become an unhandled rejection. The paths below
+      // remove again, and the abandoned-upload sweep covers what even that misses.
+      void release()
+        .catch(() => undefined)
+        .finally(() => live.delete(uploadId));
     });
     /** The client went away: nothing to answer; everything of the upload goes, whatever is still writing. */
     const dropClosed = async (): Promise<void> => {

@@ -31,6 +31,15 @@ export interface ReceivedUpload {
   retention: Retention;
 }
 
+/**
+ * Removes an upload's directory. A writer that is still finishing (multer's file stream, an
+ * ffmpeg being stopped) can add an entry while it is being emptied, so rmdir may meet ENOTEMPTY:
+ * Node retries that; the caller removes again once the writer is known to be done.
+ */
+export function removeUploadDir(dir: string): Promise<void> {
+  return rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+}
+
 const uploadDirKey = Symbol('scrubline.uploadDir');
 type WithUploadDir = Request & { [uploadDirKey]?: string };
 
@@ -43,7 +52,7 @@ const tempStorage: multer.StorageEngine = {
     pipeline(file.stream, out).then(
       () => callback(null, { path: target, size: out.bytesWritten }),
       (err: unknown) => {
-        void rm(target, { force: true });
+        rm(target, { force: true }).catch(() => undefined);
         callback(err as Error);
       },
     );
@@ -139,11 +148,10 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
     } catch (err) {
       // A stalled or abandoned body: answered now (a 408 goes out and the connection closes); the
       // partial file goes now, and again once multer has let go of it.
-      if (watch.error) {
-        await rm(uploadDir, { recursive: true, force: true });
-        void parsed.catch(() => undefined).finally(() => rm(uploadDir, { recursive: true, force: true }));
-      }
-      else await rm(uploadDir, { recursive: true, force: true });
+      await removeUploadDir(uploadDir);
+      // Again once multer has let go (it may still be writing); not awaited, so a failure must not
+      // become an unhandled rejection: the abandoned-upload sweep covers what this misses.
+      if (watch.error) void parsed.catch(() => undefined).then(() => removeUploadDir(uploadDir)).catch(() => undefined);
       throw watch.error ?? receiveError(err, options);
     } finally {
       watch.stop();
@@ -161,7 +169,7 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
       await Promise.all(files.map((f) => mkdir(f.workDir, { mode: 0o700 })));
       return { uploadId, uploadDir, files, ...fields };
     } catch (err) {
-      await rm(uploadDir, { recursive: true, force: true });
+      await removeUploadDir(uploadDir);
       throw err;
     }
   };
