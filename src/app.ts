@@ -4,17 +4,17 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants, mkdir, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
-import { ScrubError, asScrubError } from './errors.js';
+import { ScrubError, asScrubError, jobDeleted } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from './config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
-import { jobDeleted, type ArtefactRecord, type Ledger } from './ledger.js';
-import { countByKind, purgeRecords } from './sweeper.js';
+import type { ArtefactRecord, Ledger } from './ledger.js';
+import { countByKind, purgeRecords, removeArtefactFiles } from './sweeper.js';
 import { Metrics } from './metrics.js';
 import { makeThumbnail } from './thumbnails.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
@@ -60,7 +60,7 @@ export function errorHandler(onError?: (error: ScrubError, req: Request) => void
 }
 
 /** How long one /readyz tool check answers for every caller. */
-export const readyCheckTtlMs = 5_000;
+const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 /** What a 503 tells a client to wait: about one upload's processing time. */
 const retryAfterSeconds = 5;
@@ -227,7 +227,7 @@ export function buildApp(deps: AppDeps): express.Express {
         deps.ledger.record(records);
       } catch (err) {
         // The job was deleted while this upload was being forwarded: what it stored goes too.
-        await Promise.all(records.flatMap((r) => r.paths).map((p) => rm(path.join(deps.dataDir, p), { force: true })));
+        await Promise.allSettled(records.map((r) => removeArtefactFiles(deps.dataDir, r)));
         throw err;
       }
       for (const f of upload.files) {

@@ -101,6 +101,16 @@ export function diskFull(options: { cause?: unknown; internal?: string }): Scrub
   return new ScrubError('insufficient_storage', 'The server ran out of disk space while processing the upload. Nothing was kept; retry later.', options);
 }
 
+/** The client hung up before it was answered: never sent, but logged and counted as what it was. */
+export function clientClosed(cause?: unknown): ScrubError {
+  return new ScrubError('client_closed', 'The client closed the connection before the upload was answered. Nothing was kept; send it again.', { cause });
+}
+
+/** An upload for a job that was deleted on request. */
+export function jobDeleted(): ScrubError {
+  return new ScrubError('job_deleted', 'This job was deleted on request; nothing more can be stored for it. Start a new job with a new jobId.');
+}
+
 /** Anything thrown that is not a ScrubError becomes an opaque internal error. */
 export function asScrubError(err: unknown): ScrubError {
   if (err instanceof ScrubError) return err;

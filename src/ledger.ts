@@ -13,12 +13,7 @@ import Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import type { Retention } from './context.js';
-import { ScrubError } from './errors.js';
-
-/** The answer to an upload for a job that was deleted on request. */
-export function jobDeleted(): ScrubError {
-  return new ScrubError('job_deleted', 'This job was deleted on request; nothing more can be stored for it. Start a new job with a new jobId.');
-}
+import { jobDeleted } from './errors.js';
 
 /** Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit. */
 const migrations: string[] = [
@@ -168,7 +163,7 @@ export class Ledger {
     return row ? fromRow(row) : undefined;
   }
 
-  /** The live fingerprint record kept for one file. */
+  /** The live fingerprint record kept for one file (none for an id that is not a file's). */
   fingerprintOf(fileId: string): ArtefactRecord | undefined {
     const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'fingerprint' AND purged_at IS NULL").get(fileId) as Row | undefined;
     return row ? fromRow(row) : undefined;

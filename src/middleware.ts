@@ -10,16 +10,15 @@
  * function. Rejections reach `next(err)` as a ScrubError; mount `errorHandler()` or map
  * `err.status` and `err.toJSON()` yourself.
  */
-import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { defaults } from './config.js';
 import type { Retention } from './context.js';
-import { ScrubError, asScrubError } from './errors.js';
+import { asScrubError, clientClosed } from './errors.js';
 import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
-import { receiver, removeUploadDir } from './steps/receive.js';
+import { emptyTempDir, receiver, removeUploadDir } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
 import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
 
@@ -88,11 +87,6 @@ declare module 'express-serve-static-core' {
 /** How old an upload directory no request owns must be before the abandoned sweep removes it. */
 const abandonedGraceMs = 60_000;
 
-function emptyDirSync(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  for (const entry of readdirSync(dir)) rmSync(path.join(dir, entry), { recursive: true, force: true });
-}
-
 /** Removes entries of `dir` that are not live and were last changed more than `graceMs` ago. */
 export async function removeAbandoned(dir: string, live: ReadonlySet<string>, graceMs: number): Promise<number> {
   let removed = 0;
@@ -132,7 +126,7 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, defaults.maxInputPixels);
   const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, defaults.ffmpegTimeoutMs);
   const receive = receiver(limits);
-  if (options.emptyTmpDirOnStart) emptyDirSync(options.tmpDir);
+  if (options.emptyTmpDirOnStart) emptyTempDir(options.tmpDir);
   // Upload directories of requests in progress; anything else in tmpDir is abandoned.
   const live = new Set<string>();
   if (options.abandonedSweepIntervalMs) {
@@ -158,28 +152,25 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     const uploadId = randomId();
     const uploadDir = path.join(options.tmpDir, uploadId);
     live.add(uploadId);
-    let released: Promise<void> | undefined;
-    const release = (): Promise<void> => (released ??= removeUploadDir(uploadDir));
+    // Each call removes afresh: something may have written into the directory since an earlier one.
+    const release = (): Promise<void> => removeUploadDir(uploadDir);
     let closed = false;
-    // Whatever happens, the originals and intermediates go when the response is done: a fresh
-    // removal, since something may have written into the directory after an earlier one.
+    // Whatever happens, the originals and intermediates go when the response is done. Nobody
+    // awaits this one, so a failure must not become an unhandled rejection: the paths below
+    // remove again, and the abandoned-upload sweep covers what even that misses.
     res.once('close', () => {
       closed = true;
-      released = undefined;
-      // Not awaited by anyone: a failure must not become an unhandled rejection. The paths below
-      // remove again, and the abandoned-upload sweep covers what even that misses.
       void release()
         .catch(() => undefined)
         .finally(() => live.delete(uploadId));
     });
     /** The client went away: nothing to answer; everything of the upload goes, whatever is still writing. */
     const dropClosed = async (): Promise<void> => {
-      released = undefined;
       await release();
-      next(new ScrubError('client_closed', 'The client closed the connection before the upload was answered. Nothing was kept.'));
+      next(clientClosed());
     };
     try {
-      const upload = await receive(req, res, uploadId, uploadDir);
+      const upload = await receive(req, res, uploadDir);
       if (closed || res.writableEnded) return await dropClosed();
       const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
       const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
@@ -190,10 +181,8 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       req.scrubline = { uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
       next();
     } catch (err) {
-      // A removal that ran while something still wrote into the directory may have missed it.
-      released = undefined;
       await release();
-      next(closed ? new ScrubError('client_closed', 'The client closed the connection before the upload was answered. Nothing was kept.', { cause: err }) : asScrubError(err));
+      next(closed ? clientClosed(err) : asScrubError(err));
     }
   };
 }

@@ -2,7 +2,6 @@
  * The service: read config once, build the parts, sweep what a previous run left in the temp
  * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
  */
-import { mkdir, readdir, rm } from 'node:fs/promises';
 import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import path from 'node:path';
@@ -18,15 +17,8 @@ import { createLogger } from './log.js';
 import type { Forwarder } from './steps/forward.js';
 import { HttpForwarder } from './steps/forward-http.js';
 import { LocalSink } from './steps/forward-local.js';
+import { emptyTempDir } from './steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from './tools/ffmpeg.js';
-
-/** Originals from a crashed run must not survive it: empty the temp dir before serving. */
-export async function sweepTempDir(tmpDir: string): Promise<number> {
-  await mkdir(tmpDir, { recursive: true, mode: 0o700 });
-  const entries = await readdir(tmpDir);
-  await Promise.all(entries.map((entry) => rm(path.join(tmpDir, entry), { recursive: true, force: true })));
-  return entries.length;
-}
 
 export interface RunningServer {
   server: Server;
@@ -39,7 +31,8 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   // A previous run killed with -9 may have left ffmpeg working on originals: stop those first.
   const orphans = await killOrphans(tmpDir);
   if (orphans > 0) logger.warn({ processes: orphans }, 'killed ffmpeg/ffprobe runs left by a previous process');
-  const swept = await sweepTempDir(tmpDir);
+  // Originals from a crashed run must not survive it: the temp dir is emptied before serving.
+  const swept = emptyTempDir(tmpDir);
   if (swept > 0) logger.warn({ entries: swept }, 'removed uploads left in the temp dir by a previous run');
   const ffmpeg = await loadFfmpeg(config);
   if (ffmpeg.ffmpeg.source === 'npm') {

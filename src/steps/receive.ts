@@ -4,14 +4,14 @@
  * client's file name never decides a path, a type or a log line: THREATS 11). multer removes
  * what it stored when a request fails; the caller removes the directory when the request ends.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Request, Response } from 'express';
 import multer from 'multer';
 import type { Received, Retention } from '../context.js';
-import { ScrubError } from '../errors.js';
+import { ScrubError, clientClosed } from '../errors.js';
 import { randomId } from '../ids.js';
 
 export interface ReceiveOptions {
@@ -23,9 +23,6 @@ export interface ReceiveOptions {
 }
 
 export interface ReceivedUpload {
-  uploadId: string;
-  /** Holds the originals and every intermediate file of this upload; removed when it ends. */
-  uploadDir: string;
   files: Received[];
   jobId: string | undefined;
   retention: Retention;
@@ -38,6 +35,17 @@ export interface ReceivedUpload {
  */
 export function removeUploadDir(dir: string): Promise<void> {
   return rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+}
+
+/**
+ * Empties the temp dir (creating it 0700 if missing) and says how many entries it removed: what
+ * a crashed process left there are originals. Synchronous, for start-up, before any request.
+ */
+export function emptyTempDir(tmpDir: string): number {
+  mkdirSync(tmpDir, { recursive: true, mode: 0o700 });
+  const entries = readdirSync(tmpDir);
+  for (const entry of entries) rmSync(path.join(tmpDir, entry), { recursive: true, force: true });
+  return entries.length;
 }
 
 const uploadDirKey = Symbol('scrubline.uploadDir');
@@ -91,7 +99,7 @@ export function receiveError(err: unknown, options: ReceiveOptions): ScrubError 
   }
   const message = err instanceof Error ? err.message : '';
   if (/Request (aborted|closed)/.test(message)) {
-    return new ScrubError('client_closed', 'The upload was interrupted before it finished. Nothing was kept; send it again.', { internal: message });
+    return clientClosed(err);
   }
   if (/Unexpected end of form|Malformed|Boundary|Unexpected end of multipart|Part terminated/i.test(message)) {
     return new ScrubError('bad_request', 'The multipart body is malformed or truncated. Send a complete multipart/form-data request.', { internal: 'busboy: malformed body' });
@@ -118,7 +126,7 @@ function readFields(body: Record<string, unknown>): { jobId: string | undefined;
 }
 
 /** Builds the receive step once (limits depend only on options); call it per request. */
-export function receiver(options: ReceiveOptions): (req: Request, res: Response, uploadId: string, uploadDir: string) => Promise<ReceivedUpload> {
+export function receiver(options: ReceiveOptions): (req: Request, res: Response, uploadDir: string) => Promise<ReceivedUpload> {
   const upload = multer({
     storage: tempStorage,
     limits: {
@@ -135,10 +143,11 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
   }).array('file', options.maxFiles);
 
   /**
-   * `uploadDir` is the caller's (it removes it whenever the request ends, however it ends); this
-   * creates it and removes it itself when receiving fails.
+   * `uploadDir` holds the originals and every intermediate file of the upload. It is the caller's
+   * (it removes it whenever the request ends, however it ends); this creates it, and removes it
+   * itself when receiving fails.
    */
-  return async function receive(req, res, uploadId, uploadDir) {
+  return async function receive(req, res, uploadDir) {
     await mkdir(uploadDir, { recursive: true, mode: 0o700 });
     (req as WithUploadDir)[uploadDirKey] = uploadDir;
     const watch = watchBody(req, res, options.bodyIdleTimeoutMs);
@@ -146,11 +155,10 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
     try {
       await Promise.race([parsed, watch.fired]);
     } catch (err) {
-      // A stalled or abandoned body: answered now (a 408 goes out and the connection closes); the
-      // partial file goes now, and again once multer has let go of it.
       await removeUploadDir(uploadDir);
-      // Again once multer has let go (it may still be writing); not awaited, so a failure must not
-      // become an unhandled rejection: the abandoned-upload sweep covers what this misses.
+      // A stalled or abandoned body is answered now, while multer may still be writing: its
+      // partial file goes again once multer lets go. Not awaited, so a failure must not become an
+      // unhandled rejection; the abandoned-upload sweep covers what this misses.
       if (watch.error) void parsed.catch(() => undefined).then(() => removeUploadDir(uploadDir)).catch(() => undefined);
       throw watch.error ?? receiveError(err, options);
     } finally {
@@ -167,7 +175,7 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
         (f): Received => ({ id: randomId(), inputPath: f.path, inputBytes: f.size, workDir: path.join(uploadDir, path.basename(f.path, '.original')) }),
       );
       await Promise.all(files.map((f) => mkdir(f.workDir, { mode: 0o700 })));
-      return { uploadId, uploadDir, files, ...fields };
+      return { files, ...fields };
     } catch (err) {
       await removeUploadDir(uploadDir);
       throw err;
@@ -176,11 +184,10 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
 }
 
 /**
- * Watches the body: when the client hangs up before it is complete, `fired` rejects with
- * client_closed; when no byte arrives for `idleMs`, with a 408
- * and the connection is closed once that answer is out, so a client that sends headers and a few
- * bytes and then nothing cannot hold a concurrency slot for the whole request time limit
- * (THREATS 38). Progress is read from the socket's byte count, which needs no listener on the
+ * Watches the body. When the client hangs up before it is complete, `fired` rejects with
+ * client_closed. When no byte arrives for `idleMs`, it rejects with a 408, and the connection is
+ * closed once that answer is out: a client that sends headers and a few bytes and then nothing
+ * cannot hold a concurrency slot for the whole request time limit (THREATS 38). Progress is read from the socket's byte count, which needs no listener on the
  * request (a 'data' listener would start the stream flowing before multer reads it).
  */
 function watchBody(req: Request, res: Response, idleMs: number): { fired: Promise<never>; error: ScrubError | undefined; stop(): void } {
@@ -199,7 +206,7 @@ function watchBody(req: Request, res: Response, idleMs: number): { fired: Promis
   const onClose = (): void => {
     if (req.complete || state.error) return;
     clearInterval(timer);
-    state.error = new ScrubError('client_closed', 'The upload was interrupted before it finished. Nothing was kept; send it again.');
+    state.error = clientClosed();
     fail(state.error);
   };
   if (req.destroyed) queueMicrotask(onClose);
