@@ -116,8 +116,7 @@ export function crashRoutes(deps: { ledger: Ledger; clock: Clock; retentionDays:
     // A crash named by its file belongs to that file's job, and its deletion takes the crash with
     // it: the file's own fingerprint row, not the newest with the same fingerprint id (the same
     // bytes uploaded in another job have the same one: THREATS 41).
-    const file = ref.fileId !== undefined ? deps.ledger.get(ref.fileId) : undefined;
-    const fingerprint = ref.fileId !== undefined ? (file?.kind === 'file' ? deps.ledger.fingerprintOf(file.id) : undefined) : deps.ledger.fingerprint(ref.fingerprintId!);
+    const fingerprint = ref.fileId !== undefined ? deps.ledger.fingerprintOf(ref.fileId) : deps.ledger.fingerprint(ref.fingerprintId!);
     if (!fingerprint?.body) throw notFound(ref.fileId !== undefined ? 'file' : 'fingerprint');
     const now = deps.clock();
     const record: ArtefactRecord = {

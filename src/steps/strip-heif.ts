@@ -391,13 +391,13 @@ export function stripHeif(input: Buffer): ImageStripResult {
   // References indexed once, so following them is linear in their number (THREATS 35).
   const tilesOf = new Map<number, number[]>();
   const auxiliariesOf = new Map<number, number[]>();
+  const add = (index: Map<number, number[]>, key: number, ...ids: number[]): void => {
+    const list = index.get(key);
+    if (list) list.push(...ids);
+    else index.set(key, ids);
+  };
   for (const r of refs) {
     budget.spend(1 + r.to.length);
-    const add = (index: Map<number, number[]>, key: number, ...ids: number[]): void => {
-      const list = index.get(key);
-      if (list) list.push(...ids);
-      else index.set(key, ids);
-    };
     if (r.type === 'dimg') add(tilesOf, r.from, ...r.to);
     if (r.type === 'auxl') for (const to of new Set(r.to)) add(auxiliariesOf, to, r.from);
   }

@@ -168,10 +168,9 @@ export function synthesisArgs(plan: SynthesisPlan): string[] {
   const { video, audio } = plan;
   // The graphs are built from numbers only (the rate as two integers: readFingerprint checked it),
   // and the inputs get the protocol whitelist uploads have (THREATS 43).
-  const rate = /^\d+\/\d+$/.test(video?.rate ?? '') || /^\d+$/.test(video?.rate ?? '') ? video!.rate : undefined;
-  if (video && rate === undefined) throw new Error('synthesis: the frame rate must be "N/D" or "N"');
+  if (video && !/^\d+(\/\d+)?$/.test(video.rate)) throw new Error('synthesis: the frame rate must be "N/D" or "N"');
   const source = (graph: string): string[] => ['-protocol_whitelist', 'file', '-f', 'lavfi', '-i', graph];
-  if (video) args.push(...source(`testsrc2=size=${Math.trunc(video.width)}x${Math.trunc(video.height)}:rate=${rate}:duration=${seconds}`));
+  if (video) args.push(...source(`testsrc2=size=${Math.trunc(video.width)}x${Math.trunc(video.height)}:rate=${video.rate}:duration=${seconds}`));
   if (audio) args.push(...source(`sine=frequency=440:sample_rate=${Math.trunc(audio.sampleRate)}:duration=${seconds}`));
   let input = 0;
   if (video) {

@@ -91,11 +91,14 @@ export async function rewriteTiff(input: Buffer, maxInputPixels: number): Promis
       .tiff({ compression: 'deflate', predictor: 'horizontal' })
       .toBuffer();
   } catch (err) {
-    if (err instanceof Error && /pixel limit/i.test(err.message)) {
-      throw new ScrubError('too_many_pixels', `The image has more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`, { cause: err });
-    }
-    throw reject.corrupt('TIFF', 'the image data does not decode');
+    throw pixelLimitError(err, maxInputPixels) ?? reject.corrupt('TIFF', 'the image data does not decode');
   }
+}
+
+/** libvips' own pixel-limit refusal during a decode, as the 413 the header check gives. */
+function pixelLimitError(err: unknown, maxInputPixels: number): ScrubError | undefined {
+  if (!(err instanceof Error) || !/pixel limit/i.test(err.message)) return undefined;
+  return new ScrubError('too_many_pixels', `The image has more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`, { cause: err });
 }
 
 /**
@@ -117,9 +120,6 @@ export async function decodePreview(input: Buffer | string, options: { maxInputP
       .jpeg({ quality: 80, mozjpeg: false })
       .toBuffer();
   } catch (err) {
-    if (err instanceof Error && /pixel limit/i.test(err.message)) {
-      throw new ScrubError('too_many_pixels', `The image has more pixels than the configured limit of ${options.maxInputPixels}. Send a smaller image.`, { cause: err });
-    }
-    throw new ScrubError('corrupt_media', `The file's ${options.format} headers are valid but its pixel data does not decode, so it was not forwarded. Send an intact image.`, { cause: err });
+    throw pixelLimitError(err, options.maxInputPixels) ?? new ScrubError('corrupt_media', `The file's ${options.format} headers are valid but its pixel data does not decode, so it was not forwarded. Send an intact image.`, { cause: err });
   }
 }
