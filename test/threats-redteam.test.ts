@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, symlink, utimes, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -21,7 +21,7 @@ import { nestedDeeperThan } from '../src/crashes.js';
 import { ScrubError } from '../src/errors.js';
 import { WorkBudget } from '../src/formats/work-budget.js';
 import { Ledger, type ArtefactRecord } from '../src/ledger.js';
-import { scrubline } from '../src/middleware.js';
+import { removeAbandoned, scrubline } from '../src/middleware.js';
 import { readFingerprint, ReproError } from '../src/repro.js';
 import { stripHeif } from '../src/steps/strip-heif.js';
 import { sweep } from '../src/sweeper.js';
@@ -364,6 +364,38 @@ describe('THREATS 40: a disconnect at any moment leaves no original (issue 19)',
       await tmpEmpty(tmpDir);
     } finally {
       server.close();
+      await removeDir(dir);
+    }
+  });
+});
+
+describe('THREATS 40, defence in depth: what a request left behind does not stay', () => {
+  it('the abandoned-upload sweep removes stale directories no request owns, and only those', async () => {
+    const tmp = await tempDir();
+    try {
+      for (const name of ['stale', 'live', 'young']) await mkdir(path.join(tmp, name));
+      await writeFile(path.join(tmp, 'stale', 'x.original'), 'original');
+      const twoMinutesAgo = new Date(Date.now() - 120_000);
+      await utimes(path.join(tmp, 'stale'), twoMinutesAgo, twoMinutesAgo);
+      await utimes(path.join(tmp, 'live'), twoMinutesAgo, twoMinutesAgo);
+      assert.equal(await removeAbandoned(tmp, new Set(['live']), 60_000), 1);
+      assert.deepEqual((await readdir(tmp)).sort(), ['live', 'young']);
+    } finally {
+      await removeDir(tmp);
+    }
+  });
+
+  it('emptyTmpDirOnStart empties the middleware\'s tmpDir when it is made', async () => {
+    const dir = await tempDir();
+    try {
+      const tmpDir = path.join(dir, 'tmp');
+      await mkdir(path.join(tmpDir, 'left-by-a-crash'), { recursive: true });
+      await writeFile(path.join(tmpDir, 'left-by-a-crash', 'x.original'), 'original');
+      scrubline({ tmpDir, fingerprintKey: testKey });
+      assert.equal((await readdir(tmpDir)).length, 1, 'off by default');
+      scrubline({ tmpDir, fingerprintKey: testKey, emptyTmpDirOnStart: true });
+      assert.deepEqual(await readdir(tmpDir), []);
+    } finally {
       await removeDir(dir);
     }
   });
