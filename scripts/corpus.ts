@@ -111,13 +111,18 @@ function searchableValues(tags: Tags): Buffer[] {
 
 async function pixels(file: string, heifConvert: boolean): Promise<Buffer | undefined> {
   try {
-    if (heifConvert && /\.(heic|heif)$/i.test(file)) {
+    const heif = heifConvert && /\.(heic|heif)$/i.test(file);
+    if (heif) {
       // sharp's libvips cannot decode HEVC; libheif's own converter can (Debian libheif-examples).
       const png = `${file}.png`;
       await run('heif-convert', [file, png]);
       file = png;
     }
-    return await sharp(file, { failOn: 'none', limitInputPixels: 100_000_000 }).autoOrient().ensureAlpha().raw().toBuffer();
+    // heif-convert has applied the HEIF transforms (irot/imir), which govern a HEIF's display, but
+    // copies an input's Exif Orientation into its PNG: turning by that again would rotate the
+    // original twice and the cleaned file (no Exif) once.
+    const image = sharp(file, { failOn: 'none', limitInputPixels: 100_000_000 });
+    return await (heif ? image : image.autoOrient()).ensureAlpha().raw().toBuffer();
   } catch {
     return undefined;
   }
