@@ -7,8 +7,50 @@ import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import type { ProbeResult } from './tools/ffmpeg.js';
 
+/**
+ * The fixed vocabulary of what a cleaned file's report says was removed: the same word for the
+ * same kind of data in every format (a HEIC's GPS is `gps`, as a JPEG's is). Documented in the
+ * README's "What is removed" table; a new word is added here and there, never made up elsewhere.
+ */
+export const removedCategories = [
+  // Tag blocks and what they carry
+  'exif', // an EXIF block (APP1, eXIf, a HEIF Exif item, a WebP EXIF chunk, a TIFF's own tags)
+  'gps', // GPS coordinates: the EXIF GPS directory, or a video's location tags
+  'makerNote', // the camera maker's private EXIF block
+  'xmp', // XMP packets, extended XMP included
+  'iptc', // IPTC / Photoshop resources
+  'comment', // JPEG COM, GIF comment extension
+  'text', // PNG text chunks (tEXt, zTXt, iTXt that are not XMP), GIF plain-text extension
+  'time', // PNG tIME
+  'description', // HEIF user description property (udes)
+  // Embedded images and extra pictures
+  'thumbnail', // embedded previews: EXIF IFD1, JFIF/JFXX, HEIF thmb items
+  'mpf', // JPEG multi-picture (MPF) index and the pictures it names
+  'motionPhoto', // the video of a motion photo
+  'auxiliaryImage', // depth maps, gain maps and other non-alpha auxiliary images
+  'pages', // further pages or sub-images of a TIFF
+  // Signatures, provenance and vendor data
+  'jumbf', // C2PA / JUMBF manifests
+  'signature', // PNG dSIG
+  'vendor', // vendor APPn segments (Ducky, Picture Info, FPXR, ...)
+  // Video containers
+  'containerTags', // container-level tags (title, encoder, creation time, ...)
+  'streamTags', // per-stream tags that are not technical
+  'chapters',
+  'coverArt',
+  'dataStream', // timed metadata and telemetry tracks (GoPro GPMF, camera data)
+  'subtitleStream',
+  'attachment',
+  'extraStream', // a second video or unsupported audio stream
+  // Anything else
+  'trailer', // bytes after the format's end marker
+  'other', // a structure of no known metadata kind: only what decoding needs is kept
+] as const;
+
+export type RemovedCategory = (typeof removedCategories)[number];
+
 /** Metadata category → how many structures of it were removed. Never a value. */
-export type Removed = Record<string, number>;
+export type Removed = Partial<Record<RemovedCategory, number>>;
 
 export type Retention = 'standard' | 'extended';
 
@@ -54,6 +96,6 @@ export interface Tagged extends Fingerprinted {
   expiresAt: string;
 }
 
-export function countRemoved(removed: Removed, category: string, n = 1): void {
+export function countRemoved(removed: Removed, category: RemovedCategory, n = 1): void {
   removed[category] = (removed[category] ?? 0) + n;
 }

@@ -4,6 +4,7 @@
  * except Orientation, which is a closed 1–8 vocabulary. Every offset is bounds-checked: EXIF
  * blocks in the wild point anywhere.
  */
+import type { RemovedCategory } from '../context.js';
 
 const TAG_ORIENTATION = 0x0112;
 const TAG_EXIF_IFD = 0x8769;
@@ -62,8 +63,8 @@ export function readOrientation(tiff: Uint8Array): number | undefined {
 }
 
 /** Categories present in an EXIF/TIFF metadata block, for the removal report. */
-export function exifCategories(tiff: Uint8Array): string[] {
-  const found = ['exif'];
+export function exifCategories(tiff: Uint8Array): RemovedCategory[] {
+  const found: RemovedCategory[] = ['exif'];
   const reader = readerFor(tiff);
   if (!reader) return found;
   const ifd0 = readIfd(reader, reader.u32(4));

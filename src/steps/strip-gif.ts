@@ -58,13 +58,13 @@ export function stripGif(input: Buffer): ImageStripResult {
       const blockSize = input[pos + 2]!;
       const identifier = blockSize === 11 ? input.toString('latin1', pos + 3, pos + 14) : '';
       if (keptApplications.has(identifier)) parts.push(input.subarray(start, end));
-      else countRemoved(removed, identifier === 'XMP DataXMP' ? 'xmp' : 'applicationExtension');
+      else countRemoved(removed, identifier === 'XMP DataXMP' ? 'xmp' : 'vendor');
     } else if (label === 0xfe) {
       countRemoved(removed, 'comment');
     } else if (label === 0x01) {
-      countRemoved(removed, 'plainText');
+      countRemoved(removed, 'text');
     } else {
-      countRemoved(removed, 'unknownExtension');
+      countRemoved(removed, 'other');
     }
     pos = end;
   }

@@ -13,8 +13,9 @@
  * trailers) is left behind. What we cannot rebuild safely (sequences, protected or external
  * items, unknown essential properties) is refused.
  */
-import { countRemoved, type Removed } from '../context.js';
+import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
+import { exifCategories } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -326,6 +327,22 @@ function writeLocations(locations: Location[], offsetBytes: 4 | 8): Buffer {
   return fullBox('iloc', v2 ? 2 : 1, 0, sizes, v2 ? u32(locations.length) : u16(locations.length), ...entries);
 }
 
+/**
+ * What a dropped Exif item carried, for the report (GPS is reported as `gps` here as in JPEG).
+ * Its data is one extent in practice: a 4-byte offset, then the TIFF block. Anything unusual is
+ * simply reported as `exif`; the item goes either way.
+ */
+function exifItemCategories(input: Buffer, location: Location | undefined, idat: Box | undefined): RemovedCategory[] {
+  const extent = location?.extents.length === 1 ? location.extents[0]! : undefined;
+  const [from, to] = location?.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
+  if (!extent || location!.method > 1 || extent.length < 4) return ['exif'];
+  const start = from + extent.offset;
+  const end = start + extent.length;
+  if (start < from || end > to) return ['exif'];
+  const tiffStart = start + 4 + input.readUInt32BE(start);
+  return tiffStart < end ? exifCategories(input.subarray(tiffStart, end)) : ['exif'];
+}
+
 // ---------------------------------------------------------------------------------------------
 
 export function stripHeif(input: Buffer): ImageStripResult {
@@ -341,7 +358,7 @@ export function stripHeif(input: Buffer): ImageStripResult {
   }
   for (const b of top) {
     if (b.type === 'mpvd' || b.type === 'sefd') countRemoved(removed, 'motionPhoto');
-    else if (!['ftyp', 'meta', 'mdat', 'free', 'skip'].includes(b.type)) countRemoved(removed, 'otherBox');
+    else if (!['ftyp', 'meta', 'mdat', 'free', 'skip'].includes(b.type)) countRemoved(removed, 'other');
   }
 
   const meta = metas[0]!;
@@ -360,7 +377,7 @@ export function stripHeif(input: Buffer): ImageStripResult {
   if (!pitm || !iinf || !iloc || !iprp) throw reject.corrupt(FORMAT, 'meta lacks pitm, iinf, iloc or iprp');
   if (one('ipro')) throw reject.structure(FORMAT, 'protected items');
   for (const c of children) {
-    if (!['hdlr', 'pitm', 'iinf', 'iloc', 'iprp', 'iref', 'idat', 'dinf'].includes(c.type)) countRemoved(removed, c.type === 'grpl' ? 'entityGroup' : 'otherBox');
+    if (!['hdlr', 'pitm', 'iinf', 'iloc', 'iprp', 'iref', 'idat', 'dinf'].includes(c.type)) countRemoved(removed, 'other');
   }
 
   const budget = new WorkBudget(FORMAT);
@@ -416,11 +433,11 @@ export function stripHeif(input: Buffer): ImageStripResult {
   const tilesOfRemoved = new Set(refs.filter((r) => r.type === 'dimg' && !keep.has(r.from)).flatMap((r) => r.to));
   for (const item of items) {
     if (keep.has(item.id) || tilesOfRemoved.has(item.id)) continue;
-    if (item.type === 'Exif') countRemoved(removed, 'exif');
-    else if (item.type === 'mime') countRemoved(removed, item.contentType?.includes('xmp') || item.contentType?.includes('rdf') ? 'xmp' : 'mimeItem');
+    if (item.type === 'Exif') for (const found of exifItemCategories(input, locations.get(item.id), one('idat'))) countRemoved(removed, found);
+    else if (item.type === 'mime') countRemoved(removed, item.contentType?.includes('xmp') || item.contentType?.includes('rdf') ? 'xmp' : 'other');
     else if (thumbnails.has(item.id)) countRemoved(removed, 'thumbnail');
     else if (imageItemTypes.has(item.type)) countRemoved(removed, 'auxiliaryImage');
-    else countRemoved(removed, 'otherItem');
+    else countRemoved(removed, 'other');
   }
 
   // Properties: keep the allowlisted ones used by kept items, renumbered in first-use order.
@@ -434,7 +451,7 @@ export function stripHeif(input: Buffer): ImageStripResult {
       if (!prop) throw reject.corrupt(FORMAT, 'an item property index out of range');
       if (!keptProperties.has(prop.type)) {
         if (a.essential) throw reject.structure(FORMAT, 'an essential item property scrubline does not know');
-        countRemoved(removed, prop.type === 'udes' ? 'description' : 'otherProperty');
+        countRemoved(removed, prop.type === 'udes' ? 'description' : 'other');
         continue;
       }
       if (!newIndex.has(a.index)) {

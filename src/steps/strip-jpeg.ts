@@ -6,7 +6,7 @@
  * its thumbnail), APP2 ICC_PROFILE, APP14 Adobe. Dropped: every other APPn, COM, and everything
  * after EOI. Orientation survives as a minimal EXIF holding only Orientation.
  */
-import { countRemoved, type Removed } from '../context.js';
+import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -24,11 +24,11 @@ const isSof = (m: number): boolean => m >= 0xc0 && m <= 0xcf && m !== 0xc4 && m 
 const isCoding = (m: number): boolean => isSof(m) || m === 0xc4 || m === 0xcc || m === 0xdb || m === 0xdd || m === 0xdc;
 
 /** APPn payloads and the category each one is reported under when dropped. */
-function appCategory(marker: number, payload: Buffer): string {
+function appCategory(marker: number, payload: Buffer): RemovedCategory {
   if (marker === 0xe1) {
     if (startsWith(payload, 'Exif\0')) return 'exif';
     if (startsWith(payload, 'http://ns.adobe.com/xap/1.0/')) return 'xmp';
-    if (startsWith(payload, 'http://ns.adobe.com/xmp/extension/')) return 'xmpExtended';
+    if (startsWith(payload, 'http://ns.adobe.com/xmp/extension/')) return 'xmp';
   }
   if (marker === 0xe0 && startsWith(payload, 'JFXX')) return 'thumbnail';
   if (marker === 0xe2 && startsWith(payload, 'MPF\0')) return 'mpf';

@@ -4,7 +4,8 @@
  * recomputed because nothing kept changes.
  */
 import { crc32 } from 'node:zlib';
-import { countRemoved, type Removed } from '../context.js';
+import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
+import { exifCategories } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -13,11 +14,10 @@ const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 /** What rendering needs: image data, palette/transparency, colour, density, APNG animation. */
 const keep = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'gAMA', 'cHRM', 'cICP', 'mDCV', 'cLLI', 'sBIT', 'pHYs', 'acTL', 'fcTL', 'fdAT']);
 
-const dropCategory: Record<string, string> = {
+const dropCategory: Record<string, RemovedCategory> = {
   tEXt: 'text',
   zTXt: 'text',
   iTXt: 'text',
-  eXIf: 'exif',
   tIME: 'time',
   dSIG: 'signature',
   caBX: 'jumbf',
@@ -54,7 +54,8 @@ export function stripPng(input: Buffer): ImageStripResult {
     // Bit 5 of the first letter: uppercase = critical. An unknown critical chunk changes how the
     // image decodes, so it cannot be dropped and cannot be trusted.
     if ((type.charCodeAt(0) & 0x20) === 0) throw reject.structure('PNG', `unknown critical chunk ${type}`);
-    countRemoved(removed, type === 'iTXt' && isXmpKeyword(chunk) ? 'xmp' : (dropCategory[type] ?? 'unknownChunk'));
+    if (type === 'eXIf') for (const found of exifCategories(chunk.subarray(8, chunk.length - 4))) countRemoved(removed, found);
+    else countRemoved(removed, type === 'iTXt' && isXmpKeyword(chunk) ? 'xmp' : (dropCategory[type] ?? 'other'));
   }
   if (pos < input.length) countRemoved(removed, 'trailer');
   return { parts, removed, orientation: 1 };

@@ -3,6 +3,7 @@
  * is re-written pixel-losslessly by sharp instead (see rewriteTiff), which keeps only the first
  * page, the pixels upright and the ICC profile.
  */
+import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
 import { exifCategories } from '../formats/tiff-ifd.js';
 import { rewriteTiff } from '../tools/sharp.js';
@@ -10,11 +11,9 @@ import type { ImageStripResult } from './strip-image.js';
 
 export async function stripTiff(input: Buffer, limits: { maxInputPixels: number }): Promise<ImageStripResult> {
   if (input.length < 8) throw reject.corrupt('TIFF', 'too short');
-  const removed: Record<string, number> = {};
+  const removed: Removed = {};
   // A TIFF is its own EXIF container: every category its IFDs carry is dropped by the rewrite.
-  for (const category of exifCategories(input)) {
-    removed[category === 'thumbnail' ? 'pages' : category] = 1;
-  }
+  for (const category of exifCategories(input)) countRemoved(removed, category === 'thumbnail' ? 'pages' : category);
   const output = await rewriteTiff(input, limits.maxInputPixels);
   return { parts: [output], removed, orientation: 1 };
 }

@@ -50,7 +50,7 @@ export function stripWebp(input: Buffer): ImageStripResult {
     } else if (fourcc === 'XMP ') {
       countRemoved(removed, 'xmp');
     } else {
-      countRemoved(removed, 'unknownChunk');
+      countRemoved(removed, 'other');
     }
   }
   const image = kept.find((c) => c.fourcc === 'VP8 ' || c.fourcc === 'VP8L' || c.fourcc === 'ANMF');
