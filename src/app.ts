@@ -6,10 +6,11 @@
 import { randomUUID } from 'node:crypto';
 import { access, constants, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import express, { type ErrorRequestHandler, type Request, type RequestHandler, type Response } from 'express';
+import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pinoHttp } from 'pino-http';
-import { ScrubError, asScrubError, jobDeleted } from './errors.js';
+import { ScrubError, jobDeleted } from './errors.js';
+import { retryAfterSeconds, serviceErrorHandler } from './http-errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from './config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
@@ -41,29 +42,9 @@ export interface AppDeps {
   metrics?: Metrics;
 }
 
-/** The one place errors become HTTP: status, and a JSON body that says what was wrong and what to do. */
-export function errorHandler(onError?: (error: ScrubError, req: Request) => void): ErrorRequestHandler {
-  return async function scrublineErrorHandler(err, req, res, _next) {
-    // Nothing of a failed upload may outlive the answer.
-    await req.scrubline?.release();
-    const error = asScrubError(err);
-    onError?.(error, req);
-    const log = (req as Request & { log?: Logger }).log;
-    const fields = { code: error.code, status: error.status, internal: error.message };
-    // Faults are errors; refusals (including the cap's deliberate 503s) are facts about a request.
-    if (error.status >= 500 && error.code !== 'upstream_rejected' && error.code !== 'overloaded') log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
-    else log?.info(fields, 'request refused');
-    if (res.headersSent || res.destroyed) return;
-    if (error.code === 'overloaded') res.setHeader('Retry-After', String(retryAfterSeconds));
-    res.status(error.status).json(error.toJSON());
-  };
-}
-
 /** How long one /readyz tool check answers for every caller. */
 const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
-/** What a 503 tells a client to wait: about one upload's processing time. */
-const retryAfterSeconds = 5;
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
   'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
@@ -287,7 +268,7 @@ export function buildApp(deps: AppDeps): express.Express {
 
   app.use((_req, _res, next) => next(new ScrubError('not_found', `No such route. See the README for the API: ${routes}.`)));
   app.use(
-    errorHandler((error, req) => {
+    serviceErrorHandler((error, req) => {
       metrics.rejections.inc({ reason: error.code });
       if (req.path === '/v1/uploads' && error.code !== 'overloaded' && error.code !== 'unauthorized') {
         const outcome = error.code === 'client_closed' ? 'client_closed' : error.isRejection ? 'rejected' : 'failed';

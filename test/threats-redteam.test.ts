@@ -16,7 +16,7 @@ import { promisify } from 'node:util';
 import { crc32, deflateSync } from 'node:zlib';
 import express from 'express';
 import sharp from 'sharp';
-import { errorHandler } from '../src/app.js';
+import { errorHandler } from '../src/http-errors.js';
 import { nestedDeeperThan } from '../src/crashes.js';
 import { ScrubError } from '../src/errors.js';
 import { WorkBudget } from '../src/formats/work-budget.js';
