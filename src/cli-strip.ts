@@ -8,7 +8,7 @@ import type { Config } from './config.js';
 import type { Retention } from './context.js';
 import { asScrubError, type ErrorCode } from './errors.js';
 import { sharedDeps, type SharedDeps } from './cli-pool.js';
-import { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
+import { cleanFile, publicReport, type CleanFile, type LoadedPipelineDeps, type PipelineDeps } from './pipeline.js';
 import { randomId } from './ids.js';
 import { systemClock } from './steps/tag-expiry.js';
 
@@ -24,14 +24,14 @@ export type StripOutcome =
   | { ok: true; input: string; output: string; report: ReturnType<typeof publicReport> }
   | { ok: false; input: string; error: { code: ErrorCode; message: string; isRejection: boolean } };
 
-export function pipelineDeps(config: Config, shared: SharedDeps): PipelineDeps {
+export function pipelineDeps(config: Config, shared: SharedDeps): LoadedPipelineDeps {
   // A Buffer posted to a worker arrives as a plain Uint8Array.
   const fingerprintKey = Buffer.from(shared.fingerprintKey.buffer, shared.fingerprintKey.byteOffset, shared.fingerprintKey.byteLength);
   return { ffmpeg: shared.ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, clock: systemClock };
 }
 
 /** Dependencies for jobs run on this thread (a few files, inspect, fingerprint, qa). */
-export async function localDeps(config: Config): Promise<PipelineDeps> {
+export async function localDeps(config: Config): Promise<LoadedPipelineDeps> {
   return pipelineDeps(config, await sharedDeps(config));
 }
 

@@ -2,8 +2,9 @@
  * scrubline as a library: the Express middleware, the error handler, the app builder, the
  * pipeline and its types.
  */
-export { scrubline, type ScrublineOptions, type ScrublineUpload } from './middleware.js';
-export { buildApp, errorHandler, type AppDeps } from './app.js';
+export { scrubline, type FieldRule, type ScrublineOptions, type ScrublineRequest, type ScrublineUpload } from './middleware.js';
+export { errorHandler } from './http-errors.js';
+export { buildApp, type AppDeps } from './app.js';
 export { startServer, type RunningServer } from './server.js';
 export { loadConfig, ConfigError, type Config } from './config.js';
 export { ScrubError, type ErrorCode } from './errors.js';
@@ -13,5 +14,5 @@ export type { Forwarder, ForwardResult, UploadFields } from './steps/forward.js'
 export { HttpForwarder } from './steps/forward-http.js';
 export { LocalSink } from './steps/forward-local.js';
 export { Ledger } from './ledger.js';
-export type { Removed, Retention } from './context.js';
+export { removedCategories, type Removed, type RemovedCategory, type Retention } from './context.js';
 export type { Clock } from './steps/tag-expiry.js';

@@ -1,26 +1,37 @@
 /**
  * The Express middleware the render service mounts in its own app:
  *
- *   app.post('/render', scrubline({ tmpDir, fingerprintKey }), (req, res) => {
- *     for (const file of req.scrubline.files) … // cleaned, verified, fingerprinted, tagged
+ *   app.post('/render', scrubline({ tmpDir, fingerprintKey }), async (req, res) => {
+ *     const upload = req.scrubline!;   // cleaned, verified, fingerprinted, tagged
+ *     for (const file of upload.files) … // copy or move file.path now
+ *     await upload.release();
+ *     res.status(202).json(…);
  *   });
+ *   app.use(errorHandler());
  *
- * Like helmet's factories, `scrubline(options)` validates its options when called (errors say
- * how to fix them), does the work that depends only on options once, and returns a named
- * function. Rejections reach `next(err)` as a ScrubError; mount `errorHandler()` or map
- * `err.status` and `err.toJSON()` yourself.
+ * Like helmet's factories, `scrubline(options)` validates its options when called (unknown names,
+ * bad values and an unwritable tmpDir throw at start, saying how to fix them), does the work that
+ * depends only on options once, and returns a named function. Rejections reach `next(err)` as a
+ * ScrubError; mount `errorHandler()` or map `err.status` and `err.toJSON()` yourself.
+ *
+ * The contract with the route after it (README, "Middleware"): the originals and every
+ * intermediate are deleted before the route runs; the cleaned files live until `release()` or
+ * until the response closes, whichever comes first.
  */
-import { lstat, readdir } from 'node:fs/promises';
+import { accessSync, chmodSync, constants, mkdirSync, mkdtempSync, rmdirSync, statSync } from 'node:fs';
+import { chmod, lstat, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { defaults } from './config.js';
 import type { Retention } from './context.js';
-import { asScrubError, clientClosed } from './errors.js';
+import { asScrubError, clientClosed, ScrubError } from './errors.js';
 import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
-import { emptyTempDir, receiver, removeUploadDir } from './steps/receive.js';
+import { emptyTempDir, receiver, removeUploadDir, type FieldRule } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
 import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
+
+export type { FieldRule } from './steps/receive.js';
 
 export interface ScrublineOptions {
   /** Directory for uploads in flight (created if missing). Originals never outlive their request. */
@@ -62,6 +73,18 @@ export interface ScrublineOptions {
   unfinishedJobCapHours?: number;
   /** Told how long each pipeline stage took for each file (e.g. for metrics). */
   observe?: PipelineDeps['observe'];
+  /**
+   * Text fields the route accepts beside jobId and retention, by name, each with its limits
+   * (default at most 256 characters). They reach the route in `req.body` as strings; any other
+   * field is refused with a 400. The client's file name is never passed on.
+   */
+  fields?: Record<string, FieldRule>;
+  /**
+   * Mode of the cleaned files handed to the route. Default 0o600 (only this process's user). A
+   * render worker running as another user of the same group needs 0o640; the upload's
+   * directories then get the matching search bit (never read: nobody can list them).
+   */
+  fileMode?: number;
 }
 
 /** What the route handler after the middleware finds on `req.scrubline`. */
@@ -69,20 +92,55 @@ export interface ScrublineUpload {
   uploadId: string;
   jobId: string | undefined;
   retention: Retention;
+  /** The cleaned files, in the order of the upload's file parts (the index errors name). */
   files: CleanFile[];
   /**
-   * Deletes the originals and the cleaned files of this upload now. Idempotent; it also runs by
-   * itself when the response closes, but awaiting it before answering guarantees nothing of the
-   * upload is still on disk when the caller hears back.
+   * Deletes the cleaned files of this upload now (the originals are already gone). Idempotent;
+   * it also runs by itself when the response closes. Await it before answering when nothing of
+   * the upload may be on disk once the client hears back, e.g. after copying the files away.
    */
   release(): Promise<void>;
 }
 
-declare module 'express-serve-static-core' {
-  interface Request {
-    scrubline?: ScrublineUpload;
+/**
+ * `req.scrubline` on every Express Request. Declared on the global `Express.Request`, as multer
+ * declares `req.file`, so that it reaches the app's own copy of Express's types however scrubline
+ * was installed (a module augmentation of 'express-serve-static-core' lands on whichever copy
+ * resolves from scrubline's folder, which for `npm i ../scrubline` is not the app's).
+ */
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Express {
+    interface Request {
+      /** Set by scrubline's middleware on the routes it is mounted on. */
+      scrubline?: ScrublineUpload;
+    }
   }
 }
+
+/** A request that went through the middleware: `req.scrubline` is set. */
+export type ScrublineRequest = Request & { scrubline: ScrublineUpload };
+
+/** The option names scrubline() knows; anything else is a mistake (`maxFileSize`) reported at start. */
+const knownOptions: ReadonlySet<string> = new Set([
+  'tmpDir',
+  'fingerprintKey',
+  'maxUploadBytes',
+  'maxFiles',
+  'maxInputPixels',
+  'ffmpegPath',
+  'ffprobePath',
+  'ffmpegTimeoutMs',
+  'bodyIdleTimeoutMs',
+  'emptyTmpDirOnStart',
+  'abandonedSweepIntervalMs',
+  'clock',
+  'jobFinishedAt',
+  'unfinishedJobCapHours',
+  'observe',
+  'fields',
+  'fileMode',
+] satisfies Array<keyof ScrublineOptions>);
 
 /** How old an upload directory no request owns must be before the abandoned sweep removes it. */
 const abandonedGraceMs = 60_000;
@@ -108,8 +166,73 @@ function positiveInteger(name: string, value: number | undefined, fallback: numb
   return value;
 }
 
+/** The search bits a directory needs so that whoever may read `fileMode` files can reach them. */
+function dirModeFor(fileMode: number): number {
+  return 0o700 | (fileMode & 0o040 ? 0o010 : 0) | (fileMode & 0o004 ? 0o001 : 0);
+}
+
+function checkFileMode(mode: number | undefined): number {
+  if (mode === undefined) return 0o600;
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o777 || (mode & 0o600) !== 0o600 || (mode & 0o133) !== 0) {
+    throw new TypeError(
+      `scrubline: option fileMode must give the owner read and write and nobody execute or write, e.g. 0o600 (default) or 0o640; received 0o${Number(mode).toString(8)}`,
+    );
+  }
+  return mode;
+}
+
+/** Creates tmpDir if missing and proves it writable now, not at the first upload. */
+function checkTmpDir(tmpDir: string, mode: number): void {
+  try {
+    mkdirSync(tmpDir, { recursive: true, mode });
+    rmdirSync(mkdtempSync(path.join(tmpDir, '.probe-')));
+  } catch (err) {
+    const code = (err as { code?: string }).code ?? 'error';
+    throw new TypeError(`scrubline: option tmpDir "${tmpDir}" is not a directory this process can write (${code}); create it writable or choose another`, {
+      cause: err,
+    });
+  }
+}
+
+/** An ffmpeg or ffprobe path that was given must be an executable file: a typo is found at start. */
+function checkBinary(name: string, file: string | undefined): void {
+  if (file === undefined) return;
+  let ok = false;
+  try {
+    accessSync(file, constants.X_OK);
+    ok = statSync(file).isFile();
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new TypeError(`scrubline: option ${name} "${file}" is not an executable file; fix the path or leave it unset to use the one on PATH`);
+}
+
+/** The same refusal, saying which file of a multi-file upload it was about. */
+function aboutFile(err: ScrubError, index: number, count: number): ScrubError {
+  const message = count > 1 ? `File ${index + 1} of ${count} (index ${index}): ${err.publicMessage}` : err.publicMessage;
+  return new ScrubError(err.code, message, { cause: err.cause, internal: err.message, details: { ...err.details, fileIndex: index } });
+}
+
+/** Deletes the originals and intermediates: what the route gets is the cleaned files alone. */
+async function keepOnlyCleaned(files: Array<{ inputPath: string; workDir: string }>, cleaned: CleanFile[]): Promise<void> {
+  const keep = new Set(cleaned.map((f) => f.path));
+  await Promise.all(
+    files.map(async (f) => {
+      await rm(f.inputPath, { force: true });
+      for (const entry of await readdir(f.workDir)) {
+        const file = path.join(f.workDir, entry);
+        if (!keep.has(file)) await rm(file, { recursive: true, force: true });
+      }
+    }),
+  );
+}
+
 export function scrubline(options: ScrublineOptions): RequestHandler {
   if (options === null || typeof options !== 'object') throw new TypeError('scrubline: expected an options object, e.g. scrubline({ tmpDir, fingerprintKey })');
+  const unknown = Object.keys(options).filter((name) => !knownOptions.has(name));
+  if (unknown.length > 0) {
+    throw new TypeError(`scrubline: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}. Known options: ${[...knownOptions].join(', ')}`);
+  }
   if (typeof options.tmpDir !== 'string' || options.tmpDir === '') {
     throw new TypeError('scrubline: option tmpDir must be a directory path for uploads in flight, e.g. "/var/lib/scrubline/tmp"');
   }
@@ -117,30 +240,39 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
   if (!Buffer.isBuffer(key) || key.length < 32) {
     throw new TypeError('scrubline: option fingerprintKey must be a Buffer or string of at least 32 bytes (e.g. crypto.randomBytes(32))');
   }
-  const limits = {
+  const fileMode = checkFileMode(options.fileMode);
+  const dirMode = dirModeFor(fileMode);
+  const receive = receiver({
     tmpDir: options.tmpDir,
     maxUploadBytes: positiveInteger('maxUploadBytes', options.maxUploadBytes, defaults.maxUploadBytes),
     maxFiles: positiveInteger('maxFiles', options.maxFiles, defaults.maxFiles),
     bodyIdleTimeoutMs: positiveInteger('bodyIdleTimeoutMs', options.bodyIdleTimeoutMs, defaults.bodyIdleTimeoutMs),
-  };
+    fields: options.fields ?? {},
+    dirMode,
+  });
   const maxInputPixels = positiveInteger('maxInputPixels', options.maxInputPixels, defaults.maxInputPixels);
   const ffmpegTimeoutMs = positiveInteger('ffmpegTimeoutMs', options.ffmpegTimeoutMs, defaults.ffmpegTimeoutMs);
-  const receive = receiver(limits);
+  const unfinishedJobCapHours = positiveInteger('unfinishedJobCapHours', options.unfinishedJobCapHours, defaults.unfinishedJobCapHours);
+  const sweepEvery = options.abandonedSweepIntervalMs ? positiveInteger('abandonedSweepIntervalMs', options.abandonedSweepIntervalMs, 60_000) : 0;
+  checkBinary('ffmpegPath', options.ffmpegPath);
+  checkBinary('ffprobePath', options.ffprobePath);
+  checkTmpDir(options.tmpDir, dirMode);
   if (options.emptyTmpDirOnStart) emptyTempDir(options.tmpDir);
+  if (dirMode !== 0o700) chmodSync(options.tmpDir, dirMode);
+
   // Upload directories of requests in progress; anything else in tmpDir is abandoned.
   const live = new Set<string>();
-  if (options.abandonedSweepIntervalMs) {
-    const every = positiveInteger('abandonedSweepIntervalMs', options.abandonedSweepIntervalMs, 60_000);
-    setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs).catch(() => undefined), every).unref();
-  }
+  if (sweepEvery > 0) setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs).catch(() => undefined), sweepEvery).unref();
   const clock = options.clock ?? systemClock;
-  const unfinishedJobCapHours = positiveInteger('unfinishedJobCapHours', options.unfinishedJobCapHours, defaults.unfinishedJobCapHours);
-  // ffmpeg's version is read once, on first use; a failure is retried on the next request.
+  // ffmpeg is loaded on the first video, never for an image: a machine without it still cleans
+  // photos. A failure is retried on the next video.
   let ffmpeg: Promise<Ffmpeg> | undefined;
   const tools = (): Promise<Ffmpeg> => {
     ffmpeg ??= loadFfmpeg({ ffmpegPath: options.ffmpegPath, ffprobePath: options.ffprobePath, ffmpegTimeoutMs }).catch((err: unknown) => {
       ffmpeg = undefined;
-      throw err;
+      throw err instanceof ScrubError
+        ? err
+        : new ScrubError('tool_unavailable', 'Video cannot be processed right now: ffmpeg is not available on this server. Images are unaffected; retry later.', { cause: err });
     });
     return ffmpeg;
   };
@@ -155,9 +287,9 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     // Each call removes afresh: something may have written into the directory since an earlier one.
     const release = (): Promise<void> => removeUploadDir(uploadDir);
     let closed = false;
-    // Whatever happens, the originals and intermediates go when the response is done. Nobody
-    // awaits this one, so a failure must not become an unhandled rejection: the paths below
-    // remove again, and the abandoned-upload sweep covers what even that misses.
+    // Whatever happens, the upload's directory goes when the response is done. Nobody awaits this
+    // one, so a failure must not become an unhandled rejection: the paths below remove again,
+    // and the abandoned-upload sweep covers what even that misses.
     res.once('close', () => {
       closed = true;
       void release()
@@ -173,11 +305,16 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       const upload = await receive(req, res, uploadDir);
       if (closed || res.writableEnded) return await dropClosed();
       const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
-      const deps: PipelineDeps = { ffmpeg: await tools(), fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
+      const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.
-      for (const file of upload.files) files.push(await cleanFile(file, upload.retention, deps));
+      for (const [index, file] of upload.files.entries()) {
+        files.push(await cleanFile(file, upload.retention, deps).catch((err: unknown) => Promise.reject(aboutFile(asScrubError(err), index, upload.files.length))));
+      }
+      await keepOnlyCleaned(upload.files, files);
+      if (fileMode !== 0o600) await Promise.all(files.map((f) => chmod(f.path, fileMode)));
       if (closed) return await dropClosed();
+      req.body = upload.fields;
       req.scrubline = { uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
       next();
     } catch (err) {

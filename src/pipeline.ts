@@ -24,7 +24,8 @@ import { readInputEarly, verify } from './steps/verify.js';
 import type { Ffmpeg } from './tools/ffmpeg.js';
 
 export interface PipelineDeps {
-  ffmpeg: Ffmpeg;
+  /** The tools, or how to load them: called for video only, so images never need ffmpeg. */
+  ffmpeg: Ffmpeg | (() => Promise<Ffmpeg>);
   fingerprintKey: Buffer;
   maxInputPixels: number;
   clock: Clock;
@@ -33,6 +34,9 @@ export interface PipelineDeps {
   /** Told how long each stage took (metrics). */
   observe?: ((stage: 'sniff' | 'strip' | 'verify' | 'fingerprint', seconds: number) => void) | undefined;
 }
+
+/** Deps whose tools are already loaded (the CLI's, QA's): usable by the video steps directly. */
+export type LoadedPipelineDeps = PipelineDeps & { ffmpeg: Ffmpeg };
 
 /** A cleaned, verified file, as the route handler after the middleware sees it. */
 export interface CleanFile {
@@ -67,12 +71,14 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     }
   };
   const sniffed = await timed('sniff', () => sniff(received));
+  // ffmpeg is loaded (or its absence reported) only for video: images never need it.
+  const stepDeps = { ...deps, ffmpeg: sniffed.kind.family === 'video' ? await (typeof deps.ffmpeg === 'function' ? deps.ffmpeg() : deps.ffmpeg) : undefined };
   // For video, the verifier reads the original and starts its ffprobe of the output while the
   // stripper remuxes; a failed strip stops that and waits for it to end, so nothing still reads
   // the work dir once it is removed. The strip is called first, so its remux is the first process
   // spawned (a spawn holds this thread for a few ms or more).
-  const stripping = timed('strip', () => strip(sniffed, deps));
-  const early = readInputEarly(sniffed, deps);
+  const stripping = timed('strip', () => strip(sniffed, stepDeps));
+  const early = readInputEarly(sniffed, stepDeps);
   if (sniffed.kind.family === 'video') startHashThread();
   const stripped = await stripping.catch(async (err: unknown) => {
     await early?.abandon();
@@ -83,7 +89,7 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   // (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
   contentHmac?.catch(() => undefined); // awaited by fingerprint; marked handled in case it fails first
-  const verified = await timed('verify', () => verify(stripped, deps, early)).catch(async (err: unknown) => {
+  const verified = await timed('verify', () => verify(stripped, stepDeps, early)).catch(async (err: unknown) => {
     await Promise.allSettled([contentHmac, early?.abandon()]);
     throw err;
   });

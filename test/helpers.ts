@@ -9,7 +9,7 @@ import request from 'supertest';
 import { buildApp } from '../src/app.js';
 import { Ledger } from '../src/ledger.js';
 import { createLogger } from '../src/log.js';
-import type { PipelineDeps } from '../src/pipeline.js';
+import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
@@ -70,7 +70,7 @@ export const testKey = Buffer.alloc(32, 7);
 /** The API token test services require (SCRUBLINE_API_TOKEN's role). */
 export const testToken = 'planted-secret-token-0123456789abcdef';
 
-export async function pipelineDeps(): Promise<PipelineDeps> {
+export async function pipelineDeps(): Promise<LoadedPipelineDeps> {
   return { ffmpeg: await ffmpegTools(), fingerprintKey: testKey, maxInputPixels: 100_000_000, clock: () => new Date('2026-01-02T03:04:05.000Z') };
 }
 

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { localDeps, withWorkDir } from '../cli-strip.js';
 import type { Config } from '../config.js';
 import { asScrubError } from '../errors.js';
-import { cleanFile, type CleanFile, type PipelineDeps } from '../pipeline.js';
+import { cleanFile, type CleanFile, type LoadedPipelineDeps } from '../pipeline.js';
 import type { Fingerprint } from '../steps/fingerprint.js';
 import { sniff } from '../steps/sniff.js';
 import { makeThumbnail } from '../thumbnails.js';
@@ -34,7 +34,7 @@ function geometryOf(fingerprint: Fingerprint): Geometry | undefined {
 }
 
 /** An independent second look at a cleaned file with the tag readers (categories, never values). */
-async function dirtyParts(file: CleanFile, deps: PipelineDeps): Promise<string[]> {
+async function dirtyParts(file: CleanFile, deps: LoadedPipelineDeps): Promise<string[]> {
   if (file.kind.family === 'image') {
     const blocks = await readExifValues(await readFile(file.path));
     return Object.entries(blocks)
@@ -50,7 +50,7 @@ async function dirtyParts(file: CleanFile, deps: PipelineDeps): Promise<string[]
 }
 
 /** The original's displayed geometry, read the same way as the pipeline reads it; undefined if unreadable. */
-async function before(file: string, deps: PipelineDeps): Promise<Geometry | undefined> {
+async function before(file: string, deps: LoadedPipelineDeps): Promise<Geometry | undefined> {
   try {
     const { size } = await stat(file);
     const sniffed = await sniff({ id: 'qa', inputPath: file, inputBytes: size, workDir: path.dirname(file) });
@@ -65,7 +65,7 @@ async function before(file: string, deps: PipelineDeps): Promise<Geometry | unde
   }
 }
 
-async function runLocal(config: Config, deps: PipelineDeps, file: string): Promise<Observed> {
+async function runLocal(config: Config, deps: LoadedPipelineDeps, file: string): Promise<Observed> {
   const started = performance.now();
   const ms = (): number => Math.round(performance.now() - started);
   const geometry = await before(file, deps);

@@ -20,12 +20,52 @@ export interface ReceiveOptions {
   maxFiles: number;
   /** Longest the body may make no progress before the upload is dropped with a 408. */
   bodyIdleTimeoutMs: number;
+  /** Text fields accepted beside jobId and retention (the route's own, e.g. a render preset). */
+  fields: Record<string, FieldRule>;
+  /** Mode of the upload's directories (0700 unless cleaned files are shared with a group). */
+  dirMode: number;
+}
+
+/** Limits of one extra text field. */
+export interface FieldRule {
+  /** Longest value in characters. Default 256, at most 65,536. */
+  maxLength?: number;
+  /** A pattern the whole value must match, e.g. /^(720p|1080p|4k)$/. */
+  pattern?: RegExp;
+  /** Refuse an upload without it. Default false. */
+  required?: boolean;
 }
 
 export interface ReceivedUpload {
   files: Received[];
   jobId: string | undefined;
   retention: Retention;
+  /** Every text field the upload sent (jobId and retention included), each checked: plain strings. */
+  fields: Record<string, string>;
+}
+
+/** Field names the route may add: short, plain, and not one of scrubline's own. */
+const fieldNamePattern = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+const ownFields = new Set(['file', 'jobId', 'retention']);
+const defaultFieldLength = 256;
+const maxFieldLength = 65_536;
+
+/** Checks the route's field rules once, when the middleware is made. */
+function checkFieldRules(fields: Record<string, FieldRule>): Map<string, Required<Pick<FieldRule, 'maxLength' | 'required'>> & FieldRule> {
+  if (fields === null || typeof fields !== 'object') throw new TypeError('scrubline: option fields must be an object of field name → { maxLength, pattern, required }');
+  const rules = new Map<string, Required<Pick<FieldRule, 'maxLength' | 'required'>> & FieldRule>();
+  for (const [name, rule] of Object.entries(fields)) {
+    if (!fieldNamePattern.test(name) || ownFields.has(name)) {
+      throw new TypeError(`scrubline: option fields: "${name}" is not a usable field name (1–32 letters, digits, "_", "." or "-", starting with a letter; not file, jobId or retention)`);
+    }
+    const maxLength = rule?.maxLength ?? defaultFieldLength;
+    if (!Number.isSafeInteger(maxLength) || maxLength < 1 || maxLength > maxFieldLength) {
+      throw new TypeError(`scrubline: option fields.${name}.maxLength must be a whole number from 1 to ${maxFieldLength}`);
+    }
+    if (rule?.pattern !== undefined && !(rule.pattern instanceof RegExp)) throw new TypeError(`scrubline: option fields.${name}.pattern must be a RegExp`);
+    rules.set(name, { ...rule, maxLength, required: rule?.required === true });
+  }
+  return rules;
 }
 
 /**
@@ -73,16 +113,19 @@ const tempStorage: multer.StorageEngine = {
 const multerMessages: Record<string, [ScrubError['code'], string]> = {
   LIMIT_FILE_SIZE: ['too_large', 'A file is larger than the configured limit of {maxUploadBytes} bytes. Send a smaller file.'],
   LIMIT_FILE_COUNT: ['too_many_files', 'Too many files in one upload (at most {maxFiles}). Split the upload.'],
-  LIMIT_PART_COUNT: ['too_many_files', 'The upload has too many parts. Send at most {maxFiles} files and the jobId and retention fields.'],
-  LIMIT_FIELD_COUNT: ['bad_request', 'The upload has too many text fields. Only jobId and retention are accepted.'],
-  LIMIT_FIELD_KEY: ['bad_request', 'A field name is too long. Only file, jobId and retention are accepted.'],
+  LIMIT_PART_COUNT: ['too_many_files', 'The upload has too many parts. Send at most {maxFiles} files and the text fields {fields}.'],
+  LIMIT_FIELD_COUNT: ['bad_request', 'The upload has too many text fields. Only {fields} are accepted.'],
+  LIMIT_FIELD_KEY: ['bad_request', 'A field name is too long. Only file, {fields} are accepted.'],
   LIMIT_FIELD_VALUE: ['bad_request', 'A text field is too long. jobId is at most 128 characters.'],
   LIMIT_UNEXPECTED_FILE: ['bad_request', 'Files must be sent in the field named "file".'],
-  LIMIT_FIELD_NESTING: ['bad_request', 'Nested field names are not accepted. Use file, jobId and retention.'],
-  LIMIT_FIELD_ARRAY_INDEX: ['bad_request', 'Array field names are not accepted. Use file, jobId and retention.'],
+  LIMIT_FIELD_NESTING: ['bad_request', 'Nested field names are not accepted. Use file, {fields}.'],
+  LIMIT_FIELD_ARRAY_INDEX: ['bad_request', 'Array field names are not accepted. Use file, {fields}.'],
   MISSING_FIELD_NAME: ['bad_request', 'A multipart part has no field name. Name file parts "file".'],
-  INVALID_FIELD_NAME: ['bad_request', 'A multipart part has an invalid field name. Use file, jobId and retention.'],
+  INVALID_FIELD_NAME: ['bad_request', 'A multipart part has an invalid field name. Use file, {fields}.'],
 };
+
+/** The text fields an upload may carry, as error messages list them. */
+const fieldList = (options: Pick<ReceiveOptions, 'fields'>): string => ['jobId', 'retention', ...Object.keys(options.fields)].join(', ');
 
 /** multer/busboy/fs errors → ScrubError. multer errors carry the client's file name: never passed on. */
 export function receiveError(err: unknown, options: ReceiveOptions): ScrubError {
@@ -90,9 +133,8 @@ export function receiveError(err: unknown, options: ReceiveOptions): ScrubError 
   const code = (err as { code?: string }).code;
   if (err instanceof multer.MulterError && code !== undefined && multerMessages[code]) {
     const [scrubCode, message] = multerMessages[code];
-    return new ScrubError(scrubCode, message.replace('{maxUploadBytes}', String(options.maxUploadBytes)).replace('{maxFiles}', String(options.maxFiles)), {
-      internal: `multer ${code}`,
-    });
+    const filled = message.replace('{maxUploadBytes}', String(options.maxUploadBytes)).replace('{maxFiles}', String(options.maxFiles)).replace('{fields}', fieldList(options));
+    return new ScrubError(scrubCode, filled, { internal: `multer ${code}` });
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new ScrubError('insufficient_storage', 'The server has no space left to receive the upload. Nothing was kept; retry later.', { internal: code });
@@ -109,33 +151,61 @@ export function receiveError(err: unknown, options: ReceiveOptions): ScrubError 
 
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 
-function readFields(body: Record<string, unknown>): { jobId: string | undefined; retention: Retention } {
-  for (const key of Object.keys(body)) {
-    if (key !== 'jobId' && key !== 'retention') {
-      throw new ScrubError('bad_request', 'Unknown text field in the upload. Only jobId and retention are accepted.');
+/** Checks the text fields against scrubline's own rules and the route's. Values are never echoed. */
+function readFields(
+  body: Record<string, unknown>,
+  rules: ReturnType<typeof checkFieldRules>,
+  options: Pick<ReceiveOptions, 'fields'>,
+): { jobId: string | undefined; retention: Retention; fields: Record<string, string> } {
+  const fields: Record<string, string> = {};
+  for (const [key, value] of Object.entries(body)) {
+    if (!ownFields.has(key) && !rules.has(key)) {
+      throw new ScrubError('bad_request', `Unknown text field in the upload. Only ${fieldList(options)} are accepted.`);
     }
+    // A repeated field arrives as an array: one value per name.
+    if (typeof value !== 'string') throw new ScrubError('bad_request', `The text field ${key} was sent more than once. Send it once.`);
+    fields[key] = value;
   }
-  const { jobId, retention } = body;
-  if (jobId !== undefined && (typeof jobId !== 'string' || !jobIdPattern.test(jobId))) {
+  for (const [name, rule] of rules) {
+    const value = fields[name];
+    if (value === undefined) {
+      if (rule.required) throw new ScrubError('bad_request', `The text field ${name} is required.`);
+      continue;
+    }
+    if (value.length > rule.maxLength) throw new ScrubError('bad_request', `The text field ${name} is longer than ${rule.maxLength} characters.`);
+    if (rule.pattern && !matchesWhole(rule.pattern, value)) throw new ScrubError('bad_request', `The text field ${name} does not have an accepted value.`);
+  }
+  const { jobId, retention } = fields;
+  if (jobId !== undefined && !jobIdPattern.test(jobId)) {
     throw new ScrubError('bad_request', 'jobId must be 1–128 characters of letters, digits, ".", "_", ":" or "-".');
   }
   if (retention !== undefined && retention !== 'standard' && retention !== 'extended') {
     throw new ScrubError('bad_request', 'retention must be "standard" (24 h) or "extended" (72 h).');
   }
-  return { jobId: jobId as string | undefined, retention: retention ?? 'standard' };
+  return { jobId, retention: retention ?? 'standard', fields };
+}
+
+/** The pattern matches the whole value (a route's /1080p/ must not pass "x1080py"); stateless. */
+function matchesWhole(pattern: RegExp, value: string): boolean {
+  const match = new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, '')).exec(value);
+  return match !== null && match.index === 0 && match[0].length === value.length;
 }
 
 /** Builds the receive step once (limits depend only on options); call it per request. */
 export function receiver(options: ReceiveOptions): (req: Request, res: Response, uploadDir: string) => Promise<ReceivedUpload> {
+  const rules = checkFieldRules(options.fields);
+  const textFields = 2 + rules.size;
+  // In bytes: a character is at most 4 bytes of UTF-8.
+  const longestField = Math.max(1024, ...[...rules.values()].map((r) => r.maxLength * 4));
   const upload = multer({
     storage: tempStorage,
     limits: {
       fileSize: options.maxUploadBytes,
       files: options.maxFiles,
-      fields: 2,
-      parts: options.maxFiles + 2,
+      fields: textFields,
+      parts: options.maxFiles + textFields,
       fieldNameSize: 32,
-      fieldSize: 1024,
+      fieldSize: longestField,
       headerPairs: 64,
       fieldNestingDepth: 0,
       fieldArrayIndexLimit: 0,
@@ -148,7 +218,7 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
    * itself when receiving fails.
    */
   return async function receive(req, res, uploadDir) {
-    await mkdir(uploadDir, { recursive: true, mode: 0o700 });
+    await mkdir(uploadDir, { recursive: true, mode: options.dirMode });
     (req as WithUploadDir)[uploadDirKey] = uploadDir;
     const watch = watchBody(req, res, options.bodyIdleTimeoutMs);
     const parsed = new Promise<void>((resolve, reject) => upload(req, res, (err?: unknown) => (err ? reject(err) : resolve())));
@@ -170,11 +240,11 @@ export function receiver(options: ReceiveOptions): (req: Request, res: Response,
         throw new ScrubError('not_multipart', 'Send the upload as multipart/form-data with the file in a field named "file".');
       }
       if (stored.length === 0) throw new ScrubError('no_file', 'The upload has no file. Put the file in a multipart field named "file".');
-      const fields = readFields((req.body ?? {}) as Record<string, unknown>);
+      const fields = readFields((req.body ?? {}) as Record<string, unknown>, rules, options);
       const files = stored.map(
         (f): Received => ({ id: randomId(), inputPath: f.path, inputBytes: f.size, workDir: path.join(uploadDir, path.basename(f.path, '.original')) }),
       );
-      await Promise.all(files.map((f) => mkdir(f.workDir, { mode: 0o700 })));
+      await Promise.all(files.map((f) => mkdir(f.workDir, { mode: options.dirMode })));
       return { files, ...fields };
     } catch (err) {
       await removeUploadDir(uploadDir);

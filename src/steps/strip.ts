@@ -6,12 +6,13 @@ import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Removed, Sniffed, Stripped } from '../context.js';
 import { ScrubError } from '../errors.js';
-import type { Ffmpeg, ProbeResult } from '../tools/ffmpeg.js';
+import { videoTools, type Ffmpeg, type ProbeResult } from '../tools/ffmpeg.js';
 import { imageStrippers } from './strip-image.js';
 import { stripVideo } from './strip-video.js';
 
 export interface StripDeps {
-  ffmpeg: Ffmpeg;
+  /** Present for video (the only family that needs it). */
+  ffmpeg: Ffmpeg | undefined;
   maxInputPixels: number;
 }
 
@@ -37,7 +38,7 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
     await writeParts(cleanPath, result.parts);
     removed = result.removed;
   } else {
-    const result = await stripVideo(deps.ffmpeg, kind, file.inputPath, cleanPath);
+    const result = await stripVideo(videoTools(deps), kind, file.inputPath, cleanPath);
     removed = result.removed;
     inputProbe = result.inputProbe;
     inputAudioDecodes = result.inputAudioDecodes;

@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
-import { probe, probeAhead, rotationOf, runTool, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
+import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
@@ -24,7 +24,8 @@ import { ValueCollector } from '../verify/values.js';
 import { cleanPathOf } from './strip.js';
 
 export interface VerifyDeps {
-  ffmpeg: Ffmpeg;
+  /** Present for video (the only family that needs it). */
+  ffmpeg: Ffmpeg | undefined;
   maxInputPixels: number;
 }
 
@@ -65,7 +66,7 @@ export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | 
   const samples = file.kind.demuxer === 'mov' ? readInputSamples(file.inputPath) : undefined;
   // Awaited by verify; a hostile table can refuse the file (work budget) before verify is reached.
   samples?.catch(() => undefined);
-  const outputProbe = probeAhead(deps.ffmpeg, cleanPathOf(file), file.kind.demuxer, file.workDir);
+  const outputProbe = probeAhead(videoTools(deps), cleanPathOf(file), file.kind.demuxer, file.workDir);
   const abandon = async (): Promise<void> => {
     await Promise.allSettled([samples, outputProbe.then((p) => p.cancel())]);
   };
@@ -112,7 +113,8 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   } else {
     const { demuxer } = file.kind;
-    const probed = early ? early.outputProbe.then((ahead) => ahead.open()) : probe(deps.ffmpeg, file.cleanPath, demuxer);
+    const ffmpeg = videoTools(deps);
+    const probed = early ? early.outputProbe.then((ahead) => ahead.open()) : probe(ffmpeg, file.cleanPath, demuxer);
     probed.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     // The work dir is removed as soon as verify fails: whatever was started here that still reads
     // it (the output's audio decode above all, which can run for seconds) is stopped and waited
@@ -120,7 +122,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const audioCheck = new AbortController();
     const started: unknown[] = [probed];
     try {
-      const before = file.inputProbe ?? (await probe(deps.ffmpeg, file.inputPath, demuxer));
+      const before = file.inputProbe ?? (await probe(ffmpeg, file.inputPath, demuxer));
       values.probeTags(before, unscannedInputTags);
       for (const stream of before.streams) {
         const handler = stream.tags?.handler_name;
@@ -135,12 +137,12 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       const audioDecodes =
         !hasAudio || file.inputAudioDecodes === true
           ? true
-          : runTool(deps.ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), deps.ffmpeg.timeoutMs, { signal: audioCheck.signal }).then(
+          : runTool(ffmpeg.ffmpeg.path, audioDecodeArgs(file.cleanPath, demuxer), ffmpeg.timeoutMs, { signal: audioCheck.signal }).then(
               (r) => r.code === 0,
               () => false,
             );
       started.push(audioDecodes);
-      problems.push(...(await collectVideoInputValues(deps.ffmpeg, file, before, container, values, early)));
+      problems.push(...(await collectVideoInputValues(ffmpeg, file, before, container, values, early)));
       const reads = [
         probed,
         checkVideoStructure(container, file.cleanPath),

@@ -371,12 +371,18 @@ export async function versionOf(binary: Binary, timeoutMs: number): Promise<Vers
 }
 
 /** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
+/** The tools a video step was given; their absence is a wiring fault (cleanFile loads them for video). */
+export function videoTools(deps: { ffmpeg: Ffmpeg | undefined }): Ffmpeg {
+  if (!deps.ffmpeg) throw new Error('a video step ran without ffmpeg');
+  return deps.ffmpeg;
+}
+
 export async function loadFfmpeg(config: { ffmpegPath?: string | undefined; ffprobePath?: string | undefined; ffmpegTimeoutMs: number }): Promise<Ffmpeg> {
   const ffmpeg = resolveBinary('ffmpeg', config.ffmpegPath);
   const ffprobe = resolveBinary('ffprobe', config.ffprobePath);
   if (ffmpeg === undefined || ffprobe === undefined) {
     throw new Error(
-      'ffmpeg/ffprobe not found: set SCRUBLINE_FFMPEG_PATH and SCRUBLINE_FFPROBE_PATH, install ffmpeg, or run `npm ci` so @ffmpeg-installer ships one',
+      'ffmpeg/ffprobe not found: set SCRUBLINE_FFMPEG_PATH and SCRUBLINE_FFPROBE_PATH, install ffmpeg (e.g. apt-get install ffmpeg), or add the optional npm packages @ffmpeg-installer/ffmpeg and @ffprobe-installer/ffprobe',
     );
   }
   const info = await versionOf(ffmpeg, config.ffmpegTimeoutMs);
