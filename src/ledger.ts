@@ -9,11 +9,26 @@
  * Times are ISO 8601 UTC strings with milliseconds ("2026-05-01T00:00:00.000Z"): they sort as
  * text, so "expired at T" is a plain string comparison in SQL.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import type { Retention } from './context.js';
 import { jobDeleted } from './errors.js';
+
+const require = createRequire(import.meta.url);
+
+/**
+ * better-sqlite3 is an optional peer dependency, loaded when a ledger is opened: an app that only
+ * mounts the middleware never compiles it (issue 19). The service and the CLI's sweep need it.
+ */
+function sqlite(): typeof Database {
+  try {
+    return require('better-sqlite3') as typeof Database;
+  } catch (err) {
+    throw new Error('The ledger needs better-sqlite3, an optional peer dependency of scrubline: run `npm i better-sqlite3` next to it.', { cause: err });
+  }
+}
 
 /** Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit. */
 const migrations: string[] = [
@@ -118,7 +133,7 @@ export class Ledger {
     // files the database's mode when it creates them.
     closeSync(openSync(file, 'a', 0o600));
     chmodSync(file, 0o600);
-    const db = new Database(file);
+    const db = new (sqlite())(file);
     db.pragma('journal_mode = WAL');
     db.pragma('busy_timeout = 5000');
     const current = db.pragma('user_version', { simple: true }) as number;

@@ -59,6 +59,13 @@ after(async () => {
 });
 
 describe('the README middleware example in an app that installed scrubline from a folder', () => {
+  it('importing scrubline loads neither the ledger’s native module nor the npm ffmpeg builds (optional peers)', async () => {
+    const probe = `await import('scrubline'); const { default: m } = await import('node:module');
+      console.log(JSON.stringify(Object.keys(m._cache).filter((k) => /better-sqlite3|ffmpeg-installer|ffprobe-installer/.test(k))));`;
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', probe], { cwd: app });
+    assert.deepEqual(JSON.parse(stdout), []);
+  });
+
   it('compiles under strict, and cleans real files through it with the route’s own field', async () => {
     const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
     const compiled = await run(process.execPath, [tsc, '-p', app]).catch((err: { stdout: string }) => ({ stdout: err.stdout, failed: true }));
