@@ -447,7 +447,9 @@ export function stripHeif(input: Buffer): ImageStripResult {
   for (const id of keep) {
     const list: Association[] = [];
     for (const a of associations.get(id) ?? []) {
-      const prop = a.index > 0 ? properties[a.index - 1] : undefined;
+      // Index 0 means "no property" (ISO/IEC 23008-12, ipma); HMD Nokia phones write it. Nothing to keep.
+      if (a.index === 0) continue;
+      const prop = properties[a.index - 1];
       if (!prop) throw reject.corrupt(FORMAT, 'an item property index out of range');
       if (!keptProperties.has(prop.type)) {
         if (a.essential) throw reject.structure(FORMAT, 'an essential item property scrubline does not know');

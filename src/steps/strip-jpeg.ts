@@ -3,8 +3,10 @@
  * image data is copied byte for byte; only whole segments are dropped, so pixels are identical.
  *
  * Kept: SOI, DQT, DHT, DAC, SOFn, DRI, DNL, SOS + entropy-coded data, EOI, APP0 JFIF (without
- * its thumbnail), APP2 ICC_PROFILE, APP14 Adobe. Dropped: every other APPn, COM, and everything
- * after EOI. Orientation survives as a minimal EXIF holding only Orientation.
+ * its thumbnail), APP2 ICC_PROFILE, APP14 Adobe (rebuilt to its canonical 12 bytes). Dropped:
+ * every other APPn, COM, and everything after EOI. Orientation survives as a minimal EXIF holding
+ * only Orientation. No segment of variable content is copied verbatim but the coding ones and
+ * the ICC profile, which the verifier exempts by position.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
@@ -43,6 +45,7 @@ export function stripJpeg(input: Buffer): ImageStripResult {
   const head: Buffer[] = [];
   const body: Buffer[] = [];
   let orientation: number | undefined;
+  let adobeTransform: number | undefined;
   let sawFrame = false;
   let sawScan = false;
   let pos = 2;
@@ -102,7 +105,12 @@ export function stripJpeg(input: Buffer): ImageStripResult {
       continue;
     }
     if (marker === 0xee && startsWith(payload, 'Adobe')) {
-      body.push(segment);
+      // Photoshop and Lightroom write it longer than its 12 bytes; only the transform decides
+      // how a decoder reads the colour. libjpeg ignores one shorter than 12 bytes, and the last
+      // one wins: one canonical segment with that transform is written.
+      // What goes beyond that (a longer payload, a short or an earlier segment) is reported.
+      if (payload.length !== 12 || adobeTransform !== undefined) countRemoved(removed, 'vendor');
+      if (payload.length >= 12) adobeTransform = payload[11]!;
       continue;
     }
     const category = appCategory(marker, payload);
@@ -119,6 +127,7 @@ export function stripJpeg(input: Buffer): ImageStripResult {
   if (!sawFrame || !sawScan) throw reject.corrupt('JPEG', 'no frame or no scan');
   const parts = [input.subarray(0, 2), ...head];
   if (orientation !== undefined && orientation !== 1) parts.push(orientationApp1(orientation));
+  if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
   parts.push(...body);
   return { parts, removed, orientation: orientation ?? 1 };
 }
@@ -154,6 +163,16 @@ function jfifWithoutThumbnail(payload: Buffer, removed: Removed): Buffer {
   segment.writeUInt16BE(2 + 14, 2);
   payload.copy(segment, 4, 0, 12);
   // Xthumbnail = Ythumbnail = 0 (already zero from alloc).
+  return segment;
+}
+
+/**
+ * APP14 "Adobe" as the DCT filters write it: version 100, no flags, then the colour transform
+ * (0 none/CMYK, 1 YCbCr, 2 YCCK). The only byte of it a decoder reads is the transform.
+ */
+export function adobeApp14(transform: number): Buffer {
+  const segment = Buffer.from([0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00]);
+  segment[15] = transform;
   return segment;
 }
 

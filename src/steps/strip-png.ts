@@ -1,11 +1,11 @@
 /**
  * Lossless PNG rebuild from an allowlist of chunks (../shared/METADATA.md, PNG). Kept chunks are
- * copied with their CRCs (which are checked: a corrupt chunk is not rebuilt); nothing is
- * recomputed because nothing kept changes.
+ * copied with their CRCs (which are checked: a corrupt chunk is not rebuilt); nothing kept is
+ * recomputed. The orientation is written anew as a minimal eXIf holding Orientation alone.
  */
 import { crc32 } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
-import { exifCategories } from '../formats/tiff-ifd.js';
+import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -30,6 +30,7 @@ export function stripPng(input: Buffer): ImageStripResult {
   if (input.length < signature.length || !input.subarray(0, 8).equals(signature)) throw reject.corrupt('PNG', 'bad signature');
   const removed: Removed = {};
   const parts: Buffer[] = [input.subarray(0, 8)];
+  let orientation: number | undefined;
   let pos = 8;
   let first = true;
   for (;;) {
@@ -54,9 +55,25 @@ export function stripPng(input: Buffer): ImageStripResult {
     // Bit 5 of the first letter: uppercase = critical. An unknown critical chunk changes how the
     // image decodes, so it cannot be dropped and cannot be trusted.
     if ((type.charCodeAt(0) & 0x20) === 0) throw reject.structure('PNG', `unknown critical chunk ${type}`);
-    if (type === 'eXIf') for (const found of exifCategories(chunk.subarray(8, chunk.length - 4))) countRemoved(removed, found);
-    else countRemoved(removed, type === 'iTXt' && isXmpKeyword(chunk) ? 'xmp' : (dropCategory[type] ?? 'other'));
+    if (type === 'eXIf') {
+      const tiff = chunk.subarray(8, chunk.length - 4);
+      // Viewers honour the first eXIf wherever it lies, even after IDAT.
+      orientation ??= readOrientation(tiff);
+      for (const found of exifCategories(tiff)) countRemoved(removed, found);
+    } else countRemoved(removed, type === 'iTXt' && isXmpKeyword(chunk) ? 'xmp' : (dropCategory[type] ?? 'other'));
   }
   if (pos < input.length) countRemoved(removed, 'trailer');
-  return { parts, removed, orientation: 1 };
+  // The orientation survives as a minimal eXIf right after IHDR, before any image data, as
+  // JPEG and WebP keep theirs (PNG 3rd edition: eXIf comes before IDAT).
+  if (orientation !== undefined && orientation !== 1) parts.splice(2, 0, pngChunk('eXIf', minimalOrientationTiff(orientation)));
+  return { parts, removed, orientation: orientation ?? 1 };
+}
+
+function pngChunk(type: string, data: Buffer): Buffer {
+  const chunk = Buffer.alloc(12 + data.length);
+  chunk.writeUInt32BE(data.length, 0);
+  chunk.write(type, 4, 'latin1');
+  data.copy(chunk, 8);
+  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
+  return chunk;
 }

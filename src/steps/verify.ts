@@ -18,7 +18,7 @@ import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet } from '../verify/scan.js';
-import { checkImageStructure } from '../verify/structure-image.js';
+import { checkImageStructure, pngOrientation } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { ValueCollector } from '../verify/values.js';
 import { cleanPathOf } from './strip.js';
@@ -40,6 +40,12 @@ const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_bra
 const cleanStreamTags = new Set(['language', 'vendor_id', 'rotate', 'DURATION']);
 const cleanHandlerNames = new Set(['VideoHandler', 'SoundHandler', 'DataHandler']);
 const cleanEncoderNames = new Set(['Lavf']);
+/**
+ * A handler name that is part of one ffmpeg writes itself carries nothing but that fixed word:
+ * Android's "VideoHandle" and "SoundHandle" are found in every clean output's "VideoHandler"
+ * and "SoundHandler", and refused every such phone video (issue 16). Any other name is scanned.
+ */
+const isPartOfCleanHandlerName = (name: string): boolean => [...cleanHandlerNames].some((clean) => clean.includes(name));
 /** Input tags whose values ffmpeg rewrites itself or that are technical: not scanned for. */
 const unscannedInputTags = new Set([...cleanFormatTags, ...cleanStreamTags, 'handler_name', 'encoder', 'ENCODER']);
 
@@ -75,6 +81,7 @@ export function readInputEarly(file: Sniffed, deps: VerifyDeps): EarlyReading | 
 
 export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyReading): Promise<Verified & { facts: VerifiedFacts }> {
   const problems: string[] = [];
+  let whereLeaks: string[] | undefined;
   let facts: VerifiedFacts;
   const values = new ValueCollector();
 
@@ -97,17 +104,32 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     problems.push(...structure.problems);
     await collectImageValues(format, input, values);
     // One pass over the output for both the input's values and the structure's forbidden signatures.
-    const { forbidden } = structure;
-    const found = await matchedPatterns([output], [...forbidden.map((f) => f.bytes), ...values.values], structure.profileRanges);
-    problems.push(...new Set([...found].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
-    const leaks = [...found].filter((i) => i >= forbidden.length).length;
+    const { forbidden, keptRanges } = structure;
+    const patterns = [...forbidden.map((f) => f.bytes), ...values.values];
+    // A forbidden signature is excused only inside a colour profile; a value, inside any kept structure.
+    const excused = (pattern: number, start: number): boolean => {
+      const end = start + patterns[pattern]!.length;
+      return keptRanges.some((r) => start >= r.start && end <= r.end && (pattern >= forbidden.length || r.what === 'icc'));
+    };
+    const found = await matchedPatterns([output], patterns, excused);
+    problems.push(...new Set([...found.keys()].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
+    const leakAt = [...found].filter(([i]) => i >= forbidden.length).map(([, at]) => at);
+    const leaks = leakAt.length;
+    if (leaks > 0) whereLeaks = leakAt.slice(0, 8).map((at) => `${structure.structures.find((s) => at >= s.start && at < s.end)?.what ?? 'bytes'} at ${at}`);
 
     for (const [block, tags] of Object.entries(await tagBlocks)) {
       const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
       if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
     }
-    const [before, after] = await infos;
+    const [headerBefore, headerAfter] = await infos;
+    // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
+    // libvips looks (before IDAT); the output's must be where libvips finds it too.
+    const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
+    const after = format === 'png' ? { ...headerAfter, orientation: pngOrientation(output) } : headerAfter;
+    if (after.orientation !== headerAfter.orientation) problems.push('image: orientation not where decoders read it');
     if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
+    // The way up, for the turns that keep the size (180°, mirrors).
+    else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
     if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
     facts = { imageInfo: after, bytes: output, preview: await preview };
     if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
@@ -126,7 +148,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       values.probeTags(before, unscannedInputTags);
       for (const stream of before.streams) {
         const handler = stream.tags?.handler_name;
-        if (handler !== undefined && !cleanHandlerNames.has(handler)) values.text(handler);
+        if (handler !== undefined && !isPartOfCleanHandlerName(handler)) values.text(handler);
       }
       const container = demuxer === 'mov' ? 'isobmff' : 'matroska';
       // Sample tables can be made to call any bytes "audio" (the fuzzer found subtitle text carried
@@ -146,7 +168,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       const reads = [
         probed,
         checkVideoStructure(container, file.cleanPath),
-        values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, []).then((found) => found.size),
+        values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, () => false).then((found) => found.size),
       ] as const;
       started.push(...reads);
       const [after, structure, leaks] = await Promise.all(reads);
@@ -169,10 +191,11 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   }
 
   if (problems.length > 0) {
-    throw new ScrubError(
-      'verification_failed',
-      `The cleaned file did not pass verification, so it was not forwarded (${problems.join('; ')}). Report the request id; converting the file with another tool may help.`,
-    );
+    // Where the scan matched (structure and offset, never the value) goes to the log with the
+    // refusal, so an operator can explain it without the file.
+    const where = whereLeaks ? ` [value-scan matches: ${whereLeaks.join(', ')}]` : '';
+    const message = `The cleaned file did not pass verification, so it was not forwarded (${problems.join('; ')}). Report the request id; converting the file with another tool may help.`;
+    throw new ScrubError('verification_failed', message, { internal: message + where });
   }
   return { ...file, verified: true, facts };
 }
@@ -240,17 +263,21 @@ function videoTagProblems(info: ProbeResult): string[] {
 }
 
 /**
- * One pass over the output's bytes (a buffer already read, or a stream for video); matches
- * inside a kept colour profile do not count. Resolves to the indices of the patterns found.
+ * One pass over the output's bytes (a buffer already read, or a stream for video). Resolves to
+ * each pattern found at least once where it is not `excused`, with the offset of that match.
  */
-async function matchedPatterns(chunks: Iterable<Buffer> | AsyncIterable<Buffer>, patterns: Buffer[], ignored: Array<[number, number]>): Promise<Set<number>> {
+async function matchedPatterns(
+  chunks: Iterable<Buffer> | AsyncIterable<Buffer>,
+  patterns: Buffer[],
+  excused: (pattern: number, start: number) => boolean,
+): Promise<Map<number, number>> {
   const set = new PatternSet(patterns);
-  if (set.size === 0) return new Set();
+  if (set.size === 0) return new Map();
   const scanner = set.scanner();
-  const found = new Set<number>();
+  const found = new Map<number, number>();
   for await (const chunk of chunks) {
     for (const match of scanner.feed(chunk)) {
-      if (!ignored.some(([start, end]) => match.start >= start && match.start < end)) found.add(match.pattern);
+      if (!found.has(match.pattern) && !excused(match.pattern, match.start)) found.set(match.pattern, match.start);
     }
   }
   return found;

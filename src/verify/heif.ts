@@ -5,6 +5,7 @@
  * throws on what it cannot read (a part it cannot read is a problem in an output, opaque bytes in
  * an input), only on a file whose tables cost more than its work budget (THREATS 35).
  */
+import type { Span as Located } from './structure-image.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ValueCollector } from './values.js';
 
@@ -170,7 +171,7 @@ const propertiesAllowed = new Set([
 ]);
 const alphaAux = /^urn:mpeg:(mpegB:cicp:systems:auxiliary:alpha|hevc:2015:auxid:1|avc:2015:auxid:1)\0/;
 
-export function checkHeifStructure(out: Buffer, problems: string[], profileRanges: Array<[number, number]>): void {
+export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: Located[]): void {
   const top = spans(out, 0, out.length);
   if (!top) return void problems.push('heif: boxes do not fill the file');
   if (top[0]?.type !== 'ftyp') problems.push('heif: no ftyp first');
@@ -196,7 +197,7 @@ export function checkHeifStructure(out: Buffer, problems: string[], profileRange
     if (prop.type === 'auxC' && !alphaAux.test(out.toString('latin1', prop.data + 4, Math.min(prop.end, prop.data + 60)))) {
       problems.push('heif: auxiliary image other than alpha');
     }
-    if (prop.type === 'colr' && ['prof', 'rICC'].includes(out.toString('latin1', prop.data, prop.data + 4))) profileRanges.push([prop.data + 4, prop.end]);
+    if (prop.type === 'colr' && ['prof', 'rICC'].includes(out.toString('latin1', prop.data, prop.data + 4))) keptRanges.push({ start: prop.data + 4, end: prop.end, what: 'icc' });
   }
 
   // Every byte of mdat and idat must belong to an item we kept: nothing can hide unreferenced.

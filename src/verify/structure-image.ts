@@ -1,17 +1,33 @@
 /**
  * The verifier's structural proof for a cleaned image: walk every structure of the output and
  * refuse unless each is on the allowlist and nothing trails the end (issue 3). Written apart
- * from the strippers on purpose. Returns problems (category words, never values) and the byte
- * ranges of kept colour profiles, which the value scan may not flag.
+ * from the strippers on purpose. Returns problems (category words, never values), the byte
+ * ranges of kept coding structures and colour profiles, where a value-scan match is not a leak,
+ * and where each structure lies, so that a refusal can be explained without the file.
  */
 import type { ImageFormat } from '../media.js';
 import { checkHeifStructure } from './heif.js';
 import { tiffValues } from './tiff-values.js';
 
+/** A structure of the output: where it lies and what it is ("jpeg DHT", "png IDAT", "icc"). */
+export interface Span {
+  start: number;
+  end: number;
+  what: string;
+}
+
 export interface StructureReport {
   problems: string[];
-  /** [start, end) ranges holding an ICC profile, copied verbatim from the input on purpose. */
-  profileRanges: Array<[number, number]>;
+  /**
+   * Kept structures whose bytes are not metadata: colour profiles (copied verbatim on purpose)
+   * and, in JPEG, the coding segments exactly as far as their tables go (Huffman and
+   * quantisation tables are byte runs every JPEG shares; any surplus byte stays scanned) and the
+   * segments scrubline writes from a fixed layout. A value-scan match that lies wholly inside one
+   * is not a leak (issue 16: runs mined from a maker-note preview matched the output's own DHT).
+   */
+  keptRanges: Span[];
+  /** Every structure walked, for the operator's explanation of a match (never its value). */
+  structures: Span[];
   /**
    * Byte signatures that must occur nowhere in the output outside those ranges, whatever the
    * structure around them. Looked for in the verifier's one pass over the output bytes, with the
@@ -26,9 +42,43 @@ function isOrientationOnly(tiff: Buffer): boolean {
   return tags.length === 1 && tags[0]!.tag === 0x0112 && tiff.length <= 26;
 }
 
+/**
+ * How many bytes of a coding segment's payload its own syntax accounts for (T.81 B.2): the kept
+ * range stops there, so bytes a writer appended to a table segment are still scanned.
+ */
+function codingExtent(marker: number, payload: Buffer): number {
+  const n = payload.length;
+  if (marker === 0xdb) {
+    // DQT: tables of a precision/id byte and 64 one- or two-byte entries.
+    let at = 0;
+    while (at < n && at + 1 + 64 * ((payload[at]! >> 4) === 0 ? 1 : 2) <= n) at += 1 + 64 * ((payload[at]! >> 4) === 0 ? 1 : 2);
+    return at;
+  }
+  if (marker === 0xc4) {
+    // DHT: tables of a class/id byte, 16 code counts and as many symbols as they add up to.
+    let at = 0;
+    while (at + 17 <= n) {
+      let symbols = 0;
+      for (let i = 1; i <= 16; i++) symbols += payload[at + i]!;
+      if (at + 17 + symbols > n) break;
+      at += 17 + symbols;
+    }
+    return at;
+  }
+  if (marker === 0xda) return Math.min(n, 4 + 2 * (payload[0] ?? 0)); // SOS header: Ns, selectors, Ss/Se/Ah-Al
+  if (marker === 0xdd || marker === 0xdc) return Math.min(n, 2); // DRI, DNL
+  if (marker === 0xcc) return n - (n % 2); // DAC: pairs
+  return Math.min(n, 6 + 3 * (payload[5] ?? 0)); // SOFn: P, Y, X, Nf, then Nf components
+}
+
+/** APP14 exactly as the stripper writes it: "Adobe", version 100, no flags, one transform byte. */
+const isCanonicalAdobe = (payload: Buffer): boolean =>
+  payload.length === 12 && payload.subarray(0, 11).equals(Buffer.from([0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0x00, 0x00, 0x00, 0x00]));
+
 function walkJpeg(out: Buffer, report: StructureReport): void {
   if (out.readUInt16BE(0) !== 0xffd8) return void report.problems.push('jpeg: no SOI');
   let pos = 2;
+  let adobeSegments = 0;
   while (pos + 2 <= out.length) {
     if (out[pos] !== 0xff) return void report.problems.push('jpeg: bytes between segments');
     const marker = out[pos + 1]!;
@@ -40,18 +90,23 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
     const length = out.readUInt16BE(pos + 2);
     const payload = out.subarray(pos + 4, pos + 2 + length);
     const id = payload.toString('latin1', 0, 12);
-    const allowed =
-      (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc8) || // SOFn, DHT, DAC
-      marker === 0xdb || marker === 0xdd || marker === 0xdc || marker === 0xda ||
+    const name = `jpeg 0xFF${marker.toString(16).toUpperCase()}`;
+    const coding = (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc8) || marker === 0xdb || marker === 0xdd || marker === 0xdc || marker === 0xda; // SOFn, DHT, DAC, DQT, DRI, DNL, SOS
+    const fixedLayout =
       (marker === 0xe0 && id.startsWith('JFIF\0') && length === 16) ||
       (marker === 0xe1 && id.startsWith('Exif\0\0') && isOrientationOnly(payload.subarray(6))) ||
-      (marker === 0xe2 && id === 'ICC_PROFILE\0') ||
-      (marker === 0xee && id.startsWith('Adobe') && length <= 16);
-    if (!allowed) report.problems.push(`jpeg: segment 0xFF${marker.toString(16).toUpperCase()} not allowed`);
-    if (marker === 0xe2) report.profileRanges.push([pos + 4, pos + 2 + length]);
-    pos += 2 + length;
+      (marker === 0xee && isCanonicalAdobe(payload) && ++adobeSegments === 1);
+    const icc = marker === 0xe2 && id === 'ICC_PROFILE\0';
+    if (!coding && !fixedLayout && !icc) report.problems.push(`jpeg: segment 0xFF${marker.toString(16).toUpperCase()} not allowed`);
+    const end = pos + 2 + length;
+    report.structures.push({ start: pos, end, what: name });
+    if (icc) report.keptRanges.push({ start: pos + 4, end, what: 'icc' });
+    else if (fixedLayout) report.keptRanges.push({ start: pos, end, what: name });
+    else if (coding) report.keptRanges.push({ start: pos, end: pos + 4 + codingExtent(marker, payload), what: name });
+    pos = end;
     if (marker === 0xda) {
       // Entropy-coded data runs to the first marker that is not stuffing or a restart.
+      const scanStart = pos;
       for (;;) {
         pos = out.indexOf(0xff, pos);
         if (pos < 0 || pos + 1 >= out.length) return void report.problems.push('jpeg: scan without EOI');
@@ -59,9 +114,29 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
         if (next === 0x00 || (next >= 0xd0 && next <= 0xd7) || next === 0xff) pos += 1;
         else break;
       }
+      report.structures.push({ start: scanStart, end: pos, what: 'jpeg scan data' });
     }
   }
   report.problems.push('jpeg: no EOI');
+}
+
+/**
+ * The orientation a PNG's first eXIf gives, wherever it lies (viewers honour one after IDAT;
+ * libvips, and so the header reader, does not look there). 1 without one.
+ */
+export function pngOrientation(png: Buffer): number {
+  for (let pos = 8; pos + 12 <= png.length; ) {
+    const length = png.readUInt32BE(pos);
+    if (png.toString('latin1', pos + 4, pos + 8) === 'eXIf') {
+      const tiff = png.subarray(pos + 8, Math.min(png.length, pos + 8 + length));
+      const entry = tiffValues(tiff, undefined).find((t) => t.tag === 0x0112 && t.size === 2);
+      if (!entry) return 1;
+      const value = tiff[0] === 0x49 ? tiff.readUInt16LE(entry.valueAt) : tiff.readUInt16BE(entry.valueAt);
+      return value >= 1 && value <= 8 ? value : 1;
+    }
+    pos += 12 + length;
+  }
+  return 1;
 }
 
 const pngAllowed = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'gAMA', 'cHRM', 'cICP', 'mDCV', 'cLLI', 'sBIT', 'pHYs', 'acTL', 'fcTL', 'fdAT']);
@@ -71,8 +146,10 @@ function walkPng(out: Buffer, report: StructureReport): void {
   while (pos + 12 <= out.length) {
     const length = out.readUInt32BE(pos);
     const type = out.toString('latin1', pos + 4, pos + 8);
-    if (!pngAllowed.has(type)) report.problems.push(`png: chunk not allowed`);
-    if (type === 'iCCP') report.profileRanges.push([pos + 8, pos + 8 + length]);
+    const allowed = pngAllowed.has(type) || (type === 'eXIf' && isOrientationOnly(out.subarray(pos + 8, pos + 8 + length)));
+    if (!allowed) report.problems.push(`png: chunk not allowed`);
+    report.structures.push({ start: pos, end: pos + 12 + length, what: `png ${/^[A-Za-z]{4}$/.test(type) ? type : 'chunk'}` });
+    if (type === 'iCCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + length, what: 'icc' });
     pos += 12 + length;
     if (type === 'IEND') {
       if (pos !== out.length) report.problems.push('png: data after IEND');
@@ -93,8 +170,9 @@ function walkWebp(out: Buffer, report: StructureReport): void {
     const data = out.subarray(pos + 8, pos + 8 + size);
     const allowed = ['VP8 ', 'VP8L', 'VP8X', 'ALPH', 'ANIM', 'ANMF', 'ICCP'].includes(fourcc) || (fourcc === 'EXIF' && isOrientationOnly(data));
     if (!allowed) report.problems.push('webp: chunk not allowed');
+    report.structures.push({ start: pos, end: pos + 8 + size, what: `webp ${/^[A-Za-z0-9 ]{4}$/.test(fourcc) ? fourcc.trim() : 'chunk'}` });
     if (fourcc === 'VP8X' && (data[0]! & 0x04) !== 0) report.problems.push('webp: VP8X declares XMP');
-    if (fourcc === 'ICCP') report.profileRanges.push([pos + 8, pos + 8 + size]);
+    if (fourcc === 'ICCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + size, what: 'icc' });
     pos += 8 + size + (size % 2);
   }
   if (pos !== out.length) report.problems.push('webp: chunks do not fill the RIFF');
@@ -123,7 +201,7 @@ function walkGif(out: Buffer, report: StructureReport): void {
     if (introducer !== 0x21 || !(label === 0xf9 || (label === 0xff && ['NETSCAPE2.0', 'ANIMEXTS1.0', 'ICCRGBG1012'].includes(app)))) {
       report.problems.push('gif: block not allowed');
     }
-    if (label === 0xff && app === 'ICCRGBG1012') report.profileRanges.push([pos, skip(pos + 2)]);
+    if (label === 0xff && app === 'ICCRGBG1012') report.keptRanges.push({ start: pos, end: skip(pos + 2), what: 'icc' });
     pos = skip(pos + 2);
   }
   report.problems.push('gif: no trailer');
@@ -131,27 +209,75 @@ function walkGif(out: Buffer, report: StructureReport): void {
 
 /** Baseline TIFF tags that describe pixels, layout and colour; anything else is metadata. */
 const tiffTechnicalTags = new Set([
-  0x00fe, 0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x0111, 0x0112, 0x0115, 0x0116, 0x0117, 0x011a, 0x011b, 0x011c, 0x0128,
-  0x013d, 0x0140, 0x0142, 0x0143, 0x0144, 0x0145, 0x0152, 0x0153, 0x0211, 0x0212, 0x0213, 0x0214, 0x8773,
+  0x00fe, 0x0100, 0x0101, 0x0102, 0x0103, 0x0106, 0x010a, 0x0111, 0x0112, 0x0115, 0x0116, 0x0117, 0x011a, 0x011b, 0x011c, 0x0128,
+  0x012d, 0x013d, 0x013e, 0x013f, 0x0140, 0x0142, 0x0143, 0x0144, 0x0145, 0x014c, 0x0152, 0x0153, 0x0154, 0x0155, 0x015b,
+  0x0211, 0x0212, 0x0213, 0x0214, 0x8773,
 ]);
 
 function walkTiff(out: Buffer, report: StructureReport): void {
   const tags = tiffValues(out, undefined);
   const ifds = new Set(tags.map((t) => t.ifd));
-  if (ifds.size !== 1) report.problems.push('tiff: more than one IFD');
-  for (const { tag } of tags) if (!tiffTechnicalTags.has(tag)) report.problems.push('tiff: metadata tag present');
+  if (ifds.size !== 1) return void report.problems.push('tiff: not exactly one IFD');
+  const little = out[0] === 0x49;
+  const ifd = [...ifds][0]!;
+  // Every byte must be the header, the IFD, a tag's value or image data: nothing unowned.
+  const owned: Array<[number, number]> = [
+    [0, 8],
+    [ifd, ifd + 2 + 12 * tags.length + 4],
+  ];
+  const array = (tag: number): number[] => {
+    const t = tags.find((x) => x.tag === tag);
+    if (!t || (t.type !== 3 && t.type !== 4) || t.valueAt + t.size > out.length) return [];
+    const read = (i: number): number =>
+      t.type === 3 ? (little ? out.readUInt16LE(t.valueAt + 2 * i) : out.readUInt16BE(t.valueAt + 2 * i)) : little ? out.readUInt32LE(t.valueAt + 4 * i) : out.readUInt32BE(t.valueAt + 4 * i);
+    return Array.from({ length: t.count }, (_, i) => read(i));
+  };
+  for (const { tag, valueAt, size } of tags) {
+    if (!tiffTechnicalTags.has(tag)) report.problems.push('tiff: metadata tag present');
+    if (size > 4) owned.push([valueAt, valueAt + size]);
+    if (tag === 0x8773) report.keptRanges.push({ start: valueAt, end: valueAt + size, what: 'icc' });
+    if (tag === 0x015b && !isTablesOnly(out.subarray(valueAt, valueAt + size))) report.problems.push('tiff: JPEGTables holds more than tables');
+    report.structures.push({ start: valueAt, end: valueAt + size, what: `tiff tag ${tag}` });
+  }
+  for (const [offsetsTag, countsTag] of [
+    [0x0111, 0x0117],
+    [0x0144, 0x0145],
+  ] as const) {
+    const offsets = array(offsetsTag);
+    const counts = array(countsTag);
+    offsets.forEach((offset, i) => {
+      owned.push([offset, offset + (counts[i] ?? 0)]);
+      report.structures.push({ start: offset, end: offset + (counts[i] ?? 0), what: 'tiff image data' });
+    });
+  }
+  owned.sort((a, b) => a[0] - b[0]);
+  let covered = 0;
+  for (const [start, end] of owned) {
+    // A value may be followed by one pad byte to keep the next word-aligned.
+    if (start > covered + 1 || (start === covered + 1 && out[covered] !== 0)) return void report.problems.push('tiff: bytes no structure owns');
+    covered = Math.max(covered, end);
+  }
+  if (covered !== out.length) report.problems.push('tiff: bytes no structure owns');
+}
+
+/** An abbreviated JPEG stream of SOI, quantisation/Huffman/restart segments and EOI only. */
+function isTablesOnly(stream: Buffer): boolean {
+  if (stream.length < 4 || stream.readUInt16BE(0) !== 0xffd8) return false;
+  let pos = 2;
+  while (pos + 4 <= stream.length && stream[pos] === 0xff && [0xdb, 0xc4, 0xdd].includes(stream[pos + 1]!)) pos += 2 + stream.readUInt16BE(pos + 2);
+  return pos + 2 === stream.length && stream.readUInt16BE(pos) === 0xffd9;
 }
 
 /** XMP's own markers: in no clean image, whatever its format (outside a kept ICC profile). */
 const xmpMarkers = ['<x:xmpmeta', '<rdf:RDF', 'http://ns.adobe.com/xap/1.0/'].map((marker) => ({ bytes: Buffer.from(marker, 'latin1'), problem: 'image: an XMP packet is present' }));
 
 export function checkImageStructure(format: ImageFormat, out: Buffer): StructureReport {
-  const report: StructureReport = { problems: [], profileRanges: [], forbidden: xmpMarkers };
+  const report: StructureReport = { problems: [], keptRanges: [], structures: [], forbidden: xmpMarkers };
   if (format === 'jpeg') walkJpeg(out, report);
   else if (format === 'png') walkPng(out, report);
   else if (format === 'webp') walkWebp(out, report);
   else if (format === 'gif') walkGif(out, report);
   else if (format === 'tiff') walkTiff(out, report);
-  else checkHeifStructure(out, report.problems, report.profileRanges);
+  else checkHeifStructure(out, report.problems, report.keptRanges);
   return report;
 }

@@ -14,6 +14,11 @@ const TAG_XMP = 0x02bc;
 export interface TiffTag {
   ifd: number;
   tag: number;
+  type: number;
+  count: number;
+  /** Where the value lies in the block, and its size in bytes (0 for an unknown type). */
+  valueAt: number;
+  size: number;
 }
 
 /** Collects values and returns the tags seen (for the TIFF structure check). */
@@ -39,9 +44,9 @@ export function tiffValues(block: Uint8Array, into: ValueCollector | undefined):
       const tag = u16(at);
       const type = u16(at + 2);
       const n = u32(at + 4);
-      seen.push({ ifd, tag });
       const size = (typeSizes[type] ?? 0) * n;
       const valueAt = size <= 4 ? at + 8 : u32(at + 8);
+      seen.push({ ifd, tag, type, count: n, valueAt, size });
       if (size === 0 || valueAt + size > block.length) continue;
       const value = block.subarray(valueAt, valueAt + size);
       if (pointerTags.has(tag) && (type === 4 || type === 13)) {
