@@ -83,7 +83,7 @@ describe('clean fixtures', () => {
   }
 
   it('lossless formats decode to exactly the same pixels', async () => {
-    const names = ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/gif-comment-xmp.gif', 'media/avif-exif-xmp-gps.avif'];
+    const names = ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/gif-comment-xmp.gif', 'media/avif-exif-xmp-gps.avif', 'media/tiff-gps-exif.tif'];
     for (const name of names) {
       const { input, bytes } = await run(name);
       const [a, b] = await Promise.all([sharp(input).raw().toBuffer(), sharp(bytes).raw().toBuffer()]);

@@ -11,13 +11,13 @@ const TAG_EXIF_IFD = 0x8769;
 const TAG_GPS_IFD = 0x8825;
 const TAG_MAKER_NOTE = 0x927c;
 
-interface Reader {
+export interface Reader {
   u16(offset: number): number;
   u32(offset: number): number;
   length: number;
 }
 
-function readerFor(tiff: Uint8Array): Reader | undefined {
+export function readerFor(tiff: Uint8Array): Reader | undefined {
   if (tiff.length < 8) return undefined;
   const view = new DataView(tiff.buffer, tiff.byteOffset, tiff.byteLength);
   const little = tiff[0] === 0x49 && tiff[1] === 0x49;
@@ -31,7 +31,7 @@ function readerFor(tiff: Uint8Array): Reader | undefined {
   };
 }
 
-interface Entry {
+export interface Entry {
   tag: number;
   type: number;
   count: number;
@@ -39,7 +39,7 @@ interface Entry {
   valueAt: number;
 }
 
-function readIfd(reader: Reader, offset: number): { entries: Entry[]; next: number } | undefined {
+export function readIfd(reader: Reader, offset: number): { entries: Entry[]; next: number } | undefined {
   if (offset < 8 || offset + 2 > reader.length) return undefined;
   const count = reader.u16(offset);
   if (offset + 2 + count * 12 + 4 > reader.length) return undefined;

@@ -7,6 +7,7 @@ import { open } from 'node:fs/promises';
 import { fileTypeFromFile } from 'file-type';
 import type { Received, Sniffed } from '../context.js';
 import { ScrubError } from '../errors.js';
+import { readerFor, readIfd } from '../formats/tiff-ifd.js';
 import { acceptedFormatsText, allowedKinds } from '../media.js';
 
 export async function sniff(file: Received): Promise<Sniffed> {
@@ -14,13 +15,36 @@ export async function sniff(file: Received): Promise<Sniffed> {
     throw new ScrubError('unsupported_type', `The file is empty. Send one of: ${acceptedFormatsText}.`);
   }
   const detected = await fileTypeFromFile(file.inputPath);
-  const mime = detected?.mime === 'video/mp4' && (await isHeifBrand(file.inputPath)) ? 'image/heif' : detected?.mime;
+  let mime = detected?.mime;
+  if (mime === 'video/mp4' && (await isHeifBrand(file.inputPath))) mime = 'image/heif';
+  else if (mime === 'image/x-sony-arw' && !(await isSonyRaw(file.inputPath))) mime = 'image/tiff';
   const kind = mime ? allowedKinds.get(mime) : undefined;
   if (!kind) {
     const what = detected ? `${detected.mime} content` : 'content of no recognised media type';
     throw new ScrubError('unsupported_type', `The file contains ${what}, which scrubline does not accept. Send one of: ${acceptedFormatsText}.`);
   }
   return { ...file, kind };
+}
+
+/**
+ * file-type calls any TIFF whose first directory opens with tag 50341 a Sony ARW, but that tag is
+ * PrintIM, which Olympus, Epson and other cameras write into ordinary TIFFs. A raw file says so in
+ * its Make; anything else is a TIFF, and the strip step decides whether it can be rebuilt.
+ */
+async function isSonyRaw(path: string): Promise<boolean> {
+  const handle = await open(path, 'r');
+  try {
+    const head = Buffer.alloc(64 * 1024);
+    const { bytesRead } = await handle.read(head, 0, head.length, 0);
+    const tiff = head.subarray(0, bytesRead);
+    const reader = readerFor(tiff);
+    const make = reader && readIfd(reader, reader.u32(4))?.entries.find((e) => e.tag === 271 && e.type === 2);
+    if (!reader || !make) return true;
+    const at = make.count <= 4 ? make.valueAt : reader.u32(make.valueAt);
+    return tiff.toString('latin1', at, Math.min(at + make.count, tiff.length)).toUpperCase().startsWith('SONY');
+  } finally {
+    await handle.close();
+  }
 }
 
 /** HEIF brands file-type does not know (mif2, mif3, msf1 …) fall through to its generic "mp4". */

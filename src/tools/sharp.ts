@@ -4,7 +4,7 @@
  * VIPS-native and friends can never be reached whatever bytes arrive.
  */
 import sharp, { type Metadata } from 'sharp';
-import { ScrubError, reject } from '../errors.js';
+import { ScrubError } from '../errors.js';
 
 sharp.cache(false);
 sharp.block({ operation: ['VipsForeignLoad'] });
@@ -77,22 +77,6 @@ export async function readImageInfo(input: Buffer, maxInputPixels: number): Prom
     pages: meta.pages ?? 1,
     bitsPerSample: meta.bitsPerSample,
   };
-}
-
-/**
- * TIFF has no safe byte-level rebuild (IFDs point anywhere), so it is re-written pixel-losslessly:
- * first page only, pixels rotated upright, ICC kept, deflate compression, no other metadata.
- */
-export async function rewriteTiff(input: Buffer, maxInputPixels: number): Promise<Buffer> {
-  try {
-    return await sharp(input, { limitInputPixels: maxInputPixels, failOn: 'error', pages: 1 })
-      .autoOrient()
-      .keepIccProfile()
-      .tiff({ compression: 'deflate', predictor: 'horizontal' })
-      .toBuffer();
-  } catch (err) {
-    throw pixelLimitError(err, maxInputPixels) ?? reject.corrupt('TIFF', 'the image data does not decode');
-  }
 }
 
 /** libvips' own pixel-limit refusal during a decode, as the 413 the header check gives. */
