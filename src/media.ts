@@ -42,5 +42,20 @@ export const allowedKinds: ReadonlyMap<string, MediaKind> = new Map([
   ['video/x-matroska', video('mkv', 'video/x-matroska', 'mkv', 'matroska', 'matroska')],
 ]);
 
+type VideoKind = Extract<MediaKind, { family: 'video' }>;
+
+/**
+ * The container a cleaned video is written in: its own family's, unless that muxer cannot hold a
+ * stream it keeps. A Sony XAVC S MP4 carries PCM audio, which only QuickTime's muxer takes; a phone
+ * file branded MP4 can carry AMR, which only 3GP's takes. Both stay lossless (stream copy) in the
+ * sibling container, and the report's mime and extension say which one it is.
+ */
+export function outputKind(kind: VideoKind, keptCodecs: readonly string[]): VideoKind {
+  const family = kind.muxer === 'mp4' || kind.muxer === 'ipod' || kind.muxer === '3gp';
+  if (family && keptCodecs.some((c) => c.startsWith('pcm_'))) return allowedKinds.get('video/quicktime') as VideoKind;
+  if ((kind.muxer === 'mp4' || kind.muxer === 'ipod') && keptCodecs.some((c) => c === 'amr_nb' || c === 'amr_wb')) return allowedKinds.get('video/3gpp') as VideoKind;
+  return kind;
+}
+
 /** Human names for the README, `--help` and 415 messages. */
 export const acceptedFormatsText = 'JPEG, PNG, WebP, GIF, TIFF, HEIC/HEIF, AVIF, MP4, MOV, M4V, 3GP, WebM, MKV';

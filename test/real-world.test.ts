@@ -256,7 +256,8 @@ describe('issue 16: TIFF, rebuilt byte for byte', () => {
     for (let i = 0; i < width * height * 3; i++) samples.writeUInt16LE((i * 997) % 65536, i * 2);
     // The XMP names the colour profile by words its header holds, as Photoshop's photoshop:ICCProfile does.
     const xmp = '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" dc:title="Planted Title Wombat" photoshop:ICCProfile="mntrRGB XYZ"/></rdf:RDF></x:xmpmeta>';
-    const input = await sharp(samples, { raw: { width, height, channels: 3, depth: 'ushort' } })
+    // A Uint16Array tells sharp the samples are 16-bit.
+    const input = await sharp(new Uint16Array(samples.buffer, samples.byteOffset, samples.length / 2), { raw: { width, height, channels: 3 } })
       .toColourspace('rgb16')
       .withIccProfile('srgb')
       .withXmp(xmp)
@@ -311,5 +312,68 @@ describe('issue 16: TIFF, rebuilt byte for byte', () => {
     assert.deepEqual(findPlanted(bytes), []);
     // libtiff warns of the unsorted directory the camera wrote; the rebuilt one is sorted.
     assert.ok((await rawPixels(bytes)).equals(await sharp(input, { failOn: 'none' }).raw().toBuffer()));
+  });
+});
+
+/** Per-stream packet hashes (ffmpeg's framemd5 of a stream copy): equal means a lossless remux. */
+async function packetHashes(file: string): Promise<string[]> {
+  const tools = await ffmpegTools();
+  const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-i', file, '-map', '0:v', '-map', '0:a', '-c', 'copy', '-f', 'framemd5', '-']);
+  return stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').slice(0, 2).concat(l.split(',').slice(-1)).join(','));
+}
+
+describe('issue 16: camera raw built on TIFF', () => {
+  it('a TIFF whose first picture is a reduced preview with the photo in a SubIFD (NEF, ARW) is refused as raw, not cleaned into its preview', async () => {
+    const input = handTiff(
+      [
+        { tag: 254, ...long(1) },
+        { tag: 256, ...short(2) },
+        { tag: 257, ...short(2) },
+        { tag: 258, ...short(8) },
+        { tag: 259, ...short(1) },
+        { tag: 262, ...short(1) },
+        { tag: 271, ...ascii('NIKON CORPORATION') },
+        { tag: 273, ...long(0) },
+        { tag: 277, ...short(1) },
+        { tag: 278, ...short(2) },
+        { tag: 279, ...long(4) },
+        { tag: 330, ...long(8) },
+      ],
+      Buffer.from([0, 64, 128, 255]),
+    );
+    const err = await refusal(input);
+    assert.equal(err.code, 'unsupported_type');
+    assert.match(err.publicMessage, /camera raw image/);
+  });
+});
+
+describe('issue 16: camera and phone video in a sibling container', () => {
+  it('a Sony XAVC S-style MP4 with PCM audio is remuxed losslessly into QuickTime', async () => {
+    const tools = await ffmpegTools();
+    const file = path.join(work, 'xavc.mp4');
+    await run(tools.ffmpeg.path, [
+      ...['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=1', '-f', 'lavfi', '-i', 'sine=duration=1'],
+      ...['-c:v', 'libx264', '-c:a', 'pcm_s16be', '-metadata', 'title=Planted Title Wombat', '-f', 'mov', '-brand', 'XAVC', file],
+    ]);
+    const { out, bytes } = await clean(await readFile(file));
+    assert.equal(out.mime, 'video/quicktime');
+    assert.deepEqual(findPlanted(bytes), []);
+    assert.deepEqual(await packetHashes(out.path), await packetHashes(file));
+  });
+
+  it('a phone file branded MP4 that carries AMR audio is remuxed losslessly into 3GP', async () => {
+    const tools = await ffmpegTools();
+    // AMR-NB frames written by hand (Debian's ffmpeg has no AMR encoder): 12.2 kbit/s, silence.
+    const amr = path.join(work, 'speech.amr');
+    await writeFile(amr, Buffer.concat([Buffer.from('#!AMR\n', 'latin1'), ...Array.from({ length: 50 }, () => Buffer.concat([Buffer.from([0x3c]), Buffer.alloc(31)]))]));
+    const file = path.join(work, 'phone.mp4');
+    await run(tools.ffmpeg.path, [
+      ...['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=176x144:rate=10:duration=1', '-i', amr],
+      ...['-c:v', 'h263', '-c:a', 'copy', '-metadata', 'title=Planted Title Wombat', '-f', '3gp', '-brand', 'isom', file],
+    ]);
+    const { out, bytes } = await clean(await readFile(file));
+    assert.equal(out.mime, 'video/3gpp');
+    assert.deepEqual(findPlanted(bytes), []);
+    assert.deepEqual(await packetHashes(out.path), await packetHashes(file));
   });
 });

@@ -142,6 +142,11 @@ export function stripTiff(input: Buffer, limits: { maxInputPixels: number }): Im
     throw new ScrubError('too_many_pixels', `The image is ${width}x${height}, more pixels than the configured limit of ${limits.maxInputPixels}. Send a smaller image.`);
   }
   if (number(TAG.compression) === 6) throw reject.structure(FORMAT, 'old-style JPEG compression (6)');
+  // A camera raw file built on TIFF (NEF, ARW, PEF ...): its first picture is a reduced-size
+  // preview and the photo lies in a SubIFD. Cleaning it would hand on the preview as the photo.
+  if (((number(254) ?? 0) & 1) === 1 && entry(330) !== undefined) {
+    throw new ScrubError('unsupported_type', 'The file is a camera raw image: its first picture is only a preview of the raw data. Export it as JPEG or TIFF and send that.');
+  }
 
   // The image data: strips or tiles, each copied as it is.
   const tiled = entry(TAG.tileOffsets) !== undefined;

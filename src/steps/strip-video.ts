@@ -7,7 +7,7 @@
 import { chmod } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
 import { ScrubError } from '../errors.js';
-import type { MediaKind } from '../media.js';
+import { outputKind, type MediaKind } from '../media.js';
 import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 
@@ -83,7 +83,7 @@ export async function stripVideo(
   kind: Extract<MediaKind, { family: 'video' }>,
   input: string,
   output: string,
-): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean }> {
+): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean; kind: Extract<MediaKind, { family: 'video' }> }> {
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
   // The remux is spawned first: it is the long run, and each spawn holds this thread for a while
@@ -104,11 +104,13 @@ export async function stripVideo(
   }
   const planned = streams.join() === usualStreams(info).join();
   const inputAudioDecodes = early?.code === 0;
-  let result = early;
+  const written = outputKind(kind, streams.map((i) => info.streams.find((s) => s.index === i)?.codec_name ?? ''));
+  let result = written === kind ? early : undefined;
   if (!planned || result === undefined || result.code !== 0) {
     const rotation = rotationOf(video);
     const plan: RemuxPlan = {
       ...base,
+      muxer: written.muxer,
       streams,
       // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
       // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
@@ -123,5 +125,5 @@ export async function stripVideo(
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
-  return { removed, inputProbe: info, inputAudioDecodes };
+  return { removed, inputProbe: info, inputAudioDecodes, kind: written };
 }

@@ -24,7 +24,7 @@ export const cleanPathOf = (file: Sniffed): string => path.join(file.workDir, `c
 
 export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
   const cleanPath = cleanPathOf(file);
-  const { kind } = file;
+  let { kind } = file;
   let removed: Removed;
   let inputProbe: ProbeResult | undefined;
   let inputAudioDecodes: boolean | undefined;
@@ -42,9 +42,11 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
     removed = result.removed;
     inputProbe = result.inputProbe;
     inputAudioDecodes = result.inputAudioDecodes;
+    // The container written may be a sibling of the input's (outputKind); the file keeps its path.
+    kind = result.kind;
   }
   const { size } = await stat(cleanPath);
-  return { ...file, cleanPath, cleanBytes: size, removed, inputProbe, inputAudioDecodes, original };
+  return { ...file, kind, cleanPath, cleanBytes: size, removed, inputProbe, inputAudioDecodes, original };
 }
 
 /**

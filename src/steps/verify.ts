@@ -45,7 +45,11 @@ const cleanEncoderNames = new Set(['Lavf']);
  * Android's "VideoHandle" and "SoundHandle" are found in every clean output's "VideoHandler"
  * and "SoundHandler", and refused every such phone video (issue 16). Any other name is scanned.
  */
-const isPartOfCleanHandlerName = (name: string): boolean => [...cleanHandlerNames].some((clean) => clean.includes(name));
+const isPartOfCleanHandlerName = (name: string): boolean => {
+  // QuickTime writes the name as a Pascal string: ffprobe may show its length byte in front.
+  const bare = name.replace(/^[\x00-\x1f]/, '').replace(/\0+$/, '');
+  return [...cleanHandlerNames].some((clean) => clean.includes(bare));
+};
 /** Input tags whose values ffmpeg rewrites itself or that are technical: not scanned for. */
 const unscannedInputTags = new Set([...cleanFormatTags, ...cleanStreamTags, 'handler_name', 'encoder', 'ENCODER']);
 
