@@ -377,3 +377,20 @@ describe('issue 16: camera and phone video in a sibling container', () => {
     assert.deepEqual(await packetHashes(out.path), await packetHashes(file));
   });
 });
+
+describe('issue 16: camcorder data in the picture stream', () => {
+  it('H.264 with a camcorder SEI user-data message (MDPM) is refused; x264’s own settings string is not', async () => {
+    const tools = await ffmpegTools();
+    const file = path.join(work, 'camcorder.mp4');
+    await run(tools.ffmpeg.path, [
+      ...['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=1', '-c:v', 'libx264'],
+      // Sony's MDPM UUID, then bytes a camcorder would fill with date, place and model.
+      ...['-bsf:v', 'h264_metadata=sei_user_data=17ee8c60-f84d-11d9-8cd6-0800200c9a66+MDPMPlantedModel X9', file],
+    ]);
+    const input = await readFile(file);
+    assert.ok(input.includes(Buffer.from('x264 - core')), 'x264 writes its settings as SEI user data too');
+    const err = await refusal(input);
+    assert.equal(err.code, 'verification_failed');
+    assert.match(err.publicMessage, /camera data in the picture stream \(1 SEI user-data message/);
+  });
+});

@@ -11,13 +11,14 @@ import { open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
-import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
+import { audioDecodeArgs, packetDumpArgs, videoHeadArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet } from '../verify/scan.js';
+import { isEncoderSettings, seiUserData } from '../verify/sei.js';
 import { checkImageStructure, pngOrientation } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { ValueCollector } from '../verify/values.js';
@@ -169,21 +170,21 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
             );
       started.push(audioDecodes);
       problems.push(...(await collectVideoInputValues(ffmpeg, file, before, container, values, early)));
+      const codec = mainVideo(before)?.codec_name;
       const reads = [
         probed,
         checkVideoStructure(container, file.cleanPath),
         values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, () => false).then((found) => found.size),
+        codec === 'h264' || codec === 'hevc' ? cameraDataInPictures(ffmpeg, file, codec) : [],
       ] as const;
       started.push(...reads);
-      const [after, structure, leaks] = await Promise.all(reads);
+      const [after, structure, leaks, inPictures] = await Promise.all(reads);
+      problems.push(...inPictures);
       // Nothing the early reading started outlives verify.
       await early?.abandon();
       if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
       problems.push(...videoTagProblems(after), ...structure);
       if (after.streams.length === 0) problems.push('video: no playable stream in the output');
-      const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
-        info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
-        info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
       if (rotationOf(mainVideo(before)) !== rotationOf(mainVideo(after))) problems.push('video: rotation changed');
       facts = { probe: after };
       if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
@@ -246,6 +247,29 @@ async function collectVideoInputValues(
     await rm(dump, { force: true });
   }
   return problems;
+}
+
+const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
+  info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
+  info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
+
+/** How much of the output's picture stream is read for SEI: camcorders write it in every frame. */
+const maxSeiBytes = 2 * 1024 * 1024;
+
+/**
+ * Camera data the pictures carry (verify/sei.ts): a remux copies it, so a file that keeps any is
+ * refused. Read from the output's own packets, which are the input's, copied.
+ */
+async function cameraDataInPictures(tools: Ffmpeg, file: Stripped, codec: 'h264' | 'hevc'): Promise<string[]> {
+  const dump = path.join(file.workDir, 'video-head.bin');
+  try {
+    const result = await runTool(tools.ffmpeg.path, videoHeadArgs(file.cleanPath, file.kind.family === 'video' ? file.kind.demuxer : 'mov', dump, maxSeiBytes), tools.timeoutMs);
+    if (result.code !== 0) return ['video: the picture stream could not be read for camera data'];
+    const messages = seiUserData(await readFile(dump), codec).filter((m) => !isEncoderSettings(m));
+    return messages.length > 0 ? [`video: camera data in the picture stream (${messages.length} SEI user-data message(s)), which a remux cannot remove`] : [];
+  } finally {
+    await rm(dump, { force: true });
+  }
 }
 
 function videoTagProblems(info: ProbeResult): string[] {

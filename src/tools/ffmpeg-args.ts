@@ -207,6 +207,15 @@ export function packetDumpArgs(input: string, demuxer: Demuxer, stream: number, 
 }
 
 /**
+ * The first packets of a file's main video stream, as stored (length-prefixed NAL units), for the
+ * verifier's look at the SEI messages in them. Capped at `maxBytes`.
+ */
+export function videoHeadArgs(input: string, demuxer: Demuxer, output: string, maxBytes: number): string[] {
+  if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
+  return ['-nostdin', '-hide_banner', '-v', 'error', ...lockedInput(input, demuxer), '-map', '0:V:0', '-c', 'copy', '-fs', String(maxBytes), '-f', 'data', '-y', `file:${output}`];
+}
+
+/**
  * Decodes every audio stream of a file and stops at the first error: the samples a remux copies
  * must be audio. (Audio decodes at hundreds of times real time; video is not decoded here.)
  */
