@@ -4,10 +4,11 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants, mkdir, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
+import { pipeline } from 'node:stream/promises';
 import { pinoHttp } from 'pino-http';
 import { ScrubError, jobDeleted } from './errors.js';
 import { retryAfterSeconds, serviceErrorHandler } from './http-errors.js';
@@ -18,6 +19,7 @@ import type { ArtefactRecord, Ledger } from './ledger.js';
 import { countByKind, purgeRecords, removeArtefactFiles } from './sweeper.js';
 import { Metrics } from './metrics.js';
 import { makeThumbnail } from './thumbnails.js';
+import { openObject, seal, TamperedObject, unseal, verifyObject, type Keyring } from './storage/envelope.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
 import { publicReport } from './pipeline.js';
 import type { Forwarder } from './steps/forward.js';
@@ -31,6 +33,8 @@ export interface AppDeps {
   forwarder: Forwarder;
   ledger: Ledger;
   tools: Ffmpeg;
+  /** Encrypts what the service stores itself (thumbnails; the local sink has its own reference). */
+  storage: Keyring;
   /** Bearer token every /v1/* request must carry. */
   apiToken: string;
   /** Longest a file may live while its job has not reported finished. */
@@ -47,7 +51,7 @@ const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
-  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
+  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
 
 export const thumbnailId = (fileId: string): string => `th_${fileId}`;
 
@@ -77,6 +81,15 @@ function fileView(record: ArtefactRecord, hasThumbnail: boolean) {
     purgedAt: record.purgedAt ?? null,
     thumbnail: hasThumbnail,
   };
+}
+
+/**
+ * A stored object's path from its ledger row, only if it is one of ours: `<folder>/<id>.<ext>.enc`
+ * inside the data dir (a row is never trusted to name any other file: THREATS 42).
+ */
+function storedPathIn(dataDir: string, relative: string | undefined, folder: 'clean' | 'thumbnails'): string {
+  if (relative === undefined || !new RegExp(`^${folder}/[A-Za-z0-9_-]+\\.[a-z0-9]+\\.enc$`).test(relative)) throw notFound('stored file');
+  return path.join(dataDir, relative);
 }
 
 export function buildApp(deps: AppDeps): express.Express {
@@ -133,6 +146,8 @@ export function buildApp(deps: AppDeps): express.Express {
 
   const clock = deps.scrubline.clock ?? systemClock;
   const thumbnailDir = path.join(deps.dataDir, 'thumbnails');
+  const storedPath = (relative: string | undefined, folder: 'clean' | 'thumbnails'): string => storedPathIn(deps.dataDir, relative, folder);
+  const readStored = (relative: string | undefined, folder: 'clean' | 'thumbnails'): Promise<Buffer> => readFile(storedPath(relative, folder));
   const recordRetentionDays = deps.recordRetentionDays ?? defaults.recordRetentionDays;
   // Every /v1 route, before any of them reads a byte of the body.
   app.use('/v1', requireBearer(deps.apiToken));
@@ -200,8 +215,8 @@ export function buildApp(deps: AppDeps): express.Express {
         const jpeg = thumbnails[i];
         if (jpeg) {
           const id = thumbnailId(f.id);
-          await writeFile(path.join(thumbnailDir, `${id}.jpg`), jpeg, { mode: 0o600 });
-          records.push({ ...file, id, kind: 'thumbnail', parentId: f.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg`] });
+          await writeFile(path.join(thumbnailDir, `${id}.jpg.enc`), seal(deps.storage, jpeg), { mode: 0o600 });
+          records.push({ ...file, id, kind: 'thumbnail', parentId: f.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg.enc`] });
         }
       }
       try {
@@ -229,14 +244,32 @@ export function buildApp(deps: AppDeps): express.Express {
     res.json(fileView(record, deps.ledger.thumbnailOf(record.id) !== undefined));
   });
 
-  app.get('/v1/files/:id/thumbnail', (req, res, next) => {
+  app.get('/v1/files/:id/thumbnail', async (req, res) => {
     const file = deps.ledger.get(req.params.id);
     const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? deps.ledger.thumbnailOf(file.id) : undefined;
     if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or the format has no preview (HEIC).');
+    const stored = await readStored(thumbnail.paths[0], 'thumbnails').catch(() => undefined);
+    if (!stored) throw notFound('thumbnail', 'It was purged.');
     res.setHeader('Cache-Control', 'private, no-store');
-    res.sendFile(path.join(thumbnailDir, `${thumbnail.id}.jpg`), { headers: { 'Content-Type': 'image/jpeg' } }, (err) => {
-      if (err && !res.headersSent) next(notFound('thumbnail', 'It was purged.'));
+    res.type('image/jpeg').send(unseal(deps.storage, stored));
+  });
+
+  // The cleaned file itself, decrypted, for a render service that uses the local sink: every
+  // byte is proven before the first is sent, so an altered object is refused, never half served.
+  app.get('/v1/files/:id/content', async (req, res) => {
+    const file = deps.ledger.get(req.params.id);
+    if (!file || file.kind !== 'file') throw notFound('file');
+    if (file.purgedAt !== undefined) throw new ScrubError('gone', 'The file was purged: its retention ended or its job was deleted. Upload it again if it is still needed.');
+    if (file.destination !== 'local') throw notFound('stored file', 'It was forwarded to the render service and is not kept here.');
+    const stored = storedPath(file.paths[0], 'clean');
+    const bytes = await verifyObject(deps.storage, stored).catch((err: unknown) => {
+      if (err instanceof TamperedObject) throw new ScrubError('internal', 'The stored file failed its integrity check and was not served. Report the request id.', { cause: err });
+      throw new ScrubError('gone', 'The file is no longer stored. Upload it again if it is still needed.', { cause: err });
     });
+    res.setHeader('Cache-Control', 'private, no-store');
+    res.setHeader('Content-Length', String(bytes));
+    res.type(file.mime);
+    await pipeline(openObject(deps.storage, stored), res);
   });
 
   app.post('/v1/jobs/:jobId/finished', (req, res) => {

@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 /**
@@ -23,6 +24,14 @@ export interface Config {
   maxInputPixels: number;
   /** Bearer token for /v1/*; undefined means "generate once and keep in <dataDir>/api-token". */
   apiToken: string | undefined;
+  /** The storage key (32 bytes) that encrypts what scrubline stores, and older ones that still decrypt. */
+  storageKey: Buffer | undefined;
+  storageOldKeys: Buffer[];
+  /** HTTPS: the service's certificate chain and key (PEM files), both or neither. */
+  tlsCertFile: string | undefined;
+  tlsKeyFile: string | undefined;
+  /** Extra CA certificates (PEM) an HTTPS upstream is verified against, beside the system's. */
+  upstreamCaFile: string | undefined;
   /** How long a file of a job that has not reported "finished" may live at most. */
   unfinishedJobCapHours: number;
   /** How often the service's sweeper runs; 0 turns it off (run `scrubline sweep` instead). */
@@ -117,6 +126,28 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push('SCRUBLINE_API_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)');
   }
 
+  // 32 bytes as 64 hex digits or as base64: `openssl rand -hex 32`.
+  const storageKeyOf = (name: string, text: string): Buffer | undefined => {
+    const key = /^[0-9a-fA-F]{64}$/.test(text) ? Buffer.from(text, 'hex') : Buffer.from(text, 'base64');
+    if (key.length === 32 && (/^[0-9a-fA-F]{64}$/.test(text) || key.toString('base64') === text)) return key;
+    problems.push(`${name} must be 32 bytes as 64 hex digits or base64 (e.g. \`openssl rand -hex 32\`)`);
+    return undefined;
+  };
+  const rawStorageKey = read('STORAGE_KEY');
+  const storageKey = rawStorageKey === undefined ? undefined : storageKeyOf('SCRUBLINE_STORAGE_KEY', rawStorageKey);
+  const storageOldKeys = (read('STORAGE_OLD_KEYS') ?? '')
+    .split(',')
+    .map((k) => k.trim())
+    .filter((k) => k !== '')
+    .map((k) => storageKeyOf('SCRUBLINE_STORAGE_OLD_KEYS', k))
+    .filter((k): k is Buffer => k !== undefined);
+  const tlsCertFile = read('TLS_CERT_FILE');
+  const tlsKeyFile = read('TLS_KEY_FILE');
+  if ((tlsCertFile === undefined) !== (tlsKeyFile === undefined)) problems.push('SCRUBLINE_TLS_CERT_FILE and SCRUBLINE_TLS_KEY_FILE go together: set both for HTTPS, or neither');
+  for (const [name, file] of [['SCRUBLINE_TLS_CERT_FILE', tlsCertFile], ['SCRUBLINE_TLS_KEY_FILE', tlsKeyFile], ['SCRUBLINE_UPSTREAM_CA_FILE', read('UPSTREAM_CA_FILE')]] as const) {
+    if (file !== undefined && !existsSync(file)) problems.push(`${name} names a file that does not exist: ${file}`);
+  }
+
   const logLevel = read('LOG_LEVEL') ?? defaults.logLevel;
   if (!(logLevels as readonly string[]).includes(logLevel)) {
     problems.push(`SCRUBLINE_LOG_LEVEL must be one of ${logLevels.join(', ')}, got "${logLevel}"`);
@@ -136,6 +167,11 @@ export function loadConfig(env: Env = process.env): Config {
     maxFiles: integer('MAX_FILES', defaults.maxFiles, 1, 1000),
     maxInputPixels: integer('MAX_INPUT_PIXELS', defaults.maxInputPixels, 1, 2 ** 40),
     apiToken,
+    storageKey,
+    storageOldKeys,
+    tlsCertFile,
+    tlsKeyFile,
+    upstreamCaFile: read('UPSTREAM_CA_FILE'),
     unfinishedJobCapHours: integer('UNFINISHED_JOB_CAP_HOURS', defaults.unfinishedJobCapHours, 1, 24 * 365),
     sweepIntervalMs: integer('SWEEP_INTERVAL_MS', defaults.sweepIntervalMs, 0, 24 * 3_600_000),
     recordRetentionDays: integer('RECORD_RETENTION_DAYS', defaults.recordRetentionDays, 1, 3650),
@@ -165,6 +201,11 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_MAX_FILES', `most files in one upload (default ${defaults.maxFiles})`],
   ['SCRUBLINE_MAX_INPUT_PIXELS', `largest accepted image, width x height (default ${defaults.maxInputPixels})`],
   ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; unset = generated once and kept in <data dir>/api-token'],
+  ['SCRUBLINE_STORAGE_KEY', 'key that encrypts every file, report and thumbnail scrubline stores (AES-256-GCM envelopes), 32 bytes as 64 hex digits or base64; unset = generated once into <data dir>/storage-key'],
+  ['SCRUBLINE_STORAGE_OLD_KEYS', 'comma-separated earlier storage keys, kept for reading what they encrypted after a rotation'],
+  ['SCRUBLINE_TLS_CERT_FILE', 'PEM certificate chain: with SCRUBLINE_TLS_KEY_FILE, the service listens on HTTPS'],
+  ['SCRUBLINE_TLS_KEY_FILE', 'PEM private key for SCRUBLINE_TLS_CERT_FILE'],
+  ['SCRUBLINE_UPSTREAM_CA_FILE', 'PEM CA certificates an https:// upstream is verified against, beside the system CAs'],
   ['SCRUBLINE_UNFINISHED_JOB_CAP_HOURS', `longest a file may live while its job has not reported finished (default ${defaults.unfinishedJobCapHours})`],
   ['SCRUBLINE_SWEEP_INTERVAL_MS', `how often the service purges expired artefacts; 0 = never, run \`scrubline sweep\` instead (default ${defaults.sweepIntervalMs})`],
   ['SCRUBLINE_RECORD_RETENTION_DAYS', `how long fingerprints and crash records are kept (default ${defaults.recordRetentionDays})`],

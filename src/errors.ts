@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'request_timeout'
   | 'client_closed'
   | 'job_deleted'
+  | 'gone'
   | 'overloaded'
   | 'insufficient_storage'
   | 'upstream_unreachable'
@@ -46,6 +47,7 @@ const statusByCode: Record<ErrorCode, number> = {
   // Never sent (the client is gone); nginx's code for it, so logs and metrics say what happened.
   client_closed: 499,
   job_deleted: 410,
+  gone: 410,
   overloaded: 503,
   insufficient_storage: 507,
   upstream_unreachable: 502,

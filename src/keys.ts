@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { Keyring } from './storage/envelope.js';
 
 /** The configured key, else the one in `<dataDir>/fingerprint-key`, created on first use. */
 export function loadFingerprintKey(dataDir: string, configured: string | undefined): Buffer {
@@ -25,6 +26,15 @@ export function loadApiToken(dataDir: string, configured: string | undefined): {
     return randomBytes(32).toString('base64url');
   });
   return { token, file, generated };
+}
+
+/**
+ * The keyring for encryption at rest: the configured storage key, else the one in
+ * `<dataDir>/storage-key`, created on first use; then older keys, which still decrypt.
+ */
+export function loadStorageKeys(dataDir: string, configured: Buffer | undefined, old: Buffer[] = []): Keyring {
+  const current = configured ?? Buffer.from(loadSecret(dataDir, 'storage-key', () => randomBytes(32).toString('hex')), 'hex');
+  return new Keyring([current, ...old]);
 }
 
 /** Reads `<dataDir>/<name>`, or creates it 0600 with `make()` when missing; another process's file wins a race. */

@@ -2,14 +2,16 @@
  * The service: read config once, build the parts, sweep what a previous run left in the temp
  * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
  */
-import { STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { buildApp } from './app.js';
 import type { Config } from './config.js';
 import { ScrubError } from './errors.js';
-import { loadApiToken, loadFingerprintKey } from './keys.js';
+import { loadApiToken, loadFingerprintKey, loadStorageKeys } from './keys.js';
 import { Metrics } from './metrics.js';
 import { sweep } from './sweeper.js';
 import { Ledger } from './ledger.js';
@@ -26,6 +28,8 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
+
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   const tmpDir = path.join(config.dataDir, 'tmp');
   // A previous run killed with -9 may have left ffmpeg working on originals: stop those first.
@@ -41,12 +45,16 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const ledger = Ledger.open(config.dataDir);
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
   const api = loadApiToken(config.dataDir, config.apiToken);
+  const storage = loadStorageKeys(config.dataDir, config.storageKey, config.storageOldKeys);
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
   const metrics = new Metrics();
   const forwarder: Forwarder = config.upstreamUrl
-    ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, { onAttempt: (outcome) => metrics.upstream.inc({ outcome }) })
-    : new LocalSink(config.dataDir);
+    ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, {
+        onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
+        ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
+      })
+    : new LocalSink(config.dataDir, storage);
 
   const app = buildApp({
     logger,
@@ -54,6 +62,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     forwarder,
     ledger,
     tools: ffmpeg,
+    storage,
     apiToken: api.token,
     unfinishedJobCapHours: config.unfinishedJobCapHours,
     recordRetentionDays: config.recordRetentionDays,
@@ -73,9 +82,17 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     },
   });
 
-  const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(config.port, config.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+  // In transit: HTTPS when a certificate is configured; the files and tokens cross the network.
+  const tlsOptions = config.tlsCertFile && config.tlsKeyFile ? { cert: readFileSync(config.tlsCertFile), key: readFileSync(config.tlsKeyFile) } : undefined;
+  const server: Server = tlsOptions ? createHttpsServer(tlsOptions, app) : createHttpServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.port, config.host, () => resolve());
   });
+  if (!tlsOptions && !isLoopback(config.host)) logger.warn({ host: config.host }, 'listening on plain HTTP beyond loopback: set SCRUBLINE_TLS_CERT_FILE and SCRUBLINE_TLS_KEY_FILE, or terminate TLS in front');
+  if (config.upstreamUrl?.protocol === 'http:' && !isLoopback(config.upstreamUrl.hostname)) {
+    logger.warn({ upstream: config.upstreamUrl.host }, 'the render service is reached over plain HTTP on a non-loopback address: cleaned files cross the network unencrypted');
+  }
   // A body that trickles in past requestTimeout gets 408 and the connection is closed; multer
   // then sees the abort and the partial file is removed with its upload dir.
   server.requestTimeout = config.requestTimeoutMs;
@@ -92,7 +109,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, responses.get(socket)));
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
-  const url = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
+  const url = `${tlsOptions ? 'https' : 'http'}://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
   logger.info(
     { url, destination: config.upstreamUrl ? 'upstream' : 'local', ffmpeg: { version: ffmpeg.ffmpegVersion, source: ffmpeg.ffmpeg.source } },
     'scrubline listening',

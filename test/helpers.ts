@@ -3,6 +3,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { crc32 } from 'node:zlib';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import request from 'supertest';
@@ -11,6 +12,7 @@ import { Ledger } from '../src/ledger.js';
 import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { LocalSink } from '../src/steps/forward-local.js';
+import { Keyring } from '../src/storage/envelope.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -46,6 +48,16 @@ export function findPlanted(bytes: Buffer): string[] {
   return plantedNeedles.filter((needle) => bytes.includes(Buffer.from(needle, 'utf8')) || bytes.includes(Buffer.from(needle, 'utf16le')));
 }
 
+/** A PNG chunk with its CRC, for tests that build PNGs by hand (written apart from strip-png's). */
+export function pngChunk(type: string, data: Buffer): Buffer {
+  const chunk = Buffer.alloc(12 + data.length);
+  chunk.writeUInt32BE(data.length, 0);
+  chunk.write(type, 4, 'latin1');
+  data.copy(chunk, 8);
+  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
+  return chunk;
+}
+
 export async function tempDir(prefix = 'scrubline-test-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
 }
@@ -67,6 +79,8 @@ export function ffmpegTools(): Promise<Ffmpeg> {
 }
 
 export const testKey = Buffer.alloc(32, 7);
+/** The storage keyring test services encrypt at rest with. */
+export const testStorage = new Keyring([Buffer.alloc(32, 9)]);
 /** The API token test services require (SCRUBLINE_API_TOKEN's role). */
 export const testToken = 'planted-secret-token-0123456789abcdef';
 
@@ -158,9 +172,10 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
   const app = buildApp({
     logger: createLogger('info', options.logs ?? new LogCapture()),
     dataDir,
-    forwarder: new LocalSink(dataDir),
+    forwarder: new LocalSink(dataDir, testStorage),
     ledger,
     tools,
+    storage: testStorage,
     apiToken: testToken,
     unfinishedJobCapHours: 168,
     recordRetentionDays: options.recordRetentionDays ?? 30,

@@ -13,7 +13,8 @@ import { createLogger } from '../src/log.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import type { Forwarder } from '../src/steps/forward.js';
-import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey, testToken } from './helpers.js';
+import { unseal } from '../src/storage/envelope.js';
+import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey, testStorage, testToken } from './helpers.js';
 
 const plantedName = String(manifest.planted.filename);
 
@@ -28,6 +29,7 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
     forwarder: forwarder(dataDir),
     ledger,
     tools,
+    storage: testStorage,
     apiToken: testToken,
     unfinishedJobCapHours: 168,
     // These tests send a few requests at once on purpose; the cap has its own test (threats 27).
@@ -222,15 +224,19 @@ describe('upstream retries', () => {
 
 describe('embedded local sink', () => {
   it('writes the cleaned file and its report under the data dir', async () => {
-    const svc = await makeApp((dataDir) => new LocalSink(dataDir));
+    const svc = await makeApp((dataDir) => new LocalSink(dataDir, testStorage));
     try {
       const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'), plantedName);
       assert.equal(res.status, 201);
       const { id } = res.body.files[0];
       assert.deepEqual(res.body.upstream, { status: 201, destination: 'local' });
-      const cleaned = await readFile(path.join(svc.dataDir, 'clean', `${id}.png`));
+      // Encrypted at rest: the bytes on disk are no PNG; the storage key opens them.
+      const atRest = await readFile(path.join(svc.dataDir, 'clean', `${id}.png.enc`));
+      assert.equal(atRest.indexOf(Buffer.from('\x89PNG', 'latin1')), -1);
+      const cleaned = unseal(testStorage, atRest);
+      assert.ok(cleaned.subarray(0, 4).equals(Buffer.from('\x89PNG', 'latin1')));
       assert.deepEqual(findPlanted(cleaned), []);
-      const report = JSON.parse(await readFile(path.join(svc.dataDir, 'reports', `${id}.json`), 'utf8'));
+      const report = JSON.parse(unseal(testStorage, await readFile(path.join(svc.dataDir, 'reports', `${id}.json.enc`))).toString('utf8'));
       assert.equal(report.id, id);
       assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(report))), []);
       assert.deepEqual(await svc.tmpFiles(), []);

@@ -9,11 +9,10 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { crc32 } from 'node:zlib';
 import sharp, { type Sharp } from 'sharp';
 import { ScrubError } from '../src/errors.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
-import { ffmpegTools, findPlanted, fixture, pipelineDeps, removeDir, tempDir } from './helpers.js';
+import { ffmpegTools, findPlanted, fixture, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
 let work: string;
@@ -123,16 +122,6 @@ function exifBlob(tag: number, value: Buffer): Buffer {
   tiff.writeUInt32BE(8 + 2 + 12 + 4, 18);
   value.copy(tiff, 8 + 2 + 12 + 4);
   return tiff;
-}
-
-/** A PNG chunk with its CRC. */
-function pngChunk(type: string, data: Buffer): Buffer {
-  const chunk = Buffer.alloc(12 + data.length);
-  chunk.writeUInt32BE(data.length, 0);
-  chunk.write(type, 4, 'latin1');
-  data.copy(chunk, 8);
-  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
-  return chunk;
 }
 
 /** An EXIF block (big-endian) with Orientation and an Artist string. */

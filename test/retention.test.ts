@@ -277,6 +277,6 @@ describe('scrubline sweep (out of process)', () => {
     assert.ok(kept.paths.every((p) => existsSync(path.join(svc.dataDir, p))));
     assert.ok(existsSync(path.join(svc.dataDir, svc.ledger.thumbnailOf(keeper.id)!.paths[0]!)));
     const thumbnails = await readdir(path.join(svc.dataDir, 'thumbnails'));
-    assert.deepEqual(thumbnails, [`th_${keeper.id}.jpg`]);
+    assert.deepEqual(thumbnails, [`th_${keeper.id}.jpg.enc`]);
   });
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { crc32, deflateSync } from 'node:zlib';
+import { deflateSync } from 'node:zlib';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
@@ -21,7 +21,7 @@ import { probe, probeAhead, type Ffmpeg } from '../src/tools/ffmpeg.js';
 import { readExifValues } from '../src/tools/exifr.js';
 import { heifItems } from '../src/verify/heif.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
-import { cleanFixtures, ffmpegTools, findPlanted, fixture, pipelineDeps, rejectFixtures, removeDir, tempDir } from './helpers.js';
+import { cleanFixtures, ffmpegTools, findPlanted, fixture, pipelineDeps, pngChunk, rejectFixtures, removeDir, tempDir } from './helpers.js';
 
 let work: string;
 before(async () => {
@@ -189,20 +189,12 @@ describe('reject fixtures', () => {
 });
 
 function pngDeclaring(width: number, height: number): Buffer {
-  const chunk = (type: string, data: Buffer): Buffer => {
-    const out = Buffer.alloc(12 + data.length);
-    out.writeUInt32BE(data.length, 0);
-    out.write(type, 4, 'latin1');
-    data.copy(out, 8);
-    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-    return out;
-  };
   const ihdr = Buffer.alloc(13);
   ihdr.writeUInt32BE(width, 0);
   ihdr.writeUInt32BE(height, 4);
   ihdr[8] = 8; // bit depth
   ihdr[9] = 0; // greyscale
-  return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(16))), chunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), pngChunk('IHDR', ihdr), pngChunk('IDAT', deflateSync(Buffer.alloc(16))), pngChunk('IEND', Buffer.alloc(0))]);
 }
 
 /** Per stream, the SHA-256 of every packet's payload in order (ffprobe's own hashing). */

@@ -6,6 +6,8 @@
  * so the render service can make sure it starts exactly one job.
  */
 import { openAsBlob } from 'node:fs';
+import tls from 'node:tls';
+import { Agent } from 'undici';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { CleanFile } from '../pipeline.js';
 import { ScrubError } from '../errors.js';
@@ -17,6 +19,11 @@ const retryable = new Set([500, 502, 503, 504, 429]);
 export interface UpstreamEvents {
   /** One per HTTP attempt: ok, retried (a 5xx or connection failure that will be retried), rejected, unreachable, timeout. */
   onAttempt?: (outcome: 'ok' | 'retried' | 'rejected' | 'unreachable' | 'timeout') => void;
+  /**
+   * Extra CA certificates (PEM) an https:// upstream is verified against, beside the system's.
+   * Certificates are always verified; there is no switch to turn that off.
+   */
+  ca?: string | undefined;
 }
 
 export class HttpForwarder implements Forwarder {
@@ -27,7 +34,12 @@ export class HttpForwarder implements Forwarder {
     private readonly retries = 2,
     private readonly backoffMs = 250,
     private readonly events: UpstreamEvents = {},
-  ) {}
+  ) {
+    // undici's Agent carries the CA to fetch (Node 20's own has no option for it).
+    this.dispatcher = events.ca === undefined ? undefined : new Agent({ connect: { ca: [...tls.rootCertificates, events.ca] } });
+  }
+
+  private readonly dispatcher: Agent | undefined;
 
   private async form(files: readonly CleanFile[], fields: UploadFields): Promise<FormData> {
     const form = new FormData();
@@ -51,7 +63,8 @@ export class HttpForwarder implements Forwarder {
           headers: { 'idempotency-key': uploadId },
           signal: AbortSignal.timeout(this.timeoutMs),
           redirect: 'error',
-        });
+          ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}),
+        } as RequestInit);
       } catch (err) {
         // A timeout is not retried: the service may still be working on the job.
         if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) {

@@ -1,0 +1,201 @@
+/**
+ * Encryption at rest for everything scrubline stores itself (cleaned files in the local sink,
+ * their reports, thumbnails): AES-256-GCM envelope encryption (issue 17).
+ *
+ *   - Each object gets a fresh 256-bit data key, wrapped by the storage key (AES-256-GCM); the
+ *     header records the storage key's id, so keys can rotate: a keyring holds the current key,
+ *     which writes, and older ones, which still read.
+ *   - The data is encrypted in 64 KiB segments, each its own GCM message whose nonce and
+ *     associated data bind its index and whether it is the last (the STREAM construction of
+ *     Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink's streaming AEAD): a segment moved,
+ *     dropped, altered or cut off fails its tag.
+ *   - A reader proves the whole object before it gives out a byte (`verifyObject`, then
+ *     `openObject`), so a tampered or truncated object is refused, never served in part.
+ *
+ * Layout: "SCRUBENC1" · key id (8) · wrap nonce (12) · wrapped data key (32) · wrap tag (16) ·
+ * nonce prefix (7) · then segments of ciphertext (up to 64 KiB) each followed by its 16-byte tag.
+ */
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { open, rename, rm } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+
+const magic = Buffer.from('SCRUBENC1', 'latin1');
+const keyIdBytes = 8;
+const tagBytes = 16;
+const noncePrefixBytes = 7;
+const headerBytes = magic.length + keyIdBytes + 12 + 32 + tagBytes + noncePrefixBytes;
+export const segmentBytes = 64 * 1024;
+
+export interface StorageKey {
+  /** 8 bytes: the first of SHA-256 of the key, as recorded in each object's header. */
+  id: Buffer;
+  key: Buffer;
+}
+
+export class Keyring {
+  readonly current: StorageKey;
+  private readonly byId: Map<string, StorageKey>;
+
+  /** `keys[0]` encrypts; every key decrypts what it wrapped. */
+  constructor(keys: Buffer[]) {
+    if (keys.length === 0 || keys.some((k) => k.length !== 32)) throw new Error('storage keys must be 32 bytes each');
+    const ring = keys.map((key) => ({ key, id: createHash('sha256').update(key).digest().subarray(0, keyIdBytes) }));
+    this.current = ring[0]!;
+    this.byId = new Map(ring.map((k) => [k.id.toString('hex'), k]));
+  }
+
+  find(id: Buffer): StorageKey | undefined {
+    return this.byId.get(id.toString('hex'));
+  }
+}
+
+/** Raised when an object is not one of ours, was made with a key not in the ring, or was altered. */
+export class TamperedObject extends Error {
+  constructor(why: string) {
+    super(`stored object refused: ${why}`);
+    this.name = 'TamperedObject';
+  }
+}
+
+function segmentNonce(prefix: Buffer, index: number, last: boolean): Buffer {
+  const nonce = Buffer.alloc(12);
+  prefix.copy(nonce, 0);
+  nonce.writeUInt32BE(index, noncePrefixBytes);
+  nonce[11] = last ? 1 : 0;
+  return nonce;
+}
+
+/** Encrypts `plaintext` chunks into one object. */
+function* sealSegments(dataKey: Buffer, prefix: Buffer, plaintext: Buffer): Generator<Buffer> {
+  const count = Math.max(1, Math.ceil(plaintext.length / segmentBytes));
+  for (let i = 0; i < count; i++) {
+    const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
+    yield Buffer.concat([cipher.update(plaintext.subarray(i * segmentBytes, (i + 1) * segmentBytes)), cipher.final(), cipher.getAuthTag()]);
+  }
+}
+
+function header(ring: Keyring, dataKey: Buffer, prefix: Buffer): Buffer {
+  const wrapNonce = randomBytes(12);
+  const wrap = createCipheriv('aes-256-gcm', ring.current.key, wrapNonce);
+  wrap.setAAD(Buffer.concat([magic, ring.current.id]));
+  const wrapped = Buffer.concat([wrap.update(dataKey), wrap.final()]);
+  return Buffer.concat([magic, ring.current.id, wrapNonce, wrapped, wrap.getAuthTag(), prefix]);
+}
+
+/** An encrypted object holding `plaintext`. */
+export function seal(ring: Keyring, plaintext: Buffer): Buffer {
+  const dataKey = randomBytes(32);
+  const prefix = randomBytes(noncePrefixBytes);
+  return Buffer.concat([header(ring, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)]);
+}
+
+/**
+ * Encrypts the file at `source` into `target` (created 0600, written under a temporary name and
+ * renamed into place), reading and writing one segment at a time.
+ */
+export async function sealFile(ring: Keyring, source: string, target: string): Promise<void> {
+  const partial = `${target}.partial`;
+  const input = await open(source, 'r');
+  const output = await open(partial, 'wx', 0o600);
+  try {
+    const { size } = await input.stat();
+    const dataKey = randomBytes(32);
+    const prefix = randomBytes(noncePrefixBytes);
+    await output.write(header(ring, dataKey, prefix));
+    const count = Math.max(1, Math.ceil(size / segmentBytes));
+    const buffer = Buffer.allocUnsafe(segmentBytes);
+    for (let i = 0; i < count; i++) {
+      const { bytesRead } = await input.read(buffer, 0, segmentBytes, i * segmentBytes);
+      const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
+      await output.write(Buffer.concat([cipher.update(buffer.subarray(0, bytesRead)), cipher.final(), cipher.getAuthTag()]));
+    }
+    await output.sync();
+  } catch (err) {
+    await output.close();
+    await rm(partial, { force: true });
+    throw err;
+  } finally {
+    await input.close();
+  }
+  await output.close();
+  await rename(partial, target);
+}
+
+/** The data key of an object, from its header. */
+function unwrap(ring: Keyring, head: Buffer): { dataKey: Buffer; prefix: Buffer } {
+  if (head.length < headerBytes || !head.subarray(0, magic.length).equals(magic)) throw new TamperedObject('not an encrypted object');
+  let at = magic.length;
+  const id = head.subarray(at, (at += keyIdBytes));
+  const wrapNonce = head.subarray(at, (at += 12));
+  const wrapped = head.subarray(at, (at += 32));
+  const tag = head.subarray(at, (at += tagBytes));
+  const prefix = head.subarray(at, (at += noncePrefixBytes));
+  const key = ring.find(id);
+  if (!key) throw new TamperedObject('made with a storage key that is not configured');
+  try {
+    const unwrapper = createDecipheriv('aes-256-gcm', key.key, wrapNonce);
+    unwrapper.setAAD(Buffer.concat([magic, id]));
+    unwrapper.setAuthTag(tag);
+    return { dataKey: Buffer.concat([unwrapper.update(wrapped), unwrapper.final()]), prefix: Buffer.from(prefix) };
+  } catch {
+    throw new TamperedObject('its data key does not unwrap');
+  }
+}
+
+function openSegment(dataKey: Buffer, prefix: Buffer, index: number, last: boolean, sealed: Buffer): Buffer {
+  if (sealed.length < tagBytes) throw new TamperedObject('a segment is cut short');
+  try {
+    const decipher = createDecipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, index, last));
+    decipher.setAuthTag(sealed.subarray(sealed.length - tagBytes));
+    return Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - tagBytes)), decipher.final()]);
+  } catch {
+    throw new TamperedObject(`segment ${index} fails its tag (altered, moved or truncated)`);
+  }
+}
+
+/** Decrypts a whole object held in memory (reports, thumbnails). Throws TamperedObject. */
+export function unseal(ring: Keyring, object: Buffer): Buffer {
+  const { dataKey, prefix } = unwrap(ring, object.subarray(0, headerBytes));
+  const body = object.subarray(headerBytes);
+  const stride = segmentBytes + tagBytes;
+  const count = Math.max(1, Math.ceil(body.length / stride));
+  const parts: Buffer[] = [];
+  for (let i = 0; i < count; i++) parts.push(openSegment(dataKey, prefix, i, i === count - 1, body.subarray(i * stride, (i + 1) * stride)));
+  return Buffer.concat(parts);
+}
+
+/** Reads an object file segment by segment, each decrypted and proven before it is yielded. */
+async function* segmentsOf(ring: Keyring, file: string): AsyncGenerator<Buffer> {
+  const handle = await open(file, 'r');
+  try {
+    const { size } = await handle.stat();
+    const head = Buffer.alloc(headerBytes);
+    await handle.read(head, 0, headerBytes, 0);
+    const { dataKey, prefix } = unwrap(ring, head);
+    const stride = segmentBytes + tagBytes;
+    const body = size - headerBytes;
+    const count = Math.max(1, Math.ceil(body / stride));
+    const buffer = Buffer.allocUnsafe(stride);
+    for (let i = 0; i < count; i++) {
+      const { bytesRead } = await handle.read(buffer, 0, stride, headerBytes + i * stride);
+      yield openSegment(dataKey, prefix, i, i === count - 1, buffer.subarray(0, bytesRead));
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Proves every segment of an object file; resolves to its plaintext size. Throws TamperedObject. */
+export async function verifyObject(ring: Keyring, file: string): Promise<number> {
+  let bytes = 0;
+  for await (const segment of segmentsOf(ring, file)) bytes += segment.length;
+  return bytes;
+}
+
+/**
+ * The plaintext of an object file as a stream. Call `verifyObject` first: a segment that fails
+ * here (the file changed since) destroys the stream rather than end it as if complete.
+ */
+export function openObject(ring: Keyring, file: string): Readable {
+  return Readable.from(segmentsOf(ring, file), { objectMode: false });
+}

@@ -1,0 +1,131 @@
+/**
+ * Encryption at rest (issue 17): the envelope format on its own, then the service's stored files,
+ * reports and thumbnails, read back through GET /v1/files/:id/content.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { buffer as streamToBuffer } from 'node:stream/consumers';
+import { after, before, describe, it } from 'node:test';
+import { Keyring, openObject, seal, sealFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
+import { sweep } from '../src/sweeper.js';
+import { findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
+
+const keyA = randomBytes(32);
+const keyB = randomBytes(32);
+const headerBytes = 9 + 8 + 12 + 32 + 16 + 7;
+
+describe('envelope encryption (AES-256-GCM, a data key per object, segments bound to their place)', () => {
+  const ring = new Keyring([keyA]);
+
+  it('round-trips any size, across segment boundaries', () => {
+    for (const size of [0, 1, segmentBytes - 1, segmentBytes, segmentBytes + 1, 3 * segmentBytes + 17]) {
+      const plain = randomBytes(size);
+      const object = seal(ring, plain);
+      assert.ok(unseal(ring, object).equals(plain), `size ${size}`);
+      assert.notEqual(seal(ring, plain).toString('hex'), object.toString('hex'), 'a fresh data key and nonce each time');
+    }
+  });
+
+  it('refuses an object with any byte flipped, a segment cut off, or segments swapped', () => {
+    const plain = randomBytes(2 * segmentBytes + 100);
+    const object = seal(ring, plain);
+    for (const at of [0, 9, 20, 40, 70, headerBytes - 1, headerBytes, headerBytes + segmentBytes + 5, object.length - 1]) {
+      const bad = Buffer.from(object);
+      bad[at]! ^= 0x01;
+      assert.throws(() => unseal(ring, bad), TamperedObject, `byte ${at}`);
+    }
+    const stride = segmentBytes + 16;
+    // Cut at a segment boundary: what is left looks whole but its last segment was not sealed as last.
+    assert.throws(() => unseal(ring, object.subarray(0, headerBytes + stride)), TamperedObject);
+    assert.throws(() => unseal(ring, object.subarray(0, object.length - 1)), TamperedObject);
+    const swapped = Buffer.concat([object.subarray(0, headerBytes), object.subarray(headerBytes + stride, headerBytes + 2 * stride), object.subarray(headerBytes, headerBytes + stride), object.subarray(headerBytes + 2 * stride)]);
+    assert.throws(() => unseal(ring, swapped), TamperedObject);
+  });
+
+  it('keys rotate: an object names its key; older keys still open it; a missing key refuses it', () => {
+    const old = seal(new Keyring([keyA]), Buffer.from('hello'));
+    assert.equal(unseal(new Keyring([keyB, keyA]), old).toString(), 'hello');
+    assert.throws(() => unseal(new Keyring([keyB]), old), /storage key that is not configured/);
+  });
+
+  it('files are sealed and opened a segment at a time; a changed file is refused before a byte is given out', async () => {
+    const dir = await tempDir();
+    try {
+      const plain = randomBytes(5 * segmentBytes + 3);
+      await writeFile(path.join(dir, 'plain'), plain);
+      await sealFile(ring, path.join(dir, 'plain'), path.join(dir, 'sealed'));
+      assert.equal(await verifyObject(ring, path.join(dir, 'sealed')), plain.length);
+      assert.ok((await streamToBuffer(openObject(ring, path.join(dir, 'sealed')))).equals(plain));
+      const bad = await readFile(path.join(dir, 'sealed'));
+      bad[bad.length - 100]! ^= 0x80;
+      await writeFile(path.join(dir, 'sealed'), bad);
+      await assert.rejects(verifyObject(ring, path.join(dir, 'sealed')), TamperedObject);
+    } finally {
+      await removeDir(dir);
+    }
+  });
+});
+
+describe('the service stores nothing readable, and serves it back decrypted', () => {
+  let svc: Awaited<ReturnType<typeof testService>>;
+  before(async () => (svc = await testService()));
+  after(() => svc.close());
+
+  const body = (req: ReturnType<typeof svc.api.get>) =>
+    req.buffer(true).parse((r, done) => {
+      const chunks: Buffer[] = [];
+      r.on('data', (c: Buffer) => chunks.push(c));
+      r.on('end', () => done(null, Buffer.concat(chunks)));
+    });
+
+  it('the cleaned file, its report and its thumbnail are encrypted on disk; /content returns the clean file', async () => {
+    const res = await svc.api.post('/v1/uploads').field('jobId', 'job-at-rest').attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), 'Planted Client Name.jpg');
+    assert.equal(res.status, 201);
+    const { id, bytes } = res.body.files[0] as { id: string; bytes: number };
+    for (const folder of ['clean', 'reports', 'thumbnails']) {
+      const names = await readdir(path.join(svc.dataDir, folder));
+      assert.ok(names.length > 0 && names.every((n) => n.endsWith('.enc')), folder);
+      for (const name of names) {
+        const atRest = await readFile(path.join(svc.dataDir, folder, name));
+        assert.equal(atRest.indexOf(Buffer.from([0xff, 0xd8, 0xff])), -1, `${folder}/${name} holds no JPEG signature`);
+        assert.equal(atRest.indexOf(Buffer.from(`"${id}"`)), -1, `${folder}/${name} holds no readable report`);
+        assert.deepEqual(findPlanted(atRest), []);
+      }
+    }
+    const content = await body(svc.api.get(`/v1/files/${id}/content`));
+    assert.equal(content.status, 200);
+    assert.equal(content.headers['content-type'], 'image/jpeg');
+    assert.equal((content.body as Buffer).length, bytes);
+    assert.ok((content.body as Buffer).subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])));
+    assert.deepEqual(findPlanted(content.body as Buffer), []);
+    const stored = unseal(testStorage, await readFile(path.join(svc.dataDir, 'clean', `${id}.jpg.enc`)));
+    assert.ok(stored.equals(content.body as Buffer));
+    const thumb = await body(svc.api.get(`/v1/files/${id}/thumbnail`));
+    assert.equal(thumb.status, 200);
+    assert.ok((thumb.body as Buffer).subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])));
+  });
+
+  it('a stored file altered on disk is refused whole, never served in part; a purged one answers 410', async () => {
+    const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'));
+    const { id } = res.body.files[0] as { id: string };
+    const file = path.join(svc.dataDir, 'clean', `${id}.png.enc`);
+    const original = await readFile(file);
+    const bad = Buffer.from(original);
+    bad[bad.length - 20]! ^= 0x01;
+    await writeFile(file, bad);
+    const refused = await svc.api.get(`/v1/files/${id}/content`);
+    assert.equal(refused.status, 500);
+    assert.equal(refused.headers['content-type']?.startsWith('application/json'), true);
+    assert.match(refused.body.error.message, /failed its integrity check/);
+    await writeFile(file, original);
+    assert.equal((await svc.api.get(`/v1/files/${id}/content`)).status, 200);
+
+    await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, at: new Date(Date.parse('2026-06-30T00:00:00.000Z')) });
+    const gone = await svc.api.get(`/v1/files/${id}/content`);
+    assert.equal(gone.status, 410);
+    assert.equal(gone.body.error.code, 'gone');
+    assert.equal((await svc.api.get('/v1/files/nope/content')).status, 404);
+  });
+});
