@@ -25,6 +25,7 @@ import { publicReport } from './pipeline.js';
 import type { Forwarder } from './steps/forward.js';
 import { expiresAt, systemClock } from './steps/tag-expiry.js';
 import { versionOf, type Binary, type Ffmpeg } from './tools/ffmpeg.js';
+import type { HeifDecoder } from './tools/heif.js';
 
 export interface AppDeps {
   logger: Logger;
@@ -33,6 +34,8 @@ export interface AppDeps {
   forwarder: Forwarder;
   ledger: Ledger;
   tools: Ffmpeg;
+  /** libheif's decoder, for HEIC previews; without it HEIC has none. */
+  heifDecoder?: HeifDecoder | undefined;
   /** Encrypts what the service stores itself (thumbnails; the local sink has its own reference). */
   storage: Keyring;
   /** Bearer token every /v1/* request must carry. */
@@ -139,6 +142,8 @@ export function buildApp(deps: AppDeps): express.Express {
       ffprobe: tool(deps.tools.ffprobe, ffprobe),
       dataDir: { ok: dataDir.status === 'fulfilled', writable: dataDir.status === 'fulfilled' },
       ledger: { ok: true, schemaVersion: deps.ledger.schemaVersion },
+      // Optional: without it HEIC uploads are cleaned as ever, only without a preview.
+      heifDecoder: deps.heifDecoder ? { present: true, path: deps.heifDecoder.path, source: deps.heifDecoder.source } : { present: false },
     };
     const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok;
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...body });
@@ -187,7 +192,7 @@ export function buildApp(deps: AppDeps): express.Express {
       // Previews are made from the cleaned files before forwarding (the local sink moves them),
       // and stored only once the forward succeeded: a failed upload leaves nothing behind.
       const thumbnails = await Promise.all(
-        upload.files.map((f) => makeThumbnail(f, deps.tools, deps.scrubline.maxInputPixels ?? defaults.maxInputPixels).catch(() => undefined)),
+        upload.files.map((f) => makeThumbnail(f, deps.tools, deps.scrubline.maxInputPixels ?? defaults.maxInputPixels, deps.heifDecoder).catch(() => undefined)),
       );
       const forwardStarted = performance.now();
       const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
@@ -247,7 +252,7 @@ export function buildApp(deps: AppDeps): express.Express {
   app.get('/v1/files/:id/thumbnail', async (req, res) => {
     const file = deps.ledger.get(req.params.id);
     const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? deps.ledger.thumbnailOf(file.id) : undefined;
-    if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or the format has no preview (HEIC).');
+    if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or it has no preview (HEIC without libheif\'s decoder on the server).');
     const stored = await readStored(thumbnail.paths[0], 'thumbnails').catch(() => undefined);
     if (!stored) throw notFound('thumbnail', 'It was purged.');
     res.setHeader('Cache-Control', 'private, no-store');

@@ -27,6 +27,8 @@ export interface Config {
   /** The storage key (32 bytes) that encrypts what scrubline stores, and older ones that still decrypt. */
   storageKey: Buffer | undefined;
   storageOldKeys: Buffer[];
+  /** libheif's decoder for HEIC previews; unset = heif-dec or heif-convert on PATH. */
+  heifDecoderPath: string | undefined;
   /** HTTPS: the service's certificate chain and key (PEM files), both or neither. */
   tlsCertFile: string | undefined;
   tlsKeyFile: string | undefined;
@@ -169,6 +171,7 @@ export function loadConfig(env: Env = process.env): Config {
     apiToken,
     storageKey,
     storageOldKeys,
+    heifDecoderPath: read('HEIF_DECODER_PATH'),
     tlsCertFile,
     tlsKeyFile,
     upstreamCaFile: read('UPSTREAM_CA_FILE'),
@@ -203,6 +206,7 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; unset = generated once and kept in <data dir>/api-token'],
   ['SCRUBLINE_STORAGE_KEY', 'key that encrypts every file, report and thumbnail scrubline stores (AES-256-GCM envelopes), 32 bytes as 64 hex digits or base64; unset = generated once into <data dir>/storage-key'],
   ['SCRUBLINE_STORAGE_OLD_KEYS', 'comma-separated earlier storage keys, kept for reading what they encrypted after a rotation'],
+  ['SCRUBLINE_HEIF_DECODER_PATH', 'libheif decoder for HEIC previews; unset = heif-dec or heif-convert on PATH, else HEIC has no preview'],
   ['SCRUBLINE_TLS_CERT_FILE', 'PEM certificate chain: with SCRUBLINE_TLS_KEY_FILE, the service listens on HTTPS'],
   ['SCRUBLINE_TLS_KEY_FILE', 'PEM private key for SCRUBLINE_TLS_CERT_FILE'],
   ['SCRUBLINE_UPSTREAM_CA_FILE', 'PEM CA certificates an https:// upstream is verified against, beside the system CAs'],

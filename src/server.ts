@@ -21,6 +21,7 @@ import { HttpForwarder } from './steps/forward-http.js';
 import { LocalSink } from './steps/forward-local.js';
 import { emptyTempDir } from './steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from './tools/ffmpeg.js';
+import { findHeifDecoder } from './tools/heif.js';
 
 export interface RunningServer {
   server: Server;
@@ -46,6 +47,8 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
   const api = loadApiToken(config.dataDir, config.apiToken);
   const storage = loadStorageKeys(config.dataDir, config.storageKey, config.storageOldKeys);
+  const heifDecoder = findHeifDecoder(config.heifDecoderPath);
+  logger.info({ heifDecoder: heifDecoder ? { path: heifDecoder.path, source: heifDecoder.source } : 'none' }, heifDecoder ? 'HEIC previews by libheif' : 'no libheif decoder found: HEIC uploads get no preview');
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
   const metrics = new Metrics();
@@ -62,6 +65,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     forwarder,
     ledger,
     tools: ffmpeg,
+    heifDecoder,
     storage,
     apiToken: api.token,
     unfinishedJobCapHours: config.unfinishedJobCapHours,

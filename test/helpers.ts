@@ -13,6 +13,7 @@ import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import { Keyring } from '../src/storage/envelope.js';
+import type { HeifDecoder } from '../src/tools/heif.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -164,7 +165,7 @@ export function multipartParts(body: Buffer, contentType: string): Array<{ name:
  * The HTTP service built with real parts on a temp data dir and the local sink, with an agent
  * that carries the API token. `clock.now` can be moved by the test.
  */
-export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number } = {}) {
+export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder } = {}) {
   const dataDir = await tempDir();
   const ledger = Ledger.open(dataDir);
   const clock = { now: options.now ?? new Date('2026-06-01T08:00:00.000Z') };
@@ -176,6 +177,7 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     ledger,
     tools,
     storage: testStorage,
+    heifDecoder: options.heifDecoder,
     apiToken: testToken,
     unfinishedJobCapHours: 168,
     recordRetentionDays: options.recordRetentionDays ?? 30,

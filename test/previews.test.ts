@@ -1,0 +1,61 @@
+/**
+ * Previews for every format a render service shows (issue 18): HEIC, which sharp cannot decode,
+ * through libheif's own decoder when the machine has one. A HEIC upload never depends on it.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
+import { readExifValues } from '../src/tools/exifr.js';
+import { findHeifDecoder, heifDecodeArgs } from '../src/tools/heif.js';
+import { fixture, testService } from './helpers.js';
+
+const decoder = findHeifDecoder(process.env.SCRUBLINE_HEIF_DECODER_PATH);
+const heic = 'media/heic-exif-xmp-thumbnail.heic';
+
+async function thumbnailOf(svc: Awaited<ReturnType<typeof testService>>, id: string) {
+  return svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
+    const chunks: Buffer[] = [];
+    r.on('data', (c: Buffer) => chunks.push(c));
+    r.on('end', () => done(null, Buffer.concat(chunks)));
+  });
+}
+
+describe('HEIC previews by libheif', { skip: decoder ? false : 'no heif-dec or heif-convert on PATH (Debian: libheif-examples); .ci/run installs it' }, () => {
+  let svc: Awaited<ReturnType<typeof testService>>;
+  before(async () => (svc = await testService({ heifDecoder: decoder })));
+  after(() => svc.close());
+
+  it('a HEIC upload gets a ≤ 320 px JPEG preview of its cleaned pixels, with no metadata', async () => {
+    const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic));
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    const { id } = res.body.files[0] as { id: string };
+    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.thumbnail, true);
+    const thumb = await thumbnailOf(svc, id);
+    assert.equal(thumb.status, 200);
+    const meta = await sharp(thumb.body as Buffer).metadata();
+    assert.equal(meta.format, 'jpeg');
+    assert.ok(meta.width! <= 320 && meta.height! <= 320);
+    assert.equal(meta.width! / meta.height!, 64 / 48, 'the whole picture, not a crop');
+    assert.deepEqual(await readExifValues(thumb.body as Buffer), {});
+  });
+});
+
+describe('HEIC without a working decoder', () => {
+  let svc: Awaited<ReturnType<typeof testService>>;
+  before(async () => (svc = await testService({ heifDecoder: { path: '/bin/false', source: 'config' } })));
+  after(() => svc.close());
+
+  it('is cleaned and forwarded as ever; it simply has no preview', async () => {
+    const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic));
+    assert.equal(res.status, 201);
+    const { id } = res.body.files[0] as { id: string };
+    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.thumbnail, false);
+    assert.equal((await svc.api.get(`/v1/files/${id}/thumbnail`)).status, 404);
+  });
+
+  it('the decoder is only ever given absolute paths that scrubline chose', () => {
+    assert.deepEqual(heifDecodeArgs('/w/clean.heic', '/w/x.decoded.png'), ['--quiet', '/w/clean.heic', '/w/x.decoded.png']);
+    assert.throws(() => heifDecodeArgs('-o.heic', '/w/x.png'));
+    assert.throws(() => heifDecodeArgs('/w/clean.heic', '/w/x.jpg'));
+  });
+});
