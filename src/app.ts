@@ -4,7 +4,7 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { access, constants, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
@@ -18,8 +18,9 @@ import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, Ledger } from './ledger.js';
 import { countByKind, purgeRecords, removeArtefactFiles } from './sweeper.js';
 import { Metrics } from './metrics.js';
-import { makeThumbnail } from './thumbnails.js';
-import { openObject, seal, TamperedObject, unseal, verifyObject, type Keyring } from './storage/envelope.js';
+import { openApiDocument } from './openapi.js';
+import { Previews, type PreviewState } from './previews.js';
+import { openObject, TamperedObject, unseal, verifyObject, type Keyring } from './storage/envelope.js';
 import { scrubline, type ScrublineOptions } from './middleware.js';
 import { publicReport } from './pipeline.js';
 import type { Forwarder } from './steps/forward.js';
@@ -54,9 +55,8 @@ const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
-  'POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
+  'GET /openapi.json, POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
 
-export const thumbnailId = (fileId: string): string => `th_${fileId}`;
 
 /** Unknown, purged-by-request or foreign ids all answer the same 404. */
 function notFound(what: string, why = ''): ScrubError {
@@ -69,7 +69,7 @@ function validJobId(jobId: string): string {
 }
 
 /** The public record of a file: ids, times and retention; never a name or a value. */
-function fileView(record: ArtefactRecord, hasThumbnail: boolean) {
+function fileView(record: ArtefactRecord, preview: PreviewState) {
   return {
     id: record.id,
     jobId: record.jobId ?? null,
@@ -82,7 +82,9 @@ function fileView(record: ArtefactRecord, hasThumbnail: boolean) {
     jobFinishedAt: record.jobFinishedAt ?? null,
     expiresAt: record.expiresAt,
     purgedAt: record.purgedAt ?? null,
-    thumbnail: hasThumbnail,
+    thumbnail: preview === 'ready',
+    /** pending: being made after the upload's answer; ready: GET …/thumbnail serves it; none: this file has none. */
+    preview,
   };
 }
 
@@ -120,6 +122,11 @@ export function buildApp(deps: AppDeps): express.Express {
     res.json({ status: 'ok' });
   });
 
+  // Open, like the health routes: it describes the API, and holds nothing of anyone's.
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument());
+  });
+
   // /readyz is open: every caller within a few seconds shares one tool check, in flight or done,
   // so a flood of probes spawns no more than two processes per interval (THREATS 39).
   let toolCheck: { at: number; result: Promise<[PromiseSettledResult<{ version: string }>, PromiseSettledResult<{ version: string }>]> } | undefined;
@@ -150,7 +157,17 @@ export function buildApp(deps: AppDeps): express.Express {
   });
 
   const clock = deps.scrubline.clock ?? systemClock;
-  const thumbnailDir = path.join(deps.dataDir, 'thumbnails');
+  const previews = new Previews({
+    dataDir: deps.dataDir,
+    ledger: deps.ledger,
+    storage: deps.storage,
+    tools: deps.tools,
+    heifDecoder: deps.heifDecoder,
+    maxInputPixels: deps.scrubline.maxInputPixels ?? defaults.maxInputPixels,
+    logger: deps.logger,
+  });
+  // The server awaits previews in flight before it closes the ledger.
+  app.locals.previews = previews;
   const storedPath = (relative: string | undefined, folder: 'clean' | 'thumbnails'): string => storedPathIn(deps.dataDir, relative, folder);
   const readStored = (relative: string | undefined, folder: 'clean' | 'thumbnails'): Promise<Buffer> => readFile(storedPath(relative, folder));
   const recordRetentionDays = deps.recordRetentionDays ?? defaults.recordRetentionDays;
@@ -189,19 +206,14 @@ export function buildApp(deps: AppDeps): express.Express {
       // A deleted job takes nothing more, in flight or later (THREATS 41).
       if (upload.jobId !== undefined && deps.ledger.jobDeletedAt(upload.jobId) !== undefined) throw jobDeleted();
       const fields = { jobId: upload.jobId, retention: upload.retention };
-      // Previews are made from the cleaned files before forwarding (the local sink moves them),
-      // and stored only once the forward succeeded: a failed upload leaves nothing behind.
-      const thumbnails = await Promise.all(
-        upload.files.map((f) => makeThumbnail(f, deps.tools, deps.scrubline.maxInputPixels ?? defaults.maxInputPixels, deps.heifDecoder).catch(() => undefined)),
-      );
       const forwardStarted = performance.now();
       const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
       metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
       const createdAt = clock().toISOString();
       const jobFinishedAt = upload.jobId === undefined ? undefined : deps.ledger.jobFinishedAt(upload.jobId);
       const records: ArtefactRecord[] = [];
-      await mkdir(thumbnailDir, { recursive: true, mode: 0o700 });
-      for (const [i, f] of upload.files.entries()) {
+      const fileRecords: ArtefactRecord[] = [];
+      for (const f of upload.files) {
         const file: ArtefactRecord = {
           id: f.id,
           kind: 'file',
@@ -216,13 +228,8 @@ export function buildApp(deps: AppDeps): express.Express {
           jobFinishedAt,
           paths: result.stored?.[f.id] ?? [],
         };
+        fileRecords.push(file);
         records.push(file, fingerprintRecord(file, f.fingerprint, recordRetentionDays));
-        const jpeg = thumbnails[i];
-        if (jpeg) {
-          const id = thumbnailId(f.id);
-          await writeFile(path.join(thumbnailDir, `${id}.jpg.enc`), seal(deps.storage, jpeg), { mode: 0o600 });
-          records.push({ ...file, id, kind: 'thumbnail', parentId: f.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg.enc`] });
-        }
       }
       try {
         deps.ledger.record(records);
@@ -236,8 +243,11 @@ export function buildApp(deps: AppDeps): express.Express {
         metrics.bytes.inc({ direction: 'out' }, f.bytes);
         req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
       }
+      // What the previews need is held past the clean-up; they are made after the answer.
+      const held = await Promise.all(upload.files.map((f) => previews.hold(f)));
       await upload.release();
       res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
+      held.forEach((h, i) => h && previews.start(fileRecords[i]!, h));
     },
   );
 
@@ -246,7 +256,7 @@ export function buildApp(deps: AppDeps): express.Express {
   app.get('/v1/files/:id', (req, res) => {
     const record = deps.ledger.get(req.params.id);
     if (!record || record.kind !== 'file') throw notFound('file');
-    res.json(fileView(record, deps.ledger.thumbnailOf(record.id) !== undefined));
+    res.json(fileView(record, previews.state(record.id)));
   });
 
   app.get('/v1/files/:id/thumbnail', async (req, res) => {

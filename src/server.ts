@@ -22,6 +22,7 @@ import { LocalSink } from './steps/forward-local.js';
 import { emptyTempDir } from './steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from './tools/ffmpeg.js';
 import { findHeifDecoder } from './tools/heif.js';
+import { Previews } from './previews.js';
 
 export interface RunningServer {
   server: Server;
@@ -37,8 +38,8 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const orphans = await killOrphans(tmpDir);
   if (orphans > 0) logger.warn({ processes: orphans }, 'killed ffmpeg/ffprobe runs left by a previous process');
   // Originals from a crashed run must not survive it: the temp dir is emptied before serving.
-  const swept = emptyTempDir(tmpDir);
-  if (swept > 0) logger.warn({ entries: swept }, 'removed uploads left in the temp dir by a previous run');
+  const swept = emptyTempDir(tmpDir) + Previews.emptyPendingDir(config.dataDir);
+  if (swept > 0) logger.warn({ entries: swept }, 'removed uploads and held previews left by a previous run');
   const ffmpeg = await loadFfmpeg(config);
   if (ffmpeg.ffmpeg.source === 'npm') {
     logger.warn({ version: ffmpeg.ffmpegVersion }, 'using the ffmpeg build shipped on npm (2018); set SCRUBLINE_FFMPEG_PATH to a current ffmpeg');
@@ -128,7 +129,10 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       server.close(() => resolve());
       server.closeIdleConnections();
       stopAll();
-    }).then(() => ledger.close()));
+    })
+      // Previews still being made finish (or fail, their tools stopped) before the ledger closes.
+      .then(() => (app.locals.previews as Previews).settled())
+      .then(() => ledger.close()));
   return { server, url, close };
 }
 

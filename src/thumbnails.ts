@@ -34,7 +34,10 @@ export async function makeThumbnail(file: CleanFile, tools: Ffmpeg, maxInputPixe
   }
   const frame = path.join(path.dirname(file.path), `${file.id}.frame.png`);
   const seconds = frameSeconds(file.fingerprint.family === 'video' ? file.fingerprint.durationMs : undefined);
-  const result = await runTool(tools.ffmpeg.path, frameArgs(file.path, kind.demuxer, seconds, frame), tools.timeoutMs);
-  if (result.code !== 0) return undefined;
-  return decodePreview(frame, { maxInputPixels, format: 'PNG' });
+  try {
+    const result = await runTool(tools.ffmpeg.path, frameArgs(file.path, kind.demuxer, seconds, frame), tools.timeoutMs);
+    return result.code === 0 ? await decodePreview(frame, { maxInputPixels, format: 'PNG' }) : undefined;
+  } finally {
+    await rm(frame, { force: true });
+  }
 }

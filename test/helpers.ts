@@ -14,6 +14,7 @@ import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import { Keyring } from '../src/storage/envelope.js';
 import type { HeifDecoder } from '../src/tools/heif.js';
+import type { Previews } from '../src/previews.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -190,7 +191,10 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     dataDir,
     ledger,
     clock,
+    /** Resolves when every preview started after an answer is made (or failed). */
+    previewsSettled: (): Promise<void> => (app.locals.previews as Previews).settled(),
     close: async (): Promise<void> => {
+      await (app.locals.previews as Previews).settled();
       ledger.close();
       await removeDir(dataDir);
     },

@@ -3,11 +3,13 @@
  * through libheif's own decoder when the machine has one. A HEIC upload never depends on it.
  */
 import assert from 'node:assert/strict';
+import { readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { readExifValues } from '../src/tools/exifr.js';
 import { findHeifDecoder, heifDecodeArgs } from '../src/tools/heif.js';
-import { fixture, testService } from './helpers.js';
+import { fixture, removeDir, tempDir, testService } from './helpers.js';
 
 const decoder = findHeifDecoder(process.env.SCRUBLINE_HEIF_DECODER_PATH);
 const heic = 'media/heic-exif-xmp-thumbnail.heic';
@@ -29,7 +31,8 @@ describe('HEIC previews by libheif', { skip: decoder ? false : 'no heif-dec or h
     const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic));
     assert.equal(res.status, 201, JSON.stringify(res.body));
     const { id } = res.body.files[0] as { id: string };
-    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.thumbnail, true);
+    await svc.previewsSettled();
+    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.preview, 'ready');
     const thumb = await thumbnailOf(svc, id);
     assert.equal(thumb.status, 200);
     const meta = await sharp(thumb.body as Buffer).metadata();
@@ -49,7 +52,8 @@ describe('HEIC without a working decoder', () => {
     const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic));
     assert.equal(res.status, 201);
     const { id } = res.body.files[0] as { id: string };
-    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.thumbnail, false);
+    await svc.previewsSettled();
+    assert.equal((await svc.api.get(`/v1/files/${id}`)).body.preview, 'none');
     assert.equal((await svc.api.get(`/v1/files/${id}/thumbnail`)).status, 404);
   });
 
@@ -57,5 +61,34 @@ describe('HEIC without a working decoder', () => {
     assert.deepEqual(heifDecodeArgs('/w/clean.heic', '/w/x.decoded.png'), ['--quiet', '/w/clean.heic', '/w/x.decoded.png']);
     assert.throws(() => heifDecodeArgs('-o.heic', '/w/x.png'));
     assert.throws(() => heifDecodeArgs('/w/clean.heic', '/w/x.jpg'));
+  });
+});
+
+describe('previews after the answer', () => {
+  let svc: Awaited<ReturnType<typeof testService>>;
+  let dir: string;
+  before(async () => {
+    dir = await tempDir();
+    // A decoder that takes 3 s and then fails: the answer must not wait for it.
+    const slow = path.join(dir, 'slow-decoder');
+    await writeFile(slow, '#!/bin/sh\nsleep 3\nexit 1\n', { mode: 0o755 });
+    svc = await testService({ heifDecoder: { path: slow, source: 'config' } });
+  });
+  after(async () => {
+    await svc.close();
+    await removeDir(dir);
+  });
+
+  it('the upload is answered while its preview is still being made; the record says pending, then ready or none; nothing is left held', async () => {
+    const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic)).attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'));
+    assert.equal(res.status, 201);
+    const [heicFile, jpegFile] = res.body.files as Array<{ id: string }>;
+    assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}`)).body.preview, 'pending', 'answered before the 3 s decode ended');
+    assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}/thumbnail`)).status, 404, 'no thumbnail until it exists');
+    assert.ok((await readdir(path.join(svc.dataDir, 'previews'))).length > 0, 'the cleaned HEIC is held for its preview');
+    await svc.previewsSettled();
+    assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}`)).body.preview, 'none');
+    assert.equal((await svc.api.get(`/v1/files/${jpegFile!.id}`)).body.preview, 'ready');
+    assert.deepEqual(await readdir(path.join(svc.dataDir, 'previews')), [], 'nothing held once the previews are done');
   });
 });

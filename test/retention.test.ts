@@ -27,6 +27,8 @@ async function service() {
     for (const [k, v] of Object.entries(fields)) req = req.field(k, v);
     const res = await req.attach('file', fixture(file));
     assert.equal(res.status, 201, JSON.stringify(res.body));
+    // Previews are made after the answer; these tests are about their clock, not their timing.
+    await svc.previewsSettled();
     return res.body.files[0];
   };
   const record = async (id: string) => (await svc.api.get(`/v1/files/${id}`)).body as { expiresAt: string; jobFinishedAt: string | null; purgedAt: string | null; thumbnail: boolean; retention: string };

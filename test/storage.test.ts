@@ -84,6 +84,7 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
     const res = await svc.api.post('/v1/uploads').field('jobId', 'job-at-rest').attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), 'Planted Client Name.jpg');
     assert.equal(res.status, 201);
     const { id, bytes } = res.body.files[0] as { id: string; bytes: number };
+    await svc.previewsSettled();
     for (const folder of ['clean', 'reports', 'thumbnails']) {
       const names = await readdir(path.join(svc.dataDir, folder));
       assert.ok(names.length > 0 && names.every((n) => n.endsWith('.enc')), folder);
