@@ -15,7 +15,8 @@ import { execFile, spawn } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { scriptArgs } from './script-args.js';
 import sharp from 'sharp';
 import { loadConfig } from '../src/config.js';
 import { cleanFile, type PipelineDeps } from '../src/pipeline.js';
@@ -25,7 +26,12 @@ const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
 const cli = path.join(root, 'bin', 'scrubline.js');
 
-const { values: options } = parseArgs({ options: { runs: { type: 'string', default: '5' } } });
+const { values: options } = scriptArgs(
+  `usage: npm run bench -- [--runs N]
+  Speed of the pipeline against baselines measured in the same run (cp, a bare ffmpeg remux,
+  exiftool), printed as ratios. --runs: timed runs per row after one warm-up (default 5).`,
+  { runs: { type: 'string', default: '5' } },
+);
 const runs = Math.max(1, Number(options.runs));
 
 async function timed(work: () => Promise<unknown>): Promise<number> {

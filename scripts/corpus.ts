@@ -16,7 +16,8 @@ import { execFile } from 'node:child_process';
 import { copyFile, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { scriptArgs } from './script-args.js';
 import sharp from 'sharp';
 
 const run = promisify(execFile);
@@ -194,7 +195,13 @@ async function checkOne(file: string, work: string, tools: { exiftool: boolean; 
 }
 
 async function main(): Promise<number> {
-  const { positionals, values } = parseArgs({ allowPositionals: true, options: { json: { type: 'string' } } });
+  const { positionals, values } = scriptArgs(
+    `usage: npm run corpus -- <dir> [--json report.json]
+  Runs every file under <dir> through \`scrubline strip\` and checks each output with ExifTool,
+  with the values its input carried, and by pixels or packets. Prints a table by format.`,
+    { json: { type: 'string' } },
+    true,
+  );
   const dir = positionals[0];
   if (!dir || !(await stat(dir).catch(() => undefined))?.isDirectory()) {
     process.stderr.write('usage: npm run corpus -- <dir> [--json report.json]\n');

@@ -11,7 +11,7 @@
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { scriptArgs } from './script-args.js';
 import { ScrubError } from '../src/errors.js';
 import { cleanFile, type PipelineDeps } from '../src/pipeline.js';
 import { systemClock } from '../src/steps/tag-expiry.js';
@@ -19,14 +19,17 @@ import { loadFfmpeg } from '../src/tools/ffmpeg.js';
 import { loadConfig } from '../src/config.js';
 
 const root = path.resolve(import.meta.dirname, '..');
-const { values } = parseArgs({
-  options: {
+const { values } = scriptArgs(
+  `usage: npm run fuzz -- [--iterations N] [--seed N] [--timeout-ms N] [--keep-failures DIR]
+  Mutates the fixtures and runs each mutant through the pipeline: every one must come out clean
+  or be refused, never crash, hang or leak. The same seed gives the same mutants.`,
+  {
     iterations: { type: 'string', default: '1000' },
     seed: { type: 'string', default: String(Date.now() % 1_000_000) },
     'timeout-ms': { type: 'string', default: '60000' },
     'keep-failures': { type: 'string' },
   },
-});
+);
 const iterations = Number(values.iterations);
 const seed = Number(values.seed);
 const timeoutMs = Number(values['timeout-ms']);

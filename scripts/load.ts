@@ -17,12 +17,18 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { scriptArgs } from './script-args.js';
 import sharp from 'sharp';
 
 const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '..');
-const { values } = parseArgs({ options: { seconds: { type: 'string', default: '30' }, clients: { type: 'string', default: '32' }, 'video-mb': { type: 'string', default: '1024' } } });
+const { values } = scriptArgs(
+  `usage: npm run load -- [--seconds N] [--clients N] [--video-mb N]
+  Starts the service and sends it photos from N clients for N seconds, then one large video;
+  prints photos/s, latency percentiles, the server's RSS and the generator's own CPU share.`,
+  { seconds: { type: 'string', default: '30' }, clients: { type: 'string', default: '32' }, 'video-mb': { type: 'string', default: '1024' } },
+);
 const seconds = Number(values.seconds);
 const clients = Number(values.clients);
 const videoBytes = Number(values['video-mb']) * 1024 * 1024;
