@@ -7,7 +7,7 @@
  */
 import { openAsBlob } from 'node:fs';
 import tls from 'node:tls';
-import { Agent } from 'undici';
+import type { Agent } from 'undici';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { CleanFile } from '../pipeline.js';
 import { ScrubError } from '../errors.js';
@@ -34,12 +34,18 @@ export class HttpForwarder implements Forwarder {
     private readonly retries = 2,
     private readonly backoffMs = 250,
     private readonly events: UpstreamEvents = {},
-  ) {
-    // undici's Agent carries the CA to fetch (Node 20's own has no option for it).
-    this.dispatcher = events.ca === undefined ? undefined : new Agent({ connect: { ca: [...tls.rootCertificates, events.ca] } });
-  }
+  ) {}
 
-  private readonly dispatcher: Agent | undefined;
+  /**
+   * undici's Agent carries a private CA to fetch (Node 20's own fetch has no option for it);
+   * loaded only when one is configured.
+   */
+  private dispatcher: Promise<Agent | undefined> | undefined;
+  private agent(): Promise<Agent | undefined> {
+    const ca = this.events.ca;
+    this.dispatcher ??= ca === undefined ? Promise.resolve(undefined) : import('undici').then(({ Agent }) => new Agent({ connect: { ca: [...tls.rootCertificates, ca] } }));
+    return this.dispatcher;
+  }
 
   private async form(files: readonly CleanFile[], fields: UploadFields): Promise<FormData> {
     const form = new FormData();
@@ -56,6 +62,7 @@ export class HttpForwarder implements Forwarder {
     for (let attempt = 0; ; attempt++) {
       const last = attempt >= this.retries;
       let response: Response;
+      const dispatcher = await this.agent();
       try {
         response = await fetch(this.url, {
           method: 'POST',
@@ -63,7 +70,7 @@ export class HttpForwarder implements Forwarder {
           headers: { 'idempotency-key': uploadId },
           signal: AbortSignal.timeout(this.timeoutMs),
           redirect: 'error',
-          ...(this.dispatcher ? { dispatcher: this.dispatcher } : {}),
+          ...(dispatcher ? { dispatcher } : {}),
         } as RequestInit);
       } catch (err) {
         // A timeout is not retried: the service may still be working on the job.
