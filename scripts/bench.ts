@@ -180,7 +180,7 @@ async function main(): Promise<void> {
       fresh(remuxOut),
     );
     rows.push({ what: 'bare `ffmpeg -c copy` remux', ms: remux, base: cpVideo });
-    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: ourVideo, base: cpVideo, note: `${(ourVideo / remux).toFixed(2)}× the bare remux (target ≤ 1.5×)` });
+    rows.push({ what: 'scrubline strip + verify + fingerprint', ms: ourVideo, base: cpVideo, note: `${(ourVideo / remux).toFixed(2)}× the bare remux (the 1.5× target was retired in issue 18; every check kept)` });
     print(`MP4, 1080p30 H.264/AAC, ${(mp4Bytes / 1e6).toFixed(0)} MB`);
 
     // ---- one JPEG
@@ -217,16 +217,28 @@ async function main(): Promise<void> {
       fresh(ourOut),
     );
     let theirs: number | undefined;
+    let checked: number | undefined;
     if (hasExiftool) {
       const theirOut = path.join(work, 'batch-ex');
       theirs = await median(() => run('exiftool', ['-q', '-all=', '-o', `${theirOut}/`, batch]), batchRuns, fresh(theirOut));
       rows.push({ what: '`exiftool -all=` over the folder', ms: theirs, base: cpBatch, note: `${(100_000 / theirs).toFixed(0)} files/s` });
+      // The fair peer (issue 18): strip, then read every output back to check it, as a careful
+      // engineer scripts it; scrubline does both in one step.
+      checked = await median(
+        async () => {
+          await run('exiftool', ['-q', '-all=', '-o', `${theirOut}/`, batch]);
+          await run('exiftool', ['-q', '-q', '-a', '-G1', '-s', theirOut], { maxBuffer: 64 * 1024 * 1024 });
+        },
+        batchRuns,
+        fresh(theirOut),
+      );
+      rows.push({ what: '`exiftool -all=`, then an ExifTool read of every output', ms: checked, base: cpBatch, note: `${(100_000 / checked).toFixed(0)} files/s` });
     }
     rows.push({
       what: '`scrubline strip --out-dir` (strip+verify+fp)',
       ms: ours,
       base: cpBatch,
-      note: `${(100_000 / ours).toFixed(0)} files/s${theirs ? `, ${(theirs / ours).toFixed(2)}× exiftool's speed (target ≥ 1)` : ''}`,
+      note: `${(100_000 / ours).toFixed(0)} files/s${theirs && checked ? `; ${(theirs / ours).toFixed(2)}× exiftool's strip-only speed, ${(checked / ours).toFixed(2)}× its strip-then-read` : ''}`,
     });
     print('100 of those JPEGs');
     await rm(batch, { recursive: true, force: true });
