@@ -185,10 +185,12 @@ function readFields(
   return { jobId, retention: retention ?? 'standard', fields };
 }
 
-/** The pattern matches the whole value (a route's /1080p/ must not pass "x1080py"); stateless. */
+/**
+ * The pattern matches the whole value (a route's /1080p/ must not pass "x1080py"): anchored,
+ * without the flags that would make it stateful (g, y) or anchor at line breaks (m).
+ */
 function matchesWhole(pattern: RegExp, value: string): boolean {
-  const match = new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, '')).exec(value);
-  return match !== null && match.index === 0 && match[0].length === value.length;
+  return new RegExp(`^(?:${pattern.source})$`, pattern.flags.replace(/[gym]/g, '')).test(value);
 }
 
 /** Builds the receive step once (limits depend only on options); call it per request. */
