@@ -9,7 +9,7 @@
 #   --max-semi-space-size   V8's young generation grows to 2 x 16 MiB under load by default; 4 MiB
 #                           costs a few more (cheap) scavenges.
 #   --expose-gc             lets the service free dead upload buffers when a request ends (see
-#                           releaseDeadBuffers in src/server.ts) instead of after 64 MiB pile up.
+#                           releaseDeadBuffers in src/http/server.ts) instead of after 64 MiB pile up.
 # `exec`, so that no shell stays in front of the service and signals reach it directly.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"

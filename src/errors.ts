@@ -1,7 +1,7 @@
 /**
  * The one error type scrubline raises. `publicMessage` is what a caller reads (what was wrong and
  * what to do); `message` and `cause` are internal and never leave the process. The HTTP mapping
- * lives in exactly one place (http-errors.ts), the CLI mapping in cli.ts.
+ * lives in exactly one place (http/errors.ts), the CLI mapping in cli/cli.ts.
  */
 export type ErrorCode =
   | 'bad_request'

@@ -3,9 +3,9 @@
  * pipeline and its types.
  */
 export { scrubline, type FieldRule, type ScrublineOptions, type ScrublineRequest, type ScrublineUpload } from './middleware.js';
-export { errorHandler } from './http-errors.js';
-export { buildApp, type AppDeps } from './app.js';
-export { startServer, type RunningServer } from './server.js';
+export { errorHandler } from './http/errors.js';
+export { buildApp, type AppDeps } from './http/app.js';
+export { startServer, type RunningServer } from './http/server.js';
 export { loadConfig, ConfigError, type Config } from './config.js';
 export { ScrubError, type ErrorCode } from './errors.js';
 export { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pipeline.js';
@@ -13,6 +13,6 @@ export type { Fingerprint, ImageFingerprint, VideoFingerprint, StreamFingerprint
 export type { Forwarder, ForwardResult, UploadFields } from './steps/forward.js';
 export { HttpForwarder } from './steps/forward-http.js';
 export { LocalSink } from './steps/forward-local.js';
-export { Ledger } from './ledger.js';
+export { Ledger } from './storage/ledger.js';
 export { removedCategories, type Removed, type RemovedCategory, type Retention } from './context.js';
 export type { Clock } from './steps/tag-expiry.js';

@@ -10,7 +10,7 @@
  *   7. forward      steps/forward.ts      render service, or the embedded local sink
  *
  * Steps 2–6 run per file in `cleanFile` below; receive wraps them (middleware.ts) and forward
- * follows them (app.ts). No step does face detection, saliency crops or perceptual hashing.
+ * follows them (http/app.ts). No step does face detection, saliency crops or perceptual hashing.
  */
 import type { Received, Removed, Retention } from './context.js';
 import type { MediaKind } from './media.js';

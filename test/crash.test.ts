@@ -14,9 +14,9 @@ import { promisify } from 'node:util';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import request from 'supertest';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
-import { repro, ReproError } from '../src/repro.js';
+import { repro, ReproError } from '../src/cli/repro.js';
 import type { Fingerprint, VideoFingerprint } from '../src/steps/fingerprint.js';
-import { sweep } from '../src/sweeper.js';
+import { sweep } from '../src/retention/sweeper.js';
 import { cleanFixtures, ffmpegTools, fixture, LogCapture, manifest, pipelineDeps, removeDir, root, tempDir, testService } from './helpers.js';
 
 let work: string;

@@ -7,14 +7,14 @@ import { crc32 } from 'node:zlib';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import request from 'supertest';
-import { buildApp } from '../src/app.js';
-import { Ledger } from '../src/ledger.js';
+import { buildApp } from '../src/http/app.js';
+import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { LocalSink } from '../src/steps/forward-local.js';
 import { Keyring } from '../src/storage/envelope.js';
 import type { HeifDecoder } from '../src/tools/heif.js';
-import type { Previews } from '../src/previews.js';
+import type { Previews } from '../src/http/previews.js';
 import { loadFfmpeg, type Ffmpeg } from '../src/tools/ffmpeg.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';
 import { removedCategories } from '../src/context.js';
-import { errorHandler } from '../src/http-errors.js';
+import { errorHandler } from '../src/http/errors.js';
 import { scrubline, type ScrublineOptions } from '../src/middleware.js';
 import { filesUnder, findPlanted, fixture, removeDir, tempDir, testKey } from './helpers.js';
 

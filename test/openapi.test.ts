@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import request from 'supertest';
-import { sweep } from '../src/sweeper.js';
+import { sweep } from '../src/retention/sweeper.js';
 import { fixture, testService } from './helpers.js';
 
 const base = 'https://scrubline.invalid/openapi.json';

@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { judge } from '../src/qa/judge.js';
 import { loadSuite } from '../src/qa/suite.js';
-import { startServer, type RunningServer } from '../src/server.js';
+import { startServer, type RunningServer } from '../src/http/server.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
 import { fixture, fixturesDir, LogCapture, manifest, removeDir, root, tempDir, testToken } from './helpers.js';

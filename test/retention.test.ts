@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import request from 'supertest';
-import { sweep } from '../src/sweeper.js';
+import { sweep } from '../src/retention/sweeper.js';
 import { readExifValues } from '../src/tools/exifr.js';
 import { filesUnder, findPlanted, fixture, root, testService, testToken } from './helpers.js';
 
@@ -254,8 +254,8 @@ describe('scrubline sweep (out of process)', () => {
       process.execPath,
       [
         '--import', 'tsx', '--input-type=module', '-e',
-        `import { Ledger } from ${JSON.stringify(path.join(root, 'src/ledger.ts'))};
-         import { sweep } from ${JSON.stringify(path.join(root, 'src/sweeper.ts'))};
+        `import { Ledger } from ${JSON.stringify(path.join(root, 'src/storage/ledger.ts'))};
+         import { sweep } from ${JSON.stringify(path.join(root, 'src/retention/sweeper.ts'))};
          const ledger = Ledger.open(process.env.SCRUBLINE_DATA_DIR);
          let n = 0;
          await sweep({ ledger, dataDir: process.env.SCRUBLINE_DATA_DIR, at: new Date(${JSON.stringify(at(24).toISOString())}),

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { buffer as streamToBuffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
 import { Keyring, openObject, seal, sealFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
-import { sweep } from '../src/sweeper.js';
+import { sweep } from '../src/retention/sweeper.js';
 import { findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
 
 const keyA = randomBytes(32);

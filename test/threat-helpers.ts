@@ -7,7 +7,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { loadConfig } from '../src/config.js';
-import { startServer, type RunningServer } from '../src/server.js';
+import { startServer, type RunningServer } from '../src/http/server.js';
 import { createLogger } from '../src/log.js';
 import { filesUnder, LogCapture, manifest, removeDir, startUpstream, tempDir, testToken } from './helpers.js';
 

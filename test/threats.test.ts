@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { loadConfig } from '../src/config.js';
 import { planStreams } from '../src/steps/strip-video.js';
-import { startServer, type RunningServer } from '../src/server.js';
+import { startServer, type RunningServer } from '../src/http/server.js';
 import { createLogger } from '../src/log.js';
 import '../src/tools/sharp.js'; // the loader lock-down under test (THREATS 20)
 import { filesUnder, fixture, LogCapture, manifest, removeDir, root, startUpstream, tempDir, testToken } from './helpers.js';

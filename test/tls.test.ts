@@ -13,7 +13,7 @@ import { Agent } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { ScrubError } from '../src/errors.js';
 import { createLogger } from '../src/log.js';
-import { startServer, type RunningServer } from '../src/server.js';
+import { startServer, type RunningServer } from '../src/http/server.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
 import { LogCapture, removeDir, tempDir, testToken } from './helpers.js';
 

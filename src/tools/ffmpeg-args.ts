@@ -140,7 +140,7 @@ export function frameArgs(input: string, demuxer: Demuxer, seconds: number, outp
   ];
 }
 
-/** A synthetic stand-in for a file, from its fingerprint (see repro.ts): test sources, encoded alike. */
+/** A synthetic stand-in for a file, from its fingerprint (see cli/repro.ts): test sources, encoded alike. */
 export interface SynthesisPlan {
   output: string;
   muxer: Muxer;

@@ -13,8 +13,8 @@ import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import type { Retention } from './context.js';
-import { jobDeleted } from './errors.js';
+import type { Retention } from '../context.js';
+import { jobDeleted } from '../errors.js';
 
 const require = createRequire(import.meta.url);
 

@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { Keyring } from './storage/envelope.js';
+import { Keyring } from './envelope.js';
 
 /** The configured key, else the one in `<dataDir>/fingerprint-key`, created on first use. */
 export function loadFingerprintKey(dataDir: string, configured: string | undefined): Buffer {

@@ -1,16 +1,16 @@
 /**
  * One `scrubline strip` job (one input file to one output file), shared by the CLI's main thread
- * (a few files) and its worker threads (cli-worker.ts, a batch spread by cli-pool.ts).
+ * (a few files) and its worker threads (worker.ts, a batch spread by pool.ts).
  */
 import { copyFile, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Config } from './config.js';
-import type { Retention } from './context.js';
-import { asScrubError, type ErrorCode } from './errors.js';
-import { sharedDeps, type SharedDeps } from './cli-pool.js';
-import { cleanFile, publicReport, type CleanFile, type LoadedPipelineDeps, type PipelineDeps } from './pipeline.js';
-import { randomId } from './ids.js';
-import { systemClock } from './steps/tag-expiry.js';
+import type { Config } from '../config.js';
+import type { Retention } from '../context.js';
+import { asScrubError, type ErrorCode } from '../errors.js';
+import { sharedDeps, type SharedDeps } from './pool.js';
+import { cleanFile, publicReport, type CleanFile, type LoadedPipelineDeps, type PipelineDeps } from '../pipeline.js';
+import { randomId } from '../ids.js';
+import { systemClock } from '../steps/tag-expiry.js';
 
 export interface StripJob {
   input: string;

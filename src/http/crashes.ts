@@ -13,11 +13,11 @@
  * may hold anything, so they never reach the logs.
  */
 import express, { Router, type NextFunction, type Request, type Response } from 'express';
-import { ScrubError } from './errors.js';
-import type { ArtefactRecord, Ledger } from './ledger.js';
-import { randomId } from './ids.js';
-import type { Fingerprint } from './steps/fingerprint.js';
-import type { Clock } from './steps/tag-expiry.js';
+import { ScrubError } from '../errors.js';
+import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
+import { randomId } from '../ids.js';
+import type { Fingerprint } from '../steps/fingerprint.js';
+import type { Clock } from '../steps/tag-expiry.js';
 
 export const limits = { bodyBytes: 256 * 1024, messageChars: 4096, stackChars: 64 * 1024, jobConfigBytes: 64 * 1024, jobConfigDepth: 32 };
 

@@ -10,7 +10,7 @@
  */
 import { lstat, readdir, realpath, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { ArtefactKind, ArtefactRecord, Ledger } from './ledger.js';
+import type { ArtefactKind, ArtefactRecord, Ledger } from '../storage/ledger.js';
 
 /** Data-dir folders whose files belong to ledger artefacts (tmp/ is the upload path's own). */
 export const storedDirs = ['clean', 'reports', 'thumbnails'] as const;

@@ -6,7 +6,7 @@
  */
 import type { ErrorRequestHandler, NextFunction, Request, Response } from 'express';
 import type { Logger } from 'pino';
-import { asScrubError, ScrubError } from './errors.js';
+import { asScrubError, ScrubError } from '../errors.js';
 
 /** What a 503 tells a client to wait: about one upload's processing time. */
 export const retryAfterSeconds = 5;

@@ -8,17 +8,17 @@ import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
-import type { StripJob, StripOutcome } from './cli-strip.js';
-import { ConfigError, configVariables, loadConfig, type Config } from './config.js';
-import { ScrubError } from './errors.js';
-import { acceptedFormatsText } from './media.js';
-import type { Suite } from './qa/suite.js';
-import type { Target } from './qa/run.js';
+import type { StripJob, StripOutcome } from './strip.js';
+import { ConfigError, configVariables, loadConfig, type Config } from '../config.js';
+import { ScrubError } from '../errors.js';
+import { acceptedFormatsText } from '../media.js';
+import type { Suite } from '../qa/suite.js';
+import type { Target } from '../qa/run.js';
 
 // Each command imports what it uses when it runs: a batch's main thread only hands files to
 // workers, and loading the pipeline, sharp, SQLite and the QA reports first would delay them.
 
-const { version } = createRequire(import.meta.url)('../package.json') as { version: string };
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
 const help = `scrubline ${version} — strips identifying metadata from images and video, verifies the result, fingerprints it.
 
@@ -84,11 +84,11 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
     if (values.json) out.stdout(JSON.stringify({ input: outcome.input, error: { code: error.code, message: error.message } }) + '\n');
   };
   const jobs: StripJob[] = positionals.map((input) => ({ input, output: values.output, outDir: values['out-dir'], retention }));
-  const { minFilesForWorkers, sharedDeps, stripInWorkers } = await import('./cli-pool.js');
+  const { minFilesForWorkers, sharedDeps, stripInWorkers } = await import('./pool.js');
   if (jobs.length >= minFilesForWorkers && availableParallelism() > 1) {
     await stripInWorkers(jobs, availableParallelism(), sharedDeps(config), report);
   } else {
-    const { localDeps, stripOne } = await import('./cli-strip.js');
+    const { localDeps, stripOne } = await import('./strip.js');
     const deps = await localDeps(config);
     await runPool(jobs, 2, async (job) => report(await stripOne(config, deps, job)));
   }
@@ -98,9 +98,9 @@ async function stripCommand(args: string[], config: Config, out: Out): Promise<n
 async function inspectCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { json: { type: 'boolean' } } });
   if (positionals.length !== 1) throw new UsageError('inspect takes exactly one file');
-  const { localDeps, withWorkDir } = await import('./cli-strip.js');
-  const { sniff } = await import('./steps/sniff.js');
-  const { strip } = await import('./steps/strip.js');
+  const { localDeps, withWorkDir } = await import('./strip.js');
+  const { sniff } = await import('../steps/sniff.js');
+  const { strip } = await import('../steps/strip.js');
   const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const sniffed = await sniff(received);
@@ -118,8 +118,8 @@ async function inspectCommand(args: string[], config: Config, out: Out): Promise
 async function fingerprintCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { positionals } = parseArgs({ args, allowPositionals: true, options: {} });
   if (positionals.length !== 1) throw new UsageError('fingerprint takes exactly one file');
-  const { localDeps, withWorkDir } = await import('./cli-strip.js');
-  const { cleanFile } = await import('./pipeline.js');
+  const { localDeps, withWorkDir } = await import('./strip.js');
+  const { cleanFile } = await import('../pipeline.js');
   const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const file = await cleanFile(received, 'standard', deps);
@@ -133,8 +133,8 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
   const at = values.at === undefined ? new Date() : new Date(values.at);
   if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
   if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR to the service's data dir`);
-  const { Ledger } = await import('./ledger.js');
-  const { sweep } = await import('./sweeper.js');
+  const { Ledger } = await import('../storage/ledger.js');
+  const { sweep } = await import('../retention/sweeper.js');
   const ledger = Ledger.open(config.dataDir);
   try {
     const report = await sweep({ ledger, dataDir: config.dataDir, at, dryRun: values['dry-run'] === true });
@@ -159,9 +159,9 @@ async function qaCommand(args: string[], config: Config, out: Out): Promise<numb
     options: { junit: { type: 'string' }, html: { type: 'string' }, url: { type: 'string' }, json: { type: 'boolean' } },
   });
   if (positionals.length !== 1) throw new UsageError('qa takes exactly one suite folder');
-  const { loadSuite, SuiteError } = await import('./qa/suite.js');
-  const { runSuite } = await import('./qa/run.js');
-  const { htmlReport, junitXml, summarise } = await import('./qa/reports.js');
+  const { loadSuite, SuiteError } = await import('../qa/suite.js');
+  const { runSuite } = await import('../qa/run.js');
+  const { htmlReport, junitXml, summarise } = await import('../qa/reports.js');
   let suite: Suite;
   try {
     suite = await loadSuite(positionals[0]!);
@@ -215,9 +215,9 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { output: { type: 'string', short: 'o' } } });
   if (positionals.length !== 1 || values.output === undefined) throw new UsageError('repro takes a fingerprint (a .json file or an fp_ id) and -o <output file>');
   const source = positionals[0]!;
-  const { Ledger } = await import('./ledger.js');
+  const { Ledger } = await import('../storage/ledger.js');
   const { readFingerprint, repro, ReproError } = await import('./repro.js');
-  const { loadFfmpeg } = await import('./tools/ffmpeg.js');
+  const { loadFfmpeg } = await import('../tools/ffmpeg.js');
   let json: string | undefined;
   if (existsSync(source)) json = readFileSync(source, 'utf8');
   else if (/^fp_[0-9a-f]{16}$/.test(source)) {
@@ -245,7 +245,7 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
 }
 
 async function serveCommand(config: Config): Promise<number> {
-  const { startServer } = await import('./server.js');
+  const { startServer } = await import('../http/server.js');
   const running = await startServer(config);
   await new Promise<void>((resolve) => {
     const stop = (): void => void running.close().then(resolve);
@@ -256,7 +256,7 @@ async function serveCommand(config: Config): Promise<number> {
 }
 
 async function versionCommand(config: Config, out: Out): Promise<number> {
-  const { loadFfmpeg } = await import('./tools/ffmpeg.js');
+  const { loadFfmpeg } = await import('../tools/ffmpeg.js');
   const tools = await loadFfmpeg(config);
   out.stdout(`scrubline ${version}\nffmpeg ${tools.ffmpegVersion} (${tools.ffmpeg.source}: ${tools.ffmpeg.path})\nffprobe (${tools.ffprobe.source}: ${tools.ffprobe.path})\n`);
   return 0;

@@ -10,23 +10,23 @@ import express, { type Request, type RequestHandler, type Response } from 'expre
 import type { Logger } from 'pino';
 import { pipeline } from 'node:stream/promises';
 import { pinoHttp } from 'pino-http';
-import { ScrubError, jobDeleted } from './errors.js';
-import { retryAfterSeconds, serviceErrorHandler } from './http-errors.js';
+import { ScrubError, jobDeleted } from '../errors.js';
+import { retryAfterSeconds, serviceErrorHandler } from './errors.js';
 import { requireBearer } from './auth.js';
-import { defaults } from './config.js';
+import { defaults } from '../config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
-import type { ArtefactRecord, Ledger } from './ledger.js';
-import { countByKind, purgeRecords, removeArtefactFiles } from './sweeper.js';
+import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
+import { countByKind, purgeRecords, removeArtefactFiles } from '../retention/sweeper.js';
 import { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { Previews, type PreviewState } from './previews.js';
-import { openObject, TamperedObject, unseal, verifyObject, type Keyring } from './storage/envelope.js';
-import { scrubline, type ScrublineOptions } from './middleware.js';
-import { publicReport } from './pipeline.js';
-import type { Forwarder } from './steps/forward.js';
-import { expiresAt, systemClock } from './steps/tag-expiry.js';
-import { versionOf, type Binary, type Ffmpeg } from './tools/ffmpeg.js';
-import type { HeifDecoder } from './tools/heif.js';
+import { openObject, TamperedObject, unseal, verifyObject, type Keyring } from '../storage/envelope.js';
+import { scrubline, type ScrublineOptions } from '../middleware.js';
+import { publicReport } from '../pipeline.js';
+import type { Forwarder } from '../steps/forward.js';
+import { expiresAt, systemClock } from '../steps/tag-expiry.js';
+import { versionOf, type Binary, type Ffmpeg } from '../tools/ffmpeg.js';
+import type { HeifDecoder } from '../tools/heif.js';
 
 export interface AppDeps {
   logger: Logger;

@@ -13,15 +13,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js';
 import sharp, { type Sharp } from 'sharp';
-import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from './steps/fingerprint.js';
-import { childBox, readAt, topLevelBoxes, videoTracks } from './formats/isobmff.js';
-import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from './tools/ffmpeg-args.js';
-import { probe, runTool, type Ffmpeg } from './tools/ffmpeg.js';
+import type { ImageFingerprint, StreamFingerprint, VideoFingerprint, Fingerprint } from '../steps/fingerprint.js';
+import { childBox, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
+import { remuxArgs, synthesisArgs, type Muxer, type SynthesisPlan } from '../tools/ffmpeg-args.js';
+import { probe, runTool, type Ffmpeg } from '../tools/ffmpeg.js';
 
 export class ReproError extends Error {}
 
 /** The fingerprint schema this scrubline writes, as shipped beside dist/ and src/. */
-const schemaPath = fileURLToPath(new URL('../schemas/fingerprint-v1.schema.json', import.meta.url));
+const schemaPath = fileURLToPath(new URL('../../schemas/fingerprint-v1.schema.json', import.meta.url));
 let validateSchema: ValidateFunction | undefined;
 
 /**

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 
-const read = (name: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(`../schemas/${name}`, import.meta.url), 'utf8')) as Record<string, unknown>;
+const read = (name: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(`../../schemas/${name}`, import.meta.url), 'utf8')) as Record<string, unknown>;
 
 let served: Record<string, unknown> | undefined;
 

@@ -4,13 +4,13 @@
  * environment as the main thread.
  */
 import { parentPort } from 'node:worker_threads';
-import { loadConfig } from './config.js';
-import { pipelineDeps, stripOne } from './cli-strip.js';
-import type { ToWorker } from './cli-pool.js';
-import type { PipelineDeps } from './pipeline.js';
+import { loadConfig } from '../config.js';
+import { pipelineDeps, stripOne } from './strip.js';
+import type { ToWorker } from './pool.js';
+import type { PipelineDeps } from '../pipeline.js';
 
 const port = parentPort;
-if (!port) throw new Error('cli-worker runs only as a worker thread');
+if (!port) throw new Error('cli/worker.ts runs only as a worker thread');
 const config = loadConfig();
 let deps: PipelineDeps | undefined;
 port.on('message', (message: ToWorker) => {

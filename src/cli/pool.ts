@@ -7,10 +7,10 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
-import type { StripJob, StripOutcome } from './cli-strip.js';
-import type { Config } from './config.js';
-import { loadFingerprintKey } from './keys.js';
-import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
+import type { StripJob, StripOutcome } from './strip.js';
+import type { Config } from '../config.js';
+import { loadFingerprintKey } from '../storage/keys.js';
+import { loadFfmpeg, type Ffmpeg } from '../tools/ffmpeg.js';
 
 /** Below this many files a batch runs on the main thread: starting workers costs more. */
 export const minFilesForWorkers = 4;
@@ -49,7 +49,7 @@ export async function stripInWorkers(
   // is created, so it applies to the workers made below and not to this thread.
   setFlagsFromString(`--initial-old-space-size=${workerInitialOldSpaceMiB}`);
   // Under tsx (tests, scripts) this module is a .ts file and so is its worker.
-  const entry = new URL(import.meta.url.endsWith('.ts') ? './cli-worker.ts' : './cli-worker.js', import.meta.url);
+  const entry = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
   const workers = Array.from({ length: Math.min(size, jobs.length) }, () => new Worker(entry));
   let ready: SharedDeps;
   try {

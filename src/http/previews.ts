@@ -14,13 +14,13 @@
 import { link, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { ArtefactRecord, Ledger } from './ledger.js';
-import type { CleanFile } from './pipeline.js';
-import { emptyTempDir } from './steps/receive.js';
-import { seal, type Keyring } from './storage/envelope.js';
+import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
+import type { CleanFile } from '../pipeline.js';
+import { emptyTempDir } from '../steps/receive.js';
+import { seal, type Keyring } from '../storage/envelope.js';
 import { makeThumbnail } from './thumbnails.js';
-import type { Ffmpeg } from './tools/ffmpeg.js';
-import type { HeifDecoder } from './tools/heif.js';
+import type { Ffmpeg } from '../tools/ffmpeg.js';
+import type { HeifDecoder } from '../tools/heif.js';
 
 export type PreviewState = 'pending' | 'ready' | 'none';
 

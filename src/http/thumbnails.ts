@@ -8,11 +8,11 @@
  */
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { CleanFile } from './pipeline.js';
-import { frameArgs } from './tools/ffmpeg-args.js';
-import { runTool, type Ffmpeg } from './tools/ffmpeg.js';
-import { decodeHeif, type HeifDecoder } from './tools/heif.js';
-import { decodePreview } from './tools/sharp.js';
+import type { CleanFile } from '../pipeline.js';
+import { frameArgs } from '../tools/ffmpeg-args.js';
+import { runTool, type Ffmpeg } from '../tools/ffmpeg.js';
+import { decodeHeif, type HeifDecoder } from '../tools/heif.js';
+import { decodePreview } from '../tools/sharp.js';
 
 /** Where in a video the preview frame is taken: 1 s in, or the middle of a shorter clip. */
 export const frameSeconds = (durationMs: number | undefined): number => Math.min(1, (durationMs ?? 0) / 2000);
