@@ -233,10 +233,10 @@ describe('embedded local sink', () => {
       // Encrypted at rest: the bytes on disk are no PNG; the storage key opens them.
       const atRest = await readFile(path.join(svc.dataDir, 'clean', `${id}.png.enc`));
       assert.equal(atRest.indexOf(Buffer.from('\x89PNG', 'latin1')), -1);
-      const cleaned = unseal(testStorage, atRest);
+      const cleaned = unseal(testStorage, `clean/${id}.png.enc`, atRest);
       assert.ok(cleaned.subarray(0, 4).equals(Buffer.from('\x89PNG', 'latin1')));
       assert.deepEqual(findPlanted(cleaned), []);
-      const report = JSON.parse(unseal(testStorage, await readFile(path.join(svc.dataDir, 'reports', `${id}.json.enc`))).toString('utf8'));
+      const report = JSON.parse(unseal(testStorage, `reports/${id}.json.enc`, await readFile(path.join(svc.dataDir, 'reports', `${id}.json.enc`))).toString('utf8'));
       assert.equal(report.id, id);
       assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(report))), []);
       assert.deepEqual(await svc.tmpFiles(), []);

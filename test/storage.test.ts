@@ -22,32 +22,34 @@ describe('envelope encryption (AES-256-GCM, a data key per object, segments boun
   it('round-trips any size, across segment boundaries', () => {
     for (const size of [0, 1, segmentBytes - 1, segmentBytes, segmentBytes + 1, 3 * segmentBytes + 17]) {
       const plain = randomBytes(size);
-      const object = seal(ring, plain);
-      assert.ok(unseal(ring, object).equals(plain), `size ${size}`);
-      assert.notEqual(seal(ring, plain).toString('hex'), object.toString('hex'), 'a fresh data key and nonce each time');
+      const object = seal(ring, 'clean/a.bin.enc', plain);
+      assert.ok(unseal(ring, 'clean/a.bin.enc', object).equals(plain), `size ${size}`);
+      assert.notEqual(seal(ring, 'clean/a.bin.enc', plain).toString('hex'), object.toString('hex'), 'a fresh data key and nonce each time');
     }
   });
 
   it('refuses an object with any byte flipped, a segment cut off, or segments swapped', () => {
     const plain = randomBytes(2 * segmentBytes + 100);
-    const object = seal(ring, plain);
+    const object = seal(ring, 'clean/a.bin.enc', plain);
     for (const at of [0, 9, 20, 40, 70, headerBytes - 1, headerBytes, headerBytes + segmentBytes + 5, object.length - 1]) {
       const bad = Buffer.from(object);
       bad[at]! ^= 0x01;
-      assert.throws(() => unseal(ring, bad), TamperedObject, `byte ${at}`);
+      assert.throws(() => unseal(ring, 'clean/a.bin.enc', bad), TamperedObject, `byte ${at}`);
     }
     const stride = segmentBytes + 16;
     // Cut at a segment boundary: what is left looks whole but its last segment was not sealed as last.
-    assert.throws(() => unseal(ring, object.subarray(0, headerBytes + stride)), TamperedObject);
-    assert.throws(() => unseal(ring, object.subarray(0, object.length - 1)), TamperedObject);
+    assert.throws(() => unseal(ring, 'clean/a.bin.enc', object.subarray(0, headerBytes + stride)), TamperedObject);
+    assert.throws(() => unseal(ring, 'clean/a.bin.enc', object.subarray(0, object.length - 1)), TamperedObject);
     const swapped = Buffer.concat([object.subarray(0, headerBytes), object.subarray(headerBytes + stride, headerBytes + 2 * stride), object.subarray(headerBytes, headerBytes + stride), object.subarray(headerBytes + 2 * stride)]);
-    assert.throws(() => unseal(ring, swapped), TamperedObject);
+    assert.throws(() => unseal(ring, 'clean/a.bin.enc', swapped), TamperedObject);
+    // One object copied over another's name does not open under that name.
+    assert.throws(() => unseal(ring, 'clean/b.bin.enc', object), /stored under another name/);
   });
 
   it('keys rotate: an object names its key; older keys still open it; a missing key refuses it', () => {
-    const old = seal(new Keyring([keyA]), Buffer.from('hello'));
-    assert.equal(unseal(new Keyring([keyB, keyA]), old).toString(), 'hello');
-    assert.throws(() => unseal(new Keyring([keyB]), old), /storage key that is not configured/);
+    const old = seal(new Keyring([keyA]), 'r', Buffer.from('hello'));
+    assert.equal(unseal(new Keyring([keyB, keyA]), 'r', old).toString(), 'hello');
+    assert.throws(() => unseal(new Keyring([keyB]), 'r', old), /storage key that is not configured/);
   });
 
   it('files are sealed and opened a segment at a time; a changed file is refused before a byte is given out', async () => {
@@ -55,13 +57,13 @@ describe('envelope encryption (AES-256-GCM, a data key per object, segments boun
     try {
       const plain = randomBytes(5 * segmentBytes + 3);
       await writeFile(path.join(dir, 'plain'), plain);
-      await sealFile(ring, path.join(dir, 'plain'), path.join(dir, 'sealed'));
-      assert.equal(await verifyObject(ring, path.join(dir, 'sealed')), plain.length);
-      assert.ok((await streamToBuffer(openObject(ring, path.join(dir, 'sealed')))).equals(plain));
+      await sealFile(ring, 'sealed', path.join(dir, 'plain'), path.join(dir, 'sealed'));
+      assert.equal(await verifyObject(ring, 'sealed', path.join(dir, 'sealed')), plain.length);
+      assert.ok((await streamToBuffer(openObject(ring, 'sealed', path.join(dir, 'sealed')))).equals(plain));
       const bad = await readFile(path.join(dir, 'sealed'));
       bad[bad.length - 100]! ^= 0x80;
       await writeFile(path.join(dir, 'sealed'), bad);
-      await assert.rejects(verifyObject(ring, path.join(dir, 'sealed')), TamperedObject);
+      await assert.rejects(verifyObject(ring, 'sealed', path.join(dir, 'sealed')), TamperedObject);
     } finally {
       await removeDir(dir);
     }
@@ -101,7 +103,7 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
     assert.equal((content.body as Buffer).length, bytes);
     assert.ok((content.body as Buffer).subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])));
     assert.deepEqual(findPlanted(content.body as Buffer), []);
-    const stored = unseal(testStorage, await readFile(path.join(svc.dataDir, 'clean', `${id}.jpg.enc`)));
+    const stored = unseal(testStorage, `clean/${id}.jpg.enc`, await readFile(path.join(svc.dataDir, 'clean', `${id}.jpg.enc`)));
     assert.ok(stored.equals(content.body as Buffer));
     const thumb = await body(svc.api.get(`/v1/files/${id}/thumbnail`));
     assert.equal(thumb.status, 200);
@@ -122,6 +124,11 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
     assert.match(refused.body.error.message, /failed its integrity check/);
     await writeFile(file, original);
     assert.equal((await svc.api.get(`/v1/files/${id}/content`)).status, 200);
+    // Another file's intact object put in its place is refused too: objects are bound to their names.
+    const other = await svc.api.post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'));
+    await writeFile(file, await readFile(path.join(svc.dataDir, 'clean', `${other.body.files[0].id}.png.enc`)));
+    assert.equal((await svc.api.get(`/v1/files/${id}/content`)).status, 500);
+    await writeFile(file, original);
 
     await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, at: new Date(Date.parse('2026-06-30T00:00:00.000Z')) });
     const gone = await svc.api.get(`/v1/files/${id}/content`);

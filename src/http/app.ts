@@ -10,7 +10,7 @@ import express, { type Request, type RequestHandler, type Response } from 'expre
 import type { Logger } from 'pino';
 import { pipeline } from 'node:stream/promises';
 import { pinoHttp } from 'pino-http';
-import { ScrubError, jobDeleted } from '../errors.js';
+import { ScrubError, asScrubError, jobDeleted } from '../errors.js';
 import { retryAfterSeconds, serviceErrorHandler } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from '../config.js';
@@ -95,6 +95,12 @@ function fileView(record: ArtefactRecord, preview: PreviewState) {
 function storedPathIn(dataDir: string, relative: string | undefined, folder: 'clean' | 'thumbnails'): string {
   if (relative === undefined || !new RegExp(`^${folder}/[A-Za-z0-9_-]+\\.[a-z0-9]+\\.enc$`).test(relative)) throw notFound('stored file');
   return path.join(dataDir, relative);
+}
+
+/** A stored object that does not open (altered, truncated, or under another's name): never served. */
+function integrityFailure(err: unknown): ScrubError {
+  if (!(err instanceof TamperedObject)) return asScrubError(err);
+  return new ScrubError('internal', 'The stored file failed its integrity check and was not served. Report the request id.', { cause: err });
 }
 
 export function buildApp(deps: AppDeps): express.Express {
@@ -263,10 +269,17 @@ export function buildApp(deps: AppDeps): express.Express {
     const file = deps.ledger.get(req.params.id);
     const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? deps.ledger.thumbnailOf(file.id) : undefined;
     if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or it has no preview (HEIC without libheif\'s decoder on the server).');
-    const stored = await readStored(thumbnail.paths[0], 'thumbnails').catch(() => undefined);
+    const name = thumbnail.paths[0]!;
+    const stored = await readStored(name, 'thumbnails').catch(() => undefined);
     if (!stored) throw notFound('thumbnail', 'It was purged.');
+    let jpeg: Buffer;
+    try {
+      jpeg = unseal(deps.storage, name, stored);
+    } catch (err) {
+      throw integrityFailure(err);
+    }
     res.setHeader('Cache-Control', 'private, no-store');
-    res.type('image/jpeg').send(unseal(deps.storage, stored));
+    res.type('image/jpeg').send(jpeg);
   });
 
   // The cleaned file itself, decrypted, for a render service that uses the local sink: every
@@ -276,15 +289,19 @@ export function buildApp(deps: AppDeps): express.Express {
     if (!file || file.kind !== 'file') throw notFound('file');
     if (file.purgedAt !== undefined) throw new ScrubError('gone', 'The file was purged: its retention ended or its job was deleted. Upload it again if it is still needed.');
     if (file.destination !== 'local') throw notFound('stored file', 'It was forwarded to the render service and is not kept here.');
-    const stored = storedPath(file.paths[0], 'clean');
-    const bytes = await verifyObject(deps.storage, stored).catch((err: unknown) => {
-      if (err instanceof TamperedObject) throw new ScrubError('internal', 'The stored file failed its integrity check and was not served. Report the request id.', { cause: err });
+    const name = file.paths[0]!;
+    const stored = storedPath(name, 'clean');
+    const bytes = await verifyObject(deps.storage, name, stored).catch((err: unknown) => {
+      if (err instanceof TamperedObject) throw integrityFailure(err);
       throw new ScrubError('gone', 'The file is no longer stored. Upload it again if it is still needed.', { cause: err });
     });
     res.setHeader('Cache-Control', 'private, no-store');
     res.setHeader('Content-Length', String(bytes));
     res.type(file.mime);
-    await pipeline(openObject(deps.storage, stored), res);
+    // A client that goes away mid-download is not an error of ours.
+    await pipeline(openObject(deps.storage, name, stored), res).catch((err: unknown) => {
+      if (!res.destroyed || res.writableFinished) throw err;
+    });
   });
 
   app.post('/v1/jobs/:jobId/finished', (req, res) => {

@@ -105,7 +105,7 @@ export class Previews {
       const jpeg = await makeThumbnail(held.file, this.deps.tools, this.deps.maxInputPixels, this.deps.heifDecoder);
       if (!jpeg) return;
       await mkdir(this.thumbnailDir, { recursive: true, mode: 0o700 });
-      await writeFile(stored, seal(this.deps.storage, jpeg), { mode: 0o600 });
+      await writeFile(stored, seal(this.deps.storage, `thumbnails/${id}.jpg.enc`, jpeg), { mode: 0o600 });
       // The file's clock as it is now; a file purged or deleted meanwhile gets no preview.
       const file = this.deps.ledger.get(record.id);
       if (!file || file.purgedAt !== undefined) throw new Error('the file is gone');

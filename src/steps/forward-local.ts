@@ -29,16 +29,18 @@ export class LocalSink implements Forwarder {
     const stored: Record<string, string[]> = {};
     try {
       for (const file of files) {
-        const target = path.join(this.cleanDir, `${file.id}.${file.ext}.enc`);
-        const report = path.join(this.reportDir, `${file.id}.json.enc`);
-        stored[file.id] = [`clean/${file.id}.${file.ext}.enc`, `reports/${file.id}.json.enc`];
+        // Each object is sealed under its data-dir path, which it must be read back under.
+        const names = { clean: `clean/${file.id}.${file.ext}.enc`, report: `reports/${file.id}.json.enc` };
+        const target = path.join(this.cleanDir, path.basename(names.clean));
+        const report = path.join(this.reportDir, path.basename(names.report));
+        stored[file.id] = [names.clean, names.report];
         // Write the report first and the file last, each atomically, so a crash never leaves a
         // half-written file that looks complete.
         const reportJson = Buffer.from(JSON.stringify({ ...publicReport(file), jobId: fields.jobId }, null, 2));
-        await writeFile(`${report}.partial`, seal(this.keys, reportJson), { mode: 0o600 });
+        await writeFile(`${report}.partial`, seal(this.keys, names.report, reportJson), { mode: 0o600 });
         await rename(`${report}.partial`, report);
         written.push(report);
-        await sealFile(this.keys, file.path, target);
+        await sealFile(this.keys, names.clean, file.path, target);
         written.push(target);
       }
     } catch (err) {

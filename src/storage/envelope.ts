@@ -5,6 +5,8 @@
  *   - Each object gets a fresh 256-bit data key, wrapped by the storage key (AES-256-GCM); the
  *     header records the storage key's id, so keys can rotate: a keyring holds the current key,
  *     which writes, and older ones, which still read.
+ *   - The wrap is bound to the object's name (its path in the data dir): an object moved or
+ *     copied over another one's name (one user's file served as another's) does not open.
  *   - The data is encrypted in 64 KiB segments, each its own GCM message whose nonce and
  *     associated data bind its index and whether it is the last (the STREAM construction of
  *     Hoang, Reyhanitabar, Rogaway and Vizár, as in Tink's streaming AEAD): a segment moved,
@@ -74,26 +76,29 @@ function* sealSegments(dataKey: Buffer, prefix: Buffer, plaintext: Buffer): Gene
   }
 }
 
-function header(ring: Keyring, dataKey: Buffer, prefix: Buffer): Buffer {
+/** What the data key's wrap authenticates besides itself: the format, the key id, the object's name. */
+const wrapContext = (id: Buffer, name: string): Buffer => Buffer.concat([magic, id, Buffer.from(name, 'utf8')]);
+
+function header(ring: Keyring, name: string, dataKey: Buffer, prefix: Buffer): Buffer {
   const wrapNonce = randomBytes(12);
   const wrap = createCipheriv('aes-256-gcm', ring.current.key, wrapNonce);
-  wrap.setAAD(Buffer.concat([magic, ring.current.id]));
+  wrap.setAAD(wrapContext(ring.current.id, name));
   const wrapped = Buffer.concat([wrap.update(dataKey), wrap.final()]);
   return Buffer.concat([magic, ring.current.id, wrapNonce, wrapped, wrap.getAuthTag(), prefix]);
 }
 
-/** An encrypted object holding `plaintext`. */
-export function seal(ring: Keyring, plaintext: Buffer): Buffer {
+/** An encrypted object holding `plaintext`, to be stored under `name`. */
+export function seal(ring: Keyring, name: string, plaintext: Buffer): Buffer {
   const dataKey = randomBytes(32);
   const prefix = randomBytes(noncePrefixBytes);
-  return Buffer.concat([header(ring, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)]);
+  return Buffer.concat([header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)]);
 }
 
 /**
  * Encrypts the file at `source` into `target` (created 0600, written under a temporary name and
- * renamed into place), reading and writing one segment at a time.
+ * renamed into place), reading and writing one segment at a time. `name` is the object's name.
  */
-export async function sealFile(ring: Keyring, source: string, target: string): Promise<void> {
+export async function sealFile(ring: Keyring, name: string, source: string, target: string): Promise<void> {
   const partial = `${target}.partial`;
   const input = await open(source, 'r');
   const output = await open(partial, 'wx', 0o600);
@@ -101,7 +106,7 @@ export async function sealFile(ring: Keyring, source: string, target: string): P
     const { size } = await input.stat();
     const dataKey = randomBytes(32);
     const prefix = randomBytes(noncePrefixBytes);
-    await output.write(header(ring, dataKey, prefix));
+    await output.write(header(ring, name, dataKey, prefix));
     const count = Math.max(1, Math.ceil(size / segmentBytes));
     const buffer = Buffer.allocUnsafe(segmentBytes);
     for (let i = 0; i < count; i++) {
@@ -122,7 +127,7 @@ export async function sealFile(ring: Keyring, source: string, target: string): P
 }
 
 /** The data key of an object, from its header. */
-function unwrap(ring: Keyring, head: Buffer): { dataKey: Buffer; prefix: Buffer } {
+function unwrap(ring: Keyring, name: string, head: Buffer): { dataKey: Buffer; prefix: Buffer } {
   if (head.length < headerBytes || !head.subarray(0, magic.length).equals(magic)) throw new TamperedObject('not an encrypted object');
   let at = magic.length;
   const id = head.subarray(at, (at += keyIdBytes));
@@ -134,11 +139,11 @@ function unwrap(ring: Keyring, head: Buffer): { dataKey: Buffer; prefix: Buffer 
   if (!key) throw new TamperedObject('made with a storage key that is not configured');
   try {
     const unwrapper = createDecipheriv('aes-256-gcm', key.key, wrapNonce);
-    unwrapper.setAAD(Buffer.concat([magic, id]));
+    unwrapper.setAAD(wrapContext(id, name));
     unwrapper.setAuthTag(tag);
     return { dataKey: Buffer.concat([unwrapper.update(wrapped), unwrapper.final()]), prefix: Buffer.from(prefix) };
   } catch {
-    throw new TamperedObject('its data key does not unwrap');
+    throw new TamperedObject('its data key does not unwrap (altered, or stored under another name)');
   }
 }
 
@@ -154,8 +159,8 @@ function openSegment(dataKey: Buffer, prefix: Buffer, index: number, last: boole
 }
 
 /** Decrypts a whole object held in memory (reports, thumbnails). Throws TamperedObject. */
-export function unseal(ring: Keyring, object: Buffer): Buffer {
-  const { dataKey, prefix } = unwrap(ring, object.subarray(0, headerBytes));
+export function unseal(ring: Keyring, name: string, object: Buffer): Buffer {
+  const { dataKey, prefix } = unwrap(ring, name, object.subarray(0, headerBytes));
   const body = object.subarray(headerBytes);
   const stride = segmentBytes + tagBytes;
   const count = Math.max(1, Math.ceil(body.length / stride));
@@ -165,13 +170,13 @@ export function unseal(ring: Keyring, object: Buffer): Buffer {
 }
 
 /** Reads an object file segment by segment, each decrypted and proven before it is yielded. */
-async function* segmentsOf(ring: Keyring, file: string): AsyncGenerator<Buffer> {
+async function* segmentsOf(ring: Keyring, name: string, file: string): AsyncGenerator<Buffer> {
   const handle = await open(file, 'r');
   try {
     const { size } = await handle.stat();
     const head = Buffer.alloc(headerBytes);
     await handle.read(head, 0, headerBytes, 0);
-    const { dataKey, prefix } = unwrap(ring, head);
+    const { dataKey, prefix } = unwrap(ring, name, head);
     const stride = segmentBytes + tagBytes;
     const body = size - headerBytes;
     const count = Math.max(1, Math.ceil(body / stride));
@@ -186,9 +191,9 @@ async function* segmentsOf(ring: Keyring, file: string): AsyncGenerator<Buffer> 
 }
 
 /** Proves every segment of an object file; resolves to its plaintext size. Throws TamperedObject. */
-export async function verifyObject(ring: Keyring, file: string): Promise<number> {
+export async function verifyObject(ring: Keyring, name: string, file: string): Promise<number> {
   let bytes = 0;
-  for await (const segment of segmentsOf(ring, file)) bytes += segment.length;
+  for await (const segment of segmentsOf(ring, name, file)) bytes += segment.length;
   return bytes;
 }
 
@@ -196,6 +201,6 @@ export async function verifyObject(ring: Keyring, file: string): Promise<number>
  * The plaintext of an object file as a stream. Call `verifyObject` first: a segment that fails
  * here (the file changed since) destroys the stream rather than end it as if complete.
  */
-export function openObject(ring: Keyring, file: string): Readable {
-  return Readable.from(segmentsOf(ring, file), { objectMode: false });
+export function openObject(ring: Keyring, name: string, file: string): Readable {
+  return Readable.from(segmentsOf(ring, name, file), { objectMode: false });
 }
