@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import sharp, { type Sharp } from 'sharp';
 import { ScrubError } from '../src/errors.js';
+import { seiUserData } from '../src/verify/sei.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { ffmpegTools, findPlanted, fixture, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
 
@@ -368,6 +369,21 @@ describe('issue 16: camera and phone video in a sibling container', () => {
 });
 
 describe('issue 16: camcorder data in the picture stream', () => {
+  it('SEI user data is read behind NAL lengths of 1, 2 or 4 bytes, and through emulation-prevention bytes', () => {
+    const uuid = Buffer.from('17ee8c60f84d11d98cd60800200c9a66', 'hex');
+    const data = Buffer.from([0x4d, 0x44, 0x50, 0x4d, 0x00, 0x00, 0x01, 0x18]); // "MDPM", then bytes needing escape
+    const escaped = Buffer.from([0x4d, 0x44, 0x50, 0x4d, 0x00, 0x00, 0x03, 0x01, 0x18]);
+    const sei = Buffer.concat([Buffer.from([0x06, 0x05, uuid.length + data.length]), uuid, escaped, Buffer.from([0x80])]);
+    const slice = Buffer.from([0x65, 0x88, 0x84, 0x00]);
+    for (const size of [1, 2, 4] as const) {
+      const stream = Buffer.concat([sei, slice].flatMap((nal) => [Buffer.from(nal.length.toString(16).padStart(size * 2, '0'), 'hex'), nal]));
+      const found = seiUserData(stream, 'h264', size);
+      assert.equal(found.length, 1, `length size ${size}`);
+      assert.equal(found[0]!.uuid, uuid.toString('hex'));
+      assert.ok(found[0]!.data.equals(data));
+    }
+  });
+
   it('H.264 with a camcorder SEI user-data message (MDPM) is refused; x264’s own settings string is not', async () => {
     const tools = await ffmpegTools();
     const file = path.join(work, 'camcorder.mp4');

@@ -175,7 +175,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
         probed,
         checkVideoStructure(container, file.cleanPath),
         values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, () => false).then((found) => found.size),
-        codec === 'h264' || codec === 'hevc' ? cameraDataInPictures(ffmpeg, file, codec) : [],
+        codec === 'h264' || codec === 'hevc' ? cameraDataInPictures(ffmpeg, file, codec, mainVideo(before)?.nal_length_size) : [],
       ] as const;
       started.push(...reads);
       const [after, structure, leaks, inPictures] = await Promise.all(reads);
@@ -260,12 +260,16 @@ const maxSeiBytes = 2 * 1024 * 1024;
  * Camera data the pictures carry (verify/sei.ts): a remux copies it, so a file that keeps any is
  * refused. Read from the output's own packets, which are the input's, copied.
  */
-async function cameraDataInPictures(tools: Ffmpeg, file: Stripped, codec: 'h264' | 'hevc'): Promise<string[]> {
+async function cameraDataInPictures(tools: Ffmpeg, file: Stripped, codec: 'h264' | 'hevc', nalLengthSize: string | undefined): Promise<string[]> {
+  // ffprobe states H.264's NAL length size; HEVC in MP4/Matroska uses 4 in practice. A size this
+  // reader does not know is refused rather than read wrongly (which would find nothing).
+  const lengthSize = Number(nalLengthSize ?? 4);
+  if (lengthSize !== 1 && lengthSize !== 2 && lengthSize !== 4) return ['video: the picture stream could not be read for camera data'];
   const dump = path.join(file.workDir, 'video-head.bin');
   try {
     const result = await runTool(tools.ffmpeg.path, videoHeadArgs(file.cleanPath, file.kind.family === 'video' ? file.kind.demuxer : 'mov', dump, maxSeiBytes), tools.timeoutMs);
     if (result.code !== 0) return ['video: the picture stream could not be read for camera data'];
-    const messages = seiUserData(await readFile(dump), codec).filter((m) => !isEncoderSettings(m));
+    const messages = seiUserData(await readFile(dump), codec, lengthSize).filter((m) => !isEncoderSettings(m));
     return messages.length > 0 ? [`video: camera data in the picture stream (${messages.length} SEI user-data message(s)), which a remux cannot remove`] : [];
   } finally {
     await rm(dump, { force: true });

@@ -230,6 +230,8 @@ export interface ProbeStream {
   channels?: number;
   channel_layout?: string;
   has_b_frames?: number;
+  /** H.264 in MP4/Matroska: how many bytes each NAL unit's length takes (1, 2 or 4). */
+  nal_length_size?: string;
   disposition?: Record<string, number>;
   tags?: Record<string, string>;
   side_data_list?: Array<Record<string, unknown>>;

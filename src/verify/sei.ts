@@ -5,8 +5,9 @@
  * the bitstream, so the verifier refuses a file that keeps any but the encoders' own settings
  * strings (x264, x265), which name software and options, not a person, a place or a device.
  *
- * Input: packets as ISOBMFF and Matroska store them, each NAL unit behind a 4-byte length.
- * Linear in the input; stops at the first length that does not fit.
+ * Input: packets as ISOBMFF and Matroska store them, each NAL unit behind a big-endian length of
+ * `lengthSize` bytes (4 almost always; H.264 allows 1 and 2). Linear in the input; stops at the
+ * first length that does not fit.
  */
 
 export interface UserData {
@@ -39,12 +40,12 @@ function unescape(nal: Buffer): Buffer {
 }
 
 /** The SEI messages' user data in a run of length-prefixed NAL units. */
-export function seiUserData(stream: Buffer, codec: 'h264' | 'hevc'): UserData[] {
+export function seiUserData(stream: Buffer, codec: 'h264' | 'hevc', lengthSize: 1 | 2 | 4 = 4): UserData[] {
   const found: UserData[] = [];
   const headerBytes = codec === 'h264' ? 1 : 2;
-  for (let pos = 0; pos + 4 <= stream.length; ) {
-    const length = stream.readUInt32BE(pos);
-    const start = pos + 4;
+  for (let pos = 0; pos + lengthSize <= stream.length; ) {
+    const length = stream.readUIntBE(pos, lengthSize);
+    const start = pos + lengthSize;
     const end = start + length;
     if (length === 0 || end > stream.length) break;
     const type = codec === 'h264' ? stream[start]! & 0x1f : (stream[start]! >> 1) & 0x3f;
