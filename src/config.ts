@@ -130,8 +130,10 @@ export function loadConfig(env: Env = process.env): Config {
 
   // 32 bytes as 64 hex digits or as base64: `openssl rand -hex 32`.
   const storageKeyOf = (name: string, text: string): Buffer | undefined => {
-    const key = /^[0-9a-fA-F]{64}$/.test(text) ? Buffer.from(text, 'hex') : Buffer.from(text, 'base64');
-    if (key.length === 32 && (/^[0-9a-fA-F]{64}$/.test(text) || key.toString('base64') === text)) return key;
+    const hex = /^[0-9a-fA-F]{64}$/.test(text);
+    const key = Buffer.from(text, hex ? 'hex' : 'base64');
+    // Base64 must be canonical: Buffer.from ignores what it cannot read.
+    if (key.length === 32 && (hex || key.toString('base64') === text)) return key;
     problems.push(`${name} must be 32 bytes as 64 hex digits or base64 (e.g. \`openssl rand -hex 32\`)`);
     return undefined;
   };

@@ -69,12 +69,15 @@ describe('previews after the answer', () => {
   let dir: string;
   before(async () => {
     dir = await tempDir();
-    // A decoder that takes 3 s and then fails: the answer must not wait for it.
-    const slow = path.join(dir, 'slow-decoder');
-    await writeFile(slow, '#!/bin/sh\nsleep 3\nexit 1\n', { mode: 0o755 });
-    svc = await testService({ heifDecoder: { path: slow, source: 'config' } });
+    // A decoder that waits until the test lets it go, then fails: if the answer waited for the
+    // preview, the upload would never be answered while the decoder is held.
+    const held = path.join(dir, 'held-decoder');
+    await writeFile(held, `#!/bin/sh\nwhile [ ! -e '${path.join(dir, 'release')}' ]; do sleep 0.05; done\nexit 1\n`, { mode: 0o755 });
+    svc = await testService({ heifDecoder: { path: held, source: 'config' } });
   });
+  const release = (): Promise<void> => writeFile(path.join(dir, 'release'), '');
   after(async () => {
+    await release();
     await svc.close();
     await removeDir(dir);
   });
@@ -83,9 +86,10 @@ describe('previews after the answer', () => {
     const res = await svc.api.post('/v1/uploads').attach('file', fixture(heic)).attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'));
     assert.equal(res.status, 201);
     const [heicFile, jpegFile] = res.body.files as Array<{ id: string }>;
-    assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}`)).body.preview, 'pending', 'answered before the 3 s decode ended');
+    assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}`)).body.preview, 'pending', 'answered while the decoder is held');
     assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}/thumbnail`)).status, 404, 'no thumbnail until it exists');
     assert.ok((await readdir(path.join(svc.dataDir, 'previews'))).length > 0, 'the cleaned HEIC is held for its preview');
+    await release();
     await svc.previewsSettled();
     assert.equal((await svc.api.get(`/v1/files/${heicFile!.id}`)).body.preview, 'none');
     assert.equal((await svc.api.get(`/v1/files/${jpegFile!.id}`)).body.preview, 'ready');

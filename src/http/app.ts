@@ -92,8 +92,10 @@ function fileView(record: ArtefactRecord, preview: PreviewState) {
  * A stored object's path from its ledger row, only if it is one of ours: `<folder>/<id>.<ext>.enc`
  * inside the data dir (a row is never trusted to name any other file: THREATS 42).
  */
-function storedPathIn(dataDir: string, relative: string | undefined, folder: 'clean' | 'thumbnails'): string {
-  if (relative === undefined || !new RegExp(`^${folder}/[A-Za-z0-9_-]+\\.[a-z0-9]+\\.enc$`).test(relative)) throw notFound('stored file');
+const storedNames = { clean: /^clean\/[A-Za-z0-9_-]+\.[a-z0-9]+\.enc$/, thumbnails: /^thumbnails\/[A-Za-z0-9_-]+\.jpg\.enc$/ };
+
+function storedPathIn(dataDir: string, relative: string | undefined, folder: keyof typeof storedNames): string {
+  if (relative === undefined || !storedNames[folder].test(relative)) throw notFound('stored file');
   return path.join(dataDir, relative);
 }
 

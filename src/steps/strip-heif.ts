@@ -333,14 +333,23 @@ function writeLocations(locations: Location[], offsetBytes: 4 | 8): Buffer {
  * simply reported as `exif`; the item goes either way.
  */
 function exifItemCategories(input: Buffer, location: Location | undefined, idat: Box | undefined): RemovedCategory[] {
-  const extent = location?.extents.length === 1 ? location.extents[0]! : undefined;
-  const [from, to] = location?.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
-  if (!extent || location!.method > 1 || extent.length < 4) return ['exif'];
+  const data = location?.extents.length === 1 ? extentBytes(input, location, location.extents[0]!, idat) : undefined;
+  if (!data || data.length < 4) return ['exif'];
+  const tiffStart = 4 + data.readUInt32BE(0);
+  return tiffStart < data.length ? exifCategories(data.subarray(tiffStart)) : ['exif'];
+}
+
+/**
+ * The bytes of one extent of an item: in the file (construction method 0) or in idat (1).
+ * Undefined when it lies outside its container or the item is built another way.
+ */
+function extentBytes(input: Buffer, location: Location, extent: Extent, idat: Box | undefined): Buffer | undefined {
+  if (location.method > 1) return undefined;
+  const [from, to] = location.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
   const start = from + extent.offset;
-  const end = start + extent.length;
-  if (start < from || end > to) return ['exif'];
-  const tiffStart = start + 4 + input.readUInt32BE(start);
-  return tiffStart < end ? exifCategories(input.subarray(tiffStart, end)) : ['exif'];
+  // A length of 0 means "to the end of the container".
+  const end = extent.length === 0 ? to : start + extent.length;
+  return start < from || end > to || end < start ? undefined : input.subarray(start, end);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,13 +486,9 @@ export function stripHeif(input: Buffer): ImageStripResult {
     const location = locations.get(item.id);
     if (!location) throw reject.corrupt(FORMAT, 'an image item without a location');
     if (location.method > 1) throw reject.structure(FORMAT, 'item data built from other items');
-    const [from, to] = location.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
     const extents = location.extents.map((e) => {
-      const start = from + e.offset;
-      // A length of 0 means "to the end of the container".
-      const end = e.length === 0 ? to : start + e.length;
-      if (start < from || end > to || end < start) throw reject.corrupt(FORMAT, 'item data outside the file');
-      const data = input.subarray(start, end);
+      const data = extentBytes(input, location, e, idat);
+      if (!data) throw reject.corrupt(FORMAT, 'item data outside the file');
       if (location.method === 0) {
         mdatParts.push(data);
         mdatSize += data.length;
