@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { parseBucketUrl } from './storage/bucket.js';
 
 /**
  * Everything scrubline can be configured with, read once from `SCRUBLINE_*` variables.
@@ -11,8 +12,15 @@ export interface Config {
   host: string;
   /** Root of everything scrubline writes: tmp/ (uploads in flight), clean/ and reports/ (local sink), the ledger and keys. */
   dataDir: string;
-  /** Render service to forward cleaned files to; undefined means the embedded local sink. */
+  /** Render service to forward cleaned files to (http/https), or a bucket to store them in (s3://bucket/prefix); undefined means the data dir. */
   upstreamUrl: URL | undefined;
+  /** PostgreSQL ledger shared by replicas; undefined means SQLite in the data dir. */
+  databaseUrl: string | undefined;
+  /** Server-side encryption asked of the bucket on every write. */
+  s3Sse: 'AES256' | 'aws:kms';
+  s3KmsKeyId: string | undefined;
+  /** Bucket in the path (`endpoint/bucket/key`) rather than the host name: MinIO and servers on an IP address. */
+  s3ForcePathStyle: boolean;
   upstreamTimeoutMs: number;
   /** HMAC key for fingerprints; undefined means "generate once and keep in the data dir". */
   fingerprintKey: string | undefined;
@@ -105,18 +113,35 @@ export function loadConfig(env: Env = process.env): Config {
     return value;
   };
 
+  const boolean = (name: string): boolean => {
+    const raw = read(name);
+    if (raw === undefined || raw === 'false') return false;
+    if (raw === 'true') return true;
+    problems.push(`SCRUBLINE_${name} must be true or false, got "${raw}"`);
+    return false;
+  };
+
   let upstreamUrl: URL | undefined;
   const rawUpstream = read('UPSTREAM_URL');
   if (rawUpstream !== undefined) {
     try {
       upstreamUrl = new URL(rawUpstream);
-      if (upstreamUrl.protocol !== 'http:' && upstreamUrl.protocol !== 'https:') {
-        problems.push(`SCRUBLINE_UPSTREAM_URL must be an http:// or https:// URL, got protocol "${upstreamUrl.protocol}"`);
+      if (upstreamUrl.protocol === 's3:') parseBucketUrl(upstreamUrl);
+      else if (upstreamUrl.protocol !== 'http:' && upstreamUrl.protocol !== 'https:') {
+        problems.push(`SCRUBLINE_UPSTREAM_URL must be an http://, https:// or s3:// URL, got protocol "${upstreamUrl.protocol}"`);
       }
-    } catch {
-      problems.push('SCRUBLINE_UPSTREAM_URL must be an absolute http(s) URL such as http://render:9000/jobs');
+    } catch (err) {
+      const why = upstreamUrl?.protocol === 's3:' && err instanceof Error ? `: ${err.message}` : '';
+      problems.push(`SCRUBLINE_UPSTREAM_URL must be an absolute http(s) URL such as http://render:9000/jobs, or s3://bucket/prefix${why}`);
     }
   }
+
+  const databaseUrl = read('DATABASE_URL');
+  if (databaseUrl !== undefined && !/^postgres(?:ql)?:\/\//.test(databaseUrl)) problems.push('SCRUBLINE_DATABASE_URL must be a postgres:// or postgresql:// URL (unset = SQLite in the data dir)');
+  const s3Sse = read('S3_SSE') ?? 'AES256';
+  if (s3Sse !== 'AES256' && s3Sse !== 'aws:kms') problems.push(`SCRUBLINE_S3_SSE must be AES256 or aws:kms, got "${s3Sse}"`);
+  const s3KmsKeyId = read('S3_KMS_KEY_ID');
+  if (s3KmsKeyId !== undefined && s3Sse !== 'aws:kms') problems.push('SCRUBLINE_S3_KMS_KEY_ID goes with SCRUBLINE_S3_SSE=aws:kms');
 
   const fingerprintKey = read('FINGERPRINT_KEY');
   if (fingerprintKey !== undefined && fingerprintKey.length < 32) {
@@ -162,6 +187,10 @@ export function loadConfig(env: Env = process.env): Config {
     host: read('HOST') ?? defaults.host,
     dataDir: path.resolve(read('DATA_DIR') ?? defaults.dataDir),
     upstreamUrl,
+    databaseUrl,
+    s3Sse: s3Sse as Config['s3Sse'],
+    s3KmsKeyId,
+    s3ForcePathStyle: boolean('S3_FORCE_PATH_STYLE'),
     upstreamTimeoutMs: integer('UPSTREAM_TIMEOUT_MS', defaults.upstreamTimeoutMs, 100, 3_600_000),
     fingerprintKey,
     ffmpegPath: read('FFMPEG_PATH'),
@@ -196,7 +225,11 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_PORT', `port to listen on (default ${defaults.port})`],
   ['SCRUBLINE_HOST', `address to bind (default ${defaults.host})`],
   ['SCRUBLINE_DATA_DIR', `where scrubline keeps its ledger, keys, temp files and the local sink (default ${defaults.dataDir})`],
-  ['SCRUBLINE_UPSTREAM_URL', 'render service to forward cleaned files to; unset = write them to the local sink in the data dir'],
+  ['SCRUBLINE_UPSTREAM_URL', 'render service to forward cleaned files to (http:// or https://), or s3://bucket/prefix to keep them in a bucket (endpoint, region and credentials as the AWS SDK reads them); unset = keep them in the data dir'],
+  ['SCRUBLINE_DATABASE_URL', 'PostgreSQL ledger that several replicas share (postgres://…); unset = SQLite in the data dir'],
+  ['SCRUBLINE_S3_SSE', 'server-side encryption asked of the bucket on every write: AES256 (default) or aws:kms'],
+  ['SCRUBLINE_S3_FORCE_PATH_STYLE', 'true = address the bucket in the path, not the host name (MinIO, a server on an IP address; default false)'],
+  ['SCRUBLINE_S3_KMS_KEY_ID', 'KMS key for SCRUBLINE_S3_SSE=aws:kms; unset = the bucket\'s default key'],
   ['SCRUBLINE_UPSTREAM_TIMEOUT_MS', `how long the upstream may take to answer (default ${defaults.upstreamTimeoutMs})`],
   ['SCRUBLINE_FINGERPRINT_KEY', 'HMAC key for fingerprints, 32+ characters; unset = generated once and kept in the data dir'],
   ['SCRUBLINE_FFMPEG_PATH', 'ffmpeg binary; unset = ffmpeg on PATH, else the one shipped by @ffmpeg-installer/ffmpeg'],

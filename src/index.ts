@@ -12,7 +12,8 @@ export { cleanFile, publicReport, type CleanFile, type PipelineDeps } from './pi
 export type { Fingerprint, ImageFingerprint, VideoFingerprint, StreamFingerprint } from './steps/fingerprint.js';
 export type { Forwarder, ForwardResult, UploadFields } from './steps/forward.js';
 export { HttpForwarder } from './steps/forward-http.js';
-export { LocalSink } from './steps/forward-local.js';
+export { StoreSink } from './steps/forward-store.js';
+export { LocalStore, type ObjectStore } from './storage/objects.js';
 export { Ledger } from './storage/ledger.js';
 export { removedCategories, type Removed, type RemovedCategory, type Retention } from './context.js';
 export type { Clock } from './steps/tag-expiry.js';

@@ -69,7 +69,7 @@ export interface ScrublineOptions {
    * `unfinishedJobCapHours` (default 168) and one of a finished job 24/72 h after the finish.
    * Without it, every file expires 24/72 h after its upload.
    */
-  jobFinishedAt?: (jobId: string) => string | undefined;
+  jobFinishedAt?: (jobId: string) => string | undefined | Promise<string | undefined>;
   unfinishedJobCapHours?: number;
   /** Told how long each pipeline stage took for each file (e.g. for metrics). */
   observe?: PipelineDeps['observe'];
@@ -304,7 +304,8 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     try {
       const upload = await receive(req, res, uploadDir);
       if (closed || res.writableEnded) return await dropClosed();
-      const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, options.jobFinishedAt, unfinishedJobCapHours) : undefined;
+      const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
+      const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;
       const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
       const files: CleanFile[] = [];
       // One file at a time: the concurrency that matters is across requests.

@@ -169,11 +169,11 @@ describe('crash records API', () => {
 
   it('keeps fingerprints and crash records for the record retention, then the sweeper clears them', async () => {
     const { ledger, dataDir } = svc;
-    const crashes = ledger.ofJob('render-7').filter((r) => r.kind === 'crash');
+    const crashes = (await ledger.ofJob('render-7')).filter((r) => r.kind === 'crash');
     assert.equal(crashes.length, 2);
     const report = await sweep({ ledger, dataDir, at: new Date(svc.clock.now.getTime() + 30 * 86_400_000) });
     assert.ok(report.purged.crash >= 2 && report.purged.fingerprint >= 1);
-    assert.equal(ledger.get(crashes[0]!.id)!.body, undefined, 'a purged record keeps no JSON');
+    assert.equal((await ledger.get(crashes[0]!.id))!.body, undefined, 'a purged record keeps no JSON');
     assert.equal((await api.get(`/v1/crashes/${crashes[0]!.id}`)).status, 404);
   });
 });

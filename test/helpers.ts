@@ -11,7 +11,9 @@ import { buildApp } from '../src/http/app.js';
 import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
-import { LocalSink } from '../src/steps/forward-local.js';
+import { StoreSink } from '../src/steps/forward-store.js';
+import { storesFor } from '../src/retention/sweeper.js';
+import type { ObjectStore } from '../src/storage/objects.js';
 import { Keyring } from '../src/storage/envelope.js';
 import type { HeifDecoder } from '../src/tools/heif.js';
 import type { Previews } from '../src/http/previews.js';
@@ -163,19 +165,21 @@ export function multipartParts(body: Buffer, contentType: string): Array<{ name:
 }
 
 /**
- * The HTTP service built with real parts on a temp data dir and the local sink, with an agent
+ * The HTTP service built with real parts on a temp data dir and the local sink (or a bucket), with an agent
  * that carries the API token. `clock.now` can be moved by the test.
  */
-export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder } = {}) {
+export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder; bucket?: ObjectStore } = {}) {
   const dataDir = await tempDir();
-  const ledger = Ledger.open(dataDir);
+  const ledger = await Ledger.open(dataDir);
+  const stores = storesFor(dataDir, options.bucket);
   const clock = { now: options.now ?? new Date('2026-06-01T08:00:00.000Z') };
   const tools = await ffmpegTools();
   const app = buildApp({
     logger: createLogger('info', options.logs ?? new LogCapture()),
     dataDir,
-    forwarder: new LocalSink(dataDir, testStorage),
+    forwarder: new StoreSink(options.bucket ?? stores.local, testStorage),
     ledger,
+    stores,
     tools,
     storage: testStorage,
     heifDecoder: options.heifDecoder,
@@ -195,7 +199,7 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     previewsSettled: (): Promise<void> => (app.locals.previews as Previews).settled(),
     close: async (): Promise<void> => {
       await (app.locals.previews as Previews).settled();
-      ledger.close();
+      await ledger.close();
       await removeDir(dataDir);
     },
   };

@@ -11,7 +11,8 @@ import { buildApp } from '../src/http/app.js';
 import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
-import { LocalSink } from '../src/steps/forward-local.js';
+import { StoreSink } from '../src/steps/forward-store.js';
+import { storesFor } from '../src/retention/sweeper.js';
 import type { Forwarder } from '../src/steps/forward.js';
 import { unseal } from '../src/storage/envelope.js';
 import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey, testStorage, testToken } from './helpers.js';
@@ -22,12 +23,13 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
   const dataDir = await tempDir();
   const logs = new LogCapture();
   const tools = await ffmpegTools();
-  const ledger = Ledger.open(dataDir);
+  const ledger = await Ledger.open(dataDir);
   const app = buildApp({
     logger: createLogger('info', logs),
     dataDir,
     forwarder: forwarder(dataDir),
     ledger,
+    stores: storesFor(dataDir),
     tools,
     storage: testStorage,
     apiToken: testToken,
@@ -46,7 +48,7 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
   });
   // Every request of these tests carries the token unless a test says otherwise.
   const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
-  return { app, api, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { ledger.close(); await removeDir(dataDir); } };
+  return { app, api, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { await ledger.close(); await removeDir(dataDir); } };
 }
 
 describe('POST /v1/uploads to a render service', () => {
@@ -94,7 +96,7 @@ describe('POST /v1/uploads to a render service', () => {
     assert.equal(manifestField[0].expiresAt, jpeg.expiresAt);
     assert.ok(!received.body.includes(Buffer.from(plantedName)));
 
-    assert.equal(svc.ledger.get(jpeg.id)?.retention, 'extended');
+    assert.equal((await svc.ledger.get(jpeg.id))?.retention, 'extended');
     assert.deepEqual(await svc.tmpFiles(), []);
     const logText = svc.logs.text;
     assert.ok(logText.includes('file cleaned'));
@@ -224,7 +226,7 @@ describe('upstream retries', () => {
 
 describe('embedded local sink', () => {
   it('writes the cleaned file and its report under the data dir', async () => {
-    const svc = await makeApp((dataDir) => new LocalSink(dataDir, testStorage));
+    const svc = await makeApp((dataDir) => new StoreSink(storesFor(dataDir).local, testStorage));
     try {
       const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/png-text-exif-xmp.png'), plantedName);
       assert.equal(res.status, 201);

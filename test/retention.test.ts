@@ -59,7 +59,7 @@ describe('access control', () => {
     const basic = await request(svc.app).post('/v1/jobs/j/finished').set('authorization', `Basic ${Buffer.from(`u:${testToken}`).toString('base64')}`);
     assert.equal(basic.status, 401);
     assert.deepEqual(await filesUnder(path.join(svc.dataDir, 'tmp')).catch(() => []), []);
-    assert.equal(svc.ledger.jobFinishedAt('j'), undefined);
+    assert.equal(await svc.ledger.jobFinishedAt('j'), undefined);
     assert.equal((await request(svc.app).get('/healthz')).status, 200);
   });
 
@@ -165,8 +165,8 @@ describe('the sweeper', () => {
     const extended = await svc.upload('media/png-text-exif-xmp.png', { jobId: 'sweep-1', retention: 'extended' });
     svc.clock.now = at(2);
     await svc.api.post('/v1/jobs/sweep-1/finished');
-    const onDisk = (id: string): string[] => svc.ledger.get(id)!.paths.concat(svc.ledger.thumbnailOf(id)?.paths ?? []);
-    const standardPaths = onDisk(standard.id);
+    const onDisk = async (id: string): Promise<string[]> => (await svc.ledger.get(id))!.paths.concat((await svc.ledger.thumbnailOf(id))?.paths ?? []);
+    const standardPaths = await onDisk(standard.id);
     assert.equal(standardPaths.length, 3, 'cleaned file, report and thumbnail');
     assert.ok(standardPaths.every((p) => existsSync(path.join(svc.dataDir, p))));
 
@@ -215,14 +215,14 @@ describe('the sweeper', () => {
     svc.clock.now = t0;
     const a = await svc.upload('media/jpeg-gps-exif-xmp-iptc.jpg', { jobId: 'user-deletes' });
     const b = await svc.upload('media/mp4-location.mp4', { jobId: 'user-deletes', retention: 'extended' });
-    const paths = [a.id, b.id].flatMap((id) => svc.ledger.get(id)!.paths.concat(svc.ledger.thumbnailOf(id)?.paths ?? []));
+    const paths = (await Promise.all([a.id, b.id].map(async (id) => (await svc.ledger.get(id))!.paths.concat((await svc.ledger.thumbnailOf(id))?.paths ?? [])))).flat();
     const res = await svc.api.delete('/v1/jobs/user-deletes');
     assert.equal(res.status, 200);
     // Fingerprints are kept per file too (for crash reports), and go with the job.
     assert.deepEqual(res.body.purged, { file: 2, thumbnail: 2, fingerprint: 2, crash: 0 });
     assert.ok(paths.every((p) => !existsSync(path.join(svc.dataDir, p))));
     assert.notEqual((await svc.record(a.id)).purgedAt, null);
-    const audit = svc.ledger.deletions('user-deletes');
+    const audit = await svc.ledger.deletions('user-deletes');
     assert.equal(audit.length, 1);
     assert.deepEqual(audit[0]!.counts, { file: 2, thumbnail: 2, fingerprint: 2, crash: 0 });
     assert.equal(audit[0]!.ids.length, 6);
@@ -247,7 +247,7 @@ describe('scrubline sweep (out of process)', () => {
     const listed = JSON.parse(dry.stdout) as { ids: string[]; dryRun: boolean };
     assert.equal(listed.dryRun, true);
     assert.deepEqual(new Set(listed.ids), new Set([...expiring, ...expiring.map((id) => `th_${id}`)]));
-    assert.ok(svc.ledger.expired(at(24).toISOString()).length === 8, 'a dry run changes nothing');
+    assert.ok((await svc.ledger.expired(at(24).toISOString())).length === 8, 'a dry run changes nothing');
 
     // A sweeper that dies (SIGKILL) after deleting the third artefact's files.
     const child = spawn(
@@ -256,7 +256,7 @@ describe('scrubline sweep (out of process)', () => {
         '--import', 'tsx', '--input-type=module', '-e',
         `import { Ledger } from ${JSON.stringify(path.join(root, 'src/storage/ledger.ts'))};
          import { sweep } from ${JSON.stringify(path.join(root, 'src/retention/sweeper.ts'))};
-         const ledger = Ledger.open(process.env.SCRUBLINE_DATA_DIR);
+         const ledger = await Ledger.open(process.env.SCRUBLINE_DATA_DIR);
          let n = 0;
          await sweep({ ledger, dataDir: process.env.SCRUBLINE_DATA_DIR, at: new Date(${JSON.stringify(at(24).toISOString())}),
            onDeleted: () => { if (++n === 3) process.kill(process.pid, 'SIGKILL'); } });`,
@@ -265,19 +265,24 @@ describe('scrubline sweep (out of process)', () => {
     );
     const signal = await new Promise((resolve) => child.on('exit', (_code, sig) => resolve(sig)));
     assert.equal(signal, 'SIGKILL');
-    const left = svc.ledger.expired(at(24).toISOString()).length;
-    assert.ok(left > 0 && left < 8, `the kill landed mid-run (${left} of 8 left)`);
+    // Its claim rolled back with it: every row is still expired and unpurged, though three
+    // artefacts' files are already gone.
+    const left = (await svc.ledger.expired(at(24).toISOString())).length;
+    assert.equal(left, 8);
+    const records = [...(await Promise.all(expiring.map((id) => svc.ledger.get(id)))), ...(await Promise.all(expiring.map((id) => svc.ledger.thumbnailOf(id))))];
+    const gone = records.filter((r) => r!.paths.some((p) => !existsSync(path.join(svc.dataDir, p))));
+    assert.equal(gone.length, 3, 'the kill landed mid-run');
 
     const rerun = await promisify(execFile)(process.execPath, [cli, 'sweep', '--at', at(24).toISOString(), '--json'], { env });
     assert.equal((JSON.parse(rerun.stdout) as { ids: string[] }).ids.length, left);
-    assert.equal(svc.ledger.expired(at(24).toISOString()).length, 0);
+    assert.equal((await svc.ledger.expired(at(24).toISOString())).length, 0);
     for (const id of expiring) {
-      assert.ok(svc.ledger.get(id)!.paths.every((p) => !existsSync(path.join(svc.dataDir, p))), 'nothing expired survives');
+      assert.ok((await svc.ledger.get(id))!.paths.every((p) => !existsSync(path.join(svc.dataDir, p))), 'nothing expired survives');
     }
-    const kept = svc.ledger.get(keeper.id)!;
+    const kept = (await svc.ledger.get(keeper.id))!;
     assert.equal(kept.purgedAt, undefined, 'nothing unexpired is touched');
     assert.ok(kept.paths.every((p) => existsSync(path.join(svc.dataDir, p))));
-    assert.ok(existsSync(path.join(svc.dataDir, svc.ledger.thumbnailOf(keeper.id)!.paths[0]!)));
+    assert.ok(existsSync(path.join(svc.dataDir, (await svc.ledger.thumbnailOf(keeper.id))!.paths[0]!)));
     const thumbnails = await readdir(path.join(svc.dataDir, 'thumbnails'));
     assert.deepEqual(thumbnails, [`th_${keeper.id}.jpg.enc`]);
   });

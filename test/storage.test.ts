@@ -8,7 +8,7 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buffer as streamToBuffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
-import { Keyring, openObject, seal, sealFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
+import { Keyring, openObject, seal, sealedFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
 import { sweep } from '../src/retention/sweeper.js';
 import { findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
 
@@ -52,18 +52,32 @@ describe('envelope encryption (AES-256-GCM, a data key per object, segments boun
     assert.throws(() => unseal(new Keyring([keyB]), 'r', old), /storage key that is not configured/);
   });
 
-  it('files are sealed and opened a segment at a time; a changed file is refused before a byte is given out', async () => {
+  it('files are sealed and opened a segment at a time, from chunks of any size; a changed object is refused before a byte is given out', async () => {
     const dir = await tempDir();
+    // The bytes as a store hands them over: in chunks that do not line up with the segments.
+    const chunked = async function* (bytes: Buffer, size: number): AsyncGenerator<Buffer> {
+      for (let at = 0; at < bytes.length; at += size) yield bytes.subarray(at, at + size);
+    };
     try {
-      const plain = randomBytes(5 * segmentBytes + 3);
-      await writeFile(path.join(dir, 'plain'), plain);
-      await sealFile(ring, 'sealed', path.join(dir, 'plain'), path.join(dir, 'sealed'));
-      assert.equal(await verifyObject(ring, 'sealed', path.join(dir, 'sealed')), plain.length);
-      assert.ok((await streamToBuffer(openObject(ring, 'sealed', path.join(dir, 'sealed')))).equals(plain));
-      const bad = await readFile(path.join(dir, 'sealed'));
-      bad[bad.length - 100]! ^= 0x80;
-      await writeFile(path.join(dir, 'sealed'), bad);
-      await assert.rejects(verifyObject(ring, 'sealed', path.join(dir, 'sealed')), TamperedObject);
+      for (const size of [0, 1, segmentBytes, 2 * segmentBytes, 5 * segmentBytes + 3]) {
+        const plain = randomBytes(size);
+        await writeFile(path.join(dir, 'plain'), plain);
+        const sealed = await sealedFile(ring, 'sealed', path.join(dir, 'plain'));
+        const object = await streamToBuffer(sealed.body);
+        assert.equal(object.length, sealed.length, `the length is known up front (size ${size})`);
+        assert.ok(unseal(ring, 'sealed', object).equals(plain), `the buffer reader agrees (size ${size})`);
+        for (const chunk of [1000, 65_551, 1 << 20]) {
+          assert.equal(await verifyObject(ring, 'sealed', chunked(object, chunk)), plain.length, `size ${size}, chunks of ${chunk}`);
+          assert.ok((await streamToBuffer(openObject(ring, 'sealed', chunked(object, chunk)))).equals(plain), `size ${size}, chunks of ${chunk}`);
+        }
+        // Cut at a segment's end, the object is still refused: the last segment says it is last.
+        const cut = object.subarray(0, object.length - (size > segmentBytes ? segmentBytes + 16 : 1));
+        await assert.rejects(verifyObject(ring, 'sealed', chunked(cut, 4096)), TamperedObject, `cut, size ${size}`);
+        const bad = Buffer.from(object);
+        bad[bad.length - 10]! ^= 0x80;
+        await assert.rejects(verifyObject(ring, 'sealed', chunked(bad, 4096)), TamperedObject, `altered, size ${size}`);
+      }
+      await assert.rejects(verifyObject(ring, 'sealed', chunked(Buffer.alloc(0), 1)), TamperedObject, 'an empty object');
     } finally {
       await removeDir(dir);
     }

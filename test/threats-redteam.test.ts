@@ -428,9 +428,9 @@ describe('THREATS 41–42, 44: deletion is complete and final', () => {
       assert.deepEqual(await filesUnder(path.join(t.dataDir, 'tmp')), []);
       // In flight: the job is deleted between the upload's checks and its recording.
       const record: ArtefactRecord = { id: 'f1', kind: 'file', jobId: 'job-c', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp_x', destination: 'local', retention: 'standard', createdAt: 'x', expiresAt: 'y', paths: [] };
-      t.ledger.deleteJob('job-c', new Date().toISOString());
-      assert.throws(() => t.ledger.record([record]), (err: unknown) => err instanceof ScrubError && err.code === 'job_deleted');
-      assert.equal(t.ledger.get('f1'), undefined);
+      await t.ledger.deleteJob('job-c', new Date().toISOString());
+      await assert.rejects(t.ledger.record([record]), (err: unknown) => err instanceof ScrubError && err.code === 'job_deleted');
+      assert.equal(await t.ledger.get('f1'), undefined);
     } finally {
       await t.close();
     }
@@ -439,23 +439,23 @@ describe('THREATS 41–42, 44: deletion is complete and final', () => {
   it('42 the sweeper skips a bad row (a directory, a path outside, a link out of the data dir) and purges the rest', async () => {
     const dataDir = await tempDir();
     const outside = await tempDir();
-    const ledger = Ledger.open(dataDir);
+    const ledger = await Ledger.open(dataDir);
     try {
-      await mkdir(path.join(dataDir, 'clean', 'adir'), { recursive: true });
-      await writeFile(path.join(dataDir, 'clean', 'good.jpg'), 'x');
-      await writeFile(path.join(outside, 'victim.jpg'), 'keep me');
+      await mkdir(path.join(dataDir, 'clean', 'adir.jpg.enc'), { recursive: true });
+      await writeFile(path.join(dataDir, 'clean', 'good.jpg.enc'), 'x');
+      await writeFile(path.join(outside, 'victim.json.enc'), 'keep me');
       await writeFile(path.join(outside, 'old-orphan.jpg'), 'keep me too');
       await symlink(outside, path.join(dataDir, 'reports'));
       const row = (id: string, p: string): ArtefactRecord => ({ id, kind: 'file', jobId: 'j', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp', destination: 'local', retention: 'standard', createdAt: '2026-01-01T00:00:00.000Z', expiresAt: '2026-01-02T00:00:00.000Z', paths: [p] });
-      ledger.record([row('dir', 'clean/adir'), row('out', '../outside.jpg'), row('link', 'reports/victim.jpg'), row('good', 'clean/good.jpg')]);
+      await ledger.record([row('dir', 'clean/adir.jpg.enc'), row('out', '../outside.jpg'), row('link', 'reports/victim.json.enc'), row('good', 'clean/good.jpg.enc')]);
       const report = await sweep({ ledger, dataDir, at: new Date('2026-02-01T00:00:00.000Z'), orphanGraceMs: 0 });
       assert.deepEqual(report.ids, ['good']);
       assert.deepEqual(report.skipped.sort(), ['dir', 'link', 'out']);
-      assert.equal(await readFile(path.join(outside, 'victim.jpg'), 'utf8'), 'keep me');
+      assert.equal(await readFile(path.join(outside, 'victim.json.enc'), 'utf8'), 'keep me');
       assert.equal(await readFile(path.join(outside, 'old-orphan.jpg'), 'utf8'), 'keep me too', 'the orphan sweep does not follow a linked folder');
-      assert.equal(ledger.get('good')?.purgedAt, '2026-02-01T00:00:00.000Z');
+      assert.equal((await ledger.get('good'))?.purgedAt, '2026-02-01T00:00:00.000Z');
     } finally {
-      ledger.close();
+      await ledger.close();
       await removeDir(dataDir);
       await removeDir(outside);
     }

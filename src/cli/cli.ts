@@ -132,23 +132,25 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
   const { values } = parseArgs({ args, options: { 'dry-run': { type: 'boolean' }, at: { type: 'string' }, json: { type: 'boolean' } } });
   const at = values.at === undefined ? new Date() : new Date(values.at);
   if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
-  if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR to the service's data dir`);
-  const { Ledger } = await import('../storage/ledger.js');
+  if (config.databaseUrl === undefined && !existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) {
+    throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR (or SCRUBLINE_DATABASE_URL) as the service has them`);
+  }
+  const { openStorage } = await import('../storage/open.js');
   const { sweep } = await import('../retention/sweeper.js');
-  const ledger = Ledger.open(config.dataDir);
+  const storage = await openStorage(config);
   try {
-    const report = await sweep({ ledger, dataDir: config.dataDir, at, dryRun: values['dry-run'] === true });
+    const report = await sweep({ ledger: storage.ledger, bucket: storage.bucket, dataDir: config.dataDir, at, dryRun: values['dry-run'] === true });
     if (values.json) out.stdout(JSON.stringify(report) + '\n');
     else {
       const verb = report.dryRun ? 'would purge' : 'purged';
       const counts = Object.entries(report.purged).map(([kind, n]) => `${n} ${kind}${n === 1 ? '' : 's'}`).join(', ');
       out.stdout(`${report.at}: ${verb} ${counts}; ${report.orphans} orphan file(s) ${report.dryRun ? 'found' : 'removed'}\n`);
       if (report.dryRun) for (const id of report.ids) out.stdout(`${id}\n`);
-      if (report.skipped.length > 0) out.stderr(`skipped ${report.skipped.length} bad ledger row(s) (a path outside the data dir, through a link, or not a file): ${report.skipped.join(' ')}\n`);
+      if (report.skipped.length > 0) out.stderr(`skipped ${report.skipped.length} bad ledger row(s) (naming an object scrubline does not store, or a store not configured here): ${report.skipped.join(' ')}\n`);
     }
     return report.skipped.length > 0 ? 1 : 0;
   } finally {
-    ledger.close();
+    await storage.close();
   }
 }
 
@@ -221,12 +223,14 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
   let json: string | undefined;
   if (existsSync(source)) json = readFileSync(source, 'utf8');
   else if (/^fp_[0-9a-f]{16}$/.test(source)) {
-    if (!existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) throw new UsageError(`no ledger in ${config.dataDir} to look ${source} up in; pass the fingerprint JSON instead`);
-    const ledger = Ledger.open(config.dataDir);
+    if (config.databaseUrl === undefined && !existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) {
+      throw new UsageError(`no ledger in ${config.dataDir} to look ${source} up in; pass the fingerprint JSON instead`);
+    }
+    const ledger = await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl });
     try {
-      json = ledger.fingerprint(source)?.body;
+      json = (await ledger.fingerprint(source))?.body;
     } finally {
-      ledger.close();
+      await ledger.close();
     }
     if (json === undefined) throw new UsageError(`no fingerprint ${source} in the ledger (expired or deleted?)`);
   } else throw new UsageError(`${source} is neither a fingerprint file nor an fp_ id`);

@@ -4,8 +4,8 @@
  * middleware followed by the forward step, so the service and the library run the same code.
  */
 import { randomUUID } from 'node:crypto';
-import { access, constants, readFile } from 'node:fs/promises';
-import path from 'node:path';
+import { access, constants } from 'node:fs/promises';
+import { buffer as readAll } from 'node:stream/consumers';
 import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Logger } from 'pino';
 import { pipeline } from 'node:stream/promises';
@@ -16,7 +16,8 @@ import { requireBearer } from './auth.js';
 import { defaults } from '../config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
-import { countByKind, purgeRecords, removeArtefactFiles } from '../retention/sweeper.js';
+import { countByKind, purgeRecords, removeArtefactObjects, type Stores } from '../retention/sweeper.js';
+import { ForeignName, MissingObject, type ObjectStore } from '../storage/objects.js';
 import { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { Previews, type PreviewState } from './previews.js';
@@ -34,10 +35,12 @@ export interface AppDeps {
   scrubline: ScrublineOptions;
   forwarder: Forwarder;
   ledger: Ledger;
+  /** The stores artefacts lie in; thumbnails go to the bucket when there is one, else the data dir. */
+  stores: Stores;
   tools: Ffmpeg;
   /** libheif's decoder, for HEIC previews; without it HEIC has none. */
   heifDecoder?: HeifDecoder | undefined;
-  /** Encrypts what the service stores itself (thumbnails; the local sink has its own reference). */
+  /** Encrypts what the service stores itself (thumbnails; the store sink has its own reference). */
   storage: Keyring;
   /** Bearer token every /v1/* request must carry. */
   apiToken: string;
@@ -89,14 +92,25 @@ function fileView(record: ArtefactRecord, preview: PreviewState) {
 }
 
 /**
- * A stored object's path from its ledger row, only if it is one of ours: `<folder>/<id>.<ext>.enc`
- * inside the data dir (a row is never trusted to name any other file: THREATS 42).
+ * Where an artefact's bytes lie and under which name, from its ledger row. The store refuses a
+ * name it does not build itself (a row is never trusted to name any other object: THREATS 42).
  */
-const storedNames = { clean: /^clean\/[A-Za-z0-9_-]+\.[a-z0-9]+\.enc$/, thumbnails: /^thumbnails\/[A-Za-z0-9_-]+\.jpg\.enc$/ };
+function storedObject(stores: Stores, record: ArtefactRecord): { store: ObjectStore; name: string } {
+  const store = record.destination === 'local' ? stores.local : record.destination === 'bucket' ? stores.bucket : undefined;
+  const name = record.paths[0];
+  if (store === undefined || name === undefined) throw notFound('stored file', 'It was forwarded to the render service and is not kept here.');
+  return { store, name };
+}
 
-function storedPathIn(dataDir: string, relative: string | undefined, folder: keyof typeof storedNames): string {
-  if (relative === undefined || !storedNames[folder].test(relative)) throw notFound('stored file');
-  return path.join(dataDir, relative);
+/** The raw bytes of a stored object; an object that is gone (or a name that is not ours) is a 404 or 410. */
+async function readStored(stores: Stores, record: ArtefactRecord, gone: ScrubError): Promise<{ name: string; bytes: AsyncIterable<Uint8Array> }> {
+  const { store, name } = storedObject(stores, record);
+  try {
+    return { name, bytes: await store.get(name) };
+  } catch (err) {
+    if (err instanceof MissingObject || err instanceof ForeignName) throw gone;
+    throw err;
+  }
 }
 
 /** A stored object that does not open (altered, truncated, or under another's name): never served. */
@@ -145,7 +159,7 @@ export function buildApp(deps: AppDeps): express.Express {
     return toolCheck.result;
   };
   app.get('/readyz', async (_req, res) => {
-    const [[ffmpeg, ffprobe], [dataDir]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK)])]);
+    const [[ffmpeg, ffprobe], [dataDir, ledger]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK), deps.ledger.ping()])]);
     const tool = (binary: Binary, result: PromiseSettledResult<{ version: string }>) => ({
       ok: result.status === 'fulfilled',
       path: binary.path,
@@ -156,18 +170,21 @@ export function buildApp(deps: AppDeps): express.Express {
       ffmpeg: tool(deps.tools.ffmpeg, ffmpeg),
       ffprobe: tool(deps.tools.ffprobe, ffprobe),
       dataDir: { ok: dataDir.status === 'fulfilled', writable: dataDir.status === 'fulfilled' },
-      ledger: { ok: true, schemaVersion: deps.ledger.schemaVersion },
+      ledger: { ok: ledger.status === 'fulfilled', engine: deps.ledger.engine, schemaVersion: deps.ledger.schemaVersion },
       // Optional: without it HEIC uploads are cleaned as ever, only without a preview.
       heifDecoder: deps.heifDecoder ? { present: true, path: deps.heifDecoder.path, source: deps.heifDecoder.source } : { present: false },
     };
-    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok;
+    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok && body.ledger.ok;
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...body });
   });
 
   const clock = deps.scrubline.clock ?? systemClock;
+  const jobExpiry = (retention: 'standard' | 'extended', finishedAt: string): string => expiresAt(retention, new Date(finishedAt));
   const previews = new Previews({
     dataDir: deps.dataDir,
     ledger: deps.ledger,
+    store: deps.stores.bucket ?? deps.stores.local,
+    expiry: jobExpiry,
     storage: deps.storage,
     tools: deps.tools,
     heifDecoder: deps.heifDecoder,
@@ -176,8 +193,6 @@ export function buildApp(deps: AppDeps): express.Express {
   });
   // The server awaits previews in flight before it closes the ledger.
   app.locals.previews = previews;
-  const storedPath = (relative: string | undefined, folder: 'clean' | 'thumbnails'): string => storedPathIn(deps.dataDir, relative, folder);
-  const readStored = (relative: string | undefined, folder: 'clean' | 'thumbnails'): Promise<Buffer> => readFile(storedPath(relative, folder));
   const recordRetentionDays = deps.recordRetentionDays ?? defaults.recordRetentionDays;
   // Every /v1 route, before any of them reads a byte of the body.
   app.use('/v1', requireBearer(deps.apiToken));
@@ -212,13 +227,13 @@ export function buildApp(deps: AppDeps): express.Express {
     async function forwardUpload(req: Request, res: Response) {
       const upload = req.scrubline!;
       // A deleted job takes nothing more, in flight or later (THREATS 41).
-      if (upload.jobId !== undefined && deps.ledger.jobDeletedAt(upload.jobId) !== undefined) throw jobDeleted();
+      if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();
       const fields = { jobId: upload.jobId, retention: upload.retention };
       const forwardStarted = performance.now();
       const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
       metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
       const createdAt = clock().toISOString();
-      const jobFinishedAt = upload.jobId === undefined ? undefined : deps.ledger.jobFinishedAt(upload.jobId);
+      const jobFinishedAt = upload.jobId === undefined ? undefined : await deps.ledger.jobFinishedAt(upload.jobId);
       const records: ArtefactRecord[] = [];
       const fileRecords: ArtefactRecord[] = [];
       for (const f of upload.files) {
@@ -240,10 +255,12 @@ export function buildApp(deps: AppDeps): express.Express {
         records.push(file, fingerprintRecord(file, f.fingerprint, recordRetentionDays));
       }
       try {
-        deps.ledger.record(records);
+        // A finish report that landed on any replica since the clock was read re-dates the files.
+        await deps.ledger.record(records, jobExpiry);
       } catch (err) {
-        // The job was deleted while this upload was being forwarded: what it stored goes too.
-        await Promise.allSettled(records.map((r) => removeArtefactFiles(deps.dataDir, r)));
+        // The job was deleted while this upload was being forwarded (or the ledger failed): what
+        // it stored goes too.
+        await Promise.allSettled(records.map((r) => removeArtefactObjects(deps.stores, r)));
         throw err;
       }
       for (const f of upload.files) {
@@ -261,22 +278,20 @@ export function buildApp(deps: AppDeps): express.Express {
 
   app.use('/v1', crashRoutes({ ledger: deps.ledger, clock, retentionDays: recordRetentionDays }));
 
-  app.get('/v1/files/:id', (req, res) => {
-    const record = deps.ledger.get(req.params.id);
+  app.get('/v1/files/:id', async (req, res) => {
+    const record = await deps.ledger.get(req.params.id);
     if (!record || record.kind !== 'file') throw notFound('file');
-    res.json(fileView(record, previews.state(record.id)));
+    res.json(fileView(record, await previews.state(record.id)));
   });
 
   app.get('/v1/files/:id/thumbnail', async (req, res) => {
-    const file = deps.ledger.get(req.params.id);
-    const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? deps.ledger.thumbnailOf(file.id) : undefined;
+    const file = await deps.ledger.get(req.params.id);
+    const thumbnail = file && file.kind === 'file' && file.purgedAt === undefined ? await deps.ledger.thumbnailOf(file.id) : undefined;
     if (!thumbnail) throw notFound('thumbnail', 'It expired, was deleted, or it has no preview (HEIC without libheif\'s decoder on the server).');
-    const name = thumbnail.paths[0]!;
-    const stored = await readStored(name, 'thumbnails').catch(() => undefined);
-    if (!stored) throw notFound('thumbnail', 'It was purged.');
+    const stored = await readStored(deps.stores, thumbnail, notFound('thumbnail', 'It was purged.'));
     let jpeg: Buffer;
     try {
-      jpeg = unseal(deps.storage, name, stored);
+      jpeg = unseal(deps.storage, stored.name, await readAll(stored.bytes));
     } catch (err) {
       throw integrityFailure(err);
     }
@@ -284,19 +299,19 @@ export function buildApp(deps: AppDeps): express.Express {
     res.type('image/jpeg').send(jpeg);
   });
 
-  // The cleaned file itself, decrypted, for a render service that uses the local sink: every
-  // byte is proven before the first is sent, so an altered object is refused, never half served.
+  // The cleaned file itself, decrypted, for a render service that reads from the data dir or the
+  // bucket: every byte is proven before the first is sent (a first read of the whole object), so
+  // an altered object is refused, never half served.
   app.get('/v1/files/:id/content', async (req, res) => {
-    const file = deps.ledger.get(req.params.id);
+    const file = await deps.ledger.get(req.params.id);
     if (!file || file.kind !== 'file') throw notFound('file');
     if (file.purgedAt !== undefined) throw new ScrubError('gone', 'The file was purged: its retention ended or its job was deleted. Upload it again if it is still needed.');
-    if (file.destination !== 'local') throw notFound('stored file', 'It was forwarded to the render service and is not kept here.');
-    const name = file.paths[0]!;
-    const stored = storedPath(name, 'clean');
-    const bytes = await verifyObject(deps.storage, name, stored).catch((err: unknown) => {
-      if (err instanceof TamperedObject) throw integrityFailure(err);
-      throw new ScrubError('gone', 'The file is no longer stored. Upload it again if it is still needed.', { cause: err });
+    const notStored = new ScrubError('gone', 'The file is no longer stored. Upload it again if it is still needed.');
+    const proof = await readStored(deps.stores, file, notStored);
+    const bytes = await verifyObject(deps.storage, proof.name, proof.bytes).catch((err: unknown) => {
+      throw err instanceof TamperedObject ? integrityFailure(err) : err;
     });
+    const { name, bytes: stored } = await readStored(deps.stores, file, notStored);
     res.setHeader('Cache-Control', 'private, no-store');
     res.setHeader('Content-Length', String(bytes));
     res.type(file.mime);
@@ -306,9 +321,9 @@ export function buildApp(deps: AppDeps): express.Express {
     });
   });
 
-  app.post('/v1/jobs/:jobId/finished', (req, res) => {
+  app.post('/v1/jobs/:jobId/finished', async (req, res) => {
     const jobId = validJobId(req.params.jobId);
-    const done = deps.ledger.finishJob(jobId, clock().toISOString(), (retention, finishedAt) => expiresAt(retention, new Date(finishedAt)));
+    const done = await deps.ledger.finishJob(jobId, clock().toISOString(), jobExpiry);
     req.log.info({ jobId, firstReport: done.firstReport, artefacts: done.artefacts }, 'job finished');
     res.json({
       jobId,
@@ -324,11 +339,11 @@ export function buildApp(deps: AppDeps): express.Express {
     const at = clock().toISOString();
     // The job is marked deleted in the same transaction that lists its artefacts: an upload
     // recorded before is in the list, one after is refused (410 job_deleted).
-    const records = deps.ledger.deleteJob(jobId, at);
-    const { purged, skipped } = await purgeRecords(deps.ledger, deps.dataDir, records, at);
+    const records = await deps.ledger.deleteJob(jobId, at);
+    const { purged, skipped } = await purgeRecords(deps.ledger, deps.stores, records, at);
     const counts = countByKind(purged);
-    deps.ledger.recordDeletion(jobId, at, counts, purged.map((r) => r.id));
-    if (skipped.length > 0) req.log.error({ jobId, skipped }, 'job deletion skipped ledger rows whose paths are not plain files inside the data dir');
+    await deps.ledger.recordDeletion(jobId, at, counts, purged.map((r) => r.id));
+    if (skipped.length > 0) req.log.error({ jobId, skipped }, 'job deletion skipped ledger rows that name objects scrubline does not store');
     req.log.info({ jobId, purged: counts }, 'job deleted on request');
     res.json({ jobId, deletedAt: at, purged: counts, ...(skipped.length > 0 ? { skipped: skipped.length } : {}) });
   });

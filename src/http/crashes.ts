@@ -111,12 +111,12 @@ const notFound = (what: string): ScrubError => new ScrubError('not_found', `No s
 export function crashRoutes(deps: { ledger: Ledger; clock: Clock; retentionDays: number }): Router {
   const router = Router();
 
-  router.post('/crashes', jsonBody(), (req, res) => {
+  router.post('/crashes', jsonBody(), async (req, res) => {
     const { ref, crash } = readCrash(req.body);
     // A crash named by its file belongs to that file's job, and its deletion takes the crash with
     // it: the file's own fingerprint row, not the newest with the same fingerprint id (the same
     // bytes uploaded in another job have the same one: THREATS 41).
-    const fingerprint = ref.fileId !== undefined ? deps.ledger.fingerprintOf(ref.fileId) : deps.ledger.fingerprint(ref.fingerprintId!);
+    const fingerprint = ref.fileId !== undefined ? await deps.ledger.fingerprintOf(ref.fileId) : await deps.ledger.fingerprint(ref.fingerprintId!);
     if (!fingerprint?.body) throw notFound(ref.fileId !== undefined ? 'file' : 'fingerprint');
     const now = deps.clock();
     const record: ArtefactRecord = {
@@ -128,15 +128,15 @@ export function crashRoutes(deps: { ledger: Ledger; clock: Clock; retentionDays:
       purgedAt: undefined,
       body: JSON.stringify(crash),
     };
-    deps.ledger.record([record]);
+    await deps.ledger.record([record]);
     req.log.info({ crashId: record.id, fingerprintId: fingerprint.fingerprintId }, 'crash recorded');
     res.status(201).json({ id: record.id, fingerprintId: fingerprint.fingerprintId, expiresAt: record.expiresAt, bundle: `/v1/crashes/${record.id}` });
   });
 
-  router.get('/crashes/:id', (req, res) => {
-    const record = deps.ledger.get(req.params.id);
+  router.get('/crashes/:id', async (req, res) => {
+    const record = await deps.ledger.get(req.params.id);
     if (record?.kind !== 'crash' || !record.body) throw notFound('crash record');
-    const fingerprintRow = deps.ledger.fingerprint(record.fingerprintId);
+    const fingerprintRow = await deps.ledger.fingerprint(record.fingerprintId);
     if (!fingerprintRow?.body) throw notFound('crash record');
     const fingerprint = JSON.parse(fingerprintRow.body) as Fingerprint;
     const crash = JSON.parse(record.body) as CrashBody;
@@ -159,8 +159,8 @@ export function crashRoutes(deps: { ledger: Ledger; clock: Clock; retentionDays:
     });
   });
 
-  router.get('/fingerprints/:id', (req, res) => {
-    const record = deps.ledger.fingerprint(req.params.id);
+  router.get('/fingerprints/:id', async (req, res) => {
+    const record = await deps.ledger.fingerprint(req.params.id);
     if (!record?.body) throw notFound('fingerprint');
     res.type('application/json').send(record.body);
   });

@@ -3,7 +3,9 @@
  * preview needs is held before the request's clean-up (an image's preview JPEG is already in
  * memory, made by the verifier's one decode of its pixels; a video or HEIC is linked into
  * `<dataDir>/previews/` under its random id), and the frame, decode, encryption and ledger row
- * happen once the client has its 201.
+ * happen once the client has its 201. The
+ * thumbnail goes to the store scrubline keeps objects in (the data dir, or the bucket, so that any
+ * replica can serve it).
  *
  * Previews follow their file's clock: the row takes the file's expiry as it is when the preview
  * is recorded (a job finished in the meantime included), and a file already purged or deleted
@@ -11,10 +13,11 @@
  * next start (`emptyPendingDir`), and a thumbnail written but never recorded is an orphan the
  * sweeper removes.
  */
-import { link, mkdir, rm, writeFile } from 'node:fs/promises';
+import { link, mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
+import type { ArtefactRecord, JobExpiry, Ledger } from '../storage/ledger.js';
+import type { ObjectStore } from '../storage/objects.js';
 import type { CleanFile } from '../pipeline.js';
 import { emptyTempDir } from '../steps/receive.js';
 import { seal, type Keyring } from '../storage/envelope.js';
@@ -36,7 +39,11 @@ interface Held {
 export interface PreviewDeps {
   dataDir: string;
   ledger: Ledger;
+  /** Where thumbnails are kept. */
+  store: ObjectStore;
   storage: Keyring;
+  /** A file's expiry once its job finished, for a finish report that lands while the preview is made. */
+  expiry: JobExpiry;
   tools: Ffmpeg;
   heifDecoder: HeifDecoder | undefined;
   maxInputPixels: number;
@@ -46,11 +53,9 @@ export interface PreviewDeps {
 export class Previews {
   private readonly pending = new Map<string, Promise<void>>();
   private readonly pendingDir: string;
-  private readonly thumbnailDir: string;
 
   constructor(private readonly deps: PreviewDeps) {
     this.pendingDir = path.join(deps.dataDir, 'previews');
-    this.thumbnailDir = path.join(deps.dataDir, 'thumbnails');
   }
 
   /** At start-up: cleaned files a dead process held for previews it never made. */
@@ -88,9 +93,10 @@ export class Previews {
     this.pending.set(record.id, work);
   }
 
-  state(fileId: string): PreviewState {
+  /** As this replica knows it: a preview being made on another replica reads as none until it is ready. */
+  async state(fileId: string): Promise<PreviewState> {
     if (this.pending.has(fileId)) return 'pending';
-    return this.deps.ledger.thumbnailOf(fileId) !== undefined ? 'ready' : 'none';
+    return (await this.deps.ledger.thumbnailOf(fileId)) !== undefined ? 'ready' : 'none';
   }
 
   /** Resolves when every preview started so far is done (shutdown, tests). */
@@ -100,18 +106,23 @@ export class Previews {
 
   private async make(record: ArtefactRecord, held: Held): Promise<void> {
     const id = thumbnailId(record.id);
-    const stored = path.join(this.thumbnailDir, `${id}.jpg.enc`);
+    const { store } = this.deps;
+    const name = store.nameFor('thumbnail', id, 'jpg', record.jobId);
     try {
       const jpeg = await makeThumbnail(held.file, this.deps.tools, this.deps.maxInputPixels, this.deps.heifDecoder);
       if (!jpeg) return;
-      await mkdir(this.thumbnailDir, { recursive: true, mode: 0o700 });
-      await writeFile(stored, seal(this.deps.storage, `thumbnails/${id}.jpg.enc`, jpeg), { mode: 0o600 });
+      const sealed = seal(this.deps.storage, name, jpeg);
+      await store.put(name, sealed, sealed.length, { retention: record.retention });
       // The file's clock as it is now; a file purged or deleted meanwhile gets no preview.
-      const file = this.deps.ledger.get(record.id);
+      const file = await this.deps.ledger.get(record.id);
       if (!file || file.purgedAt !== undefined) throw new Error('the file is gone');
-      this.deps.ledger.record([{ ...file, id, kind: 'thumbnail', parentId: file.id, mime: 'image/jpeg', bytes: jpeg.length, destination: 'local', paths: [`thumbnails/${id}.jpg.enc`] }]);
+      await this.deps.ledger.record(
+        [{ ...file, id, kind: 'thumbnail', parentId: file.id, mime: 'image/jpeg', bytes: jpeg.length, destination: store.destination, paths: [name] }],
+        this.deps.expiry,
+      );
     } catch (err) {
-      await rm(stored, { force: true });
+      // Whole or not at all, so a delete of what was never stored is a no-op.
+      await store.delete(name).catch(() => undefined);
       this.deps.logger.info({ fileId: record.id, reason: err instanceof Error ? err.name : 'error' }, 'no preview for this file');
     } finally {
       if (held.linked) await rm(held.linked, { force: true });

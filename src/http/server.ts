@@ -14,11 +14,11 @@ import { ScrubError } from '../errors.js';
 import { loadApiToken, loadFingerprintKey, loadStorageKeys } from '../storage/keys.js';
 import { Metrics } from './metrics.js';
 import { sweep } from '../retention/sweeper.js';
-import { Ledger } from '../storage/ledger.js';
+import { isBucketUrl, openStorage, type Storage } from '../storage/open.js';
 import { createLogger } from '../log.js';
 import type { Forwarder } from '../steps/forward.js';
 import { HttpForwarder } from '../steps/forward-http.js';
-import { LocalSink } from '../steps/forward-local.js';
+import { StoreSink } from '../steps/forward-store.js';
 import { emptyTempDir } from '../steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from '../tools/ffmpeg.js';
 import { findHeifDecoder } from '../tools/heif.js';
@@ -44,30 +44,34 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   if (ffmpeg.ffmpeg.source === 'npm') {
     logger.warn({ version: ffmpeg.ffmpegVersion }, 'using the ffmpeg build shipped on npm (2018); set SCRUBLINE_FFMPEG_PATH to a current ffmpeg');
   }
-  const ledger = Ledger.open(config.dataDir);
+  const storage = await openStorage(config);
+  const { ledger, stores } = storage;
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
   const api = loadApiToken(config.dataDir, config.apiToken);
-  const storage = loadStorageKeys(config.dataDir, config.storageKey, config.storageOldKeys);
+  const keys = loadStorageKeys(config.dataDir, config.storageKey, config.storageOldKeys);
   const heifDecoder = findHeifDecoder(config.heifDecoderPath);
   logger.info({ heifDecoder: heifDecoder ? { path: heifDecoder.path, source: heifDecoder.source } : 'none' }, heifDecoder ? 'HEIC previews by libheif' : 'no libheif decoder found: HEIC uploads get no preview');
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
   const metrics = new Metrics();
-  const forwarder: Forwarder = config.upstreamUrl
+  const forwarder: Forwarder = isBucketUrl(config.upstreamUrl)
+    ? new StoreSink(storage.bucket!, keys)
+    : config.upstreamUrl
     ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, {
         onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
         ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
       })
-    : new LocalSink(config.dataDir, storage);
+    : new StoreSink(stores.local, keys);
 
   const app = buildApp({
     logger,
     dataDir: config.dataDir,
     forwarder,
     ledger,
+    stores,
     tools: ffmpeg,
     heifDecoder,
-    storage,
+    storage: keys,
     apiToken: api.token,
     unfinishedJobCapHours: config.unfinishedJobCapHours,
     recordRetentionDays: config.recordRetentionDays,
@@ -95,6 +99,9 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     server.listen(config.port, config.host, () => resolve());
   });
   if (!tlsOptions && !isLoopback(config.host)) logger.warn({ host: config.host }, 'listening on plain HTTP beyond loopback: set SCRUBLINE_TLS_CERT_FILE and SCRUBLINE_TLS_KEY_FILE, or terminate TLS in front');
+  if (config.databaseUrl !== undefined && !isBucketUrl(config.upstreamUrl)) {
+    logger.warn('a shared PostgreSQL ledger, but thumbnails (and files, without an upstream) stay in this replica\'s data dir: other replicas cannot serve or purge them; set SCRUBLINE_UPSTREAM_URL=s3://bucket/prefix');
+  }
   if (config.upstreamUrl?.protocol === 'http:' && !isLoopback(config.upstreamUrl.hostname)) {
     logger.warn({ upstream: config.upstreamUrl.host }, 'the render service is reached over plain HTTP on a non-loopback address: cleaned files cross the network unencrypted');
   }
@@ -116,11 +123,11 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `${tlsOptions ? 'https' : 'http'}://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
   logger.info(
-    { url, destination: config.upstreamUrl ? 'upstream' : 'local', ffmpeg: { version: ffmpeg.ffmpegVersion, source: ffmpeg.ffmpeg.source } },
+    { url, destination: forwarder instanceof StoreSink ? forwarder.store.destination : 'upstream', ledger: ledger.engine, ffmpeg: { version: ffmpeg.ffmpegVersion, source: ffmpeg.ffmpeg.source } },
     'scrubline listening',
   );
 
-  const sweeper = config.sweepIntervalMs > 0 ? startSweeper(ledger, config.dataDir, config.sweepIntervalMs, logger, metrics) : undefined;
+  const sweeper = config.sweepIntervalMs > 0 ? startSweeper(storage, config.dataDir, config.sweepIntervalMs, logger, metrics) : undefined;
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
@@ -132,7 +139,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     })
       // Previews still being made finish (or fail, their tools stopped) before the ledger closes.
       .then(() => (app.locals.previews as Previews).settled())
-      .then(() => ledger.close()));
+      .then(() => storage.close()));
   return { server, url, close };
 }
 
@@ -158,17 +165,17 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, current: 
 }
 
 /** The in-service purge: one sweep at a time, on an interval that never keeps the process alive. */
-function startSweeper(ledger: Ledger, dataDir: string, intervalMs: number, logger: Logger, metrics: Metrics): { stop(): void } {
+function startSweeper(storage: Storage, dataDir: string, intervalMs: number, logger: Logger, metrics: Metrics): { stop(): void } {
   let running = false;
   const run = async (): Promise<void> => {
     if (running) return;
     running = true;
     try {
-      const report = await sweep({ ledger, dataDir, at: new Date() });
+      const report = await sweep({ ledger: storage.ledger, bucket: storage.bucket, dataDir, at: new Date() });
       for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
       metrics.orphans.inc(report.orphans);
       if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
-      if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows whose paths are not plain files inside the data dir; fix or remove those rows');
+      if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows that name objects scrubline does not store (or a store not configured here); fix or remove those rows');
     } catch (err) {
       logger.error({ err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'sweep failed; it will run again');
     } finally {

@@ -1,29 +1,40 @@
 /**
- * The purge: deletes what has expired and marks it purged in the ledger, then removes orphans
- * (files in the data dir the ledger does not know as live). Runs in the service on an interval
- * and as `scrubline sweep`.
+ * The purge: deletes what has expired from the store that holds it and marks it purged in the
+ * ledger, then removes orphans (objects the ledger does not know as live). Runs in the service on
+ * an interval, on every replica, and as `scrubline sweep`.
  *
- * Crash-safe and idempotent by ordering: an artefact's files are deleted *before* its row is
+ * Crash-safe and idempotent by ordering: an artefact's objects are deleted *before* its row is
  * marked purged, so a sweep killed in between leaves a row that is still expired and unpurged,
- * and the next sweep deletes again (a no-op) and marks it. Only rows with expires_at <= now are
- * ever touched. Logs and reports carry counts and ids, never names.
+ * and the next sweep deletes again (a no-op) and marks it. Replicas sweeping one PostgreSQL
+ * ledger claim disjoint batches (Ledger.claimExpired), so each artefact is purged exactly once.
+ * Only rows with expires_at <= now are ever touched. Logs and reports carry counts and ids,
+ * never names.
  */
-import { lstat, readdir, realpath, rm } from 'node:fs/promises';
-import path from 'node:path';
 import type { ArtefactKind, ArtefactRecord, Ledger } from '../storage/ledger.js';
+import { ForeignName, LocalStore, type ObjectStore } from '../storage/objects.js';
 
-/** Data-dir folders whose files belong to ledger artefacts (tmp/ is the upload path's own). */
-export const storedDirs = ['clean', 'reports', 'thumbnails'] as const;
 /** A file younger than this may belong to an upload still being recorded: not yet an orphan. */
 export const defaultOrphanGraceMs = 15 * 60_000;
+/** Rows claimed at once: one transaction's worth of deletes, while uploads on SQLite wait to record. */
+const batchSize = 25;
+
+/** The stores artefacts can lie in: the data dir always, a bucket when one is configured. */
+export interface Stores {
+  local: ObjectStore;
+  bucket?: ObjectStore | undefined;
+}
+
+export const storesFor = (dataDir: string, bucket?: ObjectStore): Stores => ({ local: new LocalStore(dataDir), bucket });
 
 export interface SweepOptions {
   ledger: Ledger;
   dataDir: string;
+  /** The bucket, when scrubline stores there. */
+  bucket?: ObjectStore | undefined;
   at: Date;
   dryRun?: boolean;
   orphanGraceMs?: number;
-  /** Called after each artefact's files are gone and before its row is marked (tests kill here). */
+  /** Called after each artefact's objects are gone and before its row is marked (tests kill here). */
   onDeleted?: (id: string) => void;
 }
 
@@ -33,60 +44,45 @@ export interface SweepReport {
   purged: Record<ArtefactKind, number>;
   /** Ids of what was (or, dry run, would be) purged. Random ids, never names. */
   ids: string[];
-  /** Ids of rows skipped as bad (a path outside the data dir, through a link, or not a file). */
+  /** Ids of rows skipped as bad (a name that is not one of ours, or a store not configured). */
   skipped: string[];
   orphans: number;
 }
 
-/** A ledger row whose paths scrubline will not delete: skipped and reported, never followed. */
-export class BadLedgerRow extends Error {}
-
 /**
- * Deletes an artefact's files. A path outside the data dir, one whose folder is a link that leads
- * out of it (checked on the real path, not the text: THREATS 42), or one that is not a file is a
- * bad row: BadLedgerRow, nothing deleted for it.
+ * Deletes an artefact's objects from the store it lies in. A name scrubline does not build, or a
+ * store that is not configured here, is a bad row: ForeignName, nothing deleted for it.
  */
-export async function removeArtefactFiles(dataDir: string, record: ArtefactRecord): Promise<void> {
-  const root = await realpath(dataDir);
-  const inside = (p: string): boolean => p.startsWith(root + path.sep);
-  for (const relative of record.paths) {
-    const full = path.resolve(root, relative);
-    if (!inside(full)) throw new BadLedgerRow('a path outside the data dir');
-    const folder = await realpath(path.dirname(full)).catch(() => undefined);
-    if (folder === undefined) continue; // its folder is gone, and the file with it
-    if (folder !== root && !inside(folder)) throw new BadLedgerRow('a path through a link that leads out of the data dir');
-    const info = await lstat(full).catch(() => undefined);
-    if (!info) continue;
-    if (!info.isFile() && !info.isSymbolicLink()) throw new BadLedgerRow('a path that is not a file');
-    await rm(full, { force: true });
+export async function removeArtefactObjects(stores: Stores, record: ArtefactRecord): Promise<void> {
+  if (record.paths.length === 0) return;
+  const store = record.destination === 'local' ? stores.local : record.destination === 'bucket' ? stores.bucket : undefined;
+  if (store === undefined) throw new ForeignName(`a row held in a ${record.destination} store that is not configured here`);
+  for (const name of record.paths) await store.delete(name);
+}
+
+/** Removes a record's objects, then marks it; false (and nothing deleted) for a bad row. */
+async function purgeOne(stores: Stores, record: ArtefactRecord, mark: (id: string) => Promise<unknown>, onDeleted?: (id: string) => void): Promise<boolean> {
+  try {
+    await removeArtefactObjects(stores, record);
+  } catch (err) {
+    if (!(err instanceof ForeignName)) throw err;
+    return false;
   }
+  onDeleted?.(record.id);
+  await mark(record.id);
+  return true;
 }
 
 /**
- * Removes each record's files and marks it purged, one record at a time (files first: a run
- * killed in between is finished by the next). A bad row is skipped and its id returned; the rest
- * go on (one bad row used to stop every later purge).
+ * Purges the given records (a deleted job's), one at a time. A bad row is skipped and its id
+ * returned; the rest go on (one bad row used to stop every later purge).
  */
-export async function purgeRecords(
-  ledger: Ledger,
-  dataDir: string,
-  records: ArtefactRecord[],
-  at: string,
-  onDeleted?: (id: string) => void,
-): Promise<{ purged: ArtefactRecord[]; skipped: string[] }> {
+export async function purgeRecords(ledger: Ledger, stores: Stores, records: ArtefactRecord[], at: string): Promise<{ purged: ArtefactRecord[]; skipped: string[] }> {
   const purged: ArtefactRecord[] = [];
   const skipped: string[] = [];
   for (const record of records) {
-    try {
-      await removeArtefactFiles(dataDir, record);
-    } catch (err) {
-      if (!(err instanceof BadLedgerRow)) throw err;
-      skipped.push(record.id);
-      continue;
-    }
-    onDeleted?.(record.id);
-    ledger.markPurged([record.id], at);
-    purged.push(record);
+    if (await purgeOne(stores, record, (id) => ledger.markPurged([id], at))) purged.push(record);
+    else skipped.push(record.id);
   }
   return { purged, skipped };
 }
@@ -97,30 +93,42 @@ export const countByKind = (records: ArtefactRecord[]): Record<ArtefactKind, num
   return counts;
 };
 
-export async function sweep(options: SweepOptions): Promise<SweepReport> {
-  const { ledger, dataDir, dryRun = false } = options;
-  const at = options.at.toISOString();
-  const expired = ledger.expired(at);
-  const { purged, skipped } = dryRun ? { purged: expired, skipped: [] as string[] } : await purgeRecords(ledger, dataDir, expired, at, options.onDeleted);
-
-  // Orphans: a crash between writing a file and recording it, or a row purged by hand. A stored
-  // folder that is a link is not read (its files are not ours to judge).
-  const live = ledger.livePaths();
-  const grace = options.orphanGraceMs ?? defaultOrphanGraceMs;
+/** Deletes, from one store, the objects no live row names that are older than the grace period. */
+async function removeOrphans(ledger: Ledger, store: ObjectStore, at: Date, graceMs: number, dryRun: boolean): Promise<number> {
+  const live = await ledger.livePaths(store.destination);
   let orphans = 0;
-  for (const dir of storedDirs) {
-    const folder = await lstat(path.join(dataDir, dir)).catch(() => undefined);
-    if (!folder?.isDirectory()) continue;
-    const entries = await readdir(path.join(dataDir, dir)).catch(() => [] as string[]);
-    for (const name of entries) {
-      const relative = `${dir}/${name}`;
-      if (live.has(relative)) continue;
-      const full = path.join(dataDir, relative);
-      const info = await lstat(full).catch(() => undefined);
-      if (!info?.isFile() || options.at.getTime() - info.mtimeMs < grace) continue;
-      orphans++;
-      if (!dryRun) await rm(full, { force: true });
+  for await (const { name, modifiedMs } of store.list()) {
+    if (live.has(name) || at.getTime() - modifiedMs < graceMs) continue;
+    orphans++;
+    if (!dryRun) await store.delete(name).catch((err: unknown) => (err instanceof ForeignName ? undefined : Promise.reject(err)));
+  }
+  return orphans;
+}
+
+export async function sweep(options: SweepOptions): Promise<SweepReport> {
+  const { ledger, dryRun = false } = options;
+  const stores = storesFor(options.dataDir, options.bucket);
+  const at = options.at.toISOString();
+  const purged: ArtefactRecord[] = [];
+  const skipped: string[] = [];
+  if (dryRun) {
+    purged.push(...(await ledger.expired(at)));
+  } else {
+    // Batch after batch until one comes back short; a skipped row is never claimed again.
+    for (;;) {
+      const claimed = await ledger.claimExpired(at, batchSize, skipped, async (records, mark) => {
+        for (const record of records) {
+          if (await purgeOne(stores, record, mark, options.onDeleted)) purged.push(record);
+          else skipped.push(record.id);
+        }
+      });
+      if (claimed < batchSize) break;
     }
   }
+
+  // Orphans: a crash between writing an object and recording it, or a row purged by hand.
+  const grace = options.orphanGraceMs ?? defaultOrphanGraceMs;
+  let orphans = await removeOrphans(ledger, stores.local, options.at, grace, dryRun);
+  if (stores.bucket) orphans += await removeOrphans(ledger, stores.bucket, options.at, grace, dryRun);
   return { at, dryRun, purged: countByKind(purged), ids: purged.map((r) => r.id), skipped, orphans };
 }

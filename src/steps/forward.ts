@@ -1,9 +1,10 @@
 /**
  * Step 7, forward: hand the verified files to where they go next. Two implementations behind one
- * seam: the render service over HTTP (forward-http.ts), or the embedded local sink
- * (forward-local.ts) so a bare `npm start` does the whole job with nothing else running.
+ * seam: the render service over HTTP (forward-http.ts), or a store scrubline keeps itself, the
+ * data dir or a bucket (forward-store.ts).
  */
 import type { CleanFile } from '../pipeline.js';
+import type { Destination } from '../storage/ledger.js';
 
 export interface UploadFields {
   jobId: string | undefined;
@@ -11,10 +12,10 @@ export interface UploadFields {
 }
 
 export interface ForwardResult {
-  /** The upstream's HTTP status; 201 for the local sink. */
+  /** The upstream's HTTP status; 201 for a store. */
   status: number;
-  destination: 'upstream' | 'local';
-  /** File id → what it occupies in the data dir (relative paths), for the ledger and the sweeper. */
+  destination: Destination;
+  /** File id → the names of what it occupies in the store, for the ledger and the sweeper. */
   stored?: Record<string, string[]>;
 }
 

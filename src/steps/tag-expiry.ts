@@ -25,11 +25,10 @@ export function expiresAt(retention: Retention, from: Date): string {
  *   - the job is still running      → now + the safety cap (re-dated when it finishes);
  *   - no job id (the upload is the job) → now + retention.
  */
-export function jobExpiry(jobId: string | undefined, finishedAt: (jobId: string) => string | undefined, capHours: number): Expiry {
+export function jobExpiry(jobId: string | undefined, finishedAt: string | undefined, capHours: number): Expiry {
   return (retention, now) => {
     if (jobId === undefined) return expiresAt(retention, now);
-    const finished = finishedAt(jobId);
-    if (finished !== undefined) return expiresAt(retention, new Date(finished));
+    if (finishedAt !== undefined) return expiresAt(retention, new Date(finishedAt));
     return new Date(now.getTime() + capHours * 3_600_000).toISOString();
   };
 }

@@ -18,7 +18,7 @@
  * nonce prefix (7) · then segments of ciphertext (up to 64 KiB) each followed by its 16-byte tag.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
 const magic = Buffer.from('SCRUBENC1', 'latin1');
@@ -94,36 +94,36 @@ export function seal(ring: Keyring, name: string, plaintext: Buffer): Buffer {
   return Buffer.concat([header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)]);
 }
 
+/** The size of the object that `seal` makes of `plaintextBytes` bytes. */
+export const sealedBytes = (plaintextBytes: number): number => headerBytes + plaintextBytes + Math.max(1, Math.ceil(plaintextBytes / segmentBytes)) * tagBytes;
+
 /**
- * Encrypts the file at `source` into `target` (created 0600, written under a temporary name and
- * renamed into place), reading and writing one segment at a time. `name` is the object's name.
+ * The file at `source` encrypted as one object to be stored under `name`, as a stream read one
+ * segment at a time (nothing held whole in memory), with its length known before the first byte
+ * (an object store wants it up front).
  */
-export async function sealFile(ring: Keyring, name: string, source: string, target: string): Promise<void> {
-  const partial = `${target}.partial`;
-  const input = await open(source, 'r');
-  const output = await open(partial, 'wx', 0o600);
-  try {
-    const { size } = await input.stat();
-    const dataKey = randomBytes(32);
-    const prefix = randomBytes(noncePrefixBytes);
-    await output.write(header(ring, name, dataKey, prefix));
-    const count = Math.max(1, Math.ceil(size / segmentBytes));
-    const buffer = Buffer.allocUnsafe(segmentBytes);
-    for (let i = 0; i < count; i++) {
-      const { bytesRead } = await input.read(buffer, 0, segmentBytes, i * segmentBytes);
-      const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
-      await output.write(Buffer.concat([cipher.update(buffer.subarray(0, bytesRead)), cipher.final(), cipher.getAuthTag()]));
+export async function sealedFile(ring: Keyring, name: string, source: string): Promise<{ body: Readable; length: number }> {
+  const { size } = await stat(source);
+  async function* segments(): AsyncGenerator<Buffer> {
+    const input = await open(source, 'r');
+    try {
+      const dataKey = randomBytes(32);
+      const prefix = randomBytes(noncePrefixBytes);
+      yield header(ring, name, dataKey, prefix);
+      const count = Math.max(1, Math.ceil(size / segmentBytes));
+      for (let i = 0; i < count; i++) {
+        const buffer = Buffer.allocUnsafe(segmentBytes);
+        const { bytesRead } = await input.read(buffer, 0, segmentBytes, i * segmentBytes);
+        // The file was cleaned and verified at this size; one that changed since is not sealed.
+        if (bytesRead !== Math.min(segmentBytes, size - i * segmentBytes)) throw new Error('the file changed while it was being sealed');
+        const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
+        yield Buffer.concat([cipher.update(buffer.subarray(0, bytesRead)), cipher.final(), cipher.getAuthTag()]);
+      }
+    } finally {
+      await input.close();
     }
-    await output.sync();
-  } catch (err) {
-    await output.close();
-    await rm(partial, { force: true });
-    throw err;
-  } finally {
-    await input.close();
   }
-  await output.close();
-  await rename(partial, target);
+  return { body: Readable.from(segments(), { objectMode: false }), length: sealedBytes(size) };
 }
 
 /** The data key of an object, from its header. */
@@ -169,38 +169,63 @@ export function unseal(ring: Keyring, name: string, object: Buffer): Buffer {
   return Buffer.concat(parts);
 }
 
-/** Reads an object file segment by segment, each decrypted and proven before it is yielded. */
-async function* segmentsOf(ring: Keyring, name: string, file: string): AsyncGenerator<Buffer> {
-  const handle = await open(file, 'r');
-  try {
-    const { size } = await handle.stat();
-    const head = Buffer.alloc(headerBytes);
-    await handle.read(head, 0, headerBytes, 0);
-    const { dataKey, prefix } = unwrap(ring, name, head);
-    const stride = segmentBytes + tagBytes;
-    const body = size - headerBytes;
-    const count = Math.max(1, Math.ceil(body / stride));
-    const buffer = Buffer.allocUnsafe(stride);
-    for (let i = 0; i < count; i++) {
-      const { bytesRead } = await handle.read(buffer, 0, stride, headerBytes + i * stride);
-      yield openSegment(dataKey, prefix, i, i === count - 1, buffer.subarray(0, bytesRead));
+/**
+ * Cuts a stream of bytes into exact pieces of `size` (the last may be shorter), saying of each
+ * whether it is the last: one piece of look-ahead, so the last segment is known as such.
+ */
+async function* pieces(source: AsyncIterable<Uint8Array>, first: number, size: number): AsyncGenerator<{ piece: Buffer; last: boolean }> {
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let want = first;
+  let held: Buffer | undefined;
+  for await (const chunk of source) {
+    pending.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    pendingBytes += chunk.byteLength;
+    while (pendingBytes > want) {
+      const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
+      if (held) yield { piece: held, last: false };
+      held = Buffer.from(all.subarray(0, want));
+      pending = [all.subarray(want)];
+      pendingBytes -= want;
+      want = size;
     }
-  } finally {
-    await handle.close();
   }
+  const rest = Buffer.concat(pending);
+  if (held && rest.length === 0) {
+    yield { piece: held, last: true };
+    return;
+  }
+  if (held) yield { piece: held, last: false };
+  yield { piece: rest, last: true };
 }
 
-/** Proves every segment of an object file; resolves to its plaintext size. Throws TamperedObject. */
-export async function verifyObject(ring: Keyring, name: string, file: string): Promise<number> {
+/** Reads an object's bytes segment by segment, each decrypted and proven before it is yielded. */
+async function* segmentsOf(ring: Keyring, name: string, source: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+  let keys: { dataKey: Buffer; prefix: Buffer } | undefined;
+  let index = 0;
+  for await (const { piece, last } of pieces(source, headerBytes, segmentBytes + tagBytes)) {
+    if (keys === undefined) {
+      keys = unwrap(ring, name, piece);
+      // A header with nothing after it is an object cut off before its one segment.
+      if (last) throw new TamperedObject('a segment is cut short');
+      continue;
+    }
+    yield openSegment(keys.dataKey, keys.prefix, index++, last, piece);
+  }
+  if (keys === undefined) throw new TamperedObject('not an encrypted object');
+}
+
+/** Proves every segment of an object; resolves to its plaintext size. Throws TamperedObject. */
+export async function verifyObject(ring: Keyring, name: string, source: AsyncIterable<Uint8Array>): Promise<number> {
   let bytes = 0;
-  for await (const segment of segmentsOf(ring, name, file)) bytes += segment.length;
+  for await (const segment of segmentsOf(ring, name, source)) bytes += segment.length;
   return bytes;
 }
 
 /**
- * The plaintext of an object file as a stream. Call `verifyObject` first: a segment that fails
- * here (the file changed since) destroys the stream rather than end it as if complete.
+ * The plaintext of an object as a stream. Call `verifyObject` first: a segment that fails here
+ * (the object changed since) destroys the stream rather than end it as if complete.
  */
-export function openObject(ring: Keyring, name: string, file: string): Readable {
-  return Readable.from(segmentsOf(ring, name, file), { objectMode: false });
+export function openObject(ring: Keyring, name: string, source: AsyncIterable<Uint8Array>): Readable {
+  return Readable.from(segmentsOf(ring, name, source), { objectMode: false });
 }

@@ -1,278 +1,481 @@
 /**
  * The ledger: every artefact scrubline keeps or hands on (cleaned files, thumbnails, fingerprints,
- * crash records), which job it belongs to, and when it must be gone. SQLite in the data dir
- * through better-sqlite3 (synchronous, so a record is on disk before the response goes out; WAL,
- * so readers never block the writer; the most used and best kept SQLite binding for Node).
- * Rows hold ids, types, sizes, fingerprints, times and data-dir-relative paths built from ids;
- * never a client file name or a metadata value.
+ * crash records), which job it belongs to, and when it must be gone. One interface, two backends
+ * through Kysely (typed SQL with a dialect per engine, so the queries are written once):
  *
- * Times are ISO 8601 UTC strings with milliseconds ("2026-05-01T00:00:00.000Z"): they sort as
- * text, so "expired at T" is a plain string comparison in SQL.
+ *   - SQLite in the data dir (better-sqlite3; WAL, so readers never block the writer): the
+ *     embedded default, for one process;
+ *   - PostgreSQL when `SCRUBLINE_DATABASE_URL` is set (the `pg` driver): several replicas share
+ *     one ledger, so a job finished on one replica starts the clock of its files on every replica.
+ *
+ * Rows hold ids, types, sizes, fingerprints, times and store-relative names built from ids; never
+ * a client file name or a metadata value.
+ *
+ * Times are ISO 8601 UTC strings with milliseconds ("2026-05-01T00:00:00.000Z") on both engines:
+ * they sort as text, so "expired at T" is a plain string comparison.
  */
 import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { Kysely, PostgresDialect, SqliteDialect, sql, type Generated, type Selectable, type Transaction } from 'kysely';
 import type { Retention } from '../context.js';
 import { jobDeleted } from '../errors.js';
 
 const require = createRequire(import.meta.url);
 
 /**
- * better-sqlite3 is an optional peer dependency, loaded when a ledger is opened: an app that only
- * mounts the middleware never compiles it (issue 19). The service and the CLI's sweep need it.
+ * The drivers are optional peer dependencies, loaded when a ledger is opened: an app that only
+ * mounts the middleware compiles neither (issue 19). The service and the CLI's sweep need one.
  */
-function sqlite(): typeof Database {
+function driver<T>(name: string, why: string): T {
   try {
-    return require('better-sqlite3') as typeof Database;
+    return require(name) as T;
   } catch (err) {
-    throw new Error('The ledger needs better-sqlite3, an optional peer dependency of scrubline: run `npm i better-sqlite3` next to it.', { cause: err });
+    throw new Error(`${why} needs ${name}, an optional peer dependency of scrubline: run \`npm i ${name}\` next to it.`, { cause: err });
   }
 }
 
-/** Each entry upgrades the schema by one version (PRAGMA user_version). Append, never edit. */
-const migrations: string[] = [
-  `CREATE TABLE artefacts (
-     id TEXT PRIMARY KEY,
-     kind TEXT NOT NULL,
-     job_id TEXT,
-     mime TEXT NOT NULL,
-     bytes INTEGER NOT NULL,
-     fingerprint_id TEXT NOT NULL,
-     destination TEXT NOT NULL,
-     retention TEXT NOT NULL CHECK (retention IN ('standard', 'extended')),
-     created_at TEXT NOT NULL,
-     expires_at TEXT NOT NULL,
-     purged_at TEXT
-   );
-   CREATE INDEX artefacts_expires_at ON artefacts (expires_at) WHERE purged_at IS NULL;
-   CREATE INDEX artefacts_job_id ON artefacts (job_id);`,
-  // v2, the job-finished clock: thumbnails hang off their file, files record where they lie on
-  // disk, jobs record when they finished, and deletion requests leave an audit row.
-  `ALTER TABLE artefacts ADD COLUMN parent_id TEXT;
-   ALTER TABLE artefacts ADD COLUMN job_finished_at TEXT;
-   ALTER TABLE artefacts ADD COLUMN paths TEXT NOT NULL DEFAULT '[]';
-   CREATE INDEX artefacts_parent_id ON artefacts (parent_id);
-   CREATE TABLE jobs (
-     job_id TEXT PRIMARY KEY,
-     finished_at TEXT NOT NULL
-   );
-   CREATE TABLE deletions (
-     id INTEGER PRIMARY KEY AUTOINCREMENT,
-     job_id TEXT NOT NULL,
-     requested_at TEXT NOT NULL,
-     counts TEXT NOT NULL,
-     artefact_ids TEXT NOT NULL
-   );`,
+interface ArtefactsTable {
+  id: string;
+  kind: string;
+  parent_id: string | null;
+  job_id: string | null;
+  mime: string;
+  /** bigint on PostgreSQL, which its driver returns as a string. */
+  bytes: number | string;
+  fingerprint_id: string;
+  destination: string;
+  retention: string;
+  created_at: string;
+  expires_at: string;
+  job_finished_at: string | null;
+  purged_at: string | null;
+  paths: string;
+  body: string | null;
+}
+
+interface Schema {
+  artefacts: ArtefactsTable;
+  jobs: { job_id: string; finished_at: string };
+  deletions: { id: Generated<number>; job_id: string; requested_at: string; counts: string; artefact_ids: string };
+  deleted_jobs: { job_id: string; deleted_at: string };
+}
+
+type Db = Kysely<Schema> | Transaction<Schema>;
+// Migrations build tables the typed schema does not know yet.
+type Migration = (db: Kysely<any>, engine: Engine) => Promise<void>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+export type Engine = 'sqlite' | 'postgres';
+
+/** Each entry upgrades the schema by one version. Append, never edit. */
+const migrations: Migration[] = [
+  async (db, engine) => {
+    await db.schema
+      .createTable('artefacts')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('job_id', 'text')
+      .addColumn('mime', 'text', (c) => c.notNull())
+      // A file may be 2 GiB: one byte more than a 32-bit integer holds.
+      .addColumn('bytes', engine === 'postgres' ? 'bigint' : 'integer', (c) => c.notNull())
+      .addColumn('fingerprint_id', 'text', (c) => c.notNull())
+      .addColumn('destination', 'text', (c) => c.notNull())
+      .addColumn('retention', 'text', (c) => c.notNull().check(sql`retention IN ('standard', 'extended')`))
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text', (c) => c.notNull())
+      .addColumn('purged_at', 'text')
+      .execute();
+    await db.schema.createIndex('artefacts_expires_at').on('artefacts').column('expires_at').where(sql.ref('purged_at'), 'is', null).execute();
+    await db.schema.createIndex('artefacts_job_id').on('artefacts').column('job_id').execute();
+  },
+  // v2, the job-finished clock: thumbnails hang off their file, files record where they lie,
+  // jobs record when they finished, and deletion requests leave an audit row.
+  async (db, engine) => {
+    await db.schema.alterTable('artefacts').addColumn('parent_id', 'text').execute();
+    await db.schema.alterTable('artefacts').addColumn('job_finished_at', 'text').execute();
+    await db.schema.alterTable('artefacts').addColumn('paths', 'text', (c) => c.notNull().defaultTo('[]')).execute();
+    await db.schema.createIndex('artefacts_parent_id').on('artefacts').column('parent_id').execute();
+    await db.schema
+      .createTable('jobs')
+      .addColumn('job_id', 'text', (c) => c.primaryKey())
+      .addColumn('finished_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema
+      .createTable('deletions')
+      .addColumn('id', engine === 'postgres' ? 'bigserial' : 'integer', (c) => (engine === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement()))
+      .addColumn('job_id', 'text', (c) => c.notNull())
+      .addColumn('requested_at', 'text', (c) => c.notNull())
+      .addColumn('counts', 'text', (c) => c.notNull())
+      .addColumn('artefact_ids', 'text', (c) => c.notNull())
+      .execute();
+  },
   // v3, crash diagnostics: fingerprints and crash records keep their JSON here; purging clears it.
-  `ALTER TABLE artefacts ADD COLUMN body TEXT;
-   CREATE INDEX artefacts_fingerprint_id ON artefacts (fingerprint_id, kind);`,
+  async (db) => {
+    await db.schema.alterTable('artefacts').addColumn('body', 'text').execute();
+    await db.schema.createIndex('artefacts_fingerprint_id').on('artefacts').columns(['fingerprint_id', 'kind']).execute();
+  },
   // v4, deletion is final: a deleted job id is remembered (id and time only), so that an upload
   // still in flight when the job was deleted, or a later one to the same id, is not kept.
-  `CREATE TABLE deleted_jobs (
-     job_id TEXT PRIMARY KEY,
-     deleted_at TEXT NOT NULL
-   );`,
+  async (db) => {
+    await db.schema
+      .createTable('deleted_jobs')
+      .addColumn('job_id', 'text', (c) => c.primaryKey())
+      .addColumn('deleted_at', 'text', (c) => c.notNull())
+      .execute();
+  },
 ];
 
 export type ArtefactKind = 'file' | 'thumbnail' | 'fingerprint' | 'crash';
 
+/** Where an artefact's bytes are: handed to the render service, or held by scrubline in the data dir or the bucket. */
+export type Destination = 'upstream' | 'local' | 'bucket';
+
 export interface ArtefactRecord {
   id: string;
   kind: ArtefactKind;
-  /** The file a thumbnail was made from. */
+  /** The file a thumbnail or fingerprint record was made from. */
   parentId?: string | undefined;
   jobId: string | undefined;
   mime: string;
   bytes: number;
   fingerprintId: string;
-  destination: 'upstream' | 'local';
+  destination: Destination;
   retention: Retention;
   createdAt: string;
   expiresAt: string;
   jobFinishedAt?: string | undefined;
   purgedAt?: string | undefined;
-  /** What this artefact occupies on disk, relative to the data dir ([] when held upstream). */
+  /** What this artefact occupies in its store: data-dir-relative paths, or object keys ([] when held upstream). */
   paths: string[];
   /** JSON of a fingerprint or crash record (never of a file); gone once purged. */
   body?: string | undefined;
 }
 
-type Row = Record<string, string | number | null>;
+/** A file's expiry once its job finished: finish time + its retention. */
+export type JobExpiry = (retention: Retention, finishedAt: string) => string;
 
-const optional = (value: string | number | null | undefined): string | undefined => (value === null || value === undefined ? undefined : String(value));
+const optional = (value: string | null | undefined): string | undefined => value ?? undefined;
 
-function fromRow(row: Row): ArtefactRecord {
+function fromRow(row: Selectable<ArtefactsTable>): ArtefactRecord {
   return {
-    id: String(row.id),
+    id: row.id,
     kind: row.kind as ArtefactKind,
     parentId: optional(row.parent_id),
     jobId: optional(row.job_id),
-    mime: String(row.mime),
+    mime: row.mime,
     bytes: Number(row.bytes),
-    fingerprintId: String(row.fingerprint_id),
-    destination: row.destination as ArtefactRecord['destination'],
+    fingerprintId: row.fingerprint_id,
+    destination: row.destination as Destination,
     retention: row.retention as Retention,
-    createdAt: String(row.created_at),
-    expiresAt: String(row.expires_at),
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
     jobFinishedAt: optional(row.job_finished_at),
     purgedAt: optional(row.purged_at),
-    paths: JSON.parse(String(row.paths ?? '[]')) as string[],
+    paths: JSON.parse(row.paths) as string[],
     body: optional(row.body),
   };
 }
 
-export class Ledger {
-  private constructor(private readonly db: Database.Database) {}
+/** Where the ledger lives: SQLite in a data dir, or a PostgreSQL database shared by replicas. */
+export type LedgerTarget = { dataDir: string; databaseUrl?: undefined } | { databaseUrl: string; dataDir?: string | undefined };
 
-  static open(dataDir: string): Ledger {
-    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    const file = path.join(dataDir, 'ledger.sqlite3');
-    // Ids, job ids and crash reports are ours alone: the file is made 0600 before SQLite opens it
-    // (SQLite would create it 0644; an older ledger may be), and SQLite gives its -wal and -shm
-    // files the database's mode when it creates them.
-    closeSync(openSync(file, 'a', 0o600));
-    chmodSync(file, 0o600);
-    const db = new (sqlite())(file);
-    db.pragma('journal_mode = WAL');
-    db.pragma('busy_timeout = 5000');
-    const current = db.pragma('user_version', { simple: true }) as number;
-    db.transaction(() => {
-      for (let version = current; version < migrations.length; version++) {
-        db.exec(migrations[version]!);
-        db.pragma(`user_version = ${version + 1}`);
+function sqliteDb(dataDir: string): Kysely<Schema> {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const file = path.join(dataDir, 'ledger.sqlite3');
+  // Ids, job ids and crash reports are ours alone: the file is made 0600 before SQLite opens it
+  // (SQLite would create it 0644; an older ledger may be), and SQLite gives its -wal and -shm
+  // files the database's mode when it creates them.
+  closeSync(openSync(file, 'a', 0o600));
+  chmodSync(file, 0o600);
+  const db = new (driver<typeof Database>('better-sqlite3', 'The SQLite ledger'))(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('busy_timeout = 5000');
+  return new Kysely<Schema>({ dialect: new SqliteDialect({ database: db }) });
+}
+
+function postgresDb(databaseUrl: string): Kysely<Schema> {
+  const pg = driver<typeof import('pg')>('pg', 'The PostgreSQL ledger (SCRUBLINE_DATABASE_URL)');
+  // bigint (a file's size) as a string would be parsed with Number() anyway; ten connections
+  // cover the uploads one replica processes at once.
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
+  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
+}
+
+/** A number PostgreSQL's advisory locks take for "migrating scrubline's schema" (any fixed 64-bit value). */
+const migrationLock = 0x5c4b1e;
+
+async function migrate(db: Kysely<Schema>, engine: Engine): Promise<number> {
+  if (engine === 'sqlite') {
+    // The SQLite ledger has counted its version in PRAGMA user_version since v1.
+    return db.transaction().execute(async (trx) => {
+      const { rows } = await sql<{ user_version: number }>`PRAGMA user_version`.execute(trx);
+      let version = rows[0]?.user_version ?? 0;
+      for (; version < migrations.length; version++) {
+        await migrations[version]!(trx, engine);
+        await sql.raw(`PRAGMA user_version = ${version + 1}`).execute(trx);
       }
-    })();
-    return new Ledger(db);
+      return version;
+    });
+  }
+  // Replicas that start together migrate one at a time: the lock holds until the transaction ends.
+  return db.transaction().execute(async (trx) => {
+    await sql`SELECT pg_advisory_xact_lock(${migrationLock})`.execute(trx);
+    await sql`CREATE TABLE IF NOT EXISTS scrubline_schema (version integer NOT NULL)`.execute(trx);
+    const { rows } = await sql<{ version: number }>`SELECT version FROM scrubline_schema`.execute(trx);
+    let version = rows[0]?.version ?? 0;
+    if (rows.length === 0) await sql`INSERT INTO scrubline_schema (version) VALUES (0)`.execute(trx);
+    for (; version < migrations.length; version++) {
+      await migrations[version]!(trx, engine);
+      await sql`UPDATE scrubline_schema SET version = ${version + 1}`.execute(trx);
+    }
+    return version;
+  });
+}
+
+export class Ledger {
+  private constructor(
+    private readonly db: Kysely<Schema>,
+    readonly engine: Engine,
+    readonly schemaVersion: number,
+  ) {}
+
+  /** Opens (and migrates) the ledger: a data dir alone is SQLite, a database URL is PostgreSQL. */
+  static async open(target: string | LedgerTarget): Promise<Ledger> {
+    const where: LedgerTarget = typeof target === 'string' ? { dataDir: target } : target;
+    const engine: Engine = where.databaseUrl !== undefined ? 'postgres' : 'sqlite';
+    const db = where.databaseUrl !== undefined ? postgresDb(where.databaseUrl) : sqliteDb(where.dataDir);
+    try {
+      return new Ledger(db, engine, await migrate(db, engine));
+    } catch (err) {
+      await db.destroy();
+      throw err;
+    }
   }
 
-  get schemaVersion(): number {
-    return this.db.pragma('user_version', { simple: true }) as number;
+  /** Whether the database answers (readiness). */
+  async ping(): Promise<void> {
+    await sql`SELECT 1`.execute(this.db);
+  }
+
+  /**
+   * Serialises the writes of one job on PostgreSQL (a finish report, a deletion and an upload's
+   * record of the same job take turns) for the rest of the transaction. SQLite has one writer.
+   */
+  private async lockJob(trx: Transaction<Schema>, jobId: string): Promise<void> {
+    if (this.engine === 'postgres') await sql`SELECT pg_advisory_xact_lock(hashtext(${jobId}))`.execute(trx);
   }
 
   /**
    * Records artefacts in one transaction; refuses (410 job_deleted, nothing recorded) when any of
    * them belongs to a job deleted meanwhile, so an upload racing its job's deletion is not kept.
+   * A file or thumbnail of a job that finished meanwhile (on any replica) takes the job's clock
+   * (`expiry`), so no file escapes the finish report that raced its upload.
    */
-  record(records: ArtefactRecord[]): void {
-    const insert = this.db.prepare(
-      `INSERT INTO artefacts (id, kind, parent_id, job_id, mime, bytes, fingerprint_id, destination, retention, created_at, expires_at, job_finished_at, paths, body)
-       VALUES (@id, @kind, @parentId, @jobId, @mime, @bytes, @fingerprintId, @destination, @retention, @createdAt, @expiresAt, @jobFinishedAt, @paths, @body)`,
-    );
-    this.db.transaction(() => {
-      for (const jobId of new Set(records.map((r) => r.jobId))) if (jobId !== undefined && this.jobDeletedAt(jobId)) throw jobDeleted();
-      for (const r of records) {
-        insert.run({ ...r, parentId: r.parentId ?? null, jobId: r.jobId ?? null, jobFinishedAt: r.jobFinishedAt ?? null, paths: JSON.stringify(r.paths), body: r.body ?? null });
+  async record(records: ArtefactRecord[], expiry?: JobExpiry): Promise<void> {
+    if (records.length === 0) return;
+    await this.db.transaction().execute(async (trx) => {
+      const jobIds = [...new Set(records.map((r) => r.jobId).filter((j): j is string => j !== undefined))].sort();
+      const finished = new Map<string, string>();
+      for (const jobId of jobIds) {
+        await this.lockJob(trx, jobId);
+        if ((await this.jobDeletedAt(jobId, trx)) !== undefined) throw jobDeleted();
+        const at = await this.jobFinishedAt(jobId, trx);
+        if (at !== undefined) finished.set(jobId, at);
       }
-    })();
+      await trx
+        .insertInto('artefacts')
+        .values(
+          records.map((r) => {
+            const finishedAt = r.jobId === undefined ? undefined : finished.get(r.jobId);
+            const redate = expiry !== undefined && finishedAt !== undefined && (r.kind === 'file' || r.kind === 'thumbnail');
+            return {
+              id: r.id,
+              kind: r.kind,
+              parent_id: r.parentId ?? null,
+              job_id: r.jobId ?? null,
+              mime: r.mime,
+              bytes: r.bytes,
+              fingerprint_id: r.fingerprintId,
+              destination: r.destination,
+              retention: r.retention,
+              created_at: r.createdAt,
+              expires_at: redate ? expiry(r.retention, finishedAt) : r.expiresAt,
+              job_finished_at: redate ? finishedAt : (r.jobFinishedAt ?? null),
+              purged_at: null,
+              paths: JSON.stringify(r.paths),
+              body: r.body ?? null,
+            };
+          }),
+        )
+        .execute();
+    });
   }
 
-  get(id: string): ArtefactRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM artefacts WHERE id = ?').get(id) as Row | undefined;
+  async get(id: string): Promise<ArtefactRecord | undefined> {
+    const row = await this.db.selectFrom('artefacts').selectAll().where('id', '=', id).executeTakeFirst();
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** The live artefact of `kind` made from a file (its thumbnail, or its fingerprint record). */
+  private async childOf(fileId: string, kind: 'thumbnail' | 'fingerprint'): Promise<ArtefactRecord | undefined> {
+    const row = await this.db.selectFrom('artefacts').selectAll().where('parent_id', '=', fileId).where('kind', '=', kind).where('purged_at', 'is', null).executeTakeFirst();
     return row ? fromRow(row) : undefined;
   }
 
   /** The thumbnail made from a file, if one exists and is not purged. */
-  thumbnailOf(fileId: string): ArtefactRecord | undefined {
-    const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'thumbnail' AND purged_at IS NULL").get(fileId) as Row | undefined;
-    return row ? fromRow(row) : undefined;
+  thumbnailOf(fileId: string): Promise<ArtefactRecord | undefined> {
+    return this.childOf(fileId, 'thumbnail');
   }
 
   /** The live fingerprint record kept for one file (none for an id that is not a file's). */
-  fingerprintOf(fileId: string): ArtefactRecord | undefined {
-    const row = this.db.prepare("SELECT * FROM artefacts WHERE parent_id = ? AND kind = 'fingerprint' AND purged_at IS NULL").get(fileId) as Row | undefined;
-    return row ? fromRow(row) : undefined;
+  fingerprintOf(fileId: string): Promise<ArtefactRecord | undefined> {
+    return this.childOf(fileId, 'fingerprint');
   }
 
   /** The newest live fingerprint record with this fingerprint id. */
-  fingerprint(fingerprintId: string): ArtefactRecord | undefined {
-    const row = this.db
-      .prepare("SELECT * FROM artefacts WHERE fingerprint_id = ? AND kind = 'fingerprint' AND purged_at IS NULL ORDER BY created_at DESC LIMIT 1")
-      .get(fingerprintId) as Row | undefined;
+  async fingerprint(fingerprintId: string): Promise<ArtefactRecord | undefined> {
+    const row = await this.db
+      .selectFrom('artefacts')
+      .selectAll()
+      .where('fingerprint_id', '=', fingerprintId)
+      .where('kind', '=', 'fingerprint')
+      .where('purged_at', 'is', null)
+      .orderBy('created_at', 'desc')
+      .limit(1)
+      .executeTakeFirst();
     return row ? fromRow(row) : undefined;
   }
 
   /** When the job was deleted on request, if it was. */
-  jobDeletedAt(jobId: string): string | undefined {
-    const row = this.db.prepare('SELECT deleted_at FROM deleted_jobs WHERE job_id = ?').get(jobId) as Row | undefined;
-    return optional(row?.deleted_at);
+  async jobDeletedAt(jobId: string, db: Db = this.db): Promise<string | undefined> {
+    const row = await db.selectFrom('deleted_jobs').select('deleted_at').where('job_id', '=', jobId).executeTakeFirst();
+    return row?.deleted_at;
   }
 
   /**
    * Marks a job deleted (the first time counts) and returns its live artefacts, in one
    * transaction: an upload recorded before this is in the list, one after it is refused.
    */
-  deleteJob(jobId: string, at: string): ArtefactRecord[] {
-    return this.db.transaction(() => {
-      this.db.prepare('INSERT OR IGNORE INTO deleted_jobs (job_id, deleted_at) VALUES (?, ?)').run(jobId, at);
-      return this.ofJob(jobId);
-    })();
+  deleteJob(jobId: string, at: string): Promise<ArtefactRecord[]> {
+    return this.db.transaction().execute(async (trx) => {
+      await this.lockJob(trx, jobId);
+      await trx.insertInto('deleted_jobs').values({ job_id: jobId, deleted_at: at }).onConflict((oc) => oc.column('job_id').doNothing()).execute();
+      return this.ofJob(jobId, trx);
+    });
   }
 
-  jobFinishedAt(jobId: string): string | undefined {
-    const row = this.db.prepare('SELECT finished_at FROM jobs WHERE job_id = ?').get(jobId) as Row | undefined;
-    return optional(row?.finished_at);
+  async jobFinishedAt(jobId: string, db: Db = this.db): Promise<string | undefined> {
+    const row = await db.selectFrom('jobs').select('finished_at').where('job_id', '=', jobId).executeTakeFirst();
+    return row?.finished_at;
   }
 
   /**
-   * Records that a job finished (the first report wins: a repeated report never extends a
-   * deadline) and re-dates its live files and thumbnails: finish time + their retention.
+   * Records that a job finished (the first report wins, on whichever replica it arrives: a
+   * repeated or concurrent report never extends a deadline) and re-dates its live files and
+   * thumbnails: finish time + their retention.
    */
-  finishJob(jobId: string, at: string, expiry: (retention: Retention, finishedAt: string) => string): { finishedAt: string; firstReport: boolean; artefacts: number } {
-    return this.db.transaction(() => {
-      const inserted = this.db.prepare('INSERT OR IGNORE INTO jobs (job_id, finished_at) VALUES (?, ?)').run(jobId, at);
-      const finishedAt = this.jobFinishedAt(jobId)!;
+  finishJob(jobId: string, at: string, expiry: JobExpiry): Promise<{ finishedAt: string; firstReport: boolean; artefacts: number }> {
+    return this.db.transaction().execute(async (trx) => {
+      await this.lockJob(trx, jobId);
+      const inserted = await trx.insertInto('jobs').values({ job_id: jobId, finished_at: at }).onConflict((oc) => oc.column('job_id').doNothing()).executeTakeFirst();
+      const finishedAt = (await this.jobFinishedAt(jobId, trx))!;
       let artefacts = 0;
       for (const retention of ['standard', 'extended'] as const) {
-        artefacts += this.db
-          .prepare(
-            `UPDATE artefacts SET job_finished_at = ?, expires_at = ?
-             WHERE job_id = ? AND retention = ? AND kind IN ('file', 'thumbnail') AND purged_at IS NULL`,
-          )
-          .run(finishedAt, expiry(retention, finishedAt), jobId, retention).changes;
+        const updated = await trx
+          .updateTable('artefacts')
+          .set({ job_finished_at: finishedAt, expires_at: expiry(retention, finishedAt) })
+          .where('job_id', '=', jobId)
+          .where('retention', '=', retention)
+          .where('kind', 'in', ['file', 'thumbnail'])
+          .where('purged_at', 'is', null)
+          .executeTakeFirst();
+        artefacts += Number(updated.numUpdatedRows);
       }
-      return { finishedAt, firstReport: inserted.changes === 1, artefacts };
-    })();
+      return { finishedAt, firstReport: Number(inserted.numInsertedOrUpdatedRows ?? 0n) === 1, artefacts };
+    });
   }
 
   /** Live (not purged) artefacts of a job. */
-  ofJob(jobId: string): ArtefactRecord[] {
-    return (this.db.prepare('SELECT * FROM artefacts WHERE job_id = ? AND purged_at IS NULL ORDER BY created_at, id').all(jobId) as Row[]).map(fromRow);
+  async ofJob(jobId: string, db: Db = this.db): Promise<ArtefactRecord[]> {
+    const rows = await db.selectFrom('artefacts').selectAll().where('job_id', '=', jobId).where('purged_at', 'is', null).orderBy('created_at').orderBy('id').execute();
+    return rows.map(fromRow);
   }
 
-  /** Live artefacts whose expiry is at or before `at`. */
-  expired(at: string): ArtefactRecord[] {
-    return (this.db.prepare('SELECT * FROM artefacts WHERE purged_at IS NULL AND expires_at <= ? ORDER BY expires_at, id').all(at) as Row[]).map(fromRow);
+  /** Live artefacts whose expiry is at or before `at` (what a dry run lists). */
+  async expired(at: string): Promise<ArtefactRecord[]> {
+    const rows = await this.db.selectFrom('artefacts').selectAll().where('purged_at', 'is', null).where('expires_at', '<=', at).orderBy('expires_at').orderBy('id').execute();
+    return rows.map(fromRow);
   }
 
-  /** Every data-dir-relative path a live artefact occupies (the sweeper's "known" set). */
-  livePaths(): Set<string> {
-    const rows = this.db.prepare("SELECT paths FROM artefacts WHERE purged_at IS NULL AND paths != '[]'").all() as Row[];
-    return new Set(rows.flatMap((row) => JSON.parse(String(row.paths)) as string[]));
+  /**
+   * Hands `purge` up to `limit` live artefacts expired at `at` (never one in `exclude`), with a
+   * `markPurged` to call for each once its bytes are gone; resolves to how many it was handed.
+   *
+   * The batch is claimed in one transaction that lasts until `purge` is done, so sweepers running
+   * at once (replicas on PostgreSQL, or the service and `scrubline sweep` on one SQLite file) each
+   * take different rows and each artefact is purged exactly once. A sweeper killed halfway loses
+   * its connection, its transaction rolls back, and the rows are free again for the next one
+   * (whose deletes of what is already gone are no-ops).
+   *   - PostgreSQL: `FOR UPDATE SKIP LOCKED`, so another replica takes the next rows meanwhile.
+   *   - SQLite: the transaction takes the write lock first (a write that changes nothing), so a
+   *     second sweeper waits for it and then finds these rows purged. Keep `limit` small: an
+   *     upload recording meanwhile waits too.
+   */
+  async claimExpired(
+    at: string,
+    limit: number,
+    exclude: readonly string[],
+    purge: (records: ArtefactRecord[], markPurged: (id: string) => Promise<void>) => Promise<void>,
+  ): Promise<number> {
+    return this.db.transaction().execute(async (trx) => {
+      if (this.engine === 'sqlite') await sql`UPDATE artefacts SET id = id WHERE 0 = 1`.execute(trx);
+      const records = (
+        await trx
+          .selectFrom('artefacts')
+          .selectAll()
+          .where('purged_at', 'is', null)
+          .where('expires_at', '<=', at)
+          .$if(exclude.length > 0, (q) => q.where('id', 'not in', exclude))
+          .orderBy('expires_at')
+          .orderBy('id')
+          .limit(limit)
+          .$if(this.engine === 'postgres', (q) => q.forUpdate().skipLocked())
+          .execute()
+      ).map(fromRow);
+      await purge(records, async (id) => void (await this.markPurged([id], at, trx)));
+      return records.length;
+    });
   }
 
-  markPurged(ids: string[], at: string): void {
+  /** Every name a live artefact of this destination occupies (the orphan sweep's "known" set). */
+  async livePaths(destination: Destination = 'local'): Promise<Set<string>> {
+    const rows = await this.db.selectFrom('artefacts').select('paths').where('purged_at', 'is', null).where('destination', '=', destination).where('paths', '!=', '[]').execute();
+    return new Set(rows.flatMap((row) => JSON.parse(row.paths) as string[]));
+  }
+
+  async markPurged(ids: string[], at: string, db: Db = this.db): Promise<number> {
+    if (ids.length === 0) return 0;
     // Purging a record also drops its JSON: nothing of it stays but ids and times.
-    const update = this.db.prepare('UPDATE artefacts SET purged_at = ?, body = NULL WHERE id = ? AND purged_at IS NULL');
-    this.db.transaction(() => {
-      for (const id of ids) update.run(at, id);
-    })();
+    const result = await db.updateTable('artefacts').set({ purged_at: at, body: null }).where('id', 'in', ids).where('purged_at', 'is', null).executeTakeFirst();
+    return Number(result.numUpdatedRows);
   }
 
   /** The audit row of a deletion request: ids, time and counts, nothing else. */
-  recordDeletion(jobId: string, at: string, counts: Record<string, number>, ids: string[]): void {
-    this.db.prepare('INSERT INTO deletions (job_id, requested_at, counts, artefact_ids) VALUES (?, ?, ?, ?)').run(jobId, at, JSON.stringify(counts), JSON.stringify(ids));
+  async recordDeletion(jobId: string, at: string, counts: Record<string, number>, ids: string[]): Promise<void> {
+    await this.db.insertInto('deletions').values({ job_id: jobId, requested_at: at, counts: JSON.stringify(counts), artefact_ids: JSON.stringify(ids) }).execute();
   }
 
-  deletions(jobId: string): Array<{ requestedAt: string; counts: Record<string, number>; ids: string[] }> {
-    return (this.db.prepare('SELECT * FROM deletions WHERE job_id = ? ORDER BY id').all(jobId) as Row[]).map((row) => ({
-      requestedAt: String(row.requested_at),
-      counts: JSON.parse(String(row.counts)) as Record<string, number>,
-      ids: JSON.parse(String(row.artefact_ids)) as string[],
+  async deletions(jobId: string): Promise<Array<{ requestedAt: string; counts: Record<string, number>; ids: string[] }>> {
+    const rows = await this.db.selectFrom('deletions').selectAll().where('job_id', '=', jobId).orderBy('id').execute();
+    return rows.map((row) => ({
+      requestedAt: row.requested_at,
+      counts: JSON.parse(row.counts) as Record<string, number>,
+      ids: JSON.parse(row.artefact_ids) as string[],
     }));
   }
 
-  close(): void {
-    this.db.close();
+  async close(): Promise<void> {
+    await this.db.destroy();
   }
 }

@@ -1,0 +1,132 @@
+/**
+ * Objects in an S3-compatible bucket (AWS S3, MinIO, R2, Ceph): `SCRUBLINE_UPSTREAM_URL=s3://bucket/prefix`.
+ * The endpoint, region and credentials are the AWS SDK v3's own (AWS_ENDPOINT_URL_S3, AWS_REGION,
+ * AWS_ACCESS_KEY_ID and the rest of its chain), so any of those engines works with the settings
+ * its operators already use.
+ *
+ * Every write asks for server-side encryption and tags the object with its retention class; the
+ * object itself is a scrubline envelope on top of that, so the bucket holds only ciphertext.
+ * The SDK is an optional peer dependency, loaded when a bucket is configured.
+ */
+import { createRequire } from 'node:module';
+import type { Readable } from 'node:stream';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { ForeignName, MissingObject, type ObjectInfo, type ObjectRole, type ObjectStore } from './objects.js';
+
+const require = createRequire(import.meta.url);
+type Sdk = typeof import('@aws-sdk/client-s3');
+
+function sdk(): Sdk {
+  try {
+    return require('@aws-sdk/client-s3') as Sdk;
+  } catch (err) {
+    throw new Error('An s3:// destination needs @aws-sdk/client-s3, an optional peer dependency of scrubline: run `npm i @aws-sdk/client-s3` next to it.', { cause: err });
+  }
+}
+
+export interface BucketOptions {
+  bucket: string;
+  /** Key prefix, without leading or trailing slash ('' for the bucket's root). */
+  prefix: string;
+  /** `AES256` (the default) or `aws:kms`, with `kmsKeyId`. */
+  sse: 'AES256' | 'aws:kms';
+  kmsKeyId?: string | undefined;
+  /** The bucket in the path rather than the host name (MinIO, a server on an IP address). */
+  forcePathStyle?: boolean;
+  /** A client of the caller's (tests); otherwise one from the SDK's environment. */
+  client?: S3Client;
+}
+
+/** Parses `s3://bucket/prefix`; throws with what is wrong. */
+export function parseBucketUrl(url: URL): { bucket: string; prefix: string } {
+  // The S3 bucket naming rules: 3-63 lowercase letters, digits, dots and hyphens.
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(url.hostname)) throw new Error('the bucket name must be 3-63 lowercase letters, digits, dots and hyphens');
+  if (url.search !== '' || url.hash !== '' || url.username !== '' || url.port !== '') throw new Error('an s3:// URL is s3://bucket/prefix, with no port, query or credentials (the AWS SDK takes those from its environment)');
+  const prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
+  if (!/^[A-Za-z0-9._/-]*$/.test(prefix) || prefix.split('/').some((part) => part === '.' || part === '..')) throw new Error('the prefix may hold letters, digits, ".", "_", "-" and "/"');
+  return { bucket: url.hostname, prefix };
+}
+
+/** Where a job-less upload's objects go, beside the job folders. */
+const noJob = '_nojob';
+
+export class BucketStore implements ObjectStore {
+  readonly destination = 'bucket';
+  private readonly client: S3Client;
+  private readonly s3: Sdk;
+  /** The names this store builds, and no other: `<prefix>/<job>/<id>.<ext>`, `.json`, `.thumb.jpg`. */
+  private readonly ours: RegExp;
+
+  constructor(private readonly options: BucketOptions) {
+    this.s3 = sdk();
+    this.client = options.client ?? new this.s3.S3Client({ forcePathStyle: options.forcePathStyle ?? false });
+    const prefix = options.prefix === '' ? '' : `${options.prefix.replace(/[.]/g, '\\.')}/`;
+    this.ours = new RegExp(`^${prefix}[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
+  }
+
+  private key(...parts: string[]): string {
+    return [this.options.prefix, ...parts].filter((p) => p !== '').join('/');
+  }
+
+  nameFor(role: ObjectRole, id: string, ext: string, jobId: string | undefined): string {
+    const folder = jobId ?? noJob;
+    if (role === 'file') return this.key(folder, `${id}.${ext}`);
+    if (role === 'report') return this.key(folder, `${id}.json`);
+    return this.key(folder, `${id}.thumb.jpg`);
+  }
+
+  private checked(name: string): string {
+    if (!this.ours.test(name)) throw new ForeignName('a key that is not one scrubline builds under its prefix');
+    return name;
+  }
+
+  async put(name: string, body: Readable | Buffer, length: number, info: ObjectInfo): Promise<void> {
+    await this.client.send(
+      new this.s3.PutObjectCommand({
+        Bucket: this.options.bucket,
+        Key: this.checked(name),
+        Body: body,
+        ContentLength: length,
+        ContentType: 'application/octet-stream',
+        ServerSideEncryption: this.options.sse,
+        ...(this.options.sse === 'aws:kms' && this.options.kmsKeyId !== undefined ? { SSEKMSKeyId: this.options.kmsKeyId } : {}),
+        // What a bucket lifecycle rule can act on as a backstop (README): the class, not a date,
+        // since a job's finish report moves the date after the write.
+        Tagging: `scrubline-retention=${info.retention}`,
+        Metadata: { 'scrubline-envelope': '1' },
+      }),
+    );
+  }
+
+  async get(name: string): Promise<AsyncIterable<Uint8Array>> {
+    try {
+      const response = await this.client.send(new this.s3.GetObjectCommand({ Bucket: this.options.bucket, Key: this.checked(name) }));
+      return response.Body as Readable;
+    } catch (err) {
+      if (err instanceof this.s3.NoSuchKey || (err as { name?: string }).name === 'NotFound') throw new MissingObject('not stored', { cause: err });
+      throw err;
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    // S3 answers a delete of a missing key with success: a repeated purge is a no-op.
+    await this.client.send(new this.s3.DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.checked(name) }));
+  }
+
+  async *list(): AsyncIterable<{ name: string; modifiedMs: number }> {
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.options.prefix === '' ? undefined : `${this.options.prefix}/`, ContinuationToken: token }),
+      );
+      for (const object of page.Contents ?? []) {
+        if (object.Key !== undefined && this.ours.test(object.Key)) yield { name: object.Key, modifiedMs: object.LastModified?.getTime() ?? 0 };
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}

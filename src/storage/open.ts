@@ -1,0 +1,35 @@
+/**
+ * The service's storage as its configuration names it, for the server and the CLI alike: the
+ * ledger (SQLite in the data dir, or PostgreSQL at SCRUBLINE_DATABASE_URL) and the stores (the
+ * data dir, plus the bucket of an s3:// SCRUBLINE_UPSTREAM_URL).
+ */
+import type { Config } from '../config.js';
+import { storesFor, type Stores } from '../retention/sweeper.js';
+import { BucketStore, parseBucketUrl } from './bucket.js';
+import { Ledger } from './ledger.js';
+
+export interface Storage {
+  ledger: Ledger;
+  stores: Stores;
+  bucket: BucketStore | undefined;
+  close(): Promise<void>;
+}
+
+export const isBucketUrl = (url: URL | undefined): url is URL => url?.protocol === 's3:';
+
+export async function openStorage(config: Config): Promise<Storage> {
+  const bucket = isBucketUrl(config.upstreamUrl) ? new BucketStore({ ...parseBucketUrl(config.upstreamUrl), sse: config.s3Sse, kmsKeyId: config.s3KmsKeyId, forcePathStyle: config.s3ForcePathStyle }) : undefined;
+  const ledger = await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl, dataDir: config.dataDir }).catch((err: unknown) => {
+    bucket?.close();
+    throw err;
+  });
+  return {
+    ledger,
+    bucket,
+    stores: storesFor(config.dataDir, bucket),
+    close: async () => {
+      await ledger.close();
+      bucket?.close();
+    },
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * Object storage as the destination (issue 17): the service, built with real parts, keeps the
+ * cleaned files, their reports and thumbnails in an S3-protocol server on loopback through the
+ * real AWS SDK v3. At rest the bucket holds only envelopes; every write asks for server-side
+ * encryption and carries its retention tag; the sweeper empties the bucket on the job clock.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { sweep } from '../src/retention/sweeper.js';
+import { BucketStore, parseBucketUrl } from '../src/storage/bucket.js';
+import { unseal } from '../src/storage/envelope.js';
+import { findPlanted, fixture, testService, testStorage } from './helpers.js';
+import { startS3, type S3Server } from './servers.js';
+
+const jpegSignature = Buffer.from([0xff, 0xd8, 0xff]);
+
+/** Supertest's binary body. */
+const binary = (res: import('supertest').Test) =>
+  res.buffer(true).parse((r, done) => {
+    const chunks: Buffer[] = [];
+    r.on('data', (c: Buffer) => chunks.push(c));
+    r.on('end', () => done(null, Buffer.concat(chunks)));
+  });
+
+describe('s3:// URLs', () => {
+  it('take a bucket and a prefix, and refuse what the SDK should be told instead', () => {
+    assert.deepEqual(parseBucketUrl(new URL('s3://media-clean/uploads/eu/')), { bucket: 'media-clean', prefix: 'uploads/eu' });
+    assert.deepEqual(parseBucketUrl(new URL('s3://media-clean')), { bucket: 'media-clean', prefix: '' });
+    assert.throws(() => parseBucketUrl(new URL('s3://ab/x')), /bucket name/);
+    assert.throws(() => parseBucketUrl(new URL('s3://key:secret@media-clean/x')), /credentials/);
+    assert.throws(() => parseBucketUrl(new URL('s3://media-clean/a b')), /prefix/);
+  });
+});
+
+describe('a bucket as the destination', () => {
+  let s3: S3Server;
+  let bucket: BucketStore;
+  let svc: Awaited<ReturnType<typeof testService>>;
+  before(async () => {
+    s3 = await startS3();
+    bucket = new BucketStore({ bucket: s3.bucket, prefix: 'uploads', sse: 'AES256', client: await s3.client() });
+    svc = await testService({ bucket });
+  });
+  after(async () => {
+    await svc.close();
+    bucket.close();
+    await s3.stop();
+  });
+
+  it('stores the file, its report and its thumbnail as envelopes under <prefix>/<job>/, asking for SSE and tagging each', async () => {
+    const res = await svc.api.post('/v1/uploads').field('jobId', 'job-b1').attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), 'Planted Client Name.jpg');
+    assert.equal(res.status, 201);
+    assert.equal(res.body.upstream.destination, 'bucket');
+    const { id } = res.body.files[0] as { id: string };
+    await svc.previewsSettled();
+    assert.deepEqual(await s3.keys(), [`uploads/job-b1/${id}.jpg`, `uploads/job-b1/${id}.json`, `uploads/job-b1/th_${id}.thumb.jpg`].sort());
+    for (const key of await s3.keys()) {
+      const atRest = await s3.raw(key);
+      assert.ok(atRest.subarray(0, 9).equals(Buffer.from('SCRUBENC1')), `${key} is an envelope`);
+      assert.equal(atRest.indexOf(jpegSignature), -1, `${key} holds no JPEG signature`);
+      assert.equal(atRest.indexOf(Buffer.from(`"${id}"`)), -1, `${key} holds no readable report`);
+      assert.deepEqual(findPlanted(atRest), [], key);
+    }
+    const puts = s3.requests.filter((r) => r.method === 'PUT');
+    assert.equal(puts.length, 3);
+    for (const put of puts) {
+      assert.equal(put.headers['x-amz-server-side-encryption'], 'AES256', put.key);
+      assert.equal(put.headers['x-amz-tagging'], 'scrubline-retention=standard', put.key);
+    }
+
+    const record = await svc.api.get(`/v1/files/${id}`);
+    assert.equal(record.body.destination, 'bucket');
+    assert.equal(record.body.preview, 'ready');
+    const content = await binary(svc.api.get(`/v1/files/${id}/content`));
+    assert.equal(content.status, 200);
+    assert.ok((content.body as Buffer).subarray(0, 3).equals(jpegSignature));
+    assert.deepEqual(findPlanted(content.body as Buffer), []);
+    assert.ok(unseal(testStorage, `uploads/job-b1/${id}.jpg`, await s3.raw(`uploads/job-b1/${id}.jpg`)).equals(content.body as Buffer));
+    const thumbnail = await binary(svc.api.get(`/v1/files/${id}/thumbnail`));
+    assert.equal(thumbnail.status, 200);
+    assert.ok((thumbnail.body as Buffer).subarray(0, 3).equals(jpegSignature));
+  });
+
+  it('refuses an object altered in the bucket, or another file\'s object put in its place', async () => {
+    const a = (await svc.api.post('/v1/uploads').field('jobId', 'job-b2').attach('file', fixture('media/png-text-exif-xmp.png'))).body.files[0].id as string;
+    const b = (await svc.api.post('/v1/uploads').field('jobId', 'job-b2').attach('file', fixture('media/png-text-exif-xmp.png'))).body.files[0].id as string;
+    const key = `uploads/job-b2/${a}.png`;
+    const original = await s3.raw(key);
+    const flipped = Buffer.from(original);
+    flipped[flipped.length - 40]! ^= 0x01;
+    await s3.put(key, flipped);
+    const altered = await svc.api.get(`/v1/files/${a}/content`);
+    assert.equal(altered.status, 500);
+    assert.match(altered.body.error.message, /integrity/);
+    await s3.put(key, await s3.raw(`uploads/job-b2/${b}.png`));
+    assert.equal((await svc.api.get(`/v1/files/${a}/content`)).status, 500);
+    await s3.put(key, original);
+    assert.equal((await svc.api.get(`/v1/files/${a}/content`)).status, 200);
+  });
+
+  it('empties the bucket on the job clock, and then answers 410 gone', async () => {
+    const kept = (await svc.api.post('/v1/uploads').field('jobId', 'job-b3').attach('file', fixture('media/png-text-exif-xmp.png'))).body.files[0].id as string;
+    await svc.previewsSettled();
+    await svc.api.post('/v1/jobs/job-b3/finished');
+    // An object nobody recorded (a crash between the write and the ledger) and one not ours.
+    await s3.put('uploads/job-b9/orphan1.png', Buffer.from('left by a crash'));
+    await s3.put('elsewhere/keep.txt', Buffer.from('not scrubline\'s'));
+    // Later than the test clock's records and than the server's real modification times.
+    const report = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, bucket, at: new Date(Date.now() + 31 * 86_400_000), orphanGraceMs: 0 });
+    assert.ok(report.purged.file >= 4 && report.purged.thumbnail >= 2, JSON.stringify(report.purged));
+    assert.equal(report.orphans, 1);
+    assert.deepEqual(report.skipped, []);
+    assert.deepEqual(await s3.keys(), ['elsewhere/keep.txt'], 'nothing of scrubline\'s is left in the bucket');
+    const gone = await svc.api.get(`/v1/files/${kept}/content`);
+    assert.equal(gone.status, 410);
+    assert.equal((await svc.api.get(`/v1/files/${kept}/thumbnail`)).status, 404);
+    const deletes = s3.requests.filter((r) => r.method === 'DELETE').map((r) => r.key);
+    assert.equal(deletes.length, new Set(deletes).size, 'each object deleted once');
+  });
+});
