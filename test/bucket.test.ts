@@ -63,6 +63,8 @@ describe('a bucket as the destination', () => {
     }
     const puts = s3.requests.filter((r) => r.method === 'PUT');
     assert.equal(puts.length, 3);
+    // Reports and envelopes only: the SDK is not told the bytes are a JPEG either.
+    for (const put of puts) assert.equal(put.headers['content-type'], 'application/octet-stream', put.key);
     for (const put of puts) {
       assert.equal(put.headers['x-amz-server-side-encryption'], 'AES256', put.key);
       assert.equal(put.headers['x-amz-tagging'], 'scrubline-retention=standard', put.key);
@@ -79,6 +81,20 @@ describe('a bucket as the destination', () => {
     const thumbnail = await binary(svc.api.get(`/v1/files/${id}/thumbnail`));
     assert.equal(thumbnail.status, 200);
     assert.ok((thumbnail.body as Buffer).subarray(0, 3).equals(jpegSignature));
+  });
+
+  it('holds a video as an envelope too: no ftyp box, no planted value', async () => {
+    const res = await svc.api.post('/v1/uploads').field('jobId', 'job-v').attach('file', fixture('media/mp4-location.mp4'));
+    assert.equal(res.status, 201);
+    const { id } = res.body.files[0] as { id: string };
+    await svc.previewsSettled();
+    const atRest = await s3.raw(`uploads/job-v/${id}.mp4`);
+    assert.equal(atRest.indexOf(Buffer.from('ftyp')), -1);
+    assert.deepEqual(findPlanted(atRest), []);
+    const content = await binary(svc.api.get(`/v1/files/${id}/content`));
+    assert.equal(content.status, 200);
+    assert.equal((content.body as Buffer).subarray(4, 8).toString('latin1'), 'ftyp');
+    assert.deepEqual(findPlanted(content.body as Buffer), []);
   });
 
   it('refuses an object altered in the bucket, or another file\'s object put in its place', async () => {
@@ -107,7 +123,7 @@ describe('a bucket as the destination', () => {
     await s3.put('elsewhere/keep.txt', Buffer.from('not scrubline\'s'));
     // Later than the test clock's records and than the server's real modification times.
     const report = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, bucket, at: new Date(Date.now() + 31 * 86_400_000), orphanGraceMs: 0 });
-    assert.ok(report.purged.file >= 4 && report.purged.thumbnail >= 2, JSON.stringify(report.purged));
+    assert.ok(report.purged.file >= 5 && report.purged.thumbnail >= 3, JSON.stringify(report.purged));
     assert.equal(report.orphans, 1);
     assert.deepEqual(report.skipped, []);
     assert.deepEqual(await s3.keys(), ['elsewhere/keep.txt'], 'nothing of scrubline\'s is left in the bucket');
