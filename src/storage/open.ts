@@ -21,7 +21,9 @@ export async function openStorage(config: Config): Promise<Storage> {
   const bucket = isBucketUrl(config.upstreamUrl) ? new BucketStore({ ...parseBucketUrl(config.upstreamUrl), sse: config.s3Sse, kmsKeyId: config.s3KmsKeyId, forcePathStyle: config.s3ForcePathStyle }) : undefined;
   const ledger = await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl, dataDir: config.dataDir }).catch((err: unknown) => {
     bucket?.close();
-    throw err;
+    // The URL may hold a password: the message names the variable, never its value.
+    if (config.databaseUrl === undefined) throw err;
+    throw new Error(`the PostgreSQL ledger (SCRUBLINE_DATABASE_URL) could not be opened: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   });
   return {
     ledger,
