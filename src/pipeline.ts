@@ -12,6 +12,7 @@
  * Steps 2–6 run per file in `cleanFile` below; receive wraps them (middleware.ts) and forward
  * follows them (http/app.ts). No step does face detection, saliency crops or perceptual hashing.
  */
+import { giveBack } from './buffers.js';
 import type { Received, Removed, Retention } from './context.js';
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
@@ -94,6 +95,9 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     throw err;
   });
   const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
+  // Every reader of the image's bytes is done: their buffers serve the next upload.
+  giveBack(stripped.original);
+  giveBack(verified.facts.bytes);
   const tagged = tagExpiry(fingerprinted, retention, deps.clock, deps.expiry);
   return {
     id: tagged.id,

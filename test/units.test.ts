@@ -193,3 +193,35 @@ describe('the hash thread', () => {
     await run(`import { startHashThread } from ${module}; startHashThread();`);
   });
 });
+
+describe('the image read buffers (src/buffers.ts)', () => {
+  it('read a file whole, and lend a given-back buffer again zeroed past the new view', async () => {
+    const { giveBack, pooledBytes, readWhole } = await import('../src/buffers.js');
+    const dir = await tempDir();
+    try {
+      // Sizes no other test's upload leaves a buffer for: a 4 MiB buffer, lent twice.
+      const big = Buffer.alloc(3_900_000, 0xab);
+      const small = Buffer.alloc(3_200_000, 0xcd);
+      await writeFile(path.join(dir, 'big'), big);
+      await writeFile(path.join(dir, 'small'), small);
+      const first = await readWhole(path.join(dir, 'big'));
+      assert.ok(first.equals(big));
+      assert.ok(pooledBytes() >= 4 * 1024 * 1024, 'a pooled buffer is counted');
+      giveBack(first);
+      giveBack(first); // a second give-back of the same view is ignored
+      const second = await readWhole(path.join(dir, 'small'));
+      assert.equal(second.buffer, first.buffer, 'the buffer is lent again');
+      assert.ok(second.equals(small));
+      // What the previous upload left behind the new view is gone, not just out of sight.
+      const behind = Buffer.from(second.buffer, second.byteOffset + second.length, big.length - second.length);
+      assert.equal(behind.indexOf(0xab), -1);
+      giveBack(second);
+      giveBack(Buffer.alloc(10)); // not one of ours: ignored
+      const third = await readWhole(path.join(dir, 'big'));
+      assert.ok(third.equals(big), 'a buffer lent for a smaller file serves a larger one again');
+      giveBack(third);
+    } finally {
+      await removeDir(dir);
+    }
+  });
+});

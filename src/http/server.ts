@@ -23,6 +23,7 @@ import { emptyTempDir } from '../steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from '../tools/ffmpeg.js';
 import { findHeifDecoder } from '../tools/heif.js';
 import { Previews } from './previews.js';
+import { pooledBytes } from '../buffers.js';
 
 export interface RunningServer {
   server: Server;
@@ -206,7 +207,8 @@ function releaseDeadBuffers(status: number): void {
   const collect = (globalThis as { gc?: () => void }).gc;
   // The cap's 503s read no body and leave nothing behind; under load they come by the hundred.
   if (!collect || status === 503 || performance.now() - lastCollection < minCollectionGapMs) return;
-  if (process.memoryUsage().external <= deadBufferSlackBytes) return;
+  // The buffers pooled for image reads are external memory too, and alive.
+  if (process.memoryUsage().external - pooledBytes() <= deadBufferSlackBytes) return;
   lastCollection = performance.now();
   collect();
 }

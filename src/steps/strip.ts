@@ -2,7 +2,8 @@
  * Step 3, strip: writes a cleaned copy of the original next to it. Images are rebuilt from an
  * allowlist of their own structures in memory; video is remuxed by ffmpeg on disk.
  */
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
+import { readWhole } from '../buffers.js';
 import path from 'node:path';
 import type { Removed, Sniffed, Stripped } from '../context.js';
 import { ScrubError } from '../errors.js';
@@ -33,7 +34,7 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
     if (file.inputBytes > maxImageBytes) {
       throw new ScrubError('too_large', `Images larger than ${maxImageBytes} bytes are not accepted. Send a smaller file.`);
     }
-    original = await readFile(file.inputPath);
+    original = await readWhole(file.inputPath);
     const result = await imageStrippers[kind.format](original, { maxInputPixels: deps.maxInputPixels });
     await writeParts(cleanPath, result.parts);
     removed = result.removed;

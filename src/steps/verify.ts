@@ -8,6 +8,7 @@
  * It also checks that the picture still has the right size and way up.
  */
 import { open, readFile, rm } from 'node:fs/promises';
+import { readWhole } from '../buffers.js';
 import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
@@ -93,7 +94,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
   if (file.kind.family === 'image') {
     // The output is read from disk: what is proven clean is what will be forwarded.
-    const [input, output] = await Promise.all([file.original ?? readFile(file.inputPath), readFile(file.cleanPath)]);
+    const [input, output] = await Promise.all([file.original ?? readFile(file.inputPath), readWhole(file.cleanPath)]);
     const format = file.kind.format;
     const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
     const infos = Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
