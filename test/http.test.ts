@@ -12,6 +12,7 @@ import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
 import { StoreSink } from '../src/steps/forward-store.js';
+import type { Previews } from '../src/http/previews.js';
 import { storesFor } from '../src/retention/sweeper.js';
 import type { Forwarder } from '../src/steps/forward.js';
 import { unseal } from '../src/storage/envelope.js';
@@ -48,7 +49,7 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
   });
   // Every request of these tests carries the token unless a test says otherwise.
   const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
-  return { app, api, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { await ledger.close(); await removeDir(dataDir); } };
+  return { app, api, dataDir, logs, ledger, tmpFiles: () => filesUnder(path.join(dataDir, 'tmp')), cleanup: async () => { await (app.locals.previews as Previews).settled(); await ledger.close(); await removeDir(dataDir); } };
 }
 
 describe('POST /v1/uploads to a render service', () => {
