@@ -97,6 +97,22 @@ describe('a bucket as the destination', () => {
     assert.deepEqual(findPlanted(content.body as Buffer), []);
   });
 
+  it('asks for SSE-KMS with the configured key when told to', async () => {
+    const kms = new BucketStore({ bucket: s3.bucket, prefix: 'kms', sse: 'aws:kms', kmsKeyId: 'alias/scrubline-test', client: await s3.client() });
+    try {
+      await kms.put(kms.nameFor('report', 'k1', 'json', 'job-k'), Buffer.from('x'), 1, { retention: 'extended' });
+      const put = s3.requests.filter((r) => r.method === 'PUT' && r.key === 'kms/job-k/k1.json');
+      assert.equal(put.length, 1);
+      assert.equal(put[0]!.headers['x-amz-server-side-encryption'], 'aws:kms');
+      assert.equal(put[0]!.headers['x-amz-server-side-encryption-aws-kms-key-id'], 'alias/scrubline-test');
+      assert.equal(put[0]!.headers['x-amz-tagging'], 'scrubline-retention=extended');
+      await kms.delete('kms/job-k/k1.json');
+      await assert.rejects(kms.delete('uploads/job-k/k1.json'), /not one scrubline builds/, 'a key outside its prefix is refused');
+    } finally {
+      kms.close();
+    }
+  });
+
   it('refuses an object altered in the bucket, or another file\'s object put in its place', async () => {
     const a = (await svc.api.post('/v1/uploads').field('jobId', 'job-b2').attach('file', fixture('media/png-text-exif-xmp.png'))).body.files[0].id as string;
     const b = (await svc.api.post('/v1/uploads').field('jobId', 'job-b2').attach('file', fixture('media/png-text-exif-xmp.png'))).body.files[0].id as string;

@@ -100,6 +100,16 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     server.listen(config.port, config.host, () => resolve());
   });
   if (!tlsOptions && !isLoopback(config.host)) logger.warn({ host: config.host }, 'listening on plain HTTP beyond loopback: set SCRUBLINE_TLS_CERT_FILE and SCRUBLINE_TLS_KEY_FILE, or terminate TLS in front');
+  // Keys generated into one replica's data dir differ from the next one's: what A stored, B could
+  // not open, and their fingerprints would not agree. Names of variables only, never values.
+  const generated = [
+    ['SCRUBLINE_STORAGE_KEY', config.storageKey],
+    ['SCRUBLINE_FINGERPRINT_KEY', config.fingerprintKey],
+    ['SCRUBLINE_API_TOKEN', config.apiToken],
+  ].filter(([, value]) => value === undefined).map(([name]) => name);
+  if (config.databaseUrl !== undefined && generated.length > 0) {
+    logger.warn({ unset: generated }, 'a shared PostgreSQL ledger with keys generated into this data dir: set these to the same values on every replica, or replicas cannot read each other\'s files');
+  }
   if (config.databaseUrl !== undefined && !isBucketUrl(config.upstreamUrl)) {
     logger.warn('a shared PostgreSQL ledger, but thumbnails (and files, without an upstream) stay in this replica\'s data dir: other replicas cannot serve or purge them; set SCRUBLINE_UPSTREAM_URL=s3://bucket/prefix');
   }
