@@ -55,14 +55,14 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
   const metrics = new Metrics();
-  const forwarder: Forwarder = isBucketUrl(config.upstreamUrl)
-    ? new StoreSink(storage.bucket!, keys)
-    : config.upstreamUrl
-    ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, {
-        onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
-        ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
-      })
-    : new StoreSink(stores.local, keys);
+  // The render service over HTTP, or a store scrubline keeps: the bucket, else the data dir.
+  const forwarder: Forwarder =
+    config.upstreamUrl !== undefined && !isBucketUrl(config.upstreamUrl)
+      ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, {
+          onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
+          ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
+        })
+      : new StoreSink(stores.bucket ?? stores.local, keys);
 
   const app = buildApp({
     logger,
@@ -98,6 +98,10 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());
+  }).catch(async (err: unknown) => {
+    // A database pool left open would keep a failed start from exiting.
+    await storage.close();
+    throw err;
   });
   if (!tlsOptions && !isLoopback(config.host)) logger.warn({ host: config.host }, 'listening on plain HTTP beyond loopback: set SCRUBLINE_TLS_CERT_FILE and SCRUBLINE_TLS_KEY_FILE, or terminate TLS in front');
   // Keys generated into one replica's data dir differ from the next one's: what A stored, B could
