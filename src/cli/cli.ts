@@ -27,8 +27,10 @@ Usage:
   scrubline inspect <file> [--json]       metadata categories the file carries, with counts (no values)
   scrubline fingerprint <file>            the fingerprint JSON of the file's cleaned form
   scrubline sweep [--dry-run] [--at <ISO time>] [--json]
-                                          purge expired files, thumbnails and records from the ledger
-                                          in SCRUBLINE_DATA_DIR (--dry-run: only list what would go)
+                                          purge expired files, thumbnails and records, with the
+                                          service's settings (SCRUBLINE_DATA_DIR, or
+                                          SCRUBLINE_DATABASE_URL and an s3:// upstream; --dry-run:
+                                          only list what would go)
   scrubline qa <suite-dir> [--junit <out.xml>] [--html <out.html>] [--url <service URL>] [--json]
                                           run a QA suite (suite.json) and judge every file; exit 1 on
                                           any failed expectation (--url: against a running service,

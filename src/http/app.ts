@@ -15,7 +15,7 @@ import { retryAfterSeconds, serviceErrorHandler } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from '../config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
-import type { ArtefactRecord, Ledger } from '../storage/ledger.js';
+import type { ArtefactRecord, JobExpiry, Ledger } from '../storage/ledger.js';
 import { countByKind, purgeRecords, removeArtefactObjects, type Stores } from '../retention/sweeper.js';
 import { ForeignName, MissingObject, type ObjectStore } from '../storage/objects.js';
 import { Metrics } from './metrics.js';
@@ -179,7 +179,7 @@ export function buildApp(deps: AppDeps): express.Express {
   });
 
   const clock = deps.scrubline.clock ?? systemClock;
-  const jobExpiry = (retention: 'standard' | 'extended', finishedAt: string): string => expiresAt(retention, new Date(finishedAt));
+  const jobExpiry: JobExpiry = (retention, finishedAt) => expiresAt(retention, new Date(finishedAt));
   const previews = new Previews({
     dataDir: deps.dataDir,
     ledger: deps.ledger,
