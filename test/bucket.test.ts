@@ -25,7 +25,8 @@ const binary = (res: import('supertest').Test) =>
 describe('s3:// URLs', () => {
   it('take a bucket and a prefix, and refuse what the SDK should be told instead', () => {
     assert.deepEqual(parseBucketUrl(new URL('s3://media-clean/uploads/eu/')), { bucket: 'media-clean', prefix: 'uploads/eu' });
-    assert.deepEqual(parseBucketUrl(new URL('s3://media-clean')), { bucket: 'media-clean', prefix: '' });
+    assert.throws(() => parseBucketUrl(new URL('s3://media-clean')), /prefix that is scrubline's own/, 'never a shared bucket\'s root');
+    assert.throws(() => parseBucketUrl(new URL('s3://media-clean/')), /prefix that is scrubline's own/);
     assert.throws(() => parseBucketUrl(new URL('s3://ab/x')), /bucket name/);
     assert.throws(() => parseBucketUrl(new URL('s3://key:secret@media-clean/x')), /credentials/);
     assert.throws(() => parseBucketUrl(new URL('s3://media-clean/a b')), /prefix/);

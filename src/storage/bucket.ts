@@ -26,7 +26,7 @@ function sdk(): Sdk {
 
 export interface BucketOptions {
   bucket: string;
-  /** Key prefix, without leading or trailing slash ('' for the bucket's root). */
+  /** Key prefix, without leading or trailing slash; scrubline's own (the orphan sweep deletes under it). */
   prefix: string;
   /** `AES256` (the default) or `aws:kms`, with `kmsKeyId`. */
   sse: 'AES256' | 'aws:kms';
@@ -43,6 +43,9 @@ export function parseBucketUrl(url: URL): { bucket: string; prefix: string } {
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(url.hostname)) throw new Error('the bucket name must be 3-63 lowercase letters, digits, dots and hyphens');
   if (url.search !== '' || url.hash !== '' || url.username !== '' || url.port !== '') throw new Error('an s3:// URL is s3://bucket/prefix, with no port, query or credentials (the AWS SDK takes those from its environment)');
   const prefix = decodeURIComponent(url.pathname).replace(/^\/+|\/+$/g, '');
+  // The sweeper removes stray objects under the prefix: it must be scrubline's own, never a
+  // shared bucket's root.
+  if (prefix === '') throw new Error('give a prefix that is scrubline\'s own, such as s3://bucket/scrubline: the sweeper removes stray objects under it');
   if (!/^[A-Za-z0-9._/-]*$/.test(prefix) || prefix.split('/').some((part) => part === '.' || part === '..')) throw new Error('the prefix may hold letters, digits, ".", "_", "-" and "/"');
   return { bucket: url.hostname, prefix };
 }
@@ -58,14 +61,14 @@ export class BucketStore implements ObjectStore {
   private readonly ours: RegExp;
 
   constructor(private readonly options: BucketOptions) {
+    if (options.prefix === '') throw new Error('a bucket store needs a prefix of its own');
     this.s3 = sdk();
     this.client = options.client ?? new this.s3.S3Client({ forcePathStyle: options.forcePathStyle ?? false });
-    const prefix = options.prefix === '' ? '' : `${options.prefix.replace(/[.]/g, '\\.')}/`;
-    this.ours = new RegExp(`^${prefix}[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
+    this.ours = new RegExp(`^${options.prefix.replace(/[.]/g, '\\.')}/[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
   }
 
   private key(...parts: string[]): string {
-    return [this.options.prefix, ...parts].filter((p) => p !== '').join('/');
+    return [this.options.prefix, ...parts].join('/');
   }
 
   nameFor(role: ObjectRole, id: string, ext: string, jobId: string | undefined): string {
@@ -117,7 +120,7 @@ export class BucketStore implements ObjectStore {
     let token: string | undefined;
     do {
       const page = await this.client.send(
-        new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: this.options.prefix === '' ? undefined : `${this.options.prefix}/`, ContinuationToken: token }),
+        new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: `${this.options.prefix}/`, ContinuationToken: token }),
       );
       for (const object of page.Contents ?? []) {
         if (object.Key !== undefined && this.ours.test(object.Key)) yield { name: object.Key, modifiedMs: object.LastModified?.getTime() ?? 0 };

@@ -7,12 +7,11 @@
  * Names are built from ids by scrubline, and a store refuses any other: a ledger row is never
  * trusted to name a path or key of its choosing (THREATS 42).
  */
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdir, readdir, realpath, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createWriteStream } from 'node:fs';
 import type { Retention } from '../context.js';
 import type { Destination } from './ledger.js';
 
