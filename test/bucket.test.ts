@@ -9,18 +9,10 @@ import { after, before, describe, it } from 'node:test';
 import { sweep } from '../src/retention/sweeper.js';
 import { BucketStore, parseBucketUrl } from '../src/storage/bucket.js';
 import { unseal } from '../src/storage/envelope.js';
-import { findPlanted, fixture, testService, testStorage } from './helpers.js';
+import { binaryBody, findPlanted, fixture, testService, testStorage } from './helpers.js';
 import { startS3, type S3Server } from './servers.js';
 
 const jpegSignature = Buffer.from([0xff, 0xd8, 0xff]);
-
-/** Supertest's binary body. */
-const binary = (res: import('supertest').Test) =>
-  res.buffer(true).parse((r, done) => {
-    const chunks: Buffer[] = [];
-    r.on('data', (c: Buffer) => chunks.push(c));
-    r.on('end', () => done(null, Buffer.concat(chunks)));
-  });
 
 describe('s3:// URLs', () => {
   it('take a bucket and a prefix, and refuse what the SDK should be told instead', () => {
@@ -74,12 +66,12 @@ describe('a bucket as the destination', () => {
     const record = await svc.api.get(`/v1/files/${id}`);
     assert.equal(record.body.destination, 'bucket');
     assert.equal(record.body.preview, 'ready');
-    const content = await binary(svc.api.get(`/v1/files/${id}/content`));
+    const content = await binaryBody(svc.api.get(`/v1/files/${id}/content`));
     assert.equal(content.status, 200);
     assert.ok((content.body as Buffer).subarray(0, 3).equals(jpegSignature));
     assert.deepEqual(findPlanted(content.body as Buffer), []);
     assert.ok(unseal(testStorage, `uploads/job-b1/${id}.jpg`, await s3.raw(`uploads/job-b1/${id}.jpg`)).equals(content.body as Buffer));
-    const thumbnail = await binary(svc.api.get(`/v1/files/${id}/thumbnail`));
+    const thumbnail = await binaryBody(svc.api.get(`/v1/files/${id}/thumbnail`));
     assert.equal(thumbnail.status, 200);
     assert.ok((thumbnail.body as Buffer).subarray(0, 3).equals(jpegSignature));
   });
@@ -92,7 +84,7 @@ describe('a bucket as the destination', () => {
     const atRest = await s3.raw(`uploads/job-v/${id}.mp4`);
     assert.equal(atRest.indexOf(Buffer.from('ftyp')), -1);
     assert.deepEqual(findPlanted(atRest), []);
-    const content = await binary(svc.api.get(`/v1/files/${id}/content`));
+    const content = await binaryBody(svc.api.get(`/v1/files/${id}/content`));
     assert.equal(content.status, 200);
     assert.equal((content.body as Buffer).subarray(4, 8).toString('latin1'), 'ftyp');
     assert.deepEqual(findPlanted(content.body as Buffer), []);

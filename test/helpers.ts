@@ -12,7 +12,7 @@ import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { StoreSink } from '../src/steps/forward-store.js';
-import { storesFor } from '../src/retention/sweeper.js';
+import { storesFor } from '../src/storage/objects.js';
 import type { ObjectStore } from '../src/storage/objects.js';
 import { Keyring } from '../src/storage/envelope.js';
 import type { HeifDecoder } from '../src/tools/heif.js';
@@ -50,6 +50,15 @@ export const plantedNeedles: string[] = [
 /** Planted values found in some bytes (searched as UTF-8, UTF-16LE and, for dates, any punctuation). */
 export function findPlanted(bytes: Buffer): string[] {
   return plantedNeedles.filter((needle) => bytes.includes(Buffer.from(needle, 'utf8')) || bytes.includes(Buffer.from(needle, 'utf16le')));
+}
+
+/** A supertest request whose body arrives as a Buffer, whatever its type (it would try to parse an image). */
+export function binaryBody<T extends request.Test>(req: T): T {
+  return req.buffer(true).parse((r, done) => {
+    const chunks: Buffer[] = [];
+    r.on('data', (c: Buffer) => chunks.push(c));
+    r.on('end', () => done(null, Buffer.concat(chunks)));
+  }) as T;
 }
 
 /** A PNG chunk with its CRC, for tests that build PNGs by hand (written apart from strip-png's). */

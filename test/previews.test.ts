@@ -9,17 +9,13 @@ import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { readExifValues } from '../src/tools/exifr.js';
 import { findHeifDecoder, heifDecodeArgs } from '../src/tools/heif.js';
-import { fixture, removeDir, tempDir, testService } from './helpers.js';
+import { binaryBody, fixture, removeDir, tempDir, testService } from './helpers.js';
 
 const decoder = findHeifDecoder(process.env.SCRUBLINE_HEIF_DECODER_PATH);
 const heic = 'media/heic-exif-xmp-thumbnail.heic';
 
 async function thumbnailOf(svc: Awaited<ReturnType<typeof testService>>, id: string) {
-  return svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
-    const chunks: Buffer[] = [];
-    r.on('data', (c: Buffer) => chunks.push(c));
-    r.on('end', () => done(null, Buffer.concat(chunks)));
-  });
+  return binaryBody(svc.api.get(`/v1/files/${id}/thumbnail`));
 }
 
 describe('HEIC previews by libheif', { skip: decoder ? false : 'no heif-dec or heif-convert on PATH (Debian: libheif-examples); .ci/run installs it' }, () => {

@@ -14,7 +14,7 @@ import sharp from 'sharp';
 import request from 'supertest';
 import { sweep } from '../src/retention/sweeper.js';
 import { readExifValues } from '../src/tools/exifr.js';
-import { filesUnder, findPlanted, fixture, root, testService, testToken } from './helpers.js';
+import { binaryBody, filesUnder, findPlanted, fixture, root, testService, testToken } from './helpers.js';
 
 const hour = 3_600_000;
 const t0 = new Date('2026-06-01T08:00:00.000Z');
@@ -37,11 +37,7 @@ async function service() {
 
 /** GET a thumbnail with its body as a Buffer (supertest would try to parse an image otherwise). */
 function thumbnail(svc: Awaited<ReturnType<typeof service>>, id: string) {
-  return svc.api.get(`/v1/files/${id}/thumbnail`).buffer(true).parse((r, done) => {
-    const chunks: Buffer[] = [];
-    r.on('data', (c: Buffer) => chunks.push(c));
-    r.on('end', () => done(null, Buffer.concat(chunks)));
-  });
+  return binaryBody(svc.api.get(`/v1/files/${id}/thumbnail`));
 }
 
 describe('access control', () => {

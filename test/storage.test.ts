@@ -10,7 +10,7 @@ import { buffer as streamToBuffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
 import { Keyring, openObject, seal, sealedFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
 import { sweep } from '../src/retention/sweeper.js';
-import { findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
+import { binaryBody, findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
 
 const keyA = randomBytes(32);
 const keyB = randomBytes(32);
@@ -89,13 +89,6 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
   before(async () => (svc = await testService()));
   after(() => svc.close());
 
-  const body = (req: ReturnType<typeof svc.api.get>) =>
-    req.buffer(true).parse((r, done) => {
-      const chunks: Buffer[] = [];
-      r.on('data', (c: Buffer) => chunks.push(c));
-      r.on('end', () => done(null, Buffer.concat(chunks)));
-    });
-
   it('the cleaned file, its report and its thumbnail are encrypted on disk; /content returns the clean file', async () => {
     const res = await svc.api.post('/v1/uploads').field('jobId', 'job-at-rest').attach('file', fixture('media/jpeg-gps-exif-xmp-iptc.jpg'), 'Planted Client Name.jpg');
     assert.equal(res.status, 201);
@@ -111,7 +104,7 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
         assert.deepEqual(findPlanted(atRest), []);
       }
     }
-    const content = await body(svc.api.get(`/v1/files/${id}/content`));
+    const content = await binaryBody(svc.api.get(`/v1/files/${id}/content`));
     assert.equal(content.status, 200);
     assert.equal(content.headers['content-type'], 'image/jpeg');
     assert.equal((content.body as Buffer).length, bytes);
@@ -119,7 +112,7 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
     assert.deepEqual(findPlanted(content.body as Buffer), []);
     const stored = unseal(testStorage, `clean/${id}.jpg.enc`, await readFile(path.join(svc.dataDir, 'clean', `${id}.jpg.enc`)));
     assert.ok(stored.equals(content.body as Buffer));
-    const thumb = await body(svc.api.get(`/v1/files/${id}/thumbnail`));
+    const thumb = await binaryBody(svc.api.get(`/v1/files/${id}/thumbnail`));
     assert.equal(thumb.status, 200);
     assert.ok((thumb.body as Buffer).subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])));
   });
