@@ -13,7 +13,7 @@ import { createLogger } from '../src/log.js';
 import { HttpForwarder } from '../src/steps/forward-http.js';
 import { StoreSink } from '../src/steps/forward-store.js';
 import type { Previews } from '../src/http/previews.js';
-import { storesFor } from '../src/retention/sweeper.js';
+import { storesFor } from '../src/storage/objects.js';
 import type { Forwarder } from '../src/steps/forward.js';
 import { unseal } from '../src/storage/envelope.js';
 import { ffmpegTools, filesUnder, findPlanted, fixture, LogCapture, manifest, multipartParts, removeDir, startUpstream, tempDir, testKey, testStorage, testToken } from './helpers.js';

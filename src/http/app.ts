@@ -16,8 +16,8 @@ import { requireBearer } from './auth.js';
 import { defaults } from '../config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, JobExpiry, Ledger } from '../storage/ledger.js';
-import { countByKind, purgeRecords, removeArtefactObjects, type Stores } from '../retention/sweeper.js';
-import { ForeignName, MissingObject, type ObjectStore } from '../storage/objects.js';
+import { countByKind, purgeRecords, removeArtefactObjects } from '../retention/sweeper.js';
+import { ForeignName, MissingObject, storeOf, type ObjectStore, type Stores } from '../storage/objects.js';
 import { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { Previews, type PreviewState } from './previews.js';
@@ -96,7 +96,7 @@ function fileView(record: ArtefactRecord, preview: PreviewState) {
  * name it does not build itself (a row is never trusted to name any other object: THREATS 42).
  */
 function storedObject(stores: Stores, record: ArtefactRecord): { store: ObjectStore; name: string } {
-  const store = record.destination === 'local' ? stores.local : record.destination === 'bucket' ? stores.bucket : undefined;
+  const store = storeOf(stores, record.destination);
   const name = record.paths[0];
   if (store === undefined || name === undefined) throw notFound('stored file', 'It was forwarded to the render service and is not kept here.');
   return { store, name };
@@ -233,7 +233,6 @@ export function buildApp(deps: AppDeps): express.Express {
       const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
       metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
       const createdAt = clock().toISOString();
-      const jobFinishedAt = upload.jobId === undefined ? undefined : await deps.ledger.jobFinishedAt(upload.jobId);
       const records: ArtefactRecord[] = [];
       const fileRecords: ArtefactRecord[] = [];
       for (const f of upload.files) {
@@ -248,7 +247,6 @@ export function buildApp(deps: AppDeps): express.Express {
           retention: f.retention,
           createdAt,
           expiresAt: f.expiresAt,
-          jobFinishedAt,
           paths: result.stored?.[f.id] ?? [],
         };
         fileRecords.push(file);

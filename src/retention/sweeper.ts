@@ -11,20 +11,12 @@
  * never names.
  */
 import type { ArtefactKind, ArtefactRecord, Ledger } from '../storage/ledger.js';
-import { ForeignName, LocalStore, type ObjectStore } from '../storage/objects.js';
+import { ForeignName, storeOf, storesFor, type ObjectStore, type Stores } from '../storage/objects.js';
 
 /** A file younger than this may belong to an upload still being recorded: not yet an orphan. */
 export const defaultOrphanGraceMs = 15 * 60_000;
 /** Rows claimed at once: one transaction's worth of deletes, while uploads on SQLite wait to record. */
 const batchSize = 25;
-
-/** The stores artefacts can lie in: the data dir always, a bucket when one is configured. */
-export interface Stores {
-  local: ObjectStore;
-  bucket?: ObjectStore | undefined;
-}
-
-export const storesFor = (dataDir: string, bucket?: ObjectStore): Stores => ({ local: new LocalStore(dataDir), bucket });
 
 export interface SweepOptions {
   ledger: Ledger;
@@ -55,7 +47,7 @@ export interface SweepReport {
  */
 export async function removeArtefactObjects(stores: Stores, record: ArtefactRecord): Promise<void> {
   if (record.paths.length === 0) return;
-  const store = record.destination === 'local' ? stores.local : record.destination === 'bucket' ? stores.bucket : undefined;
+  const store = storeOf(stores, record.destination);
   if (store === undefined) throw new ForeignName(`a row held in a ${record.destination} store that is not configured here`);
   for (const name of record.paths) await store.delete(name);
 }

@@ -269,8 +269,9 @@ export class Ledger {
   /**
    * Records artefacts in one transaction; refuses (410 job_deleted, nothing recorded) when any of
    * them belongs to a job deleted meanwhile, so an upload racing its job's deletion is not kept.
-   * A file or thumbnail of a job that finished meanwhile (on any replica) takes the job's clock
-   * (`expiry`), so no file escapes the finish report that raced its upload.
+   * Every record of a finished job carries the finish time, read here under the job's lock; a file
+   * or thumbnail also takes the job's clock (`expiry`), so no file escapes the finish report that
+   * raced its upload (on any replica).
    */
   async record(records: ArtefactRecord[], expiry?: JobExpiry): Promise<void> {
     if (records.length === 0) return;
@@ -301,7 +302,7 @@ export class Ledger {
               retention: r.retention,
               created_at: r.createdAt,
               expires_at: redate ? expiry(r.retention, finishedAt) : r.expiresAt,
-              job_finished_at: redate ? finishedAt : (r.jobFinishedAt ?? null),
+              job_finished_at: finishedAt ?? r.jobFinishedAt ?? null,
               purged_at: null,
               paths: JSON.stringify(r.paths),
               body: r.body ?? null,

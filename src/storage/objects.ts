@@ -44,6 +44,19 @@ export interface ObjectStore {
   list(): AsyncIterable<{ name: string; modifiedMs: number }>;
 }
 
+/** The stores artefacts can lie in: the data dir always, a bucket when one is configured. */
+export interface Stores {
+  local: ObjectStore;
+  bucket?: ObjectStore | undefined;
+}
+
+export const storesFor = (dataDir: string, bucket?: ObjectStore): Stores => ({ local: new LocalStore(dataDir), bucket });
+
+/** The store a ledger row's bytes lie in; none for what went to the render service, or a store not configured here. */
+export function storeOf(stores: Stores, destination: Destination): ObjectStore | undefined {
+  return destination === 'local' ? stores.local : destination === 'bucket' ? stores.bucket : undefined;
+}
+
 /**
  * The data-dir folders a local store writes. Every plain file in them is the store's: an object,
  * or what a crash left half written (`*.partial`), which the orphan sweep removes.

@@ -4,9 +4,9 @@
  * data dir, plus the bucket of an s3:// SCRUBLINE_UPSTREAM_URL).
  */
 import type { Config } from '../config.js';
-import { storesFor, type Stores } from '../retention/sweeper.js';
 import { BucketStore, parseBucketUrl } from './bucket.js';
 import { Ledger } from './ledger.js';
+import { storesFor, type Stores } from './objects.js';
 
 export interface Storage {
   ledger: Ledger;
