@@ -63,8 +63,8 @@ interface Schema {
 }
 
 type Db = Kysely<Schema> | Transaction<Schema>;
-// Migrations build tables the typed schema does not know yet.
-type Migration = (db: Kysely<any>, engine: Engine) => Promise<void>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// Migrations build tables the typed schema does not know yet: they take the untyped builder.
+type Migration = (db: Kysely<any>, engine: Engine) => Promise<void>;
 
 export type Engine = 'sqlite' | 'postgres';
 
