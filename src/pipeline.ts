@@ -95,8 +95,8 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     throw err;
   });
   const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
-  // Every reader of the image's bytes is done: their buffers serve the next upload.
-  giveBack(stripped.original);
+  // Every reader of the cleaned image's bytes is done: its buffer serves the next upload (verify
+  // handed the original's back before reading the output).
   giveBack(verified.facts.bytes);
   const tagged = tagExpiry(fingerprinted, retention, deps.clock, deps.expiry);
   return {

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
@@ -13,7 +13,9 @@ import { rotationOf } from '../src/tools/ffmpeg.js';
 import { expiresAt } from '../src/steps/tag-expiry.js';
 import { allowedDecoders, probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.js';
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
-import { findSignatures, PatternSet } from '../src/verify/scan.js';
+import { collectImageValues } from '../src/verify/input-values.js';
+import { findSignatures, maxPatternBytes, PatternSet } from '../src/verify/scan.js';
+import { ValueCollector } from '../src/verify/values.js';
 import { hmacFile } from '../src/hash-thread.js';
 import { removeDir, tempDir } from './helpers.js';
 
@@ -223,5 +225,36 @@ describe('the image read buffers (src/buffers.ts)', () => {
     } finally {
       await removeDir(dir);
     }
+  });
+});
+
+describe('the input values the verifier collects (src/verify/values.ts)', () => {
+  // verify hands the input's buffer back to the pool (zeroed, then filled with the output) before
+  // it scans the output for these values: a value that were a view into it would scan for zeros.
+  it('are copies that outlive the input buffer being zeroed', async () => {
+    const fixtures = ['jpeg-gps-exif-xmp-iptc.jpg', 'png-text-exif-xmp.png', 'webp-exif-xmp.webp', 'tiff-gps-exif.tif', 'heic-exif-xmp-thumbnail.heic'];
+    for (const name of fixtures) {
+      const original = await readFile(path.join(import.meta.dirname, '..', 'fixtures', 'media', name));
+      const input = Buffer.from(original);
+      const values = new ValueCollector();
+      const format = ({ jpg: 'jpeg', png: 'png', webp: 'webp', tif: 'tiff', heic: 'heif' } as const)[name.split('.').pop() as 'jpg' | 'png' | 'webp' | 'tif' | 'heic'];
+      await collectImageValues(format, input, values);
+      input.fill(0);
+      assert.ok(values.values.length >= 3, `${name}: values were collected`);
+      const notInOriginal = values.values.filter((v) => v.length > maxPatternBytes || !v.some((b) => b !== 0));
+      assert.deepEqual(notInOriginal, [], `${name}: every value is a non-zero head of at most ${maxPatternBytes} bytes`);
+      // The byte values (not text, which is re-encoded) are found in the original as they were.
+      const binary = values.values.filter((v) => original.includes(v));
+      assert.ok(binary.length >= 1, `${name}: values from the input's bytes survive`);
+    }
+  });
+
+  it('keep only the head of a long byte value, however many point into it', () => {
+    const region = randomBytes(1 << 20);
+    const values = new ValueCollector();
+    for (let at = 0; at < 1000; at++) values.bytes(region.subarray(at));
+    region.fill(0);
+    assert.equal(values.values.length, 1000);
+    assert.ok(values.values.every((v) => v.length === maxPatternBytes && v.buffer !== region.buffer && v.some((b) => b !== 0)));
   });
 });

@@ -8,7 +8,7 @@
  * It also checks that the picture still has the right size and way up.
  */
 import { open, readFile, rm } from 'node:fs/promises';
-import { readWhole } from '../buffers.js';
+import { giveBack, readWhole } from '../buffers.js';
 import path from 'node:path';
 import type { Sniffed, Stripped, Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
@@ -93,22 +93,31 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
 
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
   if (file.kind.family === 'image') {
-    // The output is read from disk: what is proven clean is what will be forwarded.
-    const [input, output] = await Promise.all([file.original ?? readFile(file.inputPath), readWhole(file.cleanPath)]);
     const format = file.kind.format;
+    // The input first: its header, its way up and every value it carried (copied out). Then its
+    // buffer is handed back and serves the output's read, so an upload holds one whole image in
+    // memory at a time, not two (server RSS under load, issue 18).
+    const input = file.original ?? (await readFile(file.inputPath));
+    const [headerBefore] = await Promise.all([readImageInfo(input, deps.maxInputPixels), collectImageValues(format, input, values)]);
+    // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
+    // libvips looks (before IDAT).
+    const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
+    giveBack(file.original);
+    // The output is read from disk: what is proven clean is what will be forwarded.
+    const output = await readWhole(file.cleanPath);
     const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
-    const infos = Promise.all([readImageInfo(input, deps.maxInputPixels), readImageInfo(output, deps.maxInputPixels)]);
+    const headerAfter = readImageInfo(output, deps.maxInputPixels);
+    headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
     // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
     // coded items are copied byte for byte and not decoded here.
     const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
     const preview = decodable
-      ? infos.then(() => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' }))
+      ? headerAfter.then(() => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' }))
       : Promise.resolve(undefined);
     preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     const structure = checkImageStructure(format, output);
     problems.push(...structure.problems);
-    await collectImageValues(format, input, values);
     // One pass over the output for both the input's values and the structure's forbidden signatures.
     const { forbidden, keptRanges } = structure;
     const patterns = [...forbidden.map((f) => f.bytes), ...values.values];
@@ -127,12 +136,10 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
       if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
     }
-    const [headerBefore, headerAfter] = await infos;
-    // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
-    // libvips looks (before IDAT); the output's must be where libvips finds it too.
-    const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
-    const after = format === 'png' ? { ...headerAfter, orientation: pngOrientation(output) } : headerAfter;
-    if (after.orientation !== headerAfter.orientation) problems.push('image: orientation not where decoders read it');
+    // The output's eXIf must also be where libvips finds it.
+    const libvipsAfter = await headerAfter;
+    const after = format === 'png' ? { ...libvipsAfter, orientation: pngOrientation(output) } : libvipsAfter;
+    if (after.orientation !== libvipsAfter.orientation) problems.push('image: orientation not where decoders read it');
     if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
     // The way up, for the turns that keep the size (180°, mirrors).
     else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
