@@ -1,12 +1,14 @@
 /**
  * Whole-file reads of images, into buffers that are used again by the next upload.
  *
- * An image is read whole twice (the original for the rebuild, the cleaned file for the verifier),
- * a few megabytes each, and both live for the whole of the upload: long enough to outlive the
- * young generation, so V8 frees them only in a full collection, which it starts itself whenever a
- * few tens of megabytes of such memory have piled up. Under load that was a third of the main
- * thread's busy time (`npm run load`, profiled). Buffers given back at the end of a clean upload
- * are kept (a few, of bounded size) and lent again, so the steady state allocates nothing.
+ * An image is read whole twice, a few megabytes each: the original for the rebuild and the
+ * verifier's reading of the input, then the cleaned file for the rest of verify and the keyed
+ * hash (the original's buffer is given back first and usually serves that second read). Each
+ * lives for a good part of the upload: long enough to outlive the young generation, so V8 frees
+ * them only in a full collection, which it starts itself whenever a few tens of megabytes of such
+ * memory have piled up. Under load that was a third of the main thread's busy time (`npm run
+ * load`, profiled). Buffers given back by a clean upload are kept (a few, of bounded size) and
+ * lent again, so the steady state allocates nothing.
  *
  * A buffer comes back zeroed where it was used: the next upload's view never reaches past its own
  * length, and no byte of one upload stays in memory for the next to hold.
@@ -87,4 +89,16 @@ export function giveBack(view: Buffer | undefined): void {
   lent.delete(view!);
   collected.unregister(view!);
   release(backing, view!.length);
+}
+
+/**
+ * Drops the buffers kept for the next upload (lent ones are untouched) and says how many bytes
+ * that frees once collected. A service gone quiet, or busy with a video that needs none of them,
+ * should not hold a few photos' worth of zeros.
+ */
+export function trimPool(): number {
+  const bytes = free.reduce((sum, b) => sum + b.length, 0);
+  free.length = 0;
+  held -= bytes;
+  return bytes;
 }

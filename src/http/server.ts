@@ -23,7 +23,7 @@ import { emptyTempDir } from '../steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from '../tools/ffmpeg.js';
 import { findHeifDecoder } from '../tools/heif.js';
 import { Previews } from './previews.js';
-import { pooledBytes } from '../buffers.js';
+import { pooledBytes, trimPool } from '../buffers.js';
 
 export interface RunningServer {
   server: Server;
@@ -124,6 +124,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   // then sees the abort and the partial file is removed with its upload dir.
   server.requestTimeout = config.requestTimeoutMs;
   server.headersTimeout = config.headersTimeoutMs;
+  const idlePoolTrim = setTimeout(trimIdlePool, idleTrimMs).unref();
   const responses = new WeakMap<Duplex, ServerResponse>();
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     responses.set(req.socket, res);
@@ -131,6 +132,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       // A kept-alive connection's next request has no response until its headers are in.
       if (responses.get(req.socket) === res) responses.delete(req.socket);
       releaseDeadBuffers(res.statusCode);
+      idlePoolTrim.refresh();
     });
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, responses.get(socket)));
@@ -148,6 +150,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   const close = (): Promise<void> =>
     (closing ??= new Promise<void>((resolve) => {
       sweeper?.stop();
+      clearTimeout(idlePoolTrim);
       server.close(() => resolve());
       server.closeIdleConnections();
       stopAll();
@@ -216,6 +219,17 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
 const deadBufferSlackBytes = 16 * 1024 * 1024;
 const minCollectionGapMs = 250;
 let lastCollection = 0;
+
+/**
+ * The read buffers kept for the next photo are let go once no request has ended for this long
+ * (and collected at once, with --expose-gc): a quiet service, or one receiving a long video,
+ * holds none of them (`npm run load`'s video phase: a few photos' worth less RSS).
+ */
+const idleTrimMs = 2000;
+
+function trimIdlePool(): void {
+  if (trimPool() > 0) (globalThis as { gc?: () => void }).gc?.();
+}
 
 function releaseDeadBuffers(status: number): void {
   const collect = (globalThis as { gc?: () => void }).gc;
