@@ -198,7 +198,7 @@ describe('the hash thread', () => {
 
 describe('the image read buffers (src/buffers.ts)', () => {
   it('read a file whole, and lend a given-back buffer again zeroed past the new view', async () => {
-    const { giveBack, pooledBytes, readWhole } = await import('../src/buffers.js');
+    const { giveBack, pooledBytes, readWhole, trimPool } = await import('../src/buffers.js');
     const dir = await tempDir();
     try {
       // Sizes no other test's upload leaves a buffer for: a 4 MiB buffer, lent twice.
@@ -221,7 +221,17 @@ describe('the image read buffers (src/buffers.ts)', () => {
       giveBack(Buffer.alloc(10)); // not one of ours: ignored
       const third = await readWhole(path.join(dir, 'big'));
       assert.ok(third.equals(big), 'a buffer lent for a smaller file serves a larger one again');
+      // A quiet service lets the kept buffers go; what is lent stays lent, and counted.
+      const lentNow = await readWhole(path.join(dir, 'small'));
       giveBack(third);
+      const before = pooledBytes();
+      const trimmed = trimPool();
+      assert.ok(trimmed >= 4 * 1024 * 1024, 'the given-back buffer is let go');
+      assert.equal(pooledBytes(), before - trimmed);
+      assert.ok(pooledBytes() >= 4 * 1024 * 1024, 'the lent one is still counted');
+      assert.equal(trimPool(), 0, 'nothing is left to trim');
+      assert.ok(lentNow.equals(small), 'a lent buffer is not touched');
+      giveBack(lentNow);
     } finally {
       await removeDir(dir);
     }
