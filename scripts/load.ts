@@ -78,6 +78,14 @@ async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** Mean time of each pipeline stage so far, from the service's own /metrics. */
+async function stageMeans(metricsUrl: string): Promise<string> {
+  const text = await (await fetch(metricsUrl)).text();
+  const total = (kind: 'sum' | 'count', stage: string): number =>
+    Number(new RegExp(`^scrubline_stage_duration_seconds_${kind}\\{stage="${stage}"\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return ['receive', 'sniff', 'strip', 'verify', 'fingerprint', 'forward'].map((stage) => `${stage} ${((1000 * total('sum', stage)) / total('count', stage)).toFixed(0)} ms`).join(', ');
+}
+
 const percentile = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 
 async function main(): Promise<void> {
@@ -193,6 +201,7 @@ async function main(): Promise<void> {
     console.log(`phase 1: ${clients} clients × ${(jpegMB).toFixed(1)} MB JPEG for ${seconds} s, taking turns for ${slots} upload slots`);
     console.log(`  201: ${ok} (${(ok / seconds).toFixed(1)}/s, ${((ok * jpegMB) / seconds).toFixed(1)} MB/s)  503 (cap): ${statuses.get(503) ?? 0}  errors: ${errors}${errors ? ` ${JSON.stringify(Object.fromEntries(statuses))}` : ''}`);
     console.log(`  latency of accepted uploads: p50 ${percentile(latencies, 50).toFixed(0)} ms, p99 ${percentile(latencies, 99).toFixed(0)} ms`);
+    console.log(`  where an upload's time goes (mean): ${await stageMeans(`http://127.0.0.1:${port}/metrics`)}`);
     console.log(`  server peak RSS: ${p1.peakMiB.toFixed(0)} MiB`);
     console.log(`  CPU: server ${(serverCpu / wall).toFixed(2)} cores, this generator (clients and upstream) ${(generatorCpu / wall).toFixed(2)} cores, of ${availableParallelism()}`);
 

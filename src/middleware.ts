@@ -302,7 +302,9 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       next(clientClosed());
     };
     try {
+      const receiving = performance.now();
       const upload = await receive(req, res, uploadDir);
+      options.observe?.('receive', (performance.now() - receiving) / 1000);
       if (closed || res.writableEnded) return await dropClosed();
       const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
       const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;

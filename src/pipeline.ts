@@ -32,9 +32,12 @@ export interface PipelineDeps {
   clock: Clock;
   /** When a file must be gone; default: upload time + retention. The service passes the job clock. */
   expiry?: Expiry | undefined;
-  /** Told how long each stage took (metrics). */
-  observe?: ((stage: 'sniff' | 'strip' | 'verify' | 'fingerprint', seconds: number) => void) | undefined;
+  /** Told how long each stage took (metrics); receive is timed by the middleware, per request. */
+  observe?: ((stage: TimedStage, seconds: number) => void) | undefined;
 }
+
+/** The stages timed for the metrics, in order (forward is timed by the route, per upload). */
+export type TimedStage = 'receive' | 'sniff' | 'strip' | 'verify' | 'fingerprint';
 
 /** Deps whose tools are already loaded (the CLI's, QA's): usable by the video steps directly. */
 export type LoadedPipelineDeps = PipelineDeps & { ffmpeg: Ffmpeg };
@@ -63,7 +66,7 @@ export interface CleanFile {
 
 /** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
 export async function cleanFile(received: Received, retention: Retention, deps: PipelineDeps): Promise<CleanFile> {
-  const timed = async <T>(stage: 'sniff' | 'strip' | 'verify' | 'fingerprint', work: () => Promise<T>): Promise<T> => {
+  const timed = async <T>(stage: Exclude<TimedStage, 'receive'>, work: () => Promise<T>): Promise<T> => {
     const started = performance.now();
     try {
       return await work();

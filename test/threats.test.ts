@@ -353,7 +353,12 @@ describe('THREATS: load and faults', () => {
       const metrics = await (await fetch(`${svc.server.url}/metrics`)).text();
       assert.match(metrics, /scrubline_rejections_total\{reason="overloaded"\} \d+/);
       assert.match(metrics, /scrubline_uploads_total\{outcome="forwarded",family="image"\} \d+/);
-      await baseline(svc, statuses.filter((s) => s === 201).length);
+      // Every stage of every accepted upload is timed, receive included.
+      const accepted = statuses.filter((s) => s === 201).length;
+      for (const stage of ['receive', 'sniff', 'strip', 'verify', 'fingerprint', 'forward']) {
+        assert.match(metrics, new RegExp(`scrubline_stage_duration_seconds_count\\{stage="${stage}"\\} ${accepted}\\n`), stage);
+      }
+      await baseline(svc, accepted);
     } finally {
       await stop(svc);
     }

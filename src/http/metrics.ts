@@ -4,8 +4,9 @@
  * families, error codes, pipeline stages and artefact kinds are all closed vocabularies.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { TimedStage } from '../pipeline.js';
 
-export type Stage = 'sniff' | 'strip' | 'verify' | 'fingerprint' | 'forward';
+export type Stage = TimedStage | 'forward';
 
 export class Metrics {
   readonly registry = new Registry();
@@ -29,7 +30,7 @@ export class Metrics {
   });
   readonly stageSeconds = new Histogram({
     name: 'scrubline_stage_duration_seconds',
-    help: 'Time spent in each pipeline stage, per file (forward: per upload)',
+    help: 'Time spent in each pipeline stage, per file (receive and forward: per upload)',
     labelNames: ['stage'] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120],
     registers: [this.registry],
