@@ -88,6 +88,15 @@ describe('POST /v1/uploads to a render service', () => {
     const received = upstream.requests[0]!;
     assert.ok(typeof received.headers['idempotency-key'] === 'string');
     const parts = multipartParts(received.body, String(received.headers['content-type']));
+    // A well-formed body of the length announced, by undici's own multipart parser too.
+    assert.equal(Number(received.headers['content-length']), received.body.length);
+    const form = await new Response(new Uint8Array(received.body), { headers: { 'content-type': String(received.headers['content-type']) } }).formData();
+    const forwarded = form.getAll('file') as File[];
+    assert.deepEqual(
+      forwarded.map((f) => [f.name, f.type, f.size]),
+      [[`${jpeg.id}.jpg`, 'image/jpeg', jpeg.bytes], [`${mp4.id}.mp4`, 'video/mp4', mp4.bytes]],
+    );
+    assert.deepEqual([form.get('jobId'), form.get('retention')], ['job-42', 'extended']);
     const files = parts.filter((p) => p.name === 'file');
     assert.deepEqual(files.map((f) => f.filename), [`${jpeg.id}.jpg`, `${mp4.id}.mp4`]);
     for (const f of files) assert.deepEqual(findPlanted(f.data), []);
