@@ -6,8 +6,16 @@
 #                           megabyte-sized buffers come from the heap and stay resident once
 #                           freed; pinned, they are mmapped and handed back to the kernel.
 #   MALLOC_ARENA_MAX        libvips and libuv worker threads would each get an arena of their own.
-#   --max-semi-space-size   V8's young generation grows to 2 x 16 MiB under load by default; 4 MiB
-#                           costs a few more (cheap) scavenges.
+#   --max-semi-space-size   V8's young generation grows to 2 x 16 MiB under load by default. At
+#                           1 MiB the request chunks' external memory is freed sooner, by more
+#                           (cheap) scavenges: photo-phase peak RSS 124-127 MiB against 143-147
+#                           at 4 MiB, photos/s the same (npm run load, interleaved runs).
+#   --initial-old-space-size  V8 starts an incremental marking whenever the old generation nears
+#                           a limit it derives from the live heap (~20 MiB here): under load that
+#                           was ~18 full collections a second, freeing next to nothing. At 64 MiB
+#                           it never does, and the collection below is the only one: 15.7-16.5
+#                           photos/s against 13.5, p50 ~136 ms against ~165, RSS ~136 against ~130
+#                           (npm run load, interleaved; 96 and 128 measured the same as 64).
 #   --expose-gc             lets the service free dead upload buffers when a request ends (see
 #                           releaseDeadBuffers in src/http/server.ts) instead of after 64 MiB pile up.
 #   --no-memory-reducer     V8's memory reducer starts extra full collections to shrink the heap,
@@ -16,4 +24,4 @@
 # `exec`, so that no shell stays in front of the service and signals reach it directly.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
-exec node --max-semi-space-size=4 --expose-gc --no-memory-reducer "$(dirname "$0")/scrubline.js" serve "$@"
+exec node --initial-old-space-size=64 --max-semi-space-size=1 --expose-gc --no-memory-reducer "$(dirname "$0")/scrubline.js" serve "$@"

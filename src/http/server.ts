@@ -207,18 +207,21 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
 }
 
 /**
- * Each upload reads its image into a few multi-megabyte Buffers that outlive several young-
- * generation collections (an upload takes a few hundred ms under load), so they are only freed by
- * a full collection, which V8 schedules after ~64 MiB of external memory has piled up: dead
- * photos, resident. When the process runs with --expose-gc (bin/serve.sh), a processed request
- * that ends with more than this much external memory triggers that collection at once (~10 ms on
- * a heap of ~20 MiB), at most every `minCollectionGapMs`. Without the flag, nothing happens.
- * Measured with `npm run load` (2 cores): peak RSS 171-192 MiB without, 140-146 MiB with, for
- * about a quarter fewer uploads a second.
+ * An upload's request chunks and per-request objects outlive several young-generation
+ * collections (an upload takes a hundred ms or more under load), so they are only freed by a full
+ * collection, which V8 schedules late: after ~64 MiB of dead external memory, or once the old
+ * generation reaches its initial size (64 MiB in bin/serve.sh, where V8's own schedule marked ~18
+ * times a second). When the process runs with --expose-gc (bin/serve.sh), a processed request
+ * that ends with more than `deadSlackBytes` of either (external memory beyond the pooled read
+ * buffers, heap grown since the last collection) triggers that collection at once (~15 ms on a
+ * heap of ~20 MiB), at most every `minCollectionGapMs`. Without the flag, nothing happens.
+ * Measured with `npm run load` (2 cores): peak RSS 171-192 MiB without, ~130-140 MiB with.
  */
-const deadBufferSlackBytes = 16 * 1024 * 1024;
+const deadSlackBytes = 16 * 1024 * 1024;
 const minCollectionGapMs = 250;
 let lastCollection = 0;
+/** The heap as the last collection left it: what it has grown by since is garbage, mostly. */
+let heapAfterCollection = 0;
 
 /**
  * The read buffers kept for the next photo are let go once no request has ended for this long
@@ -236,7 +239,9 @@ function releaseDeadBuffers(status: number): void {
   // The cap's 503s read no body and leave nothing behind; under load they come by the hundred.
   if (!collect || status === 503 || performance.now() - lastCollection < minCollectionGapMs) return;
   // The buffers pooled for image reads are external memory too, and alive.
-  if (process.memoryUsage().external - pooledBytes() <= deadBufferSlackBytes) return;
+  const { external, heapUsed } = process.memoryUsage();
+  if (external - pooledBytes() + Math.max(0, heapUsed - heapAfterCollection) <= deadSlackBytes) return;
   lastCollection = performance.now();
   collect();
+  heapAfterCollection = process.memoryUsage().heapUsed;
 }
