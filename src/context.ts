@@ -79,7 +79,11 @@ export interface Stripped extends Sniffed {
    * see RemuxPlan.decodeAudio); otherwise the verifier decodes the output's audio itself.
    */
   inputAudioDecodes?: boolean | undefined;
-  /** The original's bytes (images), as read once for the rebuild; strippers never write to it. */
+  /**
+   * The original's bytes (images), as read once for the rebuild; strippers never write to it.
+   * verify hands the buffer back to the pool once it has read the input's facts: nothing after
+   * verify's start may use it.
+   */
   original?: Buffer | undefined;
 }
 
