@@ -8,21 +8,12 @@
  * object itself is a scrubline envelope on top of that, so the bucket holds only ciphertext.
  * The SDK is an optional peer dependency, loaded when a bucket is configured.
  */
-import { createRequire } from 'node:module';
 import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
+import { optionalPeer } from './peers.js';
 import { ForeignName, MissingObject, type ObjectInfo, type ObjectRole, type ObjectStore } from './objects.js';
 
-const require = createRequire(import.meta.url);
 type Sdk = typeof import('@aws-sdk/client-s3');
-
-function sdk(): Sdk {
-  try {
-    return require('@aws-sdk/client-s3') as Sdk;
-  } catch (err) {
-    throw new Error('An s3:// destination needs @aws-sdk/client-s3, an optional peer dependency of scrubline: run `npm i @aws-sdk/client-s3` next to it.', { cause: err });
-  }
-}
 
 export interface BucketOptions {
   bucket: string;
@@ -62,7 +53,7 @@ export class BucketStore implements ObjectStore {
 
   constructor(private readonly options: BucketOptions) {
     if (options.prefix === '') throw new Error('a bucket store needs a prefix of its own');
-    this.s3 = sdk();
+    this.s3 = optionalPeer<Sdk>('@aws-sdk/client-s3', 'An s3:// destination');
     this.client = options.client ?? new this.s3.S3Client({ forcePathStyle: options.forcePathStyle ?? false });
     this.ours = new RegExp(`^${options.prefix.replace(/[.]/g, '\\.')}/[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
   }

@@ -16,25 +16,11 @@
  */
 import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
 import { Kysely, PostgresDialect, SqliteDialect, sql, type Generated, type Selectable, type Transaction } from 'kysely';
 import type { Retention } from '../context.js';
 import { jobDeleted } from '../errors.js';
-
-const require = createRequire(import.meta.url);
-
-/**
- * The drivers are optional peer dependencies, loaded when a ledger is opened: an app that only
- * mounts the middleware compiles neither (issue 19). The service and the CLI's sweep need one.
- */
-function driver<T>(name: string, why: string): T {
-  try {
-    return require(name) as T;
-  } catch (err) {
-    throw new Error(`${why} needs ${name}, an optional peer dependency of scrubline: run \`npm i ${name}\` next to it.`, { cause: err });
-  }
-}
+import { optionalPeer } from './peers.js';
 
 interface ArtefactsTable {
   id: string;
@@ -180,22 +166,25 @@ function fromRow(row: Selectable<ArtefactsTable>): ArtefactRecord {
 /** Where the ledger lives: SQLite in a data dir, or a PostgreSQL database shared by replicas. */
 export type LedgerTarget = { dataDir: string; databaseUrl?: undefined } | { databaseUrl: string; dataDir?: string | undefined };
 
+/** The SQLite ledger's file in a data dir. */
+export const sqliteFileIn = (dataDir: string): string => path.join(dataDir, 'ledger.sqlite3');
+
 function sqliteDb(dataDir: string): Kysely<Schema> {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const file = path.join(dataDir, 'ledger.sqlite3');
+  const file = sqliteFileIn(dataDir);
   // Ids, job ids and crash reports are ours alone: the file is made 0600 before SQLite opens it
   // (SQLite would create it 0644; an older ledger may be), and SQLite gives its -wal and -shm
   // files the database's mode when it creates them.
   closeSync(openSync(file, 'a', 0o600));
   chmodSync(file, 0o600);
-  const db = new (driver<typeof Database>('better-sqlite3', 'The SQLite ledger'))(file);
+  const db = new (optionalPeer<typeof Database>('better-sqlite3', 'The SQLite ledger'))(file);
   db.pragma('journal_mode = WAL');
   db.pragma('busy_timeout = 5000');
   return new Kysely<Schema>({ dialect: new SqliteDialect({ database: db }) });
 }
 
 function postgresDb(databaseUrl: string): Kysely<Schema> {
-  const pg = driver<typeof import('pg')>('pg', 'The PostgreSQL ledger (SCRUBLINE_DATABASE_URL)');
+  const pg = optionalPeer<typeof import('pg')>('pg', 'The PostgreSQL ledger (SCRUBLINE_DATABASE_URL)');
   // bigint (a file's size) as a string would be parsed with Number() anyway; ten connections
   // cover the uploads one replica processes at once.
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
