@@ -134,10 +134,8 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
   const { values } = parseArgs({ args, options: { 'dry-run': { type: 'boolean' }, at: { type: 'string' }, json: { type: 'boolean' } } });
   const at = values.at === undefined ? new Date() : new Date(values.at);
   if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
-  if (config.databaseUrl === undefined && !existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) {
-    throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR (or SCRUBLINE_DATABASE_URL) as the service has them`);
-  }
-  const { openStorage } = await import('../storage/open.js');
+  const { ledgerExists, openStorage } = await import('../storage/open.js');
+  if (!ledgerExists(config)) throw new UsageError(`no ledger in ${config.dataDir}; set SCRUBLINE_DATA_DIR (or SCRUBLINE_DATABASE_URL) as the service has them`);
   const { sweep } = await import('../retention/sweeper.js');
   const storage = await openStorage(config);
   try {
@@ -219,16 +217,14 @@ async function reproCommand(args: string[], config: Config, out: Out): Promise<n
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { output: { type: 'string', short: 'o' } } });
   if (positionals.length !== 1 || values.output === undefined) throw new UsageError('repro takes a fingerprint (a .json file or an fp_ id) and -o <output file>');
   const source = positionals[0]!;
-  const { Ledger } = await import('../storage/ledger.js');
+  const { ledgerExists, openLedger } = await import('../storage/open.js');
   const { readFingerprint, repro, ReproError } = await import('./repro.js');
   const { loadFfmpeg } = await import('../tools/ffmpeg.js');
   let json: string | undefined;
   if (existsSync(source)) json = readFileSync(source, 'utf8');
   else if (/^fp_[0-9a-f]{16}$/.test(source)) {
-    if (config.databaseUrl === undefined && !existsSync(path.join(config.dataDir, 'ledger.sqlite3'))) {
-      throw new UsageError(`no ledger in ${config.dataDir} to look ${source} up in; pass the fingerprint JSON instead`);
-    }
-    const ledger = await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl });
+    if (!ledgerExists(config)) throw new UsageError(`no ledger in ${config.dataDir} to look ${source} up in; pass the fingerprint JSON instead`);
+    const ledger = await openLedger(config);
     try {
       json = (await ledger.fingerprint(source))?.body;
     } finally {
