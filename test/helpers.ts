@@ -12,8 +12,7 @@ import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import type { LoadedPipelineDeps } from '../src/pipeline.js';
 import { StoreSink } from '../src/steps/forward-store.js';
-import { storesFor } from '../src/storage/objects.js';
-import type { ObjectStore } from '../src/storage/objects.js';
+import { keepingStore, storesFor, type ObjectStore } from '../src/storage/objects.js';
 import { Keyring } from '../src/storage/envelope.js';
 import type { HeifDecoder } from '../src/tools/heif.js';
 import type { Previews } from '../src/http/previews.js';
@@ -186,7 +185,7 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
   const app = buildApp({
     logger: createLogger('info', options.logs ?? new LogCapture()),
     dataDir,
-    forwarder: new StoreSink(options.bucket ?? stores.local, testStorage),
+    forwarder: new StoreSink(keepingStore(stores), testStorage),
     ledger,
     stores,
     tools,

@@ -17,7 +17,7 @@ import { defaults } from '../config.js';
 import { crashRoutes, fingerprintRecord } from './crashes.js';
 import type { ArtefactRecord, JobExpiry, Ledger } from '../storage/ledger.js';
 import { countByKind, purgeRecords, removeArtefactObjects } from '../retention/sweeper.js';
-import { ForeignName, MissingObject, storeOf, type ObjectStore, type Stores } from '../storage/objects.js';
+import { ForeignName, keepingStore, MissingObject, storeOf, type ObjectStore, type Stores } from '../storage/objects.js';
 import { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { Previews, type PreviewState } from './previews.js';
@@ -183,7 +183,7 @@ export function buildApp(deps: AppDeps): express.Express {
   const previews = new Previews({
     dataDir: deps.dataDir,
     ledger: deps.ledger,
-    store: deps.stores.bucket ?? deps.stores.local,
+    store: keepingStore(deps.stores),
     expiry: jobExpiry,
     storage: deps.storage,
     tools: deps.tools,

@@ -15,6 +15,7 @@ import { loadApiToken, loadFingerprintKey, loadStorageKeys } from '../storage/ke
 import { Metrics } from './metrics.js';
 import { sweep } from '../retention/sweeper.js';
 import { isBucketUrl, openStorage, type Storage } from '../storage/open.js';
+import { keepingStore } from '../storage/objects.js';
 import { createLogger } from '../log.js';
 import type { Forwarder } from '../steps/forward.js';
 import { HttpForwarder } from '../steps/forward-http.js';
@@ -62,7 +63,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
           onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
           ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
         })
-      : new StoreSink(stores.bucket ?? stores.local, keys);
+      : new StoreSink(keepingStore(stores), keys);
 
   const app = buildApp({
     logger,
@@ -230,12 +231,14 @@ let heapAfterCollection = 0;
  */
 const idleTrimMs = 2000;
 
+/** V8's collector, when the process runs with --expose-gc. */
+const collect = (globalThis as { gc?: () => void }).gc;
+
 function trimIdlePool(): void {
-  if (trimPool() > 0) (globalThis as { gc?: () => void }).gc?.();
+  if (trimPool() > 0) collect?.();
 }
 
 function releaseDeadBuffers(status: number): void {
-  const collect = (globalThis as { gc?: () => void }).gc;
   // The cap's 503s read no body and leave nothing behind; under load they come by the hundred.
   if (!collect || status === 503 || performance.now() - lastCollection < minCollectionGapMs) return;
   // The buffers pooled for image reads are external memory too, and alive.

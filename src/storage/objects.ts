@@ -52,6 +52,9 @@ export interface Stores {
 
 export const storesFor = (dataDir: string, bucket?: ObjectStore): Stores => ({ local: new LocalStore(dataDir), bucket });
 
+/** Where scrubline writes what it keeps itself (files without an upstream, thumbnails): the bucket when there is one. */
+export const keepingStore = (stores: Stores): ObjectStore => stores.bucket ?? stores.local;
+
 /** The store a ledger row's bytes lie in; none for what went to the render service, or a store not configured here. */
 export function storeOf(stores: Stores, destination: Destination): ObjectStore | undefined {
   return destination === 'local' ? stores.local : destination === 'bucket' ? stores.bucket : undefined;
