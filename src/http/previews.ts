@@ -3,9 +3,8 @@
  * preview needs is held before the request's clean-up (an image's preview JPEG is already in
  * memory, made by the verifier's one decode of its pixels; a video or HEIC is linked into
  * `<dataDir>/previews/` under its random id), and the frame, decode, encryption and ledger row
- * happen once the client has its 201. The
- * thumbnail goes to the store scrubline keeps objects in (the data dir, or the bucket, so that any
- * replica can serve it).
+ * happen once the client has its 201. The thumbnail goes to the store scrubline keeps objects in
+ * (the data dir, or the bucket, so that any replica can serve it).
  *
  * Previews follow their file's clock: the row takes the file's expiry as it is when the preview
  * is recorded (a job finished in the meantime included), and a file already purged or deleted
