@@ -18,7 +18,7 @@ import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-s
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
-import { PatternSet } from '../verify/scan.js';
+import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
 import { isEncoderSettings, seiUserData } from '../verify/sei.js';
 import { checkImageStructure, pngOrientation } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
@@ -315,10 +315,16 @@ async function matchedPatterns(
   if (set.size === 0) return new Map();
   const scanner = set.scanner();
   const found = new Map<number, number>();
-  for await (const chunk of chunks) {
-    for (const match of scanner.feed(chunk)) {
-      if (!found.has(match.pattern) && !excused(match.pattern, match.start)) found.set(match.pattern, match.start);
+  try {
+    for await (const chunk of chunks) {
+      for (const match of scanner.feed(chunk)) {
+        if (!found.has(match.pattern) && !excused(match.pattern, match.start)) found.set(match.pattern, match.start);
+      }
     }
+  } catch (err) {
+    if (!(err instanceof ScanBudgetExceeded)) throw err;
+    // Not proven clean, so not forwarded (fail closed).
+    throw new ScrubError('verification_failed', 'The cleaned file could not be checked for the input\'s metadata values within the work budget (its bytes repeat the start of many of them), so it was not forwarded. Converting the file with another tool may help.', { cause: err });
   }
   return found;
 }
