@@ -14,7 +14,7 @@
  * items, unknown essential properties) is refused.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
-import { reject } from '../errors.js';
+import { reject, ScrubError } from '../errors.js';
 import { exifCategories } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -352,9 +352,56 @@ function extentBytes(input: Buffer, location: Location, extent: Extent, idat: Bo
   return start < from || end > to || end < start ? undefined : input.subarray(start, end);
 }
 
+/**
+ * What a decode of the kept items allocates, read from the headers before anything is decoded
+ * (THREATS 49): every coded item at its own size (`ispe`), plus the canvas of each grid (its
+ * ImageGrid output size, or its `ispe` if larger). A 3.7 KB AVIF whose 15360x15360 grid names one
+ * 960x960 tile 256 times cost 1 GB in a decode; no camera names a tile twice, so that is refused
+ * outright, and the sum counts against the pixel limit like any image's size.
+ */
+function pixelsToDecode(
+  input: Buffer,
+  keep: ReadonlySet<number>,
+  tilesOf: ReadonlyMap<number, number[]>,
+  propertiesOf: (id: number) => Box[],
+  locations: ReadonlyMap<number, Location>,
+  idat: Box | undefined,
+  budget: WorkBudget,
+): number {
+  let pixels = 0;
+  for (const id of keep) {
+    const tiles = tilesOf.get(id) ?? [];
+    budget.spend(1 + tiles.length);
+    if (new Set(tiles).size !== tiles.length) throw reject.structure(FORMAT, 'a grid that names one tile more than once');
+    const ispe = propertiesOf(id).find((prop) => prop.type === 'ispe');
+    let size = 0;
+    if (ispe) {
+      const r = new Reader(input, ispe.body, ispe.end);
+      r.full();
+      size = r.u32() * r.u32();
+    }
+    if (tiles.length > 0) {
+      // ImageGrid (ISO/IEC 23008-12, 6.6.2.3.2): version, flags, rows-1, columns-1, then the
+      // output width and height in 16 bits, or 32 where flags & 1.
+      const location = locations.get(id);
+      const extent = location?.extents[0];
+      const data = location && extent ? extentBytes(input, location, extent, idat) : undefined;
+      if (!data) throw reject.corrupt(FORMAT, 'a grid without its description');
+      const r = new Reader(data, 0, data.length);
+      r.u8();
+      const wide = (r.u8() & 1) === 1;
+      r.u8();
+      r.u8();
+      size = Math.max(size, wide ? r.u32() * r.u32() : r.u16() * r.u16());
+    }
+    pixels += size;
+  }
+  return pixels;
+}
+
 // ---------------------------------------------------------------------------------------------
 
-export function stripHeif(input: Buffer): ImageStripResult {
+export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { maxInputPixels: Number.MAX_SAFE_INTEGER }): ImageStripResult {
   const removed: Removed = {};
   const top = topLevelBoxes(input, removed);
   const ftyp = top[0];
@@ -436,6 +483,13 @@ export function stripHeif(input: Buffer): ImageStripResult {
     const item = byId.get(id);
     if (!item) throw reject.corrupt(FORMAT, 'a reference to an item that is not listed');
     if (!imageItemTypes.has(item.type)) throw reject.structure(FORMAT, 'an image item of a type scrubline does not know');
+  }
+  const decodedPixels = pixelsToDecode(input, keep, tilesOf, propertiesOf, locations, one('idat'), budget);
+  if (decodedPixels > limits.maxInputPixels) {
+    throw new ScrubError(
+      'too_many_pixels',
+      `Decoding this ${FORMAT} image takes ${decodedPixels} pixels (its grid's canvas and every tile), more than the configured limit of ${limits.maxInputPixels}. Send a smaller image.`,
+    );
   }
   const thumbnails = new Set(refs.filter((r) => r.type === 'thmb').map((r) => r.from));
   // Tiles of a removed grid (a thumbnail's, a gain map's) are counted as part of that grid.

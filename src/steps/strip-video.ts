@@ -4,7 +4,7 @@
  * Matroska). What goes: container and stream tags, chapters, data/timed-metadata tracks (GoPro
  * GPMF, Apple mebx, camm, tmcd), subtitles (drone GPS), attachments and cover art.
  */
-import { chmod } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { outputKind, type MediaKind } from '../media.js';
@@ -86,6 +86,9 @@ export async function stripVideo(
 ): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean; kind: Extract<MediaKind, { family: 'video' }> }> {
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
+  // ffmpeg creates its output with the process umask; made here first, it is private from its
+  // first byte (a crash mid-remux leaves a 0600 file, which the next start removes).
+  await writeFile(output, '', { mode: 0o600 });
   // The remux is spawned first: it is the long run, and each spawn holds this thread for a while
   // (fork copies the page tables: ~6 ms per 100 MB of this process). Settle both before acting: a
   // failed probe must not leave ffmpeg writing into a work dir that is being removed.

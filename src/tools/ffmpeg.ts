@@ -3,7 +3,11 @@
  * builders in ffmpeg-args.ts; nothing here goes through a shell.
  *
  * Each child runs in its own process group so a timeout kills everything it started
- * (THREATS 23), and `stopAll()` lets the server kill whatever is in flight on shutdown.
+ * (THREATS 23), and `stopAll()` lets the server kill whatever is in flight on shutdown. On Linux
+ * each child also gets a parent-death signal (util-linux `setpriv --pdeathsig`), so a service
+ * killed with SIGKILL takes its tools with it instead of leaving them reading originals, and a
+ * decoder gets an address-space limit (`prlimit --as`), so a decode bomb fails in the child
+ * rather than taking the machine's memory (THREATS 49).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
@@ -90,13 +94,36 @@ export interface RunOptions {
   waitLimitMs?: number | undefined;
   /** Kills the child and its group when aborted. */
   signal?: AbortSignal | undefined;
+  /** An address-space limit for the child (decoders), where prlimit is there to set it. */
+  memoryLimitBytes?: number | undefined;
+}
+
+/**
+ * util-linux's wrappers, where present (Linux): each sets one thing on itself and then execs the
+ * tool in place (same pid, same process group), so nothing else about the run changes.
+ */
+const wrappers = process.platform === 'linux' ? { setpriv: onPath('setpriv'), prlimit: onPath('prlimit') } : {};
+
+/** The command line that runs `binary args` with the parent-death signal and the memory limit. Pure. */
+export function wrappedCommand(binary: string, args: string[], memoryLimitBytes: number | undefined, tools: { setpriv?: string | undefined; prlimit?: string | undefined } = wrappers): [string, string[]] {
+  let command: [string, string[]] = [binary, args];
+  if (memoryLimitBytes !== undefined && tools.prlimit) command = [tools.prlimit, [`--as=${Math.trunc(memoryLimitBytes)}`, '--', command[0], ...command[1]]];
+  if (tools.setpriv) command = [tools.setpriv, ['--pdeathsig', 'KILL', '--', command[0], ...command[1]]];
+  return command;
 }
 
 /** Runs a tool with an argument array and a wall-clock limit that kills its whole process group. */
 export function runTool(binary: string, args: string[], timeoutMs: number, options: RunOptions = {}): Promise<ToolRunResult> {
   return new Promise((resolve, reject) => {
     const env = options.env ? { ...process.env, ...options.env } : undefined;
-    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: options.cwd, env });
+    // A wrapper would report a missing tool as its own exit code: say it as spawn would.
+    if (!(binary.includes('/') ? isExecutable(binary) : onPath(binary) !== undefined)) {
+      const err = Object.assign(new Error(`spawn ${path.basename(binary)} ENOENT`), { code: 'ENOENT' });
+      reject(new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause: err }));
+      return;
+    }
+    const [command, commandArgs] = wrappedCommand(binary, args, options.memoryLimitBytes);
+    const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: options.cwd, env });
     running.add(child);
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];

@@ -28,7 +28,7 @@ export function heifDecodeArgs(input: string, output: string): string[] {
 }
 
 /** True when the decoder wrote the PNG. A failure or a timeout means "no preview", never an error. */
-export async function decodeHeif(decoder: HeifDecoder, input: string, output: string, timeoutMs: number): Promise<boolean> {
-  const result = await runTool(decoder.path, heifDecodeArgs(input, output), timeoutMs).catch(() => undefined);
+export async function decodeHeif(decoder: HeifDecoder, input: string, output: string, timeoutMs: number, memoryLimitBytes?: number): Promise<boolean> {
+  const result = await runTool(decoder.path, heifDecodeArgs(input, output), timeoutMs, { memoryLimitBytes }).catch(() => undefined);
   return result?.code === 0;
 }
