@@ -22,6 +22,8 @@ export interface Config {
   /** Bucket in the path (`endpoint/bucket/key`) rather than the host name: MinIO and servers on an IP address. */
   s3ForcePathStyle: boolean;
   upstreamTimeoutMs: number;
+  /** An Authorization header value sent to an http(s) render service: its credentials, never in the URL. */
+  upstreamAuthorization: string | undefined;
   /** HMAC key for fingerprints; undefined means "generate once and keep in the data dir". */
   fingerprintKey: string | undefined;
   ffmpegPath: string | undefined;
@@ -58,6 +60,9 @@ export interface Config {
   /** Further attempts after a render-service 5xx or refused connection. */
   upstreamRetries: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** A listener of its own for /metrics (THREATS 53); undefined = /metrics on the API listener. */
+  metricsPort: number | undefined;
+  metricsHost: string;
 }
 
 export const defaults = {
@@ -82,6 +87,8 @@ export const defaults = {
   bodyIdleTimeoutMs: 30_000,
   upstreamRetries: 2,
   logLevel: 'info',
+  // Metrics are for the cluster's scraper, not the internet: loopback unless the operator says.
+  metricsHost: '127.0.0.1',
 } as const satisfies Partial<Config>;
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -127,6 +134,11 @@ export function loadConfig(env: Env = process.env): Config {
     try {
       upstreamUrl = new URL(rawUpstream);
       if (upstreamUrl.protocol === 's3:') parseBucketUrl(upstreamUrl);
+      // Credentials in a URL end up in logs and stack traces (THREATS 51): they come apart.
+      else if (upstreamUrl.username !== '' || upstreamUrl.password !== '') {
+        problems.push('SCRUBLINE_UPSTREAM_URL must not carry a user name or password: give the URL without them and put the credentials in SCRUBLINE_UPSTREAM_AUTHORIZATION (e.g. "Basic <base64>" or "Bearer <token>")');
+        upstreamUrl = undefined;
+      }
       else if (upstreamUrl.protocol !== 'http:' && upstreamUrl.protocol !== 'https:') {
         problems.push(`SCRUBLINE_UPSTREAM_URL must be an http://, https:// or s3:// URL, got protocol "${upstreamUrl.protocol}"`);
       }
@@ -138,6 +150,14 @@ export function loadConfig(env: Env = process.env): Config {
 
   const databaseUrl = read('DATABASE_URL');
   if (databaseUrl !== undefined && !/^postgres(?:ql)?:\/\//.test(databaseUrl)) problems.push('SCRUBLINE_DATABASE_URL must be a postgres:// or postgresql:// URL (unset = SQLite in the data dir)');
+  else if (databaseUrl !== undefined && hasPassword(databaseUrl)) {
+    problems.push('SCRUBLINE_DATABASE_URL must not carry a password: keep the user name in the URL and give the password in PGPASSWORD or a PGPASSFILE, which the PostgreSQL driver reads');
+  }
+  const upstreamAuthorization = read('UPSTREAM_AUTHORIZATION');
+  if (upstreamAuthorization !== undefined && (upstreamUrl === undefined || upstreamUrl.protocol === 's3:')) {
+    problems.push('SCRUBLINE_UPSTREAM_AUTHORIZATION goes with an http:// or https:// SCRUBLINE_UPSTREAM_URL');
+  }
+  if (upstreamAuthorization !== undefined && /[\r\n]/.test(upstreamAuthorization)) problems.push('SCRUBLINE_UPSTREAM_AUTHORIZATION must be one line');
   const s3Sse = read('S3_SSE') ?? 'AES256';
   if (s3Sse !== 'AES256' && s3Sse !== 'aws:kms') problems.push(`SCRUBLINE_S3_SSE must be AES256 or aws:kms, got "${s3Sse}"`);
   const s3KmsKeyId = read('S3_KMS_KEY_ID');
@@ -215,9 +235,23 @@ export function loadConfig(env: Env = process.env): Config {
     bodyIdleTimeoutMs: integer('BODY_IDLE_TIMEOUT_MS', defaults.bodyIdleTimeoutMs, 100, 3_600_000),
     upstreamRetries: integer('UPSTREAM_RETRIES', defaults.upstreamRetries, 0, 10),
     logLevel: logLevel as Config['logLevel'],
+    upstreamAuthorization,
+    metricsPort: read('METRICS_PORT') === undefined ? undefined : integer('METRICS_PORT', 0, 0, 65_535),
+    metricsHost: read('METRICS_HOST') ?? defaults.metricsHost,
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
+}
+
+/**
+ * Whether a postgres:// URL has a password in its userinfo. Read by hand: libpq's forms
+ * (`postgresql://user:pw@/db?host=/socket`) are not all URLs WHATWG's parser accepts.
+ */
+function hasPassword(url: string): boolean {
+  const rest = url.slice(url.indexOf('://') + 3);
+  const authority = rest.slice(0, [...'/?#'].map((c) => rest.indexOf(c)).filter((i) => i >= 0).reduce((a, b) => Math.min(a, b), rest.length));
+  const at = authority.lastIndexOf('@');
+  return at >= 0 && authority.slice(0, at).includes(':');
 }
 
 /** The documented variables, for the README and `scrubline --help`. */
@@ -230,6 +264,7 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_S3_SSE', 'server-side encryption asked of the bucket on every write: AES256 (default) or aws:kms'],
   ['SCRUBLINE_S3_FORCE_PATH_STYLE', 'true = address the bucket in the path, not the host name (MinIO, a server on an IP address; default false)'],
   ['SCRUBLINE_S3_KMS_KEY_ID', 'KMS key for SCRUBLINE_S3_SSE=aws:kms; unset = the bucket\'s default key'],
+  ['SCRUBLINE_UPSTREAM_AUTHORIZATION', 'Authorization header value sent to an http(s) render service, e.g. "Bearer <token>"; credentials never go in SCRUBLINE_UPSTREAM_URL'],
   ['SCRUBLINE_UPSTREAM_TIMEOUT_MS', `how long the upstream may take to answer (default ${defaults.upstreamTimeoutMs})`],
   ['SCRUBLINE_FINGERPRINT_KEY', 'HMAC key for fingerprints, 32+ characters; unset = generated once and kept in the data dir'],
   ['SCRUBLINE_FFMPEG_PATH', 'ffmpeg binary; unset = ffmpeg on PATH, else the one shipped by @ffmpeg-installer/ffmpeg'],
@@ -253,5 +288,7 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_HEADERS_TIMEOUT_MS', `longest the request headers may take (default ${defaults.headersTimeoutMs})`],
   ['SCRUBLINE_BODY_IDLE_TIMEOUT_MS', `longest an upload's body may make no progress; then 408, partial file removed, slot freed (default ${defaults.bodyIdleTimeoutMs})`],
   ['SCRUBLINE_UPSTREAM_RETRIES', `further attempts after a render-service 5xx or refused connection, same Idempotency-Key (default ${defaults.upstreamRetries})`],
+  ['SCRUBLINE_METRICS_PORT', 'serve /metrics on a listener of its own at this port (plain HTTP, for the scraper), and not on the API listener; unset = /metrics on the API listener'],
+  ['SCRUBLINE_METRICS_HOST', `address the metrics listener binds (default ${defaults.metricsHost}; 0.0.0.0 for a scraper in another pod)`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];

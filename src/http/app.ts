@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { pipeline } from 'node:stream/promises';
 import { pinoHttp } from 'pino-http';
 import { ScrubError, asScrubError, jobDeleted } from '../errors.js';
+import { isJobId, jobIdRule } from '../ids.js';
 import { retryAfterSeconds, serviceErrorHandler } from './errors.js';
 import { requireBearer } from './auth.js';
 import { defaults } from '../config.js';
@@ -51,12 +52,13 @@ export interface AppDeps {
   /** Uploads processed at once; more get 503 with Retry-After before their body is read. */
   maxConcurrentUploads?: number;
   metrics?: Metrics;
+  /** Whether /metrics answers on this app (default true); false when it has a listener of its own. */
+  serveMetrics?: boolean;
 }
 
 /** How long one /readyz tool check answers for every caller. */
 const readyCheckTtlMs = 5_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
-const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
 const routes =
   'GET /openapi.json, POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
 
@@ -67,7 +69,7 @@ function notFound(what: string, why = ''): ScrubError {
 }
 
 function validJobId(jobId: string): string {
-  if (!jobIdPattern.test(jobId)) throw new ScrubError('bad_request', 'jobId must be 1–128 characters from A–Z, a–z, 0–9, ".", "_", ":" and "-".');
+  if (!isJobId(jobId)) throw new ScrubError('bad_request', jobIdRule);
   return jobId;
 }
 
@@ -198,9 +200,7 @@ export function buildApp(deps: AppDeps): express.Express {
   app.use('/v1', requireBearer(deps.apiToken));
 
   const metrics = deps.metrics ?? new Metrics();
-  app.get('/metrics', async (_req, res) => {
-    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
-  });
+  if (deps.serveMetrics !== false) app.get('/metrics', metrics.handler());
 
   // The concurrency cap: counted from before the body is read until the response is gone.
   const maxConcurrent = deps.maxConcurrentUploads ?? defaults.maxConcurrentUploads;

@@ -3,6 +3,8 @@
  * embedders can build several. No label ever carries an id, a name or a value: outcomes, media
  * families, error codes, pipeline stages and artefact kinds are all closed vocabularies.
  */
+import { createServer, type Server } from 'node:http';
+import type { RequestHandler } from 'express';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { TimedStage } from '../pipeline.js';
 
@@ -56,5 +58,37 @@ export class Metrics {
 
   observe(stage: Stage, seconds: number): void {
     this.stageSeconds.observe({ stage }, seconds);
+  }
+
+  /** GET /metrics as an Express route. */
+  handler(): RequestHandler {
+    const { registry } = this;
+    return async function metrics(_req, res) {
+      res.type(registry.contentType).send(await registry.metrics());
+    };
+  }
+
+  /**
+   * A plain-HTTP listener that answers GET /metrics and nothing else (THREATS 53: upload counts and
+   * bytes are not for the API's clients). Prometheus exporters do the same: a port of their own,
+   * which the network policy opens to the scraper only.
+   */
+  async listen(port: number, host: string): Promise<Server> {
+    const { registry } = this;
+    const server = createServer((req, res) => {
+      if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+        res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"not_found","message":"This listener serves GET /metrics only."}}');
+        return;
+      }
+      registry.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    return server;
   }
 }

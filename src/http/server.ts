@@ -25,10 +25,13 @@ import { killOrphans, loadFfmpeg, stopAll } from '../tools/ffmpeg.js';
 import { findHeifDecoder } from '../tools/heif.js';
 import { Previews } from './previews.js';
 import { pooledBytes, trimPool } from '../buffers.js';
+import { lockDataDir } from '../storage/lock.js';
 
 export interface RunningServer {
   server: Server;
   url: string;
+  /** The metrics listener's URL, when /metrics has one of its own. */
+  metricsUrl: string | undefined;
   close(): Promise<void>;
 }
 
@@ -36,6 +39,21 @@ const isLoopback = (host: string): boolean => host === 'localhost' || host === '
 
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   const tmpDir = path.join(config.dataDir, 'tmp');
+  // Everything this process and its tools create is private from its first byte: an original, a
+  // cleaned video ffmpeg is still writing, a decoded frame (a SIGKILL leaves them as they are).
+  process.umask(0o077);
+  // Before the temp dir is emptied: a second process on this data dir must not empty it under
+  // the first one's live uploads.
+  const lock = lockDataDir(config.dataDir);
+  try {
+    return await startLocked(config, logger, tmpDir, lock.release);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(config: Config, logger: Logger, tmpDir: string, unlock: () => void): Promise<RunningServer> {
   // A previous run killed with -9 may have left ffmpeg working on originals: stop those first.
   const orphans = await killOrphans(tmpDir);
   if (orphans > 0) logger.warn({ processes: orphans }, 'killed ffmpeg/ffprobe runs left by a previous process');
@@ -62,6 +80,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       ? new HttpForwarder(config.upstreamUrl, config.upstreamTimeoutMs, config.upstreamRetries, 250, {
           onAttempt: (outcome) => metrics.upstream.inc({ outcome }),
           ca: config.upstreamCaFile === undefined ? undefined : readFileSync(config.upstreamCaFile, 'utf8'),
+          authorization: config.upstreamAuthorization,
         })
       : new StoreSink(keepingStore(stores), keys);
 
@@ -79,6 +98,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     recordRetentionDays: config.recordRetentionDays,
     maxConcurrentUploads: config.maxConcurrentUploads,
     metrics,
+    serveMetrics: config.metricsPort === undefined,
     scrubline: {
       tmpDir,
       fingerprintKey,
@@ -145,6 +165,13 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     'scrubline listening',
   );
 
+  const metricsServer = config.metricsPort === undefined ? undefined : await metrics.listen(config.metricsPort, config.metricsHost).catch(async (err: unknown) => {
+    server.close();
+    await storage.close();
+    throw err;
+  });
+  const metricsAddress = metricsServer?.address();
+  if (metricsAddress && typeof metricsAddress === 'object') logger.info({ host: config.metricsHost, port: metricsAddress.port }, 'metrics on a listener of their own');
   const sweeper = config.sweepIntervalMs > 0 ? startSweeper(storage, config.dataDir, config.sweepIntervalMs, logger, metrics) : undefined;
 
   let closing: Promise<void> | undefined;
@@ -154,12 +181,14 @@ export async function startServer(config: Config, logger: Logger = createLogger(
       clearTimeout(idlePoolTrim);
       server.close(() => resolve());
       server.closeIdleConnections();
+      metricsServer?.close();
       stopAll();
     })
       // Previews still being made finish (or fail, their tools stopped) before the ledger closes.
       .then(() => (app.locals.previews as Previews).settled())
-      .then(() => storage.close()));
-  return { server, url, close };
+      .then(() => storage.close())
+      .finally(unlock));
+  return { server, url, metricsUrl: metricsAddress && typeof metricsAddress === 'object' ? `http://${config.metricsHost}:${metricsAddress.port}` : undefined, close };
 }
 
 /**

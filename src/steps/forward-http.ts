@@ -24,6 +24,8 @@ export interface UpstreamEvents {
    * Certificates are always verified; there is no switch to turn that off.
    */
   ca?: string | undefined;
+  /** An Authorization header value for the render service (never logged, never in the URL). */
+  authorization?: string | undefined;
 }
 
 export class HttpForwarder implements Forwarder {
@@ -67,7 +69,7 @@ export class HttpForwarder implements Forwarder {
         response = await fetch(this.url, {
           method: 'POST',
           body: await this.form(files, fields),
-          headers: { 'idempotency-key': uploadId },
+          headers: { 'idempotency-key': uploadId, ...(this.events.authorization === undefined ? {} : { authorization: this.events.authorization }) },
           signal: AbortSignal.timeout(this.timeoutMs),
           redirect: 'error',
           ...(dispatcher ? { dispatcher } : {}),

@@ -12,7 +12,7 @@ import type { Request, Response } from 'express';
 import multer from 'multer';
 import type { Received, Retention } from '../context.js';
 import { ScrubError, clientClosed } from '../errors.js';
-import { randomId } from '../ids.js';
+import { isJobId, jobIdRule, randomId } from '../ids.js';
 
 export interface ReceiveOptions {
   tmpDir: string;
@@ -149,8 +149,6 @@ export function receiveError(err: unknown, options: ReceiveOptions): ScrubError 
   return new ScrubError('internal', 'Internal error while receiving the upload. Nothing was kept; retry later.', { cause: err });
 }
 
-const jobIdPattern = /^[A-Za-z0-9._:-]{1,128}$/;
-
 /** Checks the text fields against scrubline's own rules and the route's. Values are never echoed. */
 function readFields(
   body: Record<string, unknown>,
@@ -176,9 +174,7 @@ function readFields(
     if (rule.pattern && !matchesWhole(rule.pattern, value)) throw new ScrubError('bad_request', `The text field ${name} does not have an accepted value.`);
   }
   const { jobId, retention } = fields;
-  if (jobId !== undefined && !jobIdPattern.test(jobId)) {
-    throw new ScrubError('bad_request', 'jobId must be 1–128 characters of letters, digits, ".", "_", ":" or "-".');
-  }
+  if (jobId !== undefined && !isJobId(jobId)) throw new ScrubError('bad_request', jobIdRule);
   if (retention !== undefined && retention !== 'standard' && retention !== 'extended') {
     throw new ScrubError('bad_request', 'retention must be "standard" (24 h) or "extended" (72 h).');
   }

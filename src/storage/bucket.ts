@@ -10,6 +10,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
+import { isJobId } from '../ids.js';
 import { optionalPeer } from './peers.js';
 import { ForeignName, MissingObject, type ObjectInfo, type ObjectRole, type ObjectStore } from './objects.js';
 
@@ -55,7 +56,8 @@ export class BucketStore implements ObjectStore {
     if (options.prefix === '') throw new Error('a bucket store needs a prefix of its own');
     this.s3 = optionalPeer<Sdk>('@aws-sdk/client-s3', 'An s3:// destination');
     this.client = options.client ?? new this.s3.S3Client({ forcePathStyle: options.forcePathStyle ?? false });
-    this.ours = new RegExp(`^${options.prefix.replace(/[.]/g, '\\.')}/[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
+    // The job folder is one segment, never `.` or `..`: a key that climbs out is not ours.
+    this.ours = new RegExp(`^${options.prefix.replace(/[.]/g, '\\.')}/(?!\\.\\.?/)[A-Za-z0-9._:-]{1,128}/[A-Za-z0-9_-]+\\.(?:[a-z0-9]+|json|thumb\\.jpg)$`);
   }
 
   private key(...parts: string[]): string {
@@ -63,6 +65,9 @@ export class BucketStore implements ObjectStore {
   }
 
   nameFor(role: ObjectRole, id: string, ext: string, jobId: string | undefined): string {
+    // Keys are built from checked parts only (THREATS 52): the routes refuse such a job id first.
+    if (jobId !== undefined && !isJobId(jobId)) throw new ForeignName('a job id that is not a single path segment');
+    if (!/^[A-Za-z0-9_-]+$/.test(id) || !/^[a-z0-9]+$/.test(ext)) throw new ForeignName('an object id or extension scrubline does not make');
     const folder = jobId ?? noJob;
     if (role === 'file') return this.key(folder, `${id}.${ext}`);
     if (role === 'report') return this.key(folder, `${id}.json`);
