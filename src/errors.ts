@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'upstream_rejected'
   | 'upstream_timeout'
   | 'tool_unavailable'
+  | 'ledger_unavailable'
   | 'internal';
 
 const statusByCode: Record<ErrorCode, number> = {
@@ -54,6 +55,7 @@ const statusByCode: Record<ErrorCode, number> = {
   upstream_rejected: 502,
   upstream_timeout: 504,
   tool_unavailable: 503,
+  ledger_unavailable: 503,
   internal: 500,
 };
 
@@ -112,6 +114,17 @@ export function clientClosed(cause?: unknown): ScrubError {
 export function jobDeleted(): ScrubError {
   return new ScrubError('job_deleted', 'This job was deleted on request; nothing more can be stored for it. Start a new job with a new jobId.');
 }
+
+/**
+ * The ledger's database cannot be reached (restarting, failing over, network): a 503 the client
+ * retries, never a 500 that reads as a bug. Nothing of the request was kept.
+ */
+export function ledgerUnavailable(cause?: unknown): ScrubError {
+  return new ScrubError('ledger_unavailable', 'The service\'s database is unavailable for a moment. Nothing was kept; retry after the time in Retry-After.', { cause, internal: 'ledger: database unavailable' });
+}
+
+/** Codes of a 503 that a client should simply retry: they carry Retry-After. */
+export const retryableCodes: ReadonlySet<ErrorCode> = new Set(['overloaded', 'ledger_unavailable', 'tool_unavailable']);
 
 /** Anything thrown that is not a ScrubError becomes an opaque internal error. */
 export function asScrubError(err: unknown): ScrubError {

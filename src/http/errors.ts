@@ -6,7 +6,7 @@
  */
 import type { ErrorRequestHandler, NextFunction, Request, Response } from 'express';
 import type { Logger } from 'pino';
-import { asScrubError, ScrubError } from '../errors.js';
+import { asScrubError, retryableCodes, ScrubError } from '../errors.js';
 
 /** What a 503 tells a client to wait: about one upload's processing time. */
 export const retryAfterSeconds = 5;
@@ -22,7 +22,7 @@ async function answer(error: ScrubError, req: Request, res: Response, onError: O
     log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
   } else log?.info(fields, 'request refused');
   if (res.headersSent || res.destroyed) return;
-  if (error.code === 'overloaded') res.setHeader('Retry-After', String(retryAfterSeconds));
+  if (retryableCodes.has(error.code)) res.setHeader('Retry-After', String(retryAfterSeconds));
   res.status(error.status).json(error.toJSON());
 }
 

@@ -17,9 +17,9 @@
 import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
-import { Kysely, PostgresDialect, SqliteDialect, sql, type Generated, type Selectable, type Transaction } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, sql, type Generated, type PostgresPool, type PostgresPoolClient, type Selectable, type Transaction } from 'kysely';
 import type { Retention } from '../context.js';
-import { jobDeleted } from '../errors.js';
+import { jobDeleted, ledgerUnavailable } from '../errors.js';
 import { optionalPeer } from './peers.js';
 
 interface ArtefactsTable {
@@ -187,8 +187,52 @@ function postgresDb(databaseUrl: string): Kysely<Schema> {
   const pg = optionalPeer<typeof import('pg')>('pg', 'The PostgreSQL ledger (SCRUBLINE_DATABASE_URL)');
   // bigint (a file's size) as a string would be parsed with Number() anyway; ten connections
   // cover the uploads one replica processes at once.
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10 });
-  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
+  // A connection attempt that hangs (a host failing over) fails like a refused one.
+  const pool = new pg.Pool({ connectionString: databaseUrl, max: 10, connectionTimeoutMillis: 5_000 });
+  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool: surviving(pool) }) });
+}
+
+/**
+ * SQLSTATE classes and socket errors that mean "the database is not there just now", not "this
+ * query is wrong": 08 connection exception, 57P01-57P03 admin/crash shutdown and "cannot connect
+ * now" (a restart), 53300 too many connections.
+ */
+const outageCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOENT', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', '57P01', '57P02', '57P03', '53300']);
+export function isOutage(err: unknown): boolean {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && (outageCodes.has(code) || code.startsWith('08'))) return true;
+  return typeof message === 'string' && /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Connection ended/i.test(message);
+}
+
+/**
+ * The pool as Kysely sees it, made to survive its database (issue 27): `pg_ctl stop -m fast` sends
+ * every pooled connection "terminating connection due to administrator command", and pg's pool
+ * and clients then emit `error`, which with no listener ends the process. Here each has one: the
+ * pool drops a dead idle client itself, a checked-out one is dropped when released, and the next
+ * query connects anew once the database is back. While it is away, connecting and querying fail
+ * with `ledger_unavailable` (503 with Retry-After) instead of an opaque 500.
+ */
+function surviving(pool: import('pg').Pool): PostgresPool {
+  const listened = new WeakSet<object>();
+  const outage = (err: unknown): unknown => (isOutage(err) ? ledgerUnavailable(err) : err);
+  // A lost idle connection: pg's pool has already removed it.
+  pool.on('error', () => undefined);
+  return {
+    async connect(): Promise<PostgresPoolClient> {
+      const client = await pool.connect().catch((err: unknown) => Promise.reject(outage(err)));
+      if (!listened.has(client)) {
+        listened.add(client);
+        // Lost while checked out: the query in flight fails (below) and the pool drops the client on release.
+        client.on('error', () => undefined);
+      }
+      const query = ((text: unknown, parameters?: unknown) => {
+        if (typeof text !== 'string') return client.query(text as never);
+        return client.query(text, parameters as unknown[]).catch((err: unknown) => Promise.reject(outage(err)));
+      }) as PostgresPoolClient['query'];
+      return { query, release: (destroy?: boolean) => client.release(destroy) };
+    },
+    end: () => pool.end(),
+  };
 }
 
 /** A number PostgreSQL's advisory locks take for "migrating scrubline's schema" (any fixed 64-bit value). */
