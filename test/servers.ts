@@ -45,6 +45,10 @@ export function postgresMissing(): string | undefined {
 export interface Postgres {
   /** A URL for a new, empty database of the cluster. */
   database(name: string): Promise<string>;
+  /** Stops the server as a failover or a minor upgrade does (`pg_ctl stop -m fast`), keeping its data. */
+  halt(): Promise<void>;
+  /** Starts it again after halt(). */
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -61,7 +65,8 @@ export async function startPostgres(): Promise<Postgres> {
   const as = (command: string, args: string[]) => (user ? run('runuser', ['-u', user.user, '--', path.join(bin, command), ...args]) : run(path.join(bin, command), args));
   await as('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--no-sync', '--no-instructions']);
   // No TCP: the socket in the temp dir is the only way in. fsync off: a test cluster needs no durability.
-  await as('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-w', '-o', `-k ${dir} -c listen_addresses= -F -c max_connections=200`, 'start']);
+  const start = () => as('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-w', '-o', `-k ${dir} -c listen_addresses= -F -c max_connections=200`, 'start']);
+  await start();
   const url = (db: string) => `postgresql://postgres@/${db}?host=${encodeURIComponent(dir)}`;
   const pg = (await import('pg')).default;
   return {
@@ -74,6 +79,12 @@ export async function startPostgres(): Promise<Postgres> {
         await client.end();
       }
       return url(name);
+    },
+    async halt() {
+      await as('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
+    },
+    async resume() {
+      await start();
     },
     async stop() {
       await as('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']).catch(() => undefined);

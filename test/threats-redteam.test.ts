@@ -29,7 +29,16 @@ import { readImageInfo } from '../src/tools/sharp.js';
 import { rawProfile } from '../src/verify/input-values.js';
 import { sampleLayout } from '../src/verify/isobmff-samples.js';
 import { forEachTextNode, withoutTrailingNuls } from '../src/verify/values.js';
-import { filesUnder, fixture, removeDir, root, tempDir, testKey, testService } from './helpers.js';
+import { filesUnder, ffmpegTools, fixture, LogCapture, removeDir, root, tempDir, testKey, testService } from './helpers.js';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { createLogger, withoutUserinfo } from '../src/log.js';
+import { makeThumbnail } from '../src/http/thumbnails.js';
+import type { CleanFile } from '../src/pipeline.js';
+import { BucketStore } from '../src/storage/bucket.js';
+import { ForeignName } from '../src/storage/objects.js';
+import { findHeifDecoder } from '../src/tools/heif.js';
+import { onPath, runTool, wrappedCommand } from '../src/tools/ffmpeg.js';
+import { maxPatternBytes, PatternSet, ScanBudgetExceeded } from '../src/verify/scan.js';
 import { auth, baseline, multipart, post, raw, service, stop, uploadHead, type Service } from './threat-helpers.js';
 
 const run = promisify(execFile);
@@ -506,6 +515,237 @@ describe('THREATS 43: repro checks its fingerprint before ffmpeg runs', () => {
     } finally {
       canary.close();
       await removeDir(dir);
+    }
+  });
+});
+
+// --- 48–53: the third red-team pass (issue 27) ---------------------------------------------------
+
+/** An uncompressed 700x700 grey PNG of the letter `a` (each row a filter byte 0, then 700 `a`). */
+function letterPng(extra: Buffer[]): Buffer {
+  const side = 700;
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(side, 'a')]);
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(side, 0);
+  ihdr.writeUInt32BE(side, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 0; // greyscale
+  const idat = deflateSync(Buffer.concat(Array.from({ length: side }, () => row)), { level: 0 });
+  return Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), pngChunk('IHDR', ihdr), ...extra, pngChunk('IDAT', idat), pngChunk('IEND', Buffer.alloc(0))]);
+}
+
+/** A compressed iTXt XMP packet whose text nodes are `values`. */
+function xmpChunk(values: string[]): Buffer {
+  const packet = `<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/">${values.map((v) => `<dc:v>${v}</dc:v>`).join('')}</rdf:Description></rdf:RDF></x:xmpmeta>`;
+  // keyword, compressed (1, deflate 0), no language, no translated keyword, then the packet.
+  return pngChunk('iTXt', Buffer.concat([Buffer.from('XML:com.adobe.xmp\0\x01\0\0\0', 'latin1'), deflateSync(Buffer.from(packet))]));
+}
+
+const fullBox = (type: string, version: number, flags: number, ...payload: Buffer[]): Buffer => box(type, u32((version << 24) | flags), ...payload);
+const u16 = (...values: number[]): Buffer => {
+  const b = Buffer.alloc(2 * values.length);
+  values.forEach((v, i) => b.writeUInt16BE(v, i * 2));
+  return b;
+};
+
+/**
+ * THREATS 49: an AVIF whose primary item is a 15360x15360 grid of 16x16 tiles of 960x960. With
+ * `distinct` false every tile reference names the one coded tile (the red team's 3.7 KB file);
+ * otherwise 256 items share its bytes. The tile is a real AV1 image from sharp.
+ */
+async function gridBomb(distinct: boolean): Promise<Buffer> {
+  const tile = await sharp({ create: { width: 960, height: 960, channels: 3, background: '#6a8' } }).avif({ quality: 30, effort: 0 }).toBuffer();
+  const av1cAt = tile.indexOf('av1C') - 4;
+  const av1C = tile.subarray(av1cAt, av1cAt + tile.readUInt32BE(av1cAt));
+  const mdatAt = tile.indexOf('mdat') - 4;
+  const coded = tile.subarray(mdatAt + 8, mdatAt + tile.readUInt32BE(mdatAt));
+  const tiles = distinct ? Array.from({ length: 256 }, (_, i) => i + 2) : [2];
+  const refs = distinct ? tiles : Array.from({ length: 256 }, () => 2);
+  const ftyp = box('ftyp', Buffer.from('avif'), u32(0), Buffer.from('mif1avifmiaf'));
+  const meta = (dataAt: number): Buffer =>
+    fullBox(
+      'meta', 0, 0,
+      fullBox('hdlr', 0, 0, u32(0), Buffer.from('pict'), Buffer.alloc(13)),
+      fullBox('pitm', 0, 0, u16(1)),
+      fullBox('iinf', 0, 0, u16(1 + tiles.length), fullBox('infe', 2, 0, u16(1, 0), Buffer.from('grid\0')), ...tiles.map((id) => fullBox('infe', 2, 1, u16(id, 0), Buffer.from('av01\0')))),
+      fullBox('iref', 0, 0, box('dimg', u16(1, refs.length, ...refs))),
+      box(
+        'iprp',
+        box('ipco', fullBox('ispe', 0, 0, u32(15360, 15360)), fullBox('ispe', 0, 0, u32(960, 960)), av1C),
+        fullBox('ipma', 0, 0, u32(1 + tiles.length), u16(1), Buffer.from([1, 0x01]), ...tiles.map((id) => Buffer.concat([u16(id), Buffer.from([2, 0x83, 0x02])]))),
+      ),
+      // iloc v1: 4-byte offsets and lengths; the grid's description in idat, the tiles in the file.
+      fullBox('iloc', 1, 0, Buffer.from([0x44, 0x00]), u16(1 + tiles.length), u16(1, 1, 0, 1), u32(0, 8), ...tiles.map((id) => Buffer.concat([u16(id, 0, 0, 1), u32(dataAt, coded.length)]))),
+      box('idat', Buffer.from([0, 0, 15, 15]), u16(15360, 15360)),
+    );
+  const dataAt = ftyp.length + meta(0).length + 8;
+  return Buffer.concat([ftyp, meta(dataAt), box('mdat', coded)]);
+}
+
+describe('THREATS 48–53: the third red-team pass (issue 27)', () => {
+  let svc: Service;
+  before(async () => (svc = await service()));
+  after(() => stop(svc));
+
+  it('48 the value scan of 490 KB of one letter against 5,000 values that begin with 40 of it is linear, and refused past its budget', async () => {
+    const data = Buffer.alloc(490_000, 'a');
+    const values = Array.from({ length: 5_000 }, (_, i) => Buffer.from(`${'a'.repeat(40)}-owner-${i}`));
+    const scanner = new PatternSet(values).scanner();
+    assert.throws(() => scanner.feed(data), ScanBudgetExceeded);
+    // Each start costs at most the longest value's 64 bytes, whatever the number of values (the
+    // chain walk it replaced cost 5,000 x 40 per start: 10^11 steps, over 200 s).
+    assert.ok(scanner.work <= maxPatternBytes * data.length, `${scanner.work} steps for ${data.length} bytes`);
+    // Below the budget, a real amount of data with the same values scans to the end.
+    const small = new PatternSet(values).scanner();
+    assert.deepEqual(small.feed(Buffer.alloc(4_000, 'a')), []);
+
+    const file = letterPng([xmpChunk(values.map((v) => v.toString()))]);
+    assert.ok(file.length > 490_000 && file.length < 520_000, `${file.length} bytes`);
+    const res = await healthyWhile(svc, upload(svc, file));
+    assert.equal(res.status, 422, JSON.stringify(res.json));
+    assert.equal(res.json.error?.code, 'verification_failed');
+    assert.match(res.json.error!.message, /work budget/);
+    await baseline(svc, 0);
+  });
+
+  it('49 an AVIF grid naming one tile 256 times → 415, and 256 tiles of a 15360² canvas → 413, both before any decode', async () => {
+    const repeated = await gridBomb(false);
+    const distinct = await gridBomb(true);
+    assert.ok(repeated.length < 8_000, `${repeated.length} bytes`);
+    assert.throws(() => stripHeif(repeated, { maxInputPixels: 268_402_689 }), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure' && /names one tile more than once/.test(err.publicMessage));
+    assert.throws(() => stripHeif(distinct, { maxInputPixels: 268_402_689 }), (err: unknown) => err instanceof ScrubError && err.code === 'too_many_pixels');
+    const rssBefore = process.memoryUsage().rss;
+    const one = await upload(svc, repeated);
+    assert.equal(one.status, 415, JSON.stringify(one.json));
+    const many = await upload(svc, distinct);
+    assert.equal(many.status, 413, JSON.stringify(many.json));
+    assert.equal(many.json.error?.code, 'too_many_pixels');
+    assert.ok(process.memoryUsage().rss - rssBefore < 256 * 1024 * 1024, 'no canvas-sized decode');
+    await baseline(svc, 0);
+  });
+
+  it('49 decoder children run under an address-space limit: a decode that needs more fails in the child', async () => {
+    assert.deepEqual(wrappedCommand('/usr/bin/heif-dec', ['a', 'b'], 1024, { setpriv: '/usr/bin/setpriv', prlimit: '/usr/bin/prlimit' }), [
+      '/usr/bin/setpriv',
+      ['--pdeathsig', 'KILL', '--', '/usr/bin/prlimit', '--as=1024', '--', '/usr/bin/heif-dec', 'a', 'b'],
+    ]);
+    assert.deepEqual(wrappedCommand('/usr/bin/ffmpeg', ['x'], undefined, {}), ['/usr/bin/ffmpeg', ['x']]);
+    if (!onPath('prlimit')) return void assert.fail('prlimit (util-linux) is not on the PATH: decoders would run without a memory limit');
+    const tools = await ffmpegTools();
+    // A real decode of a 4000x4000 picture needs far more than 48 MiB of address space.
+    const args = ['-nostdin', '-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=4000x4000:rate=1:duration=1', '-frames:v', '1', '-f', 'null', '-'];
+    assert.equal((await runTool(tools.ffmpeg.path, args, 60_000)).code, 0);
+    assert.notEqual((await runTool(tools.ffmpeg.path, args, 60_000, { memoryLimitBytes: 48 * 1024 * 1024 })).code, 0);
+  });
+
+  it('50 a HEIC with two top-level images: the decoder\'s extra outputs go with its directory, and nothing is left beside the file', async (t) => {
+    const decoder = findHeifDecoder(undefined);
+    const encoder = onPath('heif-enc');
+    if (!decoder || !encoder) return void t.skip('libheif-examples (heif-enc, heif-dec) is not installed');
+    const dir = await tempDir();
+    try {
+      for (const [name, colour] of [['one.png', '#c33'], ['two.png', '#3c3']] as const) await sharp({ create: { width: 64, height: 48, channels: 3, background: colour } }).png().toFile(path.join(dir, name));
+      const heic = path.join(dir, 'two-images.heic');
+      await run(encoder, ['-q', '50', '-o', heic, path.join(dir, 'one.png'), path.join(dir, 'two.png')]);
+      // The premise: given one output name, the decoder writes one file per top-level image.
+      const probeDir = await tempDir();
+      await run(decoder.path, ['--quiet', heic, path.join(probeDir, 'decoded.png')]).catch(() => undefined);
+      const written = await readdir(probeDir);
+      await removeDir(probeDir);
+      assert.ok(written.length >= 2, `the decoder wrote ${written.join(', ')}`);
+
+      const before = await readdir(dir);
+      const file = { id: 'f1', kind: { family: 'image', format: 'heif', mime: 'image/heic', ext: 'heic' }, path: heic, preview: undefined, fingerprint: { family: 'image', width: 64, height: 48 } } as unknown as CleanFile;
+      // No preview (the decoder wrote other names than the one asked for), and nothing of it stays.
+      await makeThumbnail(file, await ffmpegTools(), 268_402_689, decoder).catch(() => undefined);
+      assert.deepEqual((await readdir(dir)).sort(), before.sort(), 'nothing the decoder wrote is left');
+      // One image: a preview, decoded under the memory limit, and again nothing left beside it.
+      const single = path.join(dir, 'one.heic');
+      await run(encoder, ['-q', '50', '-o', single, path.join(dir, 'one.png')]);
+      const listed = await readdir(dir);
+      const jpeg = await makeThumbnail({ ...file, path: single } as CleanFile, await ffmpegTools(), 268_402_689, decoder);
+      assert.ok(jpeg && jpeg[0] === 0xff && jpeg[1] === 0xd8, 'a preview was made');
+      assert.deepEqual((await readdir(dir)).sort(), listed.sort());
+      // A picture too large to decode whole for a preview gets none, and no decoder run.
+      const huge = { ...file, fingerprint: { family: 'image', width: 10_000, height: 10_000 } } as unknown as CleanFile;
+      assert.equal(await makeThumbnail(huge, await ffmpegTools(), 268_402_689, decoder), undefined);
+    } finally {
+      await removeDir(dir);
+    }
+  });
+
+  it('51 credentials in a configured URL stop the start, naming the variable and what to use; logged strings lose any URL\'s userinfo', async () => {
+    const bad = (env: Record<string, string>): string => {
+      try {
+        loadConfig(env);
+      } catch (err) {
+        assert.ok(err instanceof ConfigError);
+        return err.message;
+      }
+      return assert.fail('accepted');
+    };
+    const upstream = bad({ SCRUBLINE_UPSTREAM_URL: 'http://user:s3cret-pw@render.internal/jobs' });
+    assert.match(upstream, /SCRUBLINE_UPSTREAM_URL must not carry a user name or password.*SCRUBLINE_UPSTREAM_AUTHORIZATION/);
+    assert.ok(!upstream.includes('s3cret-pw'));
+    assert.match(bad({ SCRUBLINE_DATABASE_URL: 'postgresql://scrub:s3cret-pw@db.internal/scrubline' }), /must not carry a password.*PGPASSWORD/);
+    assert.match(bad({ SCRUBLINE_UPSTREAM_AUTHORIZATION: 'Bearer x' }), /goes with an http/);
+    assert.equal(loadConfig({ SCRUBLINE_DATABASE_URL: 'postgresql://scrub@/scrubline?host=/run/postgresql' }).databaseUrl, 'postgresql://scrub@/scrubline?host=/run/postgresql');
+
+    assert.equal(withoutUserinfo('fetch http://user:pw@host:9/x and s3://k@b/p, not a@b'), 'fetch http://[redacted]@host:9/x and s3://[redacted]@b/p, not a@b');
+    assert.equal(withoutUserinfo('no urls here'), 'no urls here');
+    const logs = new LogCapture();
+    const logger = createLogger('info', logs);
+    const err = new TypeError('connect failed for https://admin:hunter2-pw@render.internal/jobs');
+    logger.error({ err: { type: err.name, stack: err.stack }, nested: { url: 'http://u:hunter2-pw@h/' } }, 'request failed at http://u:hunter2-pw@h/');
+    logger.error({ err }, 'plain error');
+    assert.ok(logs.text.length > 0 && !logs.text.includes('hunter2-pw'), logs.text);
+    assert.match(logs.text, /\[redacted\]@render\.internal/);
+
+    // The render service's credentials go in a header of their own, and never into the logs.
+    const authorised = await service({ SCRUBLINE_UPSTREAM_AUTHORIZATION: 'Bearer upstream-secret-0123456789' });
+    try {
+      const res = await upload(authorised, await readFile(fixture('media/jpeg-orientation-6.jpg')));
+      assert.equal(res.status, 201, JSON.stringify(res.json));
+      assert.equal(authorised.upstream.requests[0]?.headers.authorization, 'Bearer upstream-secret-0123456789');
+      await baseline(authorised, 1, ['upstream-secret-0123456789']);
+    } finally {
+      await stop(authorised);
+    }
+  });
+
+  it('52 job ids "." and ".." are refused on every route, and no bucket key is built from them', async () => {
+    for (const jobId of ['.', '..']) {
+      const res = await upload(svc, await readFile(fixture('media/jpeg-orientation-6.jpg')), undefined, { jobId });
+      assert.equal(res.status, 400, JSON.stringify(res.json));
+      assert.match(res.json.error!.message, /not "\." or "\.\."/);
+      const encoded = jobId.replace(/\./g, '%2e');
+      // Sent as written: a URL parser would fold the dot segments away before they reach the route.
+      for (const [method, route] of [['POST', `/v1/jobs/${encoded}/finished`], ['DELETE', `/v1/jobs/${encoded}`], ['DELETE', `/v1/jobs/${jobId}`]] as const) {
+        const answer = await raw(svc.port, `${method} ${route} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${auth.authorization}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+        assert.equal(answer.status, 400, `${method} ${route}`);
+        assert.match(answer.body, /not \\"\.\\" or/);
+      }
+    }
+    const bucket = new BucketStore({ bucket: 'b', prefix: 'scrubline', sse: 'AES256', client: {} as never });
+    assert.throws(() => bucket.nameFor('file', 'abc', 'jpg', '..'), ForeignName);
+    assert.throws(() => bucket.nameFor('file', '../abc', 'jpg', 'job-1'), ForeignName);
+    assert.equal(bucket.nameFor('file', 'abc', 'jpg', 'job.1'), 'scrubline/job.1/abc.jpg');
+    await assert.rejects(bucket.delete('scrubline/../abc.jpg'), ForeignName);
+    await baseline(svc, 0);
+  });
+
+  it('53 SCRUBLINE_METRICS_PORT moves /metrics to a listener of its own; the API listener no longer serves it', async () => {
+    assert.equal((await fetch(`${svc.server.url}/metrics`)).status, 200, 'on the API listener by default');
+    const separate = await service({ SCRUBLINE_METRICS_PORT: '0' });
+    try {
+      assert.equal((await fetch(`${separate.server.url}/metrics`)).status, 404);
+      assert.ok(separate.server.metricsUrl?.startsWith('http://127.0.0.1:'));
+      const scraped = await fetch(`${separate.server.metricsUrl}/metrics`);
+      assert.equal(scraped.status, 200);
+      assert.match(await scraped.text(), /scrubline_uploads_in_flight/);
+      assert.equal((await fetch(`${separate.server.metricsUrl}/v1/uploads`)).status, 404, 'the metrics listener serves nothing else');
+    } finally {
+      await stop(separate);
     }
   });
 });
