@@ -42,6 +42,12 @@ export const removedCategories = [
   'subtitleStream',
   'attachment',
   'extraStream', // a second video or unsupported audio stream
+  // Inside the picture stream (H.264/HEVC SEI and other NAL units, AV1 metadata OBUs)
+  'cameraData', // user data: camcorder date/GPS/model (MDPM), vendor markers, registered T.35 text
+  'hdrMetadata', // mastering display and content light level messages (the container's colr/mdcv/clli stay)
+  'hdr10plus', // HDR10+ dynamic metadata (SMPTE ST 2094-40)
+  'dolbyVision', // Dolby Vision RPU and enhancement-layer units
+  'streamMetadata', // any other SEI message or non-picture unit: filler, delimiters, reserved and unspecified types
   // Anything else
   'trailer', // bytes after the format's end marker
   'other', // a structure of no known metadata kind: only what decoding needs is kept

@@ -2,12 +2,17 @@
  * The video half of the strip step: an ffmpeg remux (stream copy, never a re-encode) that keeps
  * the main video stream and the audio streams and nothing else (../shared/METADATA.md, MP4 and
  * Matroska). What goes: container and stream tags, chapters, data/timed-metadata tracks (GoPro
- * GPMF, Apple mebx, camm, tmcd), subtitles (drone GPS), attachments and cover art.
+ * GPMF, Apple mebx, camm, tmcd), subtitles (drone GPS), attachments and cover art. Inside an
+ * H.264, HEVC or AV1 picture stream, everything but the coded pictures and their parameter sets
+ * goes too (SEI, Dolby Vision RPUs, AV1 metadata: issue 26), from the packets by the remux's
+ * `filter_units` and from the decoder configuration record by strip-video-config.ts.
  */
 import { chmod, writeFile } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { outputKind, type MediaKind } from '../media.js';
+import { keepUnitsFilter, type PictureCodec } from '../formats/units.js';
+import { pictureCodecIn, rewriteCodecConfig } from './strip-video-config.js';
 import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 
@@ -84,6 +89,9 @@ export async function stripVideo(
   input: string,
   output: string,
 ): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean; kind: Extract<MediaKind, { family: 'video' }> }> {
+  const container = kind.demuxer === 'mov' ? 'isobmff' : 'matroska';
+  // The picture codec, from the container itself: the remux starts with its filter at once.
+  const guessed = await pictureCodecIn(input, container).catch(() => undefined);
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
   // ffmpeg creates its output with the process umask; made here first, it is private from its
@@ -92,7 +100,7 @@ export async function stripVideo(
   // The remux is spawned first: it is the long run, and each spawn holds this thread for a while
   // (fork copies the page tables: ~6 ms per 100 MB of this process). Settle both before acting: a
   // failed probe must not leave ffmpeg writing into a work dir that is being removed.
-  const remuxing = speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true }), tools.timeoutMs) : undefined;
+  const remuxing = speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true, videoFilter: guessed && keepUnitsFilter(guessed) }), tools.timeoutMs) : undefined;
   const [probed, remuxed] = await Promise.allSettled([probe(tools, input, kind.demuxer), remuxing]);
   if (probed.status === 'rejected') throw probed.reason;
   if (remuxed.status === 'rejected') throw remuxed.reason;
@@ -105,7 +113,8 @@ export async function stripVideo(
   if (video === undefined && streams.length === 0) {
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
   }
-  const planned = streams.join() === usualStreams(info).join();
+  const codec = pictureCodecOf(video);
+  const planned = streams.join() === usualStreams(info).join() && codec === guessed;
   const inputAudioDecodes = early?.code === 0;
   const written = outputKind(kind, streams.map((i) => info.streams.find((s) => s.index === i)?.codec_name ?? ''));
   let result = written === kind ? early : undefined;
@@ -118,6 +127,7 @@ export async function stripVideo(
       // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
       // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
       legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
+      videoFilter: codec && keepUnitsFilter(codec),
     };
     result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
   }
@@ -128,5 +138,12 @@ export async function stripVideo(
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
+  if (codec) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container))) countRemoved(removed, category as keyof Removed, n);
   return { removed, inputProbe: info, inputAudioDecodes, kind: written };
+}
+
+/** The three codecs whose streams are filtered unit by unit; others are copied as they are. */
+function pictureCodecOf(video: ProbeStream | undefined): PictureCodec | undefined {
+  const name = video?.codec_name;
+  return name === 'h264' || name === 'hevc' || name === 'av1' ? name : undefined;
 }

@@ -80,6 +80,11 @@ export interface RemuxPlan {
    * process that reads the input anyway rather than by one more ffmpeg start-up (~70 ms of CPU).
    */
   decodeAudio?: boolean | undefined;
+  /**
+   * A bitstream filter for the video stream: the `filter_units` that keeps only coded pictures
+   * and parameter sets (formats/units.ts), for H.264, HEVC and AV1.
+   */
+  videoFilter?: string | undefined;
 }
 
 export function remuxArgs(plan: RemuxPlan): string[] {
@@ -106,6 +111,7 @@ export function remuxArgs(plan: RemuxPlan): string[] {
   if (plan.legacyRotateDegrees !== undefined) {
     args.push('-metadata:s:v:0', `rotate=${plan.legacyRotateDegrees}`);
   }
+  if (plan.videoFilter !== undefined) args.push('-bsf:v', plan.videoFilter);
   args.push('-f', plan.muxer, '-y', `file:${plan.output}`);
   // A second output that discards: the video copied (so a file without audio still has a stream
   // for it), the audio decoded.
@@ -207,12 +213,13 @@ export function packetDumpArgs(input: string, demuxer: Demuxer, stream: number, 
 }
 
 /**
- * The first packets of a file's main video stream, as stored (length-prefixed NAL units), for the
- * verifier's look at the SEI messages in them. Capped at `maxBytes`.
+ * Every packet of one stream, as stored (length-prefixed NAL units, OBUs, JPEG frames), written to
+ * stdout for the verifier's walk of the picture stream. `map` is a stream specifier we build:
+ * `0:<index>` or `0:V:0`.
  */
-export function videoHeadArgs(input: string, demuxer: Demuxer, output: string, maxBytes: number): string[] {
-  if (!path.isAbsolute(output)) throw new Error('ffmpeg output must be an absolute path');
-  return ['-nostdin', '-hide_banner', '-v', 'error', ...lockedInput(input, demuxer), '-map', '0:V:0', '-c', 'copy', '-fs', String(maxBytes), '-f', 'data', '-y', `file:${output}`];
+export function streamDumpArgs(input: string, demuxer: Demuxer, map: string): string[] {
+  if (!/^0:(?:\d+|V:0)$/.test(map)) throw new Error('a stream specifier of the form 0:N or 0:V:0');
+  return ['-nostdin', '-hide_banner', '-nostats', '-v', 'error', ...lockedInput(input, demuxer), '-map', map, '-c', 'copy', '-f', 'data', 'pipe:1'];
 }
 
 /**
