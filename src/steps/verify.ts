@@ -10,16 +10,16 @@
 import { open, readFile, rm } from 'node:fs/promises';
 import { giveBack, readWhole } from '../buffers.js';
 import path from 'node:path';
-import type { Sniffed, Stripped, Verified } from '../context.js';
+import { countRemoved, type Removed, type Sniffed, type Stripped, type Verified } from '../context.js';
 import { ScrubError } from '../errors.js';
-import { audioDecodeArgs, packetDumpArgs, videoHeadArgs } from '../tools/ffmpeg-args.js';
+import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
-import { isEncoderSettings, seiUserData } from '../verify/sei.js';
+import { configProblems, configRecord, lengthSizeOf, proveMjpegFrames, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
 import { checkImageStructure, pngOrientation } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { ValueCollector } from '../verify/values.js';
@@ -89,6 +89,8 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   const problems: string[] = [];
   let whereLeaks: string[] | undefined;
   let facts: VerifiedFacts;
+  /** What the verifier's own walk of the input's picture stream found removed (video). */
+  let dropped: Removed = {};
   const values = new ValueCollector();
 
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
@@ -178,16 +180,16 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
             );
       started.push(audioDecodes);
       problems.push(...(await collectVideoInputValues(ffmpeg, file, before, container, values, early)));
-      const codec = mainVideo(before)?.codec_name;
       const reads = [
         probed,
         checkVideoStructure(container, file.cleanPath),
         values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, () => false).then((found) => found.size),
-        codec === 'h264' || codec === 'hevc' ? cameraDataInPictures(ffmpeg, file, codec, mainVideo(before)?.nal_length_size) : [],
+        pictureProof(ffmpeg, file, before, container, audioCheck.signal),
       ] as const;
       started.push(...reads);
-      const [after, structure, leaks, inPictures] = await Promise.all(reads);
-      problems.push(...inPictures);
+      const [after, structure, leaks, pictures] = await Promise.all(reads);
+      problems.push(...pictures.problems);
+      dropped = pictures.dropped;
       // Nothing the early reading started outlives verify.
       await early?.abandon();
       if (!(await audioDecodes)) problems.push('video: the audio does not decode (corrupt or foreign data in its samples)');
@@ -210,7 +212,9 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     const message = `The cleaned file did not pass verification, so it was not forwarded (${problems.join('; ')}). Report the request id; converting the file with another tool may help.`;
     throw new ScrubError('verification_failed', message, { internal: message + where });
   }
-  return { ...file, verified: true, facts };
+  const removed = { ...file.removed };
+  for (const [category, n] of Object.entries(dropped) as Array<[keyof Removed, number]>) countRemoved(removed, category, n);
+  return { ...file, removed, verified: true, facts };
 }
 
 /** How much of an input's subtitle/data packets and unowned media bytes is mined for values. */
@@ -261,27 +265,28 @@ const mainVideo = (info: ProbeResult): ProbeStream | undefined =>
   info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1 && s.disposition?.default === 1) ??
   info.streams.find((s) => s.codec_type === 'video' && s.disposition?.attached_pic !== 1);
 
-/** How much of the output's picture stream is read for SEI: camcorders write it in every frame. */
-const maxSeiBytes = 2 * 1024 * 1024;
-
 /**
- * Camera data the pictures carry (verify/sei.ts): a remux copies it, so a file that keeps any is
- * refused. Read from the output's own packets, which are the input's, copied.
+ * The picture stream's proof (verify/picture-stream.ts): for H.264, HEVC and AV1, the output's
+ * units are the input's coded pictures and parameter sets, unit for unit, and its configuration
+ * record is canonical; for MJPEG, no frame carries an APPn or COM segment. Other codecs have no
+ * units scrubline removes.
  */
-async function cameraDataInPictures(tools: Ffmpeg, file: Stripped, codec: 'h264' | 'hevc', nalLengthSize: string | undefined): Promise<string[]> {
-  // ffprobe states H.264's NAL length size; HEVC in MP4/Matroska uses 4 in practice. A size this
-  // reader does not know is refused rather than read wrongly (which would find nothing).
-  const lengthSize = Number(nalLengthSize ?? 4);
-  if (lengthSize !== 1 && lengthSize !== 2 && lengthSize !== 4) return ['video: the picture stream could not be read for camera data'];
-  const dump = path.join(file.workDir, 'video-head.bin');
-  try {
-    const result = await runTool(tools.ffmpeg.path, videoHeadArgs(file.cleanPath, file.kind.family === 'video' ? file.kind.demuxer : 'mov', dump, maxSeiBytes), tools.timeoutMs);
-    if (result.code !== 0) return ['video: the picture stream could not be read for camera data'];
-    const messages = seiUserData(await readFile(dump), codec, lengthSize).filter((m) => !isEncoderSettings(m));
-    return messages.length > 0 ? [`video: camera data in the picture stream (${messages.length} SEI user-data message(s)), which a remux cannot remove`] : [];
-  } finally {
-    await rm(dump, { force: true });
-  }
+async function pictureProof(tools: Ffmpeg, file: Stripped, before: ProbeResult, container: 'isobmff' | 'matroska', signal: AbortSignal): Promise<StreamProof> {
+  if (file.kind.family !== 'video') return { problems: [], dropped: {} };
+  const { demuxer } = file.kind;
+  const video = mainVideo(before);
+  const codec = video?.codec_name;
+  if (video && codec === 'mjpeg') return { problems: await proveMjpegFrames(tools, { path: file.cleanPath, demuxer, map: '0:V:0' }, signal), dropped: {} };
+  if (!video || (codec !== 'h264' && codec !== 'hevc' && codec !== 'av1')) return { problems: [], dropped: {} };
+  const [input, output] = await Promise.all([configRecord(file.inputPath, container), configRecord(file.cleanPath, container)]);
+  const problems = configProblems(codec, output.record);
+  // ffprobe states H.264's NAL length size; HEVC's is in its record. A size this reader does not
+  // know is refused rather than read wrongly.
+  const inLength = codec === 'h264' && video.nal_length_size !== undefined ? Number(video.nal_length_size) : lengthSizeOf(codec, input.record);
+  const outLength = lengthSizeOf(codec, output.record);
+  if ((inLength !== 1 && inLength !== 2 && inLength !== 4) || outLength === undefined) return { problems: [...problems, 'video: the picture stream\'s unit length size could not be read'], dropped: {} };
+  const proof = await provePictureStream(tools, codec, { path: file.inputPath, demuxer, map: `0:${video.index}`, lengthSize: inLength }, { path: file.cleanPath, demuxer, map: '0:V:0', lengthSize: outLength }, signal);
+  return { problems: [...problems, ...proof.problems], dropped: proof.dropped };
 }
 
 function videoTagProblems(info: ProbeResult): string[] {

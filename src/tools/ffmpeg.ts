@@ -14,6 +14,7 @@ import { accessSync, chmodSync, constants, existsSync } from 'node:fs';
 import { open, readdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { diskFull, ScrubError } from '../errors.js';
 import { probeArgs, type Demuxer } from './ffmpeg-args.js';
 
@@ -112,49 +113,47 @@ export function wrappedCommand(binary: string, args: string[], memoryLimitBytes:
   return command;
 }
 
-/** Runs a tool with an argument array and a wall-clock limit that kills its whole process group. */
-export function runTool(binary: string, args: string[], timeoutMs: number, options: RunOptions = {}): Promise<ToolRunResult> {
-  return new Promise((resolve, reject) => {
-    const env = options.env ? { ...process.env, ...options.env } : undefined;
-    // A wrapper would report a missing tool as its own exit code: say it as spawn would.
-    if (!(binary.includes('/') ? isExecutable(binary) : onPath(binary) !== undefined)) {
-      const err = Object.assign(new Error(`spawn ${path.basename(binary)} ENOENT`), { code: 'ENOENT' });
-      reject(new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause: err }));
-      return;
-    }
-    const [command, commandArgs] = wrappedCommand(binary, args, options.memoryLimitBytes);
-    const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: options.cwd, env });
-    running.add(child);
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    let stdoutBytes = 0;
-    let stderrBytes = 0;
-    let timedOut = false;
-    let overflowed = false;
+const unavailable = (cause: unknown): ScrubError =>
+  new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause });
 
+/**
+ * Starts a tool with an argument array and a wall-clock limit that kills its whole process group;
+ * `stdout` is the caller's to read. Settles with the exit code and stderr once the process is gone.
+ */
+function launch(binary: string, args: string[], timeoutMs: number, options: RunOptions): { child: ChildProcess | undefined; result: Promise<Omit<ToolRunResult, 'stdout'>>; overflow: () => void } {
+  const env = options.env ? { ...process.env, ...options.env } : undefined;
+  // A wrapper would report a missing tool as its own exit code: say it as spawn would.
+  if (!(binary.includes('/') ? isExecutable(binary) : onPath(binary) !== undefined)) {
+    const err = Object.assign(new Error(`spawn ${path.basename(binary)} ENOENT`), { code: 'ENOENT' });
+    return { child: undefined, result: Promise.reject(unavailable(err)), overflow: () => undefined };
+  }
+  const [command, commandArgs] = wrappedCommand(binary, args, options.memoryLimitBytes);
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, cwd: options.cwd, env });
+  running.add(child);
+  let timedOut = false;
+  let overflowed = false;
+  const result = new Promise<Omit<ToolRunResult, 'stdout'>>((resolve, reject) => {
+    const stderr: Buffer[] = [];
+    let stderrBytes = 0;
+    // Killed, a child's output is of no use: its pipe is closed too, or a reader that paused it
+    // would keep the process from ever being reported gone.
     const expire = (): void => {
       timedOut = true;
       killGroup(child);
+      child.stdout?.destroy();
     };
     let timer = setTimeout(expire, options.startsWork ? (options.waitLimitMs ?? timeoutMs) : timeoutMs);
     options.startsWork?.finally(() => {
       clearTimeout(timer);
       if (child.exitCode === null && child.signalCode === null) timer = setTimeout(expire, timeoutMs);
     });
-    const abort = (): void => killGroup(child);
+    const abort = (): void => {
+      killGroup(child);
+      child.stdout?.destroy();
+    };
     options.signal?.addEventListener('abort', abort, { once: true });
     if (options.signal?.aborted) abort();
-
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdoutBytes += chunk.length;
-      if (stdoutBytes > maxStdoutBytes) {
-        overflowed = true;
-        killGroup(child);
-        return;
-      }
-      stdout.push(chunk);
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
+    child.stderr!.on('data', (chunk: Buffer) => {
       if (stderrBytes >= maxStderrBytes) return;
       stderrBytes += chunk.length;
       stderr.push(chunk);
@@ -163,7 +162,7 @@ export function runTool(binary: string, args: string[], timeoutMs: number, optio
       clearTimeout(timer);
       running.delete(child);
       options.signal?.removeEventListener('abort', abort);
-      reject(new ScrubError('tool_unavailable', 'The media tool needed for this file is not available on the server. Try again later.', { cause: err }));
+      reject(unavailable(err));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -183,13 +182,89 @@ export function runTool(binary: string, args: string[], timeoutMs: number, optio
         reject(diskFull({ internal: 'tool: ENOSPC' }));
         return;
       }
-      resolve({
-        code: code ?? (signal ? 128 : 1),
-        stdout: Buffer.concat(stdout).toString('utf8'),
-        stderr: errorText,
-      });
+      resolve({ code: code ?? (signal ? 128 : 1), stderr: errorText });
     });
   });
+  const overflow = (): void => {
+    overflowed = true;
+    killGroup(child);
+  };
+  return { child, result, overflow };
+}
+
+/** Runs a tool with an argument array and a wall-clock limit that kills its whole process group. */
+export async function runTool(binary: string, args: string[], timeoutMs: number, options: RunOptions = {}): Promise<ToolRunResult> {
+  const { child, result, overflow } = launch(binary, args, timeoutMs, options);
+  const stdout: Buffer[] = [];
+  let stdoutBytes = 0;
+  child?.stdout!.on('data', (chunk: Buffer) => {
+    stdoutBytes += chunk.length;
+    if (stdoutBytes > maxStdoutBytes) return overflow();
+    stdout.push(chunk);
+  });
+  const { code, stderr } = await result;
+  return { code, stderr, stdout: Buffer.concat(stdout).toString('utf8') };
+}
+
+/**
+ * Runs a tool whose output is read as it comes, however large (a video's packets): the caller
+ * iterates `stdout`, and the pipe's backpressure holds the tool while the caller works. A caller
+ * that stops early aborts `signal`, which kills the tool. `done` settles when the process is gone.
+ */
+export function streamTool(binary: string, args: string[], timeoutMs: number, options: RunOptions = {}): { stdout: AsyncIterable<Buffer>; done: Promise<Omit<ToolRunResult, 'stdout'>> } {
+  const { child, result } = launch(binary, args, timeoutMs, options);
+  result.catch(() => undefined); // the caller awaits done; marked handled in case it fails first
+  if (!child) return { stdout: (async function* (): AsyncGenerator<Buffer> {})(), done: result };
+  return { stdout: queued(child.stdout!), done: result };
+}
+
+/**
+ * A stream's chunks as an async iterable whose reader is attached at once: Node resumes, and so
+ * discards, the unread output of a child that exits before anyone reads it (a short dump often
+ * does), and an async generator attaches nothing until first asked. A few chunks are queued, then
+ * the stream is paused, so the pipe holds the tool back (backpressure). A reader that stops early
+ * destroys the stream.
+ */
+function queued(stream: Readable): AsyncIterable<Buffer> {
+  const queue: Buffer[] = [];
+  let ended = false;
+  let failure: unknown;
+  let wake: (() => void) | undefined;
+  stream.on('data', (chunk: Buffer) => {
+    queue.push(chunk);
+    if (queue.length >= 8) stream.pause();
+    wake?.();
+  });
+  const finish = (): void => {
+    ended = true;
+    wake?.();
+  };
+  stream.on('end', finish);
+  stream.on('close', finish);
+  stream.on('error', (err) => {
+    failure = err;
+    wake?.();
+  });
+  return {
+    async *[Symbol.asyncIterator]() {
+      try {
+        for (;;) {
+          const chunk = queue.shift();
+          if (chunk) {
+            if (queue.length < 2) stream.resume();
+            yield chunk;
+            continue;
+          }
+          if (failure !== undefined) throw failure;
+          if (ended) return;
+          await new Promise<void>((resolve) => (wake = resolve));
+          wake = undefined;
+        }
+      } finally {
+        if (!ended) stream.destroy();
+      }
+    },
+  };
 }
 
 function killGroup(child: ChildProcess): void {

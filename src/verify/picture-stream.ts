@@ -1,0 +1,306 @@
+/**
+ * The verifier's proof for a video's picture stream (issue 26). A remux copies the coded pictures,
+ * and whatever else a camera put between them; the stripper filters the units, and this proves
+ * the result structurally, without decoding a frame:
+ *   - H.264, HEVC, AV1: the output's packets are walked unit by unit (NAL units, OBUs). Every unit
+ *     must be of a type a cleaned stream keeps (coded slices and parameter sets), and the units
+ *     must be exactly the input's kept units, byte for byte and in order. The input's other units
+ *     are what was removed, and are counted by category. The decoder configuration record must be
+ *     a fixed point of its canonical rebuild: parameter sets only, nothing after them.
+ *   - MJPEG: every frame is walked to its end; a frame may hold no APPn or COM segment (old
+ *     cameras write EXIF, with GPS and serial, into each frame: THREATS 45) but a JFIF or AVI1
+ *     APP0 with nothing in its free fields.
+ * Both streams are read from ffmpeg's packet dumps as they come (a pipe, with backpressure), so a
+ * 1 GB video costs memory for one unit at a time, and the work is linear in the stream.
+ */
+import { open } from 'node:fs/promises';
+import { countRemoved, type Removed } from '../context.js';
+import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
+import { childElements, ebmlIds } from '../formats/ebml.js';
+import { boxesIn, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
+import { droppedCategories, keptUnitTypes, UnitSplitter, type PictureCodec, type Unit } from '../formats/units.js';
+import { streamDumpArgs, type Demuxer } from '../tools/ffmpeg-args.js';
+import { streamTool, type Ffmpeg } from '../tools/ffmpeg.js';
+
+export interface StreamProof {
+  problems: string[];
+  /** What the input's picture stream held that the output does not. */
+  dropped: Removed;
+}
+
+interface Side {
+  path: string;
+  demuxer: Demuxer;
+  /** ffmpeg's stream specifier of the picture stream: `0:3` for the input's, `0:V:0` for the output's. */
+  map: string;
+}
+
+async function* unitsOf(chunks: AsyncIterable<Buffer>, splitter: UnitSplitter): AsyncGenerator<Unit> {
+  for await (const chunk of chunks) yield* splitter.push(chunk);
+}
+
+/** The decoder configuration record of a file's first video track, as the container holds it. */
+export async function configRecord(path: string, container: 'isobmff' | 'matroska'): Promise<{ codec: PictureCodec | undefined; record: Buffer | undefined }> {
+  const file = await open(path, 'r');
+  try {
+    if (container === 'isobmff') {
+      const { size } = await file.stat();
+      const moovBox = (await topLevelBoxes(file, size, 10_000)).find((b) => b.type === 'moov');
+      if (!moovBox || moovBox.end - moovBox.box > 64 * 1024 * 1024) return { codec: undefined, record: undefined };
+      const moov = await readAt(file, moovBox.box, moovBox.end - moovBox.box);
+      const trak = videoTracks(moov, 8, moov.length)[0];
+      const stsd = trak && ['mdia', 'minf', 'stbl', 'stsd'].reduce<{ start: number; end: number } | undefined>((parent, type) => parent && boxesIn(moov, parent.start, parent.end).find((b) => b.type === type), trak);
+      const entry = stsd && boxesIn(moov, stsd.start + 8, stsd.end)[0];
+      const codec = entry && pictureCodecOfEntry(entry.type);
+      const box = entry && codec && boxesIn(moov, entry.start + 78, entry.end).find((b) => b.type === configBoxOf[codec]);
+      return { codec, record: box ? moov.subarray(box.start, box.end) : undefined };
+    }
+    const { size } = await file.stat();
+    const segment = (await childElements(file, 0, size, 4)).find((e) => e.id === ebmlIds.segment);
+    const tracks = segment && (await childElements(file, segment.dataStart, segment.dataEnd, 64)).find((e) => e.id === ebmlIds.tracks);
+    for (const entry of tracks ? await childElements(file, tracks.dataStart, tracks.dataEnd, 64) : []) {
+      const fields = await childElements(file, entry.dataStart, entry.dataEnd, 256);
+      const type = fields.find((f) => f.id === ebmlIds.trackType);
+      if (!type || (await readAt(file, type.dataStart, 1))[0] !== 1) continue;
+      const id = fields.find((f) => f.id === ebmlIds.codecId);
+      const codec = id && pictureCodecOfMatroska((await readAt(file, id.dataStart, Math.min(64, id.dataEnd - id.dataStart))).toString('latin1').replace(/\0+$/, ''));
+      const field = fields.find((f) => f.id === ebmlIds.codecPrivate);
+      return { codec, record: field ? await readAt(file, field.dataStart, field.dataEnd - field.dataStart) : undefined };
+    }
+    return { codec: undefined, record: undefined };
+  } finally {
+    await file.close();
+  }
+}
+
+/** The NAL length size a record declares (1, 2 or 4), or undefined. AV1 has none. */
+export function lengthSizeOf(codec: PictureCodec, record: Buffer | undefined): 1 | 2 | 4 | undefined {
+  if (codec === 'av1') return 4;
+  const byte = codec === 'h264' ? record?.[4] : record?.[21];
+  if (byte === undefined) return undefined;
+  const size = (byte & 0x03) + 1;
+  return size === 1 || size === 2 || size === 4 ? size : undefined;
+}
+
+/** Problems of the output's configuration record: it must be exactly its own canonical rebuild. */
+export function configProblems(codec: PictureCodec, record: Buffer | undefined): string[] {
+  if (record === undefined) return codec === 'av1' ? [] : [`video: no ${configBoxOf[codec]} record for the ${codec} stream`];
+  try {
+    const rebuilt = canonicalConfig(codec, record);
+    if (Object.keys(rebuilt.removed).length > 0) return [`video: the ${configBoxOf[codec]} record holds units other than parameter sets`];
+    return rebuilt.bytes.equals(record) ? [] : [`video: the ${configBoxOf[codec]} record is not in its canonical form`];
+  } catch (err) {
+    if (err instanceof ConfigError) return [`video: the ${configBoxOf[codec]} record does not parse (${err.message})`];
+    throw err;
+  }
+}
+
+/**
+ * Walks the input's and the output's picture streams side by side. `signal` stops both dumps (a
+ * failed verify); they are stopped anyway once the walk ends.
+ */
+export async function provePictureStream(
+  tools: Ffmpeg,
+  codec: PictureCodec,
+  input: Side & { lengthSize: 1 | 2 | 4 },
+  output: Side & { lengthSize: 1 | 2 | 4 },
+  signal?: AbortSignal,
+): Promise<StreamProof> {
+  const problems: string[] = [];
+  const dropped: Removed = {};
+  const count = (category: Parameters<typeof countRemoved>[1]): void => countRemoved(dropped, category);
+  const kept = keptUnitTypes[codec];
+  const stop = new AbortController();
+  const stopBoth = (): void => stop.abort();
+  signal?.addEventListener('abort', stopBoth, { once: true });
+  const inRun = streamTool(tools.ffmpeg.path, streamDumpArgs(input.path, input.demuxer, input.map), tools.timeoutMs, { signal: stop.signal });
+  const outRun = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
+  const inSplitter = new UnitSplitter(codec, input.lengthSize);
+  const outSplitter = new UnitSplitter(codec, output.lengthSize);
+  const inUnits = unitsOf(inRun.stdout, inSplitter);
+  /** The input's next unit of a kept type; the ones before it are counted as removed. */
+  const nextKept = async (): Promise<Unit | undefined> => {
+    for (;;) {
+      const next = await inUnits.next();
+      if (next.done) return undefined;
+      if (kept.has(next.value.type)) return next.value;
+      droppedCategories(codec, next.value.type, next.value.bytes, count);
+    }
+  };
+  try {
+    let finished = false;
+    for await (const unit of unitsOf(outRun.stdout, outSplitter)) {
+      if (!kept.has(unit.type)) {
+        problems.push(`video: a unit of type ${unit.type} in the picture stream, which a cleaned stream does not keep`);
+        break;
+      }
+      const expected = await nextKept();
+      if (!expected || !sameCodedUnit(expected.bytes, unit.bytes)) {
+        problems.push('video: the picture stream is not the input\'s coded pictures, unit for unit');
+        break;
+      }
+    }
+    if (problems.length === 0) {
+      finished = (await nextKept()) === undefined;
+      if (!finished) problems.push('video: the picture stream lacks coded pictures of the input');
+    }
+    if (problems.length === 0) {
+      const [inDone, outDone] = await Promise.all([inRun.done, outRun.done]);
+      if (inDone.code !== 0 || outDone.code !== 0 || !inSplitter.end() || !outSplitter.end()) {
+        problems.push(`video: the picture stream could not be read unit by unit (${inSplitter.error ?? outSplitter.error ?? 'ffmpeg failed'})`);
+      }
+    }
+  } finally {
+    stop.abort();
+    signal?.removeEventListener('abort', stopBoth);
+    await Promise.allSettled([inRun.done, outRun.done]);
+  }
+  if (inSplitter.error || outSplitter.error) problems.push(`video: the picture stream could not be read unit by unit (${inSplitter.error ?? outSplitter.error})`);
+  return { problems: [...new Set(problems)], dropped };
+}
+
+/**
+ * The output's unit is the input's, byte for byte, but for zero bytes the input had after its last
+ * byte: H.264/HEVC allow trailing_zero_8bits and cabac_zero_words there (they carry nothing), and
+ * FFmpeg's unit splitter drops them. Nothing else may differ.
+ */
+function sameCodedUnit(input: Buffer, output: Buffer): boolean {
+  if (output.length > input.length) return false;
+  for (let i = output.length; i < input.length; i++) if (input[i] !== 0) return false;
+  return input.subarray(0, output.length).equals(output);
+}
+
+/**
+ * MJPEG: every frame of the output, walked from SOI to EOI. APP0 may only be JFIF (16 bytes, no
+ * thumbnail) or AVI1 (its reserved bytes zero); any other APPn and every COM is refused.
+ */
+export async function proveMjpegFrames(tools: Ffmpeg, output: Side, signal?: AbortSignal): Promise<string[]> {
+  const stop = new AbortController();
+  const stopIt = (): void => stop.abort();
+  signal?.addEventListener('abort', stopIt, { once: true });
+  const run = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
+  const walker = new MjpegWalker();
+  try {
+    for await (const chunk of run.stdout) {
+      walker.push(chunk);
+      if (walker.problem) break;
+    }
+    if (!walker.problem && (await run.done).code !== 0) return ['video: the MJPEG frames could not be read'];
+  } finally {
+    stop.abort();
+    signal?.removeEventListener('abort', stopIt);
+    await run.done.catch(() => undefined);
+  }
+  return walker.problem ? [`video: an MJPEG frame ${walker.problem}`] : walker.end();
+}
+
+/**
+ * A byte-at-a-time state machine over concatenated JPEG frames (chunks may split anything), so
+ * its memory is one segment header. Segments before the scan are skipped by their lengths (APP0
+ * bodies, at most 16 bytes, are kept to check); entropy-coded data is skipped to its next marker.
+ */
+export class MjpegWalker {
+  problem: string | undefined;
+  frames = 0;
+  /** Where the walk is; `entropy` and bodies other than APP0's are consumed in push(), not step(). */
+  private state: 'soi' | 'marker' | 'code' | 'length' | 'body' | 'entropy' | 'entropyFF' = 'soi';
+  private soiBytes = 0;
+  private marker = 0;
+  private lengthBytes: number[] = [];
+  private remaining = 0;
+  private app0: number[] = [];
+
+  push(chunk: Buffer): void {
+    for (let i = 0; i < chunk.length && !this.problem; ) {
+      // The two long stretches go at native speed: a segment body skipped by its length, and
+      // entropy-coded data up to its next 0xFF.
+      if (this.state === 'body' && this.marker !== 0xe0) {
+        const take = Math.min(this.remaining, chunk.length - i);
+        this.remaining -= take;
+        i += take;
+        if (this.remaining === 0) this.state = this.afterSegment();
+        continue;
+      }
+      if (this.state === 'entropy') {
+        const at = chunk.indexOf(0xff, i);
+        if (at < 0) return;
+        this.state = 'entropyFF';
+        i = at + 1;
+        continue;
+      }
+      this.step(chunk[i]!);
+      i++;
+    }
+  }
+
+  end(): string[] {
+    if (this.problem) return [`video: an MJPEG frame ${this.problem}`];
+    return this.state === 'soi' && this.soiBytes === 0 ? [] : ['video: the MJPEG stream ends inside a frame'];
+  }
+
+  private step(byte: number): void {
+    switch (this.state) {
+      case 'soi':
+        if ((this.soiBytes === 0 && byte !== 0xff) || (this.soiBytes === 1 && byte !== 0xd8)) return void (this.problem = 'does not start with SOI');
+        if (++this.soiBytes === 2) {
+          this.soiBytes = 0;
+          this.state = 'marker';
+        }
+        return;
+      case 'marker':
+        if (byte !== 0xff) return void (this.problem = 'has bytes between its segments');
+        this.state = 'code';
+        return;
+      case 'code':
+        if (byte === 0xff) return; // fill bytes before a marker
+        this.marker = byte;
+        if (byte === 0xd9) {
+          this.frames++;
+          this.state = 'soi';
+          return;
+        }
+        if ((byte >= 0xe1 && byte <= 0xef) || byte === 0xfe) return void (this.problem = `holds an ${byte === 0xfe ? 'COM' : `APP${byte - 0xe0}`} segment`);
+        this.lengthBytes = [];
+        this.state = 'length';
+        return;
+      case 'length':
+        this.lengthBytes.push(byte);
+        if (this.lengthBytes.length < 2) return;
+        this.remaining = ((this.lengthBytes[0]! << 8) | this.lengthBytes[1]!) - 2;
+        if (this.remaining < 0) return void (this.problem = 'has a segment shorter than its length field');
+        this.app0 = [];
+        this.state = this.remaining === 0 ? this.afterSegment() : 'body';
+        return;
+      case 'body': {
+        // APP0 only: other bodies are skipped in push().
+        this.app0.push(byte);
+        if (this.app0.length > 14) return void (this.problem = 'holds an APP0 segment longer than JFIF\'s');
+        if (--this.remaining === 0) {
+          if (this.marker === 0xe0 && !canonicalApp0(this.app0)) return void (this.problem = 'holds an APP0 segment with more than JFIF\'s or AVI1\'s fields');
+          this.state = this.afterSegment();
+        }
+        return;
+      }
+      case 'entropyFF':
+        if (byte === 0x00 || (byte >= 0xd0 && byte <= 0xd7)) this.state = 'entropy';
+        else if (byte === 0xff) this.state = 'entropyFF';
+        else {
+          // A marker after the scan: the next scan's tables, another SOS, or EOI.
+          this.state = 'code';
+          this.step(byte);
+        }
+        return;
+    }
+  }
+
+  private afterSegment(): 'entropy' | 'marker' {
+    return this.marker === 0xda ? 'entropy' : 'marker';
+  }
+}
+
+/** JFIF (version, units, densities, a 0x0 thumbnail) or AVI1 (a field polarity, then zeros). */
+function canonicalApp0(body: number[]): boolean {
+  if (String.fromCharCode(...body.slice(0, 5)) === 'JFIF\0') return body.length === 14 && body[12] === 0 && body[13] === 0;
+  if (String.fromCharCode(...body.slice(0, 4)) === 'AVI1') return (body[4] ?? 0) <= 2 && body.slice(5).every((b) => b === 0);
+  return false;
+}
