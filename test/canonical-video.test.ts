@@ -1,0 +1,269 @@
+/**
+ * Issue 26, video: in-stream metadata is removed instead of refused, and proven gone. Each hostile
+ * stream is built here with the real encoders (libx264, libx265, ffmpeg's MJPEG) and units written
+ * by hand; FFmpeg's own `trace_headers` filter is the independent oracle of what a cleaned stream
+ * holds, and its decode (frame MD5s) shows the pictures are the input's.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
+import type { Removed } from '../src/context.js';
+import { ScrubError } from '../src/errors.js';
+import { canonicalAv1C, canonicalAvcC, canonicalHvcC } from '../src/formats/codec-config.js';
+import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
+import { cleanFile, type CleanFile } from '../src/pipeline.js';
+import { MjpegWalker, provePictureStream } from '../src/verify/picture-stream.js';
+import { ffmpegTools, findPlanted, manifest, pipelineDeps, removeDir, tempDir } from './helpers.js';
+
+const run = promisify(execFile);
+const planted = manifest.planted as Record<string, string>;
+let work: string;
+before(async () => (work = await tempDir()));
+after(() => removeDir(work));
+
+async function clean(file: string): Promise<{ out: CleanFile; bytes: Buffer }> {
+  const workDir = path.join(work, Math.random().toString(36).slice(2));
+  await mkdir(workDir);
+  const bytes = await readFile(file);
+  const inputPath = path.join(workDir, 'original');
+  await writeFile(inputPath, bytes);
+  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
+  return { out, bytes: await readFile(out.path) };
+}
+
+/** What FFmpeg's trace_headers reads in a file's video stream: unit type names, extradata apart. */
+async function traced(file: string): Promise<{ extradata: string[]; packets: string[] }> {
+  const tools = await ffmpegTools();
+  const { stderr } = await run(tools.ffmpeg.path, ['-v', 'debug', '-i', file, '-map', '0:V:0', '-c', 'copy', '-bsf:v', 'trace_headers', '-f', 'null', '-'], { maxBuffer: 256 * 1024 * 1024 });
+  const extradata: string[] = [];
+  const packets: string[] = [];
+  let into = packets;
+  for (const line of stderr.split('\n')) {
+    if (!line.includes('[trace_headers')) continue;
+    if (/\] Extradata/.test(line)) into = extradata;
+    else if (/\] Packet:/.test(line)) into = packets;
+    const unit = /\] (?:nal_unit_type|obu_type): (\d+)/.exec(line);
+    if (unit) into.push(unit[1]!);
+  }
+  return { extradata: [...new Set(extradata)].sort(), packets: [...new Set(packets)].sort((a, b) => Number(a) - Number(b)) };
+}
+
+async function pictureMd5s(file: string): Promise<string> {
+  const tools = await ffmpegTools();
+  const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-i', file, '-map', '0:V:0', '-f', 'framemd5', '-'], { maxBuffer: 64 * 1024 * 1024 });
+  return stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').at(-1)!.trim()).join(' ');
+}
+
+/** Splits Annex B bytes at start codes into NAL units (no start code). */
+function annexBUnits(raw: Buffer): Buffer[] {
+  const starts: number[] = [];
+  for (let i = 0; i + 3 <= raw.length; i++) {
+    if (raw[i] === 0 && raw[i + 1] === 0 && raw[i + 2] === 1) {
+      starts.push(i + 3);
+      i += 2;
+    }
+  }
+  return starts.map((s, k) => {
+    let end = k + 1 < starts.length ? starts[k + 1]! - 3 : raw.length;
+    while (end > s && raw[end - 1] === 0) end--; // the zero byte of a 4-byte start code
+    return raw.subarray(s, end);
+  });
+}
+
+const sei = (codec: 'h264' | 'hevc', type: number, payload: Buffer): Buffer =>
+  Buffer.concat([codec === 'h264' ? Buffer.from([0x06]) : Buffer.from([39 << 1, 0x01]), Buffer.from([type, payload.length]), payload, Buffer.from([0x80])]);
+/** A registered ITU-T T.35 payload: the United States' country code, a provider, then free text. */
+const t35 = (text: string): Buffer => Buffer.concat([Buffer.from([0xb5, 0x00, 0x31]), Buffer.from(text, 'latin1')]);
+/** User data unregistered: Sony's MDPM UUID, then text a camcorder would fill with date, place and model. */
+const mdpm = (text: string): Buffer => Buffer.concat([Buffer.from('17ee8c60f84d11d98cd60800200c9a66', 'hex'), Buffer.from(`MDPM${text}`, 'latin1')]);
+
+/**
+ * A 1 s clip encoded by libx264/libx265, with `extra(unitType)` NAL units inserted before each
+ * coded slice of a keyframe (and, for HEVC, after the parameter sets, where the muxer's record
+ * picks them up), muxed by ffmpeg into `format`.
+ */
+async function clipWithUnits(codec: 'h264' | 'hevc', format: 'mp4' | 'matroska', extra: (isKey: boolean) => Buffer[], source = 'testsrc'): Promise<string> {
+  const tools = await ffmpegTools();
+  const raw = path.join(work, `${Math.random().toString(36).slice(2)}.${codec}`);
+  const encoder = codec === 'h264' ? ['-c:v', 'libx264', '-x264-params', 'log-level=error'] : ['-c:v', 'libx265', '-x265-params', 'log-level=error'];
+  await run(tools.ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', `${source}=size=64x48:rate=10:duration=1`, ...encoder, '-g', '5', '-f', codec, raw]);
+  const isKey = (nal: Buffer): boolean => (codec === 'h264' ? (nal[0]! & 0x1f) === 5 : ((nal[0]! >> 1) & 0x3f) >= 16 && ((nal[0]! >> 1) & 0x3f) <= 21);
+  const out: Buffer[] = [];
+  for (const nal of annexBUnits(await readFile(raw))) {
+    if (isKey(nal)) for (const unit of extra(true)) out.push(Buffer.from([0, 0, 0, 1]), unit);
+    out.push(Buffer.from([0, 0, 0, 1]), nal);
+  }
+  const hostile = `${raw}.hostile`;
+  await writeFile(hostile, Buffer.concat(out));
+  const mp4 = `${raw}.mp4`;
+  await run(tools.ffmpeg.path, ['-v', 'error', '-f', codec, '-r', '10', '-i', hostile, '-c', 'copy', '-f', 'mp4', mp4]);
+  if (format === 'mp4') return mp4;
+  // Raw streams carry no timestamps Matroska accepts: through MP4, whose record it then copies.
+  const mkv = `${raw}.mkv`;
+  await run(tools.ffmpeg.path, ['-v', 'error', '-i', mp4, '-c', 'copy', '-f', 'matroska', mkv]);
+  return mkv;
+}
+
+const lengthPrefixed = (units: Buffer[], size: 1 | 2 | 4): Buffer =>
+  Buffer.concat(units.flatMap((u) => [Buffer.from(u.length.toString(16).padStart(size * 2, '0'), 'hex'), u]));
+
+describe('issue 26: the units of a picture stream', () => {
+  it('the remux keeps coded slices and parameter sets only, per codec', () => {
+    assert.equal(keepUnitsFilter('h264'), 'filter_units=pass_types=1-5|7-8');
+    assert.equal(keepUnitsFilter('hevc'), 'filter_units=pass_types=0-9|16-21|32-34');
+    assert.equal(keepUnitsFilter('av1'), 'filter_units=pass_types=1-4|6-8');
+  });
+
+  it('units are split behind lengths of 1, 2 or 4 bytes, across any chunking', () => {
+    const units = [sei('h264', 5, mdpm('X')), Buffer.from([0x65, 0x88, 0x84, 0x00, 0x03, 0x01]), Buffer.from([0x67, 0x42])];
+    for (const size of [1, 2, 4] as const) {
+      const stream = lengthPrefixed(units, size);
+      for (const chunk of [1, 3, 7, stream.length]) {
+        const splitter = new UnitSplitter('h264', size);
+        const found = [];
+        for (let i = 0; i < stream.length; i += chunk) found.push(...splitter.push(stream.subarray(i, i + chunk)));
+        assert.ok(splitter.end());
+        assert.deepEqual(found.map((u) => u.type), [6, 5, 7], `length ${size}, chunks of ${chunk}`);
+        assert.ok(found[1]!.bytes.equals(units[1]!));
+      }
+    }
+    const cut = new UnitSplitter('h264', 4);
+    cut.push(lengthPrefixed(units, 4).subarray(0, 10));
+    assert.equal(cut.end(), false, 'a stream that ends inside a unit');
+  });
+
+  it('what a dropped unit was is named by category, never by value', () => {
+    const seen: string[] = [];
+    const count = (c: string): void => void seen.push(c);
+    droppedCategories('h264', 6, sei('h264', 4, t35('text')), count);
+    droppedCategories('hevc', 39, sei('hevc', 4, Buffer.from([0xb5, 0x00, 0x3c, 0x00, 0x01, 0x04, 0x01])), count);
+    droppedCategories('h264', 6, sei('h264', 5, mdpm('X')), count);
+    droppedCategories('hevc', 39, sei('hevc', 137, Buffer.alloc(24)), count);
+    droppedCategories('hevc', 62, Buffer.from([0x7c, 0x01, 0x08]), count);
+    droppedCategories('h264', 12, Buffer.from([0x0c, 0xff, 0x80]), count);
+    droppedCategories('av1', 5, Buffer.from([0x2a, 0x02, 0x01, 0x00]), count);
+    assert.deepEqual(seen, ['cameraData', 'hdr10plus', 'cameraData', 'hdrMetadata', 'dolbyVision', 'streamMetadata', 'hdrMetadata']);
+  });
+
+  it('configuration records are rebuilt from their fields: SEI arrays, metadata OBUs and trailing bytes go', () => {
+    const sps = Buffer.from([0x67, 0x64, 0x00, 0x1f, 0xac]);
+    const pps = Buffer.from([0x68, 0xeb, 0xe3]);
+    const avcC = Buffer.concat([Buffer.from([1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, sps.length]), sps, Buffer.from([1, 0, pps.length]), pps, Buffer.from([0xfd, 0xf8, 0xf8, 0]), Buffer.from('Planted trailer')]);
+    const avc = canonicalAvcC(avcC);
+    assert.deepEqual(avc.removed, { streamMetadata: 1 });
+    assert.ok(avc.bytes.equals(avcC.subarray(0, avcC.length - 'Planted trailer'.length)));
+    assert.ok(canonicalAvcC(avc.bytes).bytes.equals(avc.bytes), 'a fixed point');
+
+    const nal = (type: number, ...rest: number[]): Buffer => Buffer.from([type << 1, 1, ...rest]);
+    const array = (type: number, ...nals: Buffer[]): Buffer => Buffer.concat([Buffer.from([0x80 | type, 0, nals.length]), ...nals.flatMap((n) => [Buffer.from([0, n.length]), n])]);
+    const header = Buffer.concat([Buffer.from([1, 0x01, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x5d, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f])]);
+    const hostileSei = sei('hevc', 5, mdpm(planted.serial ?? 'SN'));
+    const hvcC = Buffer.concat([header, Buffer.from([4]), array(32, nal(32, 0x0c)), array(33, nal(33, 0x01)), array(34, nal(34, 0xc1)), array(39, hostileSei)]);
+    const hevc = canonicalHvcC(hvcC);
+    assert.deepEqual(hevc.removed, { cameraData: 1 });
+    assert.equal(hevc.bytes[22], 3, 'three arrays kept');
+    assert.ok(!hevc.bytes.includes(hostileSei));
+    assert.ok(canonicalHvcC(hevc.bytes).bytes.equals(hevc.bytes));
+
+    const sequenceHeader = Buffer.from([0x0a, 0x03, 0x00, 0x00, 0x00]);
+    const metadata = Buffer.from([0x2a, 0x05, 0x04, 0xb5, 0x00, 0x31, 0x41]);
+    const av1 = canonicalAv1C(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader, metadata]));
+    assert.deepEqual(av1.removed, { cameraData: 1 });
+    assert.ok(av1.bytes.equals(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader])));
+  });
+
+  it('MJPEG frames: APPn and COM are refused wherever a chunk boundary falls; JFIF and AVI1 pass', async () => {
+    const plain = await sharp({ create: { width: 16, height: 16, channels: 3, background: '#468' } }).jpeg().toBuffer();
+    const withExif = await sharp(plain).withExif({ IFD0: { Artist: planted.artist ?? 'Artist' } }).jpeg().toBuffer();
+    const walk = (frames: Buffer[], chunk: number): MjpegWalker => {
+      const walker = new MjpegWalker();
+      const stream = Buffer.concat(frames);
+      for (let i = 0; i < stream.length && !walker.problem; i += chunk) walker.push(stream.subarray(i, i + chunk));
+      return walker;
+    };
+    for (const chunk of [1, 5, 4096]) {
+      const ok = walk([plain, plain, plain], chunk);
+      assert.equal(ok.problem, undefined, `chunks of ${chunk}`);
+      assert.equal(ok.frames, 3);
+      assert.match(walk([plain, withExif], chunk).problem ?? '', /holds an APP1 segment/);
+    }
+  });
+});
+
+describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gone', () => {
+  it('H.264 with registered T.35 text and camcorder MDPM before every keyframe → cleaned; the pictures are the input\'s', async () => {
+    const file = await clipWithUnits('h264', 'mp4', () => [sei('h264', 4, t35(`GPS ${planted.latitude} ${planted.serial}`)), sei('h264', 5, mdpm(planted.artist!))]);
+    assert.ok((await readFile(file)).includes(Buffer.from(planted.serial!)), 'the input carries the planted text');
+    assert.deepEqual((await traced(file)).packets, ['1', '5', '6', '7', '8']);
+    const { out, bytes } = await clean(file);
+    assert.deepEqual(findPlanted(bytes), []);
+    assert.ok((out.removed.cameraData ?? 0) >= 4, JSON.stringify(out.removed));
+    const after = await traced(out.path);
+    assert.deepEqual(after.packets, ['1', '5', '7', '8']);
+    assert.deepEqual(after.extradata, ['7', '8']);
+    assert.equal(await pictureMd5s(out.path), await pictureMd5s(file));
+  });
+
+  for (const format of ['mp4', 'matroska'] as const) {
+    it(`HEVC in ${format} with SEI in its configuration record and its packets, and Dolby-Vision-style type 62 units → cleaned`, async (t) => {
+      const file = await clipWithUnits('hevc', format, () => [sei('hevc', 4, t35(`owner ${planted.owner ?? planted.artist}`)), Buffer.from([62 << 1, 0x01, 0x10, 0x20, 0x30])]);
+      const before = await traced(file);
+      if (!before.extradata.includes('39')) t.diagnostic('the muxer put no SEI into the record of this build; the packets still carry them');
+      assert.ok(before.packets.includes('39') && before.packets.includes('62'));
+      const { out, bytes } = await clean(file);
+      assert.deepEqual(findPlanted(bytes), []);
+      assert.ok((out.removed.dolbyVision ?? 0) >= 1 && (out.removed.cameraData ?? 0) >= 1, JSON.stringify(out.removed));
+      const after = await traced(out.path);
+      assert.deepEqual(after.extradata, ['32', '33', '34']);
+      assert.ok(after.packets.every((type) => Number(type) <= 21 || ['32', '33', '34'].includes(type)), after.packets.join());
+      assert.equal(await pictureMd5s(out.path), await pictureMd5s(file));
+    });
+  }
+
+  it('the proof refuses a stream that keeps a unit it should not, and one that is not the input\'s pictures', async () => {
+    const tools = await ffmpegTools();
+    const hostile = await clipWithUnits('h264', 'mp4', () => [sei('h264', 5, mdpm('X'))]);
+    const other = (await clean(await clipWithUnits('h264', 'mp4', () => [], 'testsrc2'))).out.path;
+    const side = (file: string) => ({ path: file, demuxer: 'mov' as const, map: '0:V:0', lengthSize: 4 as const });
+    const kept = await provePictureStream(tools, 'h264', side(hostile), side(hostile));
+    assert.match(kept.problems.join(), /a unit of type 6/);
+    const { out } = await clean(hostile);
+    assert.deepEqual((await provePictureStream(tools, 'h264', side(hostile), side(out.path))).problems, []);
+    const foreign = await provePictureStream(tools, 'h264', side(hostile), side(other));
+    assert.deepEqual(foreign.problems, ['video: the picture stream is not the input\'s coded pictures, unit for unit']);
+  });
+});
+
+describe('issue 26 and THREATS 45: MJPEG frames carry no camera metadata', () => {
+  /** A MOV whose MJPEG stream is `frames`, copied as they are. */
+  async function mjpegMov(frames: Buffer[]): Promise<string> {
+    const dir = path.join(work, Math.random().toString(36).slice(2));
+    await mkdir(dir);
+    await Promise.all(frames.map((f, i) => writeFile(path.join(dir, `f${String(i).padStart(3, '0')}.jpg`), f)));
+    const file = path.join(dir, 'clip.mov');
+    const tools = await ffmpegTools();
+    await run(tools.ffmpeg.path, ['-v', 'error', '-framerate', '5', '-i', path.join(dir, 'f%03d.jpg'), '-c', 'copy', '-f', 'mov', file]);
+    return file;
+  }
+
+  it('frames with their own EXIF (GPS, artist) are refused, never forwarded; frames that are pictures only are cleaned', async () => {
+    const frame = (colour: string) => sharp({ create: { width: 32, height: 32, channels: 3, background: colour } }).jpeg().toBuffer();
+    const frames = await Promise.all(['#123', '#456', '#789'].map(frame));
+    const exif = await Promise.all(frames.map((f) => sharp(f).withExif({ IFD0: { Artist: planted.artist!, Copyright: planted.serial! } }).jpeg().toBuffer()));
+    const dirty = await mjpegMov(exif);
+    assert.ok((await readFile(dirty)).includes(Buffer.from(planted.artist!)));
+    const err = await clean(dirty).then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof ScrubError && err.code === 'verification_failed', String(err));
+    assert.match(err.publicMessage, /MJPEG frame holds an APP1 segment/);
+
+    const { out, bytes } = await clean(await mjpegMov(frames));
+    assert.equal(out.fingerprint.family, 'video');
+    assert.deepEqual(findPlanted(bytes), []);
+    const removed: Removed = out.removed;
+    assert.equal(removed.cameraData, undefined);
+  });
+});
