@@ -145,8 +145,9 @@ export interface Unit {
  * Splits a stream of units arriving in chunks (a packet dump on a pipe): H.264/HEVC as stored in
  * MP4 and Matroska, each NAL behind a big-endian length of `lengthSize` bytes; AV1 as low-overhead
  * OBUs, each with its size field (an OBU without one cannot be delimited in a dump, and is an
- * error). Only a unit that straddles two chunks is copied. `end()` says whether the stream
- * stopped on a unit boundary.
+ * error). Only a unit that straddles two chunks is copied; the units returned are views of the
+ * chunk (valid until the caller reuses its memory, if it does: `chunksReused`). `end()` says
+ * whether the stream stopped on a unit boundary.
  */
 export class UnitSplitter {
   /** Chunks not yet split, and how many bytes the unit they start needs before it can be (linear: no re-copying). */
@@ -158,13 +159,23 @@ export class UnitSplitter {
   constructor(
     private readonly codec: PictureCodec,
     private readonly lengthSize: 1 | 2 | 4 = 4,
+    /** The caller reuses a chunk's memory once its units are used: keep copies of what outlives a push. */
+    private readonly chunksReused = false,
   ) {}
+
+  private kept(bytes: Buffer): Buffer {
+    return this.chunksReused ? Buffer.from(bytes) : bytes;
+  }
 
   push(chunk: Buffer): Unit[] {
     if (this.error || chunk.length === 0) return [];
+    if (this.buffered + chunk.length < this.need) {
+      this.chunks.push(this.kept(chunk));
+      this.buffered += chunk.length;
+      return [];
+    }
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    if (this.buffered < this.need) return [];
     const data = this.chunks.length === 1 ? chunk : Buffer.concat(this.chunks, this.buffered);
     const units: Unit[] = [];
     let pos = 0;
@@ -177,9 +188,9 @@ export class UnitSplitter {
       units.push(next.unit);
       pos = next.end;
     }
-    // What is left starts a unit: kept (the chunk's memory is ours: a pipe gives a new one each time).
+    // What is left starts a unit, kept for the next push.
     const rest = data.subarray(pos);
-    this.chunks = rest.length > 0 ? [rest] : [];
+    this.chunks = rest.length > 0 ? [this.kept(rest)] : [];
     this.buffered = rest.length;
     return units;
   }

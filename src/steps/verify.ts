@@ -14,7 +14,7 @@ import { countRemoved, type Removed, type Sniffed, type Stripped, type Verified 
 import { ScrubError } from '../errors.js';
 import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
-import { readRanges, sampleLayout, type SampleLayout } from '../verify/isobmff-samples.js';
+import { readRanges, sampleLayout, videoSampleRanges, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
@@ -66,6 +66,7 @@ const displaySize = (info: ImageInfo): string =>
 export interface EarlyReading {
   samples: Promise<SampleLayout & { mined: Buffer[] }> | undefined;
   outputProbe: Promise<ProbeAhead>;
+
   /**
    * Stops what still waits for the output and resolves when everything started here has ended
    * (a failed strip or verify calls it before the work dir is removed).
@@ -285,7 +286,17 @@ async function pictureProof(tools: Ffmpeg, file: Stripped, before: ProbeResult, 
   const inLength = codec === 'h264' && video.nal_length_size !== undefined ? Number(video.nal_length_size) : lengthSizeOf(codec, input.record);
   const outLength = lengthSizeOf(codec, output.record);
   if ((inLength !== 1 && inLength !== 2 && inLength !== 4) || outLength === undefined) return { problems: [...problems, 'video: the picture stream\'s unit length size could not be read'], dropped: {} };
-  const proof = await provePictureStream(tools, codec, { path: file.inputPath, demuxer, map: `0:${video.index}`, lengthSize: inLength }, { path: file.cleanPath, demuxer, map: '0:V:0', lengthSize: outLength }, signal);
+  // MP4/MOV: both files are read from their own sample tables, every byte of every sample each
+  // holds (whatever a player would skip). Other containers: ffmpeg dumps the packets.
+  const [inRanges, outRanges] = container === 'isobmff' ? await Promise.all([videoSampleRanges(file.inputPath, video.index), videoSampleRanges(file.cleanPath, 0)]) : [undefined, undefined];
+  if (container === 'isobmff' && !outRanges) return { problems: [...problems, 'video: the cleaned file\'s sample tables could not be read'], dropped: {} };
+  const proof = await provePictureStream(
+    tools,
+    codec,
+    { path: file.inputPath, demuxer, map: `0:${video.index}`, lengthSize: inLength, ranges: inRanges },
+    { path: file.cleanPath, demuxer, map: '0:V:0', lengthSize: outLength, ranges: outRanges },
+    signal,
+  );
   return { problems: [...problems, ...proof.problems], dropped: proof.dropped };
 }
 

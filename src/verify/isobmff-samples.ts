@@ -190,6 +190,35 @@ export async function sampleLayout(path: string, budget = new WorkBudget('MP4/MO
   return layout;
 }
 
+/**
+ * The byte ranges of the samples of one trak (the `nth` in file order, which is ffprobe's stream
+ * index), in decode order, contiguous ones merged: the picture stream's proof reads them itself
+ * rather than through an ffmpeg dump. Undefined for a fragmented file, or a trak that is not video.
+ */
+export async function videoSampleRanges(path: string, nth: number, budget = new WorkBudget('MP4/MOV')): Promise<Range[] | undefined> {
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    const top = await topLevelBoxes(file, size, 10_000);
+    const moovBox = top.find((b) => b.type === 'moov');
+    if (!moovBox || moovBox.end - moovBox.start > maxMoovBytes || top.some((b) => b.type === 'moof')) return undefined;
+    const moov = await read(file, moovBox.start, moovBox.end - moovBox.start);
+    if (children(moov, 0, moov.length).some((c) => c.type === 'mvex')) return undefined;
+    const trak = children(moov, 0, moov.length).filter((c) => c.type === 'trak')[nth];
+    const mdia = trak && children(moov, trak.start, trak.end).find((c) => c.type === 'mdia');
+    const hdlr = mdia && children(moov, mdia.start, mdia.end).find((c) => c.type === 'hdlr');
+    const minf = mdia && children(moov, mdia.start, mdia.end).find((c) => c.type === 'minf');
+    const stbl = minf && children(moov, minf.start, minf.end).find((c) => c.type === 'stbl');
+    if (!hdlr || !stbl || moov.toString('latin1', hdlr.start + 8, hdlr.start + 12) !== 'vide') return undefined;
+    const problems: string[] = [];
+    const ranges = trackRanges(moov, stbl, budget, problems);
+    if (!ranges || problems.length > 0 || ranges.some((r) => r.end > size)) return undefined;
+    return ranges;
+  } finally {
+    await file.close();
+  }
+}
+
 /** Reads ranges (up to `limit` bytes in all) for the value collector. */
 export async function readRanges(path: string, ranges: Range[], limit: number): Promise<Buffer[]> {
   const file = await open(path, 'r');

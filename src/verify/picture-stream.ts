@@ -2,16 +2,18 @@
  * The verifier's proof for a video's picture stream (issue 26). A remux copies the coded pictures,
  * and whatever else a camera put between them; the stripper filters the units, and this proves
  * the result structurally, without decoding a frame:
- *   - H.264, HEVC, AV1: the output's packets are walked unit by unit (NAL units, OBUs). Every unit
+ *   - H.264, HEVC, AV1: the output's samples are walked unit by unit (NAL units, OBUs). Every unit
  *     must be of a type a cleaned stream keeps (coded slices and parameter sets), and the units
- *     must be exactly the input's kept units, byte for byte and in order. The input's other units
- *     are what was removed, and are counted by category. The decoder configuration record must be
- *     a fixed point of its canonical rebuild: parameter sets only, nothing after them.
+ *     must be the input's kept units, byte for byte and in order (a subsequence: samples outside
+ *     an edit list may be left out). The input's other units are what was removed, and are
+ *     counted by category. The decoder configuration record must be a fixed point of its
+ *     canonical rebuild: parameter sets only, nothing after them.
  *   - MJPEG: every frame is walked to its end; a frame may hold no APPn or COM segment (old
  *     cameras write EXIF, with GPS and serial, into each frame: THREATS 45) but a JFIF or AVI1
  *     APP0 with nothing in its free fields.
- * Both streams are read from ffmpeg's packet dumps as they come (a pipe, with backpressure), so a
- * 1 GB video costs memory for one unit at a time, and the work is linear in the stream.
+ * MP4/MOV samples are read from the files by their sample tables, in large blocks; other
+ * containers' packets come from ffmpeg's dumps as they come (a pipe, with backpressure). Either
+ * way a 1 GB video costs memory for a block or a unit at a time, and the work is linear in it.
  */
 import { open } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
@@ -26,6 +28,8 @@ export interface StreamProof {
   problems: string[];
   /** What the input's picture stream held that the output does not. */
   dropped: Removed;
+  /** Coded units of the input the output does not hold (samples outside an edit list). */
+  skipped?: number;
 }
 
 interface Side {
@@ -33,10 +37,107 @@ interface Side {
   demuxer: Demuxer;
   /** ffmpeg's stream specifier of the picture stream: `0:3` for the input's, `0:V:0` for the output's. */
   map: string;
+  /**
+   * MP4/MOV: where the stream's samples lie, in decode order (verify/isobmff-samples.ts). Read
+   * here in large blocks, without an ffmpeg process; without it, ffmpeg dumps the packets.
+   */
+  ranges?: Array<{ start: number; end: number }> | undefined;
 }
 
-async function* unitsOf(chunks: AsyncIterable<Buffer>, splitter: UnitSplitter): AsyncGenerator<Unit> {
-  for await (const chunk of chunks) yield* splitter.push(chunk);
+/** One side's units: taken synchronously while its current block lasts, refilled when it runs out. */
+class UnitQueue {
+  private units: Unit[] = [];
+  private at = 0;
+  private readonly chunks: AsyncIterator<Buffer>;
+
+  constructor(
+    source: AsyncIterable<Buffer>,
+    readonly splitter: UnitSplitter,
+  ) {
+    this.chunks = source[Symbol.asyncIterator]();
+  }
+
+  /** The next unit if one is ready; undefined means fill() first. */
+  take(): Unit | undefined {
+    return this.at < this.units.length ? this.units[this.at++] : undefined;
+  }
+
+  /** Reads blocks until a unit is ready; false once the stream has ended. */
+  async fill(): Promise<boolean> {
+    while (this.at >= this.units.length) {
+      const next = await this.chunks.next();
+      if (next.done) return false;
+      this.units = this.splitter.push(next.value);
+      this.at = 0;
+    }
+    return true;
+  }
+
+  /** Stops reading (the source's clean-up runs: a dump's pipe is closed). */
+  async close(): Promise<void> {
+    await this.chunks.return?.();
+  }
+}
+
+/**
+ * The bytes of `ranges` of a file, in order. Ranges close together (a video's chunks between the
+ * audio's) are read in one block of up to 4 MiB and handed out as views of it. Blocks are read
+ * into two buffers in turn (fresh memory for each would cost a page fault per 4 KiB): the walk
+ * has used every unit of a block before it asks for the one after next, and the splitter copies
+ * what it keeps.
+ */
+async function* rangeChunks(path: string, ranges: Array<{ start: number; end: number }>): AsyncGenerator<Buffer> {
+  const blockBytes = 4 * 1024 * 1024;
+  const buffers = [Buffer.allocUnsafe(blockBytes), Buffer.allocUnsafe(blockBytes)];
+  let turn = 0;
+  const readExactly = async (position: number, length: number): Promise<Buffer> => {
+    const block = buffers[turn++ % 2]!.subarray(0, length);
+    const { bytesRead } = await file.read(block, 0, length, position);
+    if (bytesRead !== length) throw new Error('a sample lies past the end of the file');
+    return block;
+  };
+  const file = await open(path, 'r');
+  try {
+    for (let i = 0; i < ranges.length; ) {
+      const first = ranges[i]!;
+      if (first.end - first.start > blockBytes) {
+        // A range larger than a block: read in blocks of its own.
+        for (let at = first.start; at < first.end; at += blockBytes) yield await readExactly(at, Math.min(blockBytes, first.end - at));
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j + 1 < ranges.length && ranges[j + 1]!.start >= ranges[j]!.end && ranges[j + 1]!.end - first.start <= blockBytes) j++;
+      const block = await readExactly(first.start, ranges[j]!.end - first.start);
+      for (let k = i; k <= j; k++) yield block.subarray(ranges[k]!.start - first.start, ranges[k]!.end - first.start);
+      i = j + 1;
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** A side's packets: read from its samples, or dumped by ffmpeg. */
+function packetsOf(tools: Ffmpeg, side: Side, signal: AbortSignal): { stdout: AsyncIterable<Buffer>; done: Promise<{ code: number }> } {
+  if (side.ranges) {
+    let finished!: (result: { code: number }) => void;
+    const done = new Promise<{ code: number }>((resolve) => (finished = resolve));
+    // A reader that never started (the walk stopped first) settles with the abort that ends the walk.
+    signal.addEventListener('abort', () => finished({ code: 1 }), { once: true });
+    const ranges = side.ranges;
+    const stdout = (async function* () {
+      try {
+        yield* rangeChunks(side.path, ranges);
+        finished({ code: 0 });
+      } catch {
+        finished({ code: 1 });
+      } finally {
+        finished({ code: 1 }); // no effect after the first
+      }
+    })();
+    return { stdout, done };
+  }
+  return streamTool(tools.ffmpeg.path, streamDumpArgs(side.path, side.demuxer, side.map), tools.timeoutMs, { signal });
 }
 
 /** The decoder configuration record of a file's first video track, as the container holds it. */
@@ -113,50 +214,59 @@ export async function provePictureStream(
   const stop = new AbortController();
   const stopBoth = (): void => stop.abort();
   signal?.addEventListener('abort', stopBoth, { once: true });
-  const inRun = streamTool(tools.ffmpeg.path, streamDumpArgs(input.path, input.demuxer, input.map), tools.timeoutMs, { signal: stop.signal });
-  const outRun = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
-  const inSplitter = new UnitSplitter(codec, input.lengthSize);
-  const outSplitter = new UnitSplitter(codec, output.lengthSize);
-  const inUnits = unitsOf(inRun.stdout, inSplitter);
-  /** The input's next unit of a kept type; the ones before it are counted as removed. */
-  const nextKept = async (): Promise<Unit | undefined> => {
-    for (;;) {
-      const next = await inUnits.next();
-      if (next.done) return undefined;
-      if (kept.has(next.value.type)) return next.value;
-      droppedCategories(codec, next.value.type, next.value.bytes, count);
-    }
-  };
+  const inRun = packetsOf(tools, input, stop.signal);
+  const outRun = packetsOf(tools, output, stop.signal);
+  const inUnits = new UnitQueue(inRun.stdout, new UnitSplitter(codec, input.lengthSize, input.ranges !== undefined));
+  const outUnits = new UnitQueue(outRun.stdout, new UnitSplitter(codec, output.lengthSize, output.ranges !== undefined));
+  /** The input's next unit, or undefined at its end; a unit of a type the output may not keep is counted as removed. */
+  const nextInput = async (): Promise<Unit | undefined> => inUnits.take() ?? ((await inUnits.fill()) ? inUnits.take() : undefined);
+  let skipped = 0;
   try {
-    let finished = false;
-    for await (const unit of unitsOf(outRun.stdout, outSplitter)) {
+    // Units are taken without awaiting while a side's current block lasts: a per-unit await
+    // cost more than the comparison (thousands of units a minute of video).
+    for (;;) {
+      const unit = outUnits.take() ?? ((await outUnits.fill()) ? outUnits.take() : undefined);
+      if (!unit) break;
       if (!kept.has(unit.type)) {
         problems.push(`video: a unit of type ${unit.type} in the picture stream, which a cleaned stream does not keep`);
         break;
       }
-      const expected = await nextKept();
-      if (!expected || !sameCodedUnit(expected.bytes, unit.bytes)) {
+      // The input's next kept unit that is this one. Kept units before it were left out by the
+      // remux (a demuxer applies the edit list, and skips samples outside it): picture data, which
+      // may go. So the proof is that the output is a subsequence of the input's coded units,
+      // found greedily (which finds one if there is one), in one pass over each.
+      let found = false;
+      for (let expected = await nextInput(); expected !== undefined; expected = await nextInput()) {
+        if (!kept.has(expected.type)) droppedCategories(codec, expected.type, expected.bytes, count);
+        else if (sameCodedUnit(expected.bytes, unit.bytes)) {
+          found = true;
+          break;
+        } else skipped++;
+      }
+      if (!found) {
         problems.push('video: the picture stream is not the input\'s coded pictures, unit for unit');
         break;
       }
     }
     if (problems.length === 0) {
-      finished = (await nextKept()) === undefined;
-      if (!finished) problems.push('video: the picture stream lacks coded pictures of the input');
-    }
-    if (problems.length === 0) {
+      // The rest of the input: what it held beside its pictures is counted too.
+      for (let rest = await nextInput(); rest !== undefined; rest = await nextInput()) {
+        if (!kept.has(rest.type)) droppedCategories(codec, rest.type, rest.bytes, count);
+        else skipped++;
+      }
       const [inDone, outDone] = await Promise.all([inRun.done, outRun.done]);
-      if (inDone.code !== 0 || outDone.code !== 0 || !inSplitter.end() || !outSplitter.end()) {
-        problems.push(`video: the picture stream could not be read unit by unit (${inSplitter.error ?? outSplitter.error ?? 'ffmpeg failed'})`);
+      if (inDone.code !== 0 || outDone.code !== 0 || !inUnits.splitter.end() || !outUnits.splitter.end()) {
+        problems.push(`video: the picture stream could not be read unit by unit (${inUnits.splitter.error ?? outUnits.splitter.error ?? 'ffmpeg failed'})`);
       }
     }
   } finally {
     stop.abort();
     signal?.removeEventListener('abort', stopBoth);
-    await Promise.allSettled([inRun.done, outRun.done]);
+    await Promise.allSettled([inUnits.close(), outUnits.close(), inRun.done, outRun.done]);
   }
-  if (inSplitter.error || outSplitter.error) problems.push(`video: the picture stream could not be read unit by unit (${inSplitter.error ?? outSplitter.error})`);
-  return { problems: [...new Set(problems)], dropped };
+  const splitError = inUnits.splitter.error ?? outUnits.splitter.error;
+  if (splitError) problems.push(`video: the picture stream could not be read unit by unit (${splitError})`);
+  return { problems: [...new Set(problems)], dropped, skipped };
 }
 
 /**
