@@ -4,9 +4,13 @@
  *
  * Kept: SOI, DQT, DHT, DAC, SOFn, DRI, DNL, SOS + entropy-coded data, EOI, APP0 JFIF (without
  * its thumbnail), APP2 ICC_PROFILE, APP14 Adobe (rebuilt to its canonical 12 bytes). Dropped:
- * every other APPn, COM, and everything after EOI. Orientation survives as a minimal EXIF holding
- * only Orientation. No segment of variable content is copied verbatim but the coding ones and
- * the ICC profile, which the verifier exempts by position.
+ * every other APPn, COM, bytes between segments (libjpeg skips them too, with a warning) and
+ * everything after EOI. Orientation survives as a minimal EXIF holding only Orientation.
+ *
+ * The coding segments are rebuilt from their parsed fields at their exact lengths (issue 26):
+ * the quantisation and Huffman tables, frame and scan headers and restart interval are written
+ * anew, bytes a writer appended to a segment go, and a Huffman table that no scan uses goes (an
+ * unused table's symbol bytes can be any text: THREATS 47).
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
@@ -39,11 +43,93 @@ function appCategory(marker: number, payload: Buffer): RemovedCategory {
   return 'vendor';
 }
 
+/**
+ * A table as parsed: a Huffman table (its class, 0 DC or 1 AC, its id and its bytes: Tc/Th,
+ * counts, symbols) or a quantisation table (class 2 here: Pq/Tq and its entries).
+ */
+interface Table {
+  tableClass: number;
+  id: number;
+  bytes: Buffer;
+  used: boolean;
+}
+
+/** What the body is made of, in file order; DHT and DQT segments are written once the scans are known. */
+type BodyItem = Buffer | { marker: number; tables: Table[] };
+
+/** Class 2 stands for quantisation tables in the map of current tables. */
+const QUANT = 2;
+
+const segmentOf = (marker: number, payload: Buffer): Buffer => {
+  const head = Buffer.alloc(4);
+  head.writeUInt16BE(0xff00 | marker, 0);
+  head.writeUInt16BE(payload.length + 2, 2);
+  return Buffer.concat([head, payload]);
+};
+
+/**
+ * A coding segment rebuilt from its fields (T.81 B.2), and whether the input's was longer. Throws
+ * for one shorter than its own fields say.
+ */
+function rebuildCoding(marker: number, payload: Buffer): { segment: Buffer; surplus: boolean } | { tables: Table[]; surplus: boolean } {
+  const short = (): never => {
+    throw reject.corrupt('JPEG', `a 0xFF${marker.toString(16).toUpperCase()} segment is shorter than its fields`);
+  };
+  const n = payload.length;
+  if (marker === 0xdb) {
+    // DQT: tables of a precision/id byte and 64 one- or two-byte entries.
+    // Tables are read while they are tables; what follows the last one is surplus (dropped). A
+    // table the decoder needs and that is not there shows in the verifier's decode.
+    const tables: Table[] = [];
+    let at = 0;
+    while (at < n) {
+      const precision = payload[at]! >> 4;
+      if (precision > 1 || (payload[at]! & 0x0f) > 3) break;
+      const end = at + 1 + 64 * (precision + 1);
+      if (end > n) break;
+      tables.push({ tableClass: QUANT, id: payload[at]! & 0x0f, bytes: payload.subarray(at, end), used: false });
+      at = end;
+    }
+    if (tables.length === 0) short();
+    return { tables, surplus: at < n };
+  }
+  if (marker === 0xc4) {
+    // DHT: tables of a class/id byte, 16 code counts and as many symbols as they add up to.
+    const tables: Table[] = [];
+    let at = 0;
+    while (at + 17 <= n) {
+      const tableClass = payload[at]! >> 4;
+      const id = payload[at]! & 0x0f;
+      if (tableClass > 1 || id > 3) break;
+      let symbols = 0;
+      for (let i = 1; i <= 16; i++) symbols += payload[at + i]!;
+      if (symbols > 256 || at + 17 + symbols > n) break;
+      tables.push({ tableClass, id, bytes: payload.subarray(at, at + 17 + symbols), used: false });
+      at += 17 + symbols;
+    }
+    if (tables.length === 0) short();
+    return { tables, surplus: at < n };
+  }
+  const exact = (length: number): { segment: Buffer; surplus: boolean } => {
+    if (n < length) short();
+    return { segment: segmentOf(marker, payload.subarray(0, length)), surplus: n > length };
+  };
+  if (marker === SOS) return exact(4 + 2 * (payload[0] ?? 0)); // Ns, selectors, Ss/Se/Ah-Al
+  if (marker === 0xdd || marker === 0xdc) return exact(2); // DRI, DNL
+  if (marker === 0xcc) return exact(n - (n % 2)); // DAC: pairs
+  return exact(6 + 3 * (payload[5] ?? 0)); // SOFn: P, Y, X, Nf, then Nf components
+}
+
 export function stripJpeg(input: Buffer): ImageStripResult {
   if (input.length < 4 || input[0] !== 0xff || input[1] !== SOI) throw reject.corrupt('JPEG', 'no start-of-image marker');
   const removed: Removed = {};
   const head: Buffer[] = [];
-  const body: Buffer[] = [];
+  const body: BodyItem[] = [];
+  /** The table each (class, id) names now: a scan uses the one defined last before it. */
+  const current = new Map<number, Table>();
+  /** Each frame component's quantisation table id (SOF), by component id. */
+  const quantOf = new Map<number, number>();
+  let strayBytes = false;
   let orientation: number | undefined;
   let adobeTransform: number | undefined;
   let sawFrame = false;
@@ -51,6 +137,14 @@ export function stripJpeg(input: Buffer): ImageStripResult {
   let pos = 2;
 
   for (;;) {
+    // Bytes between segments are not JPEG: a trail camera and an editor write a few, and libjpeg
+    // skips them to the next marker with a warning; so do we, and they are not kept.
+    if (pos < input.length && input[pos] !== 0xff) {
+      const next = input.indexOf(0xff, pos);
+      if (next < 0) throw reject.corrupt('JPEG', 'truncated or malformed marker stream');
+      strayBytes = true;
+      pos = next;
+    }
     // Markers may be preceded by any number of 0xFF fill bytes (T.81 B.1.1.2).
     if (pos >= input.length || input[pos] !== 0xff) throw reject.corrupt('JPEG', 'truncated or malformed marker stream');
     while (pos < input.length && input[pos] === 0xff) pos++;
@@ -73,17 +167,27 @@ export function stripJpeg(input: Buffer): ImageStripResult {
     const payload = input.subarray(pos + 2, end);
     pos = end;
 
-    if (marker === SOS) {
-      if (!sawFrame) throw reject.corrupt('JPEG', 'scan before frame header');
-      sawScan = true;
-      const scanEnd = findScanEnd(input, pos);
-      body.push(segment, input.subarray(pos, scanEnd));
-      pos = scanEnd;
-      continue;
-    }
-    if (isCoding(marker)) {
-      if (isSof(marker)) sawFrame = true;
-      body.push(segment);
+    if (isCoding(marker) || marker === SOS) {
+      if (marker === SOS && !sawFrame) throw reject.corrupt('JPEG', 'scan before frame header');
+      if (isSof(marker)) {
+        sawFrame = true;
+        for (let i = 0; i < (payload[5] ?? 0) && 8 + 3 * i < payload.length; i++) quantOf.set(payload[6 + 3 * i]!, payload[8 + 3 * i]!);
+      }
+      const rebuilt = rebuildCoding(marker, payload);
+      if (rebuilt.surplus) countRemoved(removed, 'other');
+      if ('tables' in rebuilt) {
+        for (const table of rebuilt.tables) current.set((table.tableClass << 4) | table.id, table);
+        body.push({ marker, tables: rebuilt.tables });
+        continue;
+      }
+      body.push(rebuilt.segment);
+      if (marker === SOS) {
+        sawScan = true;
+        markUsedTables(payload, current, quantOf);
+        const scanEnd = findScanEnd(input, pos);
+        body.push(input.subarray(pos, scanEnd));
+        pos = scanEnd;
+      }
       continue;
     }
     if (marker === 0xfe) {
@@ -125,11 +229,44 @@ export function stripJpeg(input: Buffer): ImageStripResult {
   }
 
   if (!sawFrame || !sawScan) throw reject.corrupt('JPEG', 'no frame or no scan');
+  if (strayBytes) countRemoved(removed, 'other');
   const parts = [input.subarray(0, 2), ...head];
   if (orientation !== undefined && orientation !== 1) parts.push(orientationApp1(orientation));
   if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
-  parts.push(...body);
+  for (const item of body) {
+    if (Buffer.isBuffer(item)) {
+      parts.push(item);
+      continue;
+    }
+    const used = item.tables.filter((table) => table.used);
+    if (used.length < item.tables.length) countRemoved(removed, 'other', item.tables.length - used.length);
+    if (used.length > 0) parts.push(segmentOf(item.marker, Buffer.concat(used.map((table) => table.bytes))));
+  }
   return { parts, removed, orientation: orientation ?? 1 };
+}
+
+/**
+ * The tables a scan uses (T.81 B.2.3): each component's DC Huffman table (Td) when the scan codes
+ * DC coefficients (Ss = 0), its AC one (Ta) when it codes AC ones (Se > 0), and the quantisation
+ * table its frame header names (a decoder latches it when the component's first scan starts).
+ */
+function markUsedTables(sos: Buffer, current: Map<number, Table>, quantOf: Map<number, number>): void {
+  const components = sos[0] ?? 0;
+  const ss = sos[1 + 2 * components] ?? 0;
+  const se = sos[2 + 2 * components] ?? 0;
+  for (let i = 0; i < components; i++) {
+    const quant = current.get((QUANT << 4) | (quantOf.get(sos[1 + 2 * i] ?? -1) ?? -1));
+    if (quant) quant.used = true;
+    const selectors = sos[2 + 2 * i] ?? 0;
+    if (ss === 0) {
+      const dc = current.get(selectors >> 4);
+      if (dc) dc.used = true;
+    }
+    if (se > 0) {
+      const ac = current.get(0x10 | (selectors & 0x0f));
+      if (ac) ac.used = true;
+    }
+  }
 }
 
 /**
@@ -153,7 +290,10 @@ function findScanEnd(input: Buffer, from: number): number {
   }
 }
 
-/** APP0 JFIF can carry an uncompressed thumbnail; keep the 14 header bytes, drop the pixels. */
+/**
+ * APP0 JFIF, rebuilt from its fields: version 1.0x, density units (0-2) and densities, and no
+ * thumbnail (an uncompressed one can follow the 14 header bytes: its pixels go).
+ */
 function jfifWithoutThumbnail(payload: Buffer, removed: Removed): Buffer {
   if (payload.length < 14) throw reject.corrupt('JPEG', 'short JFIF header');
   const thumbnailBytes = payload.length - 14;
@@ -161,7 +301,12 @@ function jfifWithoutThumbnail(payload: Buffer, removed: Removed): Buffer {
   const segment = Buffer.alloc(4 + 14);
   segment.writeUInt16BE(0xffe0, 0);
   segment.writeUInt16BE(2 + 14, 2);
-  payload.copy(segment, 4, 0, 12);
+  segment.write('JFIF\0', 4, 'latin1');
+  segment[9] = 1;
+  segment[10] = payload[6]! <= 2 ? payload[6]! : 1;
+  segment[11] = payload[7]! <= 2 ? payload[7]! : 0;
+  segment.writeUInt16BE(payload.readUInt16BE(8) || 1, 12);
+  segment.writeUInt16BE(payload.readUInt16BE(10) || 1, 14);
   // Xthumbnail = Ythumbnail = 0 (already zero from alloc).
   return segment;
 }

@@ -75,15 +75,41 @@ function codingExtent(marker: number, payload: Buffer): number {
 const isCanonicalAdobe = (payload: Buffer): boolean =>
   payload.length === 12 && payload.subarray(0, 11).equals(Buffer.from([0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0x00, 0x00, 0x00, 0x00]));
 
+/** The Huffman tables (class << 4 | id) a DHT payload defines, in order. */
+function huffmanTablesOf(payload: Buffer): number[] {
+  const ids: number[] = [];
+  for (let at = 0; at + 17 <= payload.length; ) {
+    let symbols = 0;
+    for (let i = 1; i <= 16; i++) symbols += payload[at + i]!;
+    ids.push(payload[at]!);
+    at += 17 + symbols;
+  }
+  return ids;
+}
+
+/** The quantisation tables (0x20 | id) a DQT payload defines, in order. */
+function quantTablesOf(payload: Buffer): number[] {
+  const ids: number[] = [];
+  for (let at = 0; at < payload.length; at += 1 + 64 * ((payload[at]! >> 4) + 1)) ids.push(0x20 | (payload[at]! & 0x0f));
+  return ids;
+}
+
 function walkJpeg(out: Buffer, report: StructureReport): void {
   if (out.readUInt16BE(0) !== 0xffd8) return void report.problems.push('jpeg: no SOI');
   let pos = 2;
   let adobeSegments = 0;
+  // Each Huffman or quantisation table defined must be used by a later scan before it is defined
+  // again: an unused one carries bytes no decoder reads (THREATS 47).
+  const unused = new Map<number, number>();
+  let unusedTables = 0;
+  /** Frame components' quantisation tables (SOF Tq), by component id; quantisation ids are kept as 0x20 | id. */
+  const quantOf = new Map<number, number>();
   while (pos + 2 <= out.length) {
     if (out[pos] !== 0xff) return void report.problems.push('jpeg: bytes between segments');
     const marker = out[pos + 1]!;
     if (marker === 0xd9) {
       if (pos + 2 !== out.length) report.problems.push('jpeg: data after EOI');
+      if (unused.size + unusedTables > 0) report.problems.push('jpeg: a table no scan uses');
       return;
     }
     if (pos + 4 > out.length) break;
@@ -98,6 +124,27 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
       (marker === 0xee && isCanonicalAdobe(payload) && ++adobeSegments === 1);
     const icc = marker === 0xe2 && id === 'ICC_PROFILE\0';
     if (!coding && !fixedLayout && !icc) report.problems.push(`jpeg: segment 0xFF${marker.toString(16).toUpperCase()} not allowed`);
+    // A coding segment is exactly what its syntax accounts for: written from its fields.
+    if (coding && codingExtent(marker, payload) !== payload.length) report.problems.push('jpeg: a coding segment holds more than its fields');
+    const tablesDefined = marker === 0xc4 ? huffmanTablesOf(payload) : marker === 0xdb ? quantTablesOf(payload) : [];
+    for (const table of tablesDefined) {
+      if (unused.has(table)) unusedTables++;
+      unused.set(table, pos);
+    }
+    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      for (let i = 0; i < (payload[5] ?? 0); i++) quantOf.set(payload[6 + 3 * i] ?? -1, 0x20 | ((payload[8 + 3 * i] ?? 0) & 0x0f));
+    }
+    if (marker === 0xda) {
+      const components = payload[0] ?? 0;
+      const ss = payload[1 + 2 * components] ?? 0;
+      const se = payload[2 + 2 * components] ?? 0;
+      for (let i = 0; i < components; i++) {
+        unused.delete(quantOf.get(payload[1 + 2 * i] ?? -1) ?? -1);
+        const selectors = payload[2 + 2 * i] ?? 0;
+        if (ss === 0) unused.delete(selectors >> 4);
+        if (se > 0) unused.delete(0x10 | (selectors & 0x0f));
+      }
+    }
     const end = pos + 2 + length;
     report.structures.push({ start: pos, end, what: name });
     if (icc) report.keptRanges.push({ start: pos + 4, end, what: 'icc' });
@@ -140,6 +187,8 @@ export function pngOrientation(png: Buffer): number {
 }
 
 const pngAllowed = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'gAMA', 'cHRM', 'cICP', 'mDCV', 'cLLI', 'sBIT', 'pHYs', 'acTL', 'fcTL', 'fdAT']);
+/** Chunks of fields only, each exactly this long (PNG 3rd edition, 11.3). */
+const pngFixedLength: Record<string, number> = { IHDR: 13, sRGB: 1, gAMA: 4, cHRM: 32, cICP: 4, mDCV: 24, cLLI: 8, pHYs: 9, acTL: 8, fcTL: 26, IEND: 0 };
 
 function walkPng(out: Buffer, report: StructureReport): void {
   let pos = 8;
@@ -148,6 +197,10 @@ function walkPng(out: Buffer, report: StructureReport): void {
     const type = out.toString('latin1', pos + 4, pos + 8);
     const allowed = pngAllowed.has(type) || (type === 'eXIf' && isOrientationOnly(out.subarray(pos + 8, pos + 8 + length)));
     if (!allowed) report.problems.push(`png: chunk not allowed`);
+    const fixed = pngFixedLength[type];
+    if (fixed !== undefined && length !== fixed) report.problems.push(`png: ${type} is not its fixed length`);
+    // The keyword is the writer's free text: a rebuilt iCCP has the one fixed name.
+    if (type === 'iCCP' && out.toString('latin1', pos + 8, pos + 21) !== 'ICC Profile\0\0') report.problems.push('png: iCCP keyword is not the fixed one');
     report.structures.push({ start: pos, end: pos + 12 + length, what: `png ${/^[A-Za-z]{4}$/.test(type) ? type : 'chunk'}` });
     if (type === 'iCCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + length, what: 'icc' });
     pos += 12 + length;
@@ -172,6 +225,21 @@ function walkWebp(out: Buffer, report: StructureReport): void {
     if (!allowed) report.problems.push('webp: chunk not allowed');
     report.structures.push({ start: pos, end: pos + 8 + size, what: `webp ${/^[A-Za-z0-9 ]{4}$/.test(fourcc) ? fourcc.trim() : 'chunk'}` });
     if (fourcc === 'VP8X' && (data[0]! & 0x04) !== 0) report.problems.push('webp: VP8X declares XMP');
+    // Written from their fields: VP8X ten bytes, no reserved bit set; ANIM six; a frame's own
+    // chunks image data only (THREATS 47: an EXIF chunk rode inside an ANMF).
+    if (fourcc === 'VP8X' && (size !== 10 || (data[0]! & 0xc1) !== 0 || data[1] !== 0 || data[2] !== 0 || data[3] !== 0)) report.problems.push('webp: VP8X not in its fixed form');
+    if (fourcc === 'ANIM' && size !== 6) report.problems.push('webp: ANIM not in its fixed form');
+    if (fourcc === 'ALPH' && (data[0]! & 0xc0) !== 0) report.problems.push('webp: ALPH reserved bits set');
+    if (fourcc === 'ANMF') {
+      if (size < 16 || (data[15]! & 0xfc) !== 0) report.problems.push('webp: ANMF header not in its fixed form');
+      for (let at = 16; at + 8 <= data.length; ) {
+        const inner = data.toString('latin1', at, at + 4);
+        const innerSize = data.readUInt32LE(at + 4);
+        if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');
+        if (inner === 'ALPH' && (data[at + 8]! & 0xc0) !== 0) report.problems.push('webp: ALPH reserved bits set');
+        at += 8 + innerSize + (innerSize % 2);
+      }
+    }
     if (fourcc === 'ICCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + size, what: 'icc' });
     pos += 8 + size + (size % 2);
   }
@@ -202,6 +270,11 @@ function walkGif(out: Buffer, report: StructureReport): void {
       report.problems.push('gif: block not allowed');
     }
     if (label === 0xff && app === 'ICCRGBG1012') report.keptRanges.push({ start: pos, end: skip(pos + 2), what: 'icc' });
+    // Written from their fields: a GCE is one 4-byte sub-block, the loop extension one 3-byte one.
+    if (label === 0xf9 && !(out[pos + 2] === 4 && out[pos + 7] === 0)) report.problems.push('gif: graphic control extension not in its fixed form');
+    if (label === 0xff && app !== 'ICCRGBG1012' && !(app === 'NETSCAPE2.0' && out[pos + 14] === 3 && out[pos + 15] === 1 && out[pos + 18] === 0)) {
+      report.problems.push('gif: loop extension not in its fixed form');
+    }
     pos = skip(pos + 2);
   }
   report.problems.push('gif: no trailer');
@@ -214,17 +287,9 @@ const tiffTechnicalTags = new Set([
   0x0211, 0x0212, 0x0213, 0x0214, 0x8773,
 ]);
 
-function walkTiff(out: Buffer, report: StructureReport): void {
-  const tags = tiffValues(out, undefined);
-  const ifds = new Set(tags.map((t) => t.ifd));
-  if (ifds.size !== 1) return void report.problems.push('tiff: not exactly one IFD');
+/** The strips or tiles of a TIFF's first IFD, in order (StripOffsets/ByteCounts, TileOffsets/ByteCounts). */
+function imageDataOf(out: Buffer, tags: ReturnType<typeof tiffValues>): Span[] {
   const little = out[0] === 0x49;
-  const ifd = [...ifds][0]!;
-  // Every byte must be the header, the IFD, a tag's value or image data: nothing unowned.
-  const owned: Array<[number, number]> = [
-    [0, 8],
-    [ifd, ifd + 2 + 12 * tags.length + 4],
-  ];
   const array = (tag: number): number[] => {
     const t = tags.find((x) => x.tag === tag);
     if (!t || (t.type !== 3 && t.type !== 4) || t.valueAt + t.size > out.length) return [];
@@ -232,6 +297,34 @@ function walkTiff(out: Buffer, report: StructureReport): void {
       t.type === 3 ? (little ? out.readUInt16LE(t.valueAt + 2 * i) : out.readUInt16BE(t.valueAt + 2 * i)) : little ? out.readUInt32LE(t.valueAt + 4 * i) : out.readUInt32BE(t.valueAt + 4 * i);
     return Array.from({ length: t.count }, (_, i) => read(i));
   };
+  const spans: Span[] = [];
+  for (const [offsetsTag, countsTag] of [
+    [0x0111, 0x0117],
+    [0x0144, 0x0145],
+  ] as const) {
+    const counts = array(countsTag);
+    array(offsetsTag).forEach((offset, i) => spans.push({ start: offset, end: offset + (counts[i] ?? 0), what: 'tiff image data' }));
+  }
+  return spans;
+}
+
+/** The image data of a TIFF's first IFD, whatever other IFDs it has (an input's): for the proof that the output's is the same. */
+export function tiffImageData(image: Buffer): Span[] {
+  const tags = tiffValues(image, undefined);
+  const first = tags[0]?.ifd;
+  return imageDataOf(image, tags.filter((t) => t.ifd === first));
+}
+
+function walkTiff(out: Buffer, report: StructureReport): void {
+  const tags = tiffValues(out, undefined);
+  const ifds = new Set(tags.map((t) => t.ifd));
+  if (ifds.size !== 1) return void report.problems.push('tiff: not exactly one IFD');
+  const ifd = [...ifds][0]!;
+  // Every byte must be the header, the IFD, a tag's value or image data: nothing unowned.
+  const owned: Array<[number, number]> = [
+    [0, 8],
+    [ifd, ifd + 2 + 12 * tags.length + 4],
+  ];
   for (const { tag, valueAt, size } of tags) {
     if (!tiffTechnicalTags.has(tag)) report.problems.push('tiff: metadata tag present');
     if (size > 4) owned.push([valueAt, valueAt + size]);
@@ -239,16 +332,9 @@ function walkTiff(out: Buffer, report: StructureReport): void {
     if (tag === 0x015b && !isTablesOnly(out.subarray(valueAt, valueAt + size))) report.problems.push('tiff: JPEGTables holds more than tables');
     report.structures.push({ start: valueAt, end: valueAt + size, what: `tiff tag ${tag}` });
   }
-  for (const [offsetsTag, countsTag] of [
-    [0x0111, 0x0117],
-    [0x0144, 0x0145],
-  ] as const) {
-    const offsets = array(offsetsTag);
-    const counts = array(countsTag);
-    offsets.forEach((offset, i) => {
-      owned.push([offset, offset + (counts[i] ?? 0)]);
-      report.structures.push({ start: offset, end: offset + (counts[i] ?? 0), what: 'tiff image data' });
-    });
+  for (const span of imageDataOf(out, tags)) {
+    owned.push([span.start, span.end]);
+    report.structures.push(span);
   }
   owned.sort((a, b) => a[0] - b[0]);
   let covered = 0;
