@@ -1,13 +1,36 @@
 /**
- * Lossless GIF rebuild (../shared/METADATA.md, GIF): image blocks, graphic control extensions,
- * the NETSCAPE2.0/ANIMEXTS1.0 loop and the ICC application extension are copied; comments,
- * plain text, other application extensions (XMP DataXMP …) and bytes after the trailer go.
+ * Lossless GIF rebuild (../shared/METADATA.md, GIF): image blocks and the ICC application
+ * extension are copied; graphic control extensions and the animation loop are written anew from
+ * their fields (issue 26: extra data sub-blocks after either were copied along, with any text);
+ * comments, plain text, other application extensions (XMP DataXMP …) and bytes after the trailer
+ * go.
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
 
-const keptApplications = new Set(['NETSCAPE2.0', 'ANIMEXTS1.0', 'ICCRGBG1012']);
+const loopApplications = new Set(['NETSCAPE2.0', 'ANIMEXTS1.0']);
+
+/** The data sub-blocks of a chain starting at `pos`, without their terminator. */
+function subBlocks(input: Buffer, pos: number): Buffer[] {
+  const blocks: Buffer[] = [];
+  for (;;) {
+    const size = input[pos]!;
+    if (size === 0) return blocks;
+    blocks.push(input.subarray(pos + 1, pos + 1 + size));
+    pos += 1 + size;
+  }
+}
+
+/** A Graphic Control Extension from its fields: disposal, user input and transparency flags, delay, transparent index. */
+function graphicControl(fields: Buffer): Buffer {
+  return Buffer.from([0x21, 0xf9, 0x04, fields[0]! & 0x1f, fields[1]!, fields[2]!, fields[3]!, 0x00]);
+}
+
+/** The NETSCAPE2.0 looping extension from its one field, the loop count (0 = for ever). */
+function loopExtension(loops: number): Buffer {
+  return Buffer.concat([Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('NETSCAPE2.0', 'latin1'), Buffer.from([0x03, 0x01, loops & 0xff, loops >> 8, 0x00])]);
+}
 
 /** Position just after a chain of data sub-blocks starting at `pos` (ends with a 0 block). */
 function skipSubBlocks(input: Buffer, pos: number): number {
@@ -53,12 +76,21 @@ export function stripGif(input: Buffer): ImageStripResult {
     const label = input[pos + 1]!;
     const end = skipSubBlocks(input, pos + 2);
     if (label === 0xf9) {
-      parts.push(input.subarray(start, end));
+      const [fields, ...extra] = subBlocks(input, pos + 2);
+      if (fields?.length !== 4) throw reject.corrupt('GIF', 'a graphic control extension without its four bytes');
+      if (extra.length > 0) countRemoved(removed, 'other');
+      parts.push(graphicControl(fields));
     } else if (label === 0xff) {
       const blockSize = input[pos + 2]!;
       const identifier = blockSize === 11 ? input.toString('latin1', pos + 3, pos + 14) : '';
-      if (keptApplications.has(identifier)) parts.push(input.subarray(start, end));
-      else countRemoved(removed, identifier === 'XMP DataXMP' ? 'xmp' : 'vendor');
+      if (identifier === 'ICCRGBG1012') parts.push(input.subarray(start, end));
+      else if (loopApplications.has(identifier)) {
+        // Sub-block 1 holds the loop count; others (buffering hints) and anything else go.
+        const blocks = subBlocks(input, pos + 14);
+        const loop = blocks.find((b) => b.length === 3 && b[0] === 1);
+        if (loop) parts.push(loopExtension(loop.readUInt16LE(1)));
+        if (!loop || blocks.length > 1 || identifier !== 'NETSCAPE2.0') countRemoved(removed, 'other');
+      } else countRemoved(removed, identifier === 'XMP DataXMP' ? 'xmp' : 'vendor');
     } else if (label === 0xfe) {
       countRemoved(removed, 'comment');
     } else if (label === 0x01) {

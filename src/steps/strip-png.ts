@@ -1,9 +1,11 @@
 /**
- * Lossless PNG rebuild from an allowlist of chunks (../shared/METADATA.md, PNG). Kept chunks are
- * copied with their CRCs (which are checked: a corrupt chunk is not rebuilt); nothing kept is
- * recomputed. The orientation is written anew as a minimal eXIf holding Orientation alone.
+ * Lossless PNG rebuild from an allowlist of chunks (../shared/METADATA.md, PNG). Kept chunks'
+ * CRCs are checked (a corrupt chunk is not rebuilt). Chunks of a fixed layout are written anew
+ * from their fields at their exact length (issue 26: nine bytes after a valid pHYs were copied
+ * along); iCCP gets a fixed keyword (it can hold any text) and its profile recompressed by us;
+ * image data and palettes are the input's. The orientation is written anew as a minimal eXIf.
  */
-import { crc32 } from 'node:zlib';
+import { crc32, deflateSync, inflateSync } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
@@ -13,6 +15,11 @@ const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
 /** What rendering needs: image data, palette/transparency, colour, density, APNG animation. */
 const keep = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'gAMA', 'cHRM', 'cICP', 'mDCV', 'cLLI', 'sBIT', 'pHYs', 'acTL', 'fcTL', 'fdAT']);
+
+/** Chunks whose data is a fixed number of bytes of fields (PNG 3rd edition, 11.3). */
+const fixedLength: Record<string, number> = { IHDR: 13, sRGB: 1, gAMA: 4, cHRM: 32, cICP: 4, mDCV: 24, cLLI: 8, pHYs: 9, acTL: 8, fcTL: 26 };
+/** A decompressed colour profile larger than this is not a real one. */
+const maxProfileBytes = 16 * 1024 * 1024;
 
 const dropCategory: Record<string, RemovedCategory> = {
   tEXt: 'text',
@@ -48,8 +55,21 @@ export function stripPng(input: Buffer): ImageStripResult {
     if (keep.has(type)) {
       const stored = chunk.readUInt32BE(chunk.length - 4);
       if (crc32(chunk.subarray(4, chunk.length - 4)) !== stored) throw reject.corrupt('PNG', `${type} chunk fails its CRC`);
-      parts.push(chunk);
-      if (type === 'IEND') break;
+      const data = chunk.subarray(8, chunk.length - 4);
+      const size = fixedLength[type];
+      if (size !== undefined) {
+        if (data.length < size) throw reject.corrupt('PNG', `${type} chunk shorter than its fields`);
+        if (data.length > size) countRemoved(removed, 'other');
+        parts.push(pngChunk(type, data.subarray(0, size)));
+      } else if (type === 'iCCP') {
+        const rebuilt = iccpChunk(data);
+        if (rebuilt) parts.push(rebuilt);
+        else countRemoved(removed, 'other');
+      } else if (type === 'IEND') {
+        if (data.length > 0) countRemoved(removed, 'other');
+        parts.push(pngChunk('IEND', Buffer.alloc(0)));
+        break;
+      } else parts.push(chunk);
       continue;
     }
     // Bit 5 of the first letter: uppercase = critical. An unknown critical chunk changes how the
@@ -67,6 +87,27 @@ export function stripPng(input: Buffer): ImageStripResult {
   // JPEG and WebP keep theirs (PNG 3rd edition: eXIf comes before IDAT).
   if (orientation !== undefined && orientation !== 1) parts.splice(2, 0, pngChunk('eXIf', minimalOrientationTiff(orientation)));
   return { parts, removed, orientation: orientation ?? 1 };
+}
+
+/** The keyword every rebuilt iCCP carries (the one libpng writes). */
+const iccKeyword = 'ICC Profile';
+
+/**
+ * iCCP: a keyword (1-79 Latin-1 characters of the writer's choice, so any text), compression
+ * method 0, a zlib stream of the profile. Rebuilt with a fixed keyword and the profile deflated by
+ * us; undefined for an empty or unreadable profile, which is dropped (no colour to keep).
+ */
+function iccpChunk(data: Buffer): Buffer | undefined {
+  const nul = data.indexOf(0);
+  if (nul < 1 || nul > 79 || data[nul + 1] !== 0) return undefined;
+  let profile: Buffer;
+  try {
+    profile = inflateSync(data.subarray(nul + 2), { maxOutputLength: maxProfileBytes });
+  } catch {
+    return undefined;
+  }
+  if (profile.length < 128) return undefined;
+  return pngChunk('iCCP', Buffer.concat([Buffer.from(`${iccKeyword}\0\0`, 'latin1'), deflateSync(profile)]));
 }
 
 function pngChunk(type: string, data: Buffer): Buffer {

@@ -1,7 +1,9 @@
 /**
- * Lossless WebP rebuild (../shared/METADATA.md, WebP): RIFF chunks from an allowlist, VP8X flags
- * and the RIFF size fixed up. A non-1 EXIF orientation survives as an EXIF chunk holding only
- * Orientation, as for JPEG.
+ * Lossless WebP rebuild (../shared/METADATA.md, WebP): RIFF chunks from an allowlist, the RIFF
+ * size fixed up. VP8X, ANIM, each ANMF frame's header and ALPH's header byte are written anew from
+ * their fields at their fixed lengths, and an ANMF frame keeps only its image sub-chunks (ALPH,
+ * VP8, VP8L): issue 26 found an EXIF sub-chunk copied along inside a frame. A non-1 EXIF
+ * orientation survives as an EXIF chunk holding only Orientation, as for JPEG.
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
@@ -10,14 +12,51 @@ import type { ImageStripResult } from './strip-image.js';
 
 const keep = new Set(['VP8 ', 'VP8L', 'VP8X', 'ALPH', 'ANIM', 'ANMF', 'ICCP']);
 const VP8X_ICC = 0x20;
+const VP8X_ALPHA = 0x10;
 const VP8X_EXIF = 0x08;
-const VP8X_XMP = 0x04;
+const VP8X_ANIMATION = 0x02;
+const frameChunks = new Set(['ALPH', 'VP8 ', 'VP8L']);
 
 function chunk(fourcc: string, data: Buffer): Buffer[] {
   const header = Buffer.alloc(8);
   header.write(fourcc, 0, 'latin1');
   header.writeUInt32LE(data.length, 4);
   return data.length % 2 === 1 ? [header, data, Buffer.alloc(1)] : [header, data];
+}
+
+/** ALPH: a header byte (2 reserved bits, preprocessing, filtering, compression), then coded alpha. */
+function alphaChunk(data: Buffer): Buffer {
+  if (data.length < 1) throw reject.corrupt('WebP', 'empty ALPH chunk');
+  return Buffer.concat([Buffer.from([data[0]! & 0x3f]), data.subarray(1)]);
+}
+
+/**
+ * ANMF: 16 bytes of fields (offsets, size, duration, and two flag bits: blending, disposal), then
+ * the frame's own chunks, of which only the image ones are kept.
+ */
+function animationFrame(data: Buffer, removed: Removed): Buffer {
+  if (data.length < 16) throw reject.corrupt('WebP', 'short ANMF chunk');
+  const fields = Buffer.from(data.subarray(0, 16));
+  fields[15] = fields[15]! & 0x03;
+  const parts: Buffer[] = [fields];
+  let image = false;
+  for (let pos = 16; pos < data.length; ) {
+    if (pos + 8 > data.length) throw reject.corrupt('WebP', 'truncated chunk inside a frame');
+    const fourcc = data.toString('latin1', pos, pos + 4);
+    const size = data.readUInt32LE(pos + 4);
+    const end = pos + 8 + size;
+    if (end > data.length) throw reject.corrupt('WebP', 'a chunk inside a frame runs past it');
+    const payload = data.subarray(pos + 8, end);
+    pos = end + (size % 2);
+    if (!frameChunks.has(fourcc)) {
+      countRemoved(removed, fourcc === 'EXIF' ? 'exif' : fourcc === 'XMP ' ? 'xmp' : 'other');
+      continue;
+    }
+    image ||= fourcc !== 'ALPH';
+    parts.push(...chunk(fourcc, fourcc === 'ALPH' ? alphaChunk(payload) : payload));
+  }
+  if (!image) throw reject.corrupt('WebP', 'an animation frame without image data');
+  return Buffer.concat(parts);
 }
 
 export function stripWebp(input: Buffer): ImageStripResult {
@@ -62,13 +101,23 @@ export function stripWebp(input: Buffer): ImageStripResult {
   for (const { fourcc, data } of kept) {
     if (fourcc === 'VP8X') {
       if (data.length < 10) throw reject.corrupt('WebP', 'short VP8X chunk');
-      const fixed = Buffer.from(data);
-      const hasIcc = kept.some((c) => c.fourcc === 'ICCP');
-      let flags = fixed[0]! & ~(VP8X_EXIF | VP8X_XMP | VP8X_ICC);
-      if (hasIcc) flags |= VP8X_ICC;
+      if (data.length > 10 || data[1] !== 0 || data[2] !== 0 || data[3] !== 0) countRemoved(removed, 'other');
+      // Flags (only the ones the format defines), three reserved bytes, the canvas size.
+      const fixed = Buffer.alloc(10);
+      let flags = data[0]! & (VP8X_ALPHA | VP8X_ANIMATION);
+      if (kept.some((c) => c.fourcc === 'ICCP')) flags |= VP8X_ICC;
       if (writeOrientation) flags |= VP8X_EXIF;
       fixed[0] = flags;
+      data.copy(fixed, 4, 4, 10);
       body.push(...chunk(fourcc, fixed));
+    } else if (fourcc === 'ANIM') {
+      if (data.length < 6) throw reject.corrupt('WebP', 'short ANIM chunk');
+      if (data.length > 6) countRemoved(removed, 'other');
+      body.push(...chunk(fourcc, Buffer.from(data.subarray(0, 6))));
+    } else if (fourcc === 'ANMF') {
+      body.push(...chunk(fourcc, animationFrame(data, removed)));
+    } else if (fourcc === 'ALPH') {
+      body.push(...chunk(fourcc, alphaChunk(data)));
     } else {
       body.push(...chunk(fourcc, data));
     }
