@@ -12,6 +12,7 @@
  * Prints a table cleaned / rejected / leaked / changed by format, then the rejection reasons.
  * Exit status 1 when anything leaked or changed. Values are never printed, only tag names.
  */
+import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { copyFile, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
@@ -129,15 +130,22 @@ async function pixels(file: string, heifConvert: boolean): Promise<Buffer | unde
   }
 }
 
-async function streamHashes(file: string): Promise<string[] | undefined> {
+/**
+ * A video's audio packets (a hash per stream: copied, they must be identical) and the first video
+ * stream's decoded pictures (a hash of their frame MD5s: since issue 26 its packets lose their
+ * non-picture units, and what must be identical is the pictures they decode to).
+ */
+async function streamHashes(file: string): Promise<{ audio: string[]; pictures: string } | undefined> {
   try {
-    const { stdout } = await run('ffmpeg', ['-v', 'error', '-i', file, '-map', '0:v?', '-map', '0:a?', '-c', 'copy', '-f', 'streamhash', '-hash', 'sha256', '-'], {
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    return stdout
-      .trim()
-      .split('\n')
-      .map((line) => line.split(',').slice(1).join(','));
+    const [audio, pictures] = await Promise.all([
+      run('ffmpeg', ['-v', 'error', '-i', file, '-map', '0:a?', '-c', 'copy', '-f', 'streamhash', '-hash', 'sha256', '-'], { maxBuffer: 16 * 1024 * 1024 }),
+      run('ffmpeg', ['-v', 'error', '-i', file, '-map', '0:V:0?', '-f', 'framemd5', '-'], { maxBuffer: 256 * 1024 * 1024 }),
+    ]);
+    const frames = pictures.stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').at(-1)!.trim());
+    return {
+      audio: audio.stdout.trim().split('\n').filter(Boolean).map((line) => line.split(',').slice(2).join(',')),
+      pictures: createHash('sha256').update(frames.join()).digest('hex'),
+    };
   } catch {
     return undefined;
   }
@@ -186,7 +194,8 @@ async function checkOne(file: string, work: string, tools: { exiftool: boolean; 
       if (a && !b) changed.push('output does not decode');
     } else if (tools.streamhash) {
       const [a, b] = await Promise.all([streamHashes(file), streamHashes(result.output)]);
-      if (!a || !b || b.some((hash) => !a.includes(hash))) changed.push('packets differ');
+      if (!a || !b || b.audio.some((hash) => !a.audio.includes(hash))) changed.push('audio packets differ');
+      if (!a || !b || a.pictures !== b.pictures) changed.push('pictures differ');
     }
     return changed.length > 0 ? { file, format, verdict: 'changed', findings: changed } : { file, format, verdict: 'cleaned' };
   } finally {

@@ -354,10 +354,11 @@ function extentBytes(input: Buffer, location: Location, extent: Extent, idat: Bo
 
 /**
  * What a decode of the kept items allocates, read from the headers before anything is decoded
- * (THREATS 49): every coded item at its own size (`ispe`), plus the canvas of each grid (its
- * ImageGrid output size, or its `ispe` if larger). A 3.7 KB AVIF whose 15360x15360 grid names one
- * 960x960 tile 256 times cost 1 GB in a decode; no camera names a tile twice, so that is refused
- * outright, and the sum counts against the pixel limit like any image's size.
+ * (THREATS 49): each grid's canvas (its ImageGrid output size, or its `ispe` if larger) plus every
+ * tile it names, once per reference (a decoder decodes a tile each time the grid names it), and
+ * each other coded item at its own size. A 3.7 KB AVIF whose 15360x15360 grid named one 960x960
+ * tile 256 times cost 1 GB in a decode: 472 M pixels counted so. A grid may name a tile twice
+ * (libavif's own test files do), within the limit.
  */
 function pixelsToDecode(
   input: Buffer,
@@ -368,33 +369,36 @@ function pixelsToDecode(
   idat: Box | undefined,
   budget: WorkBudget,
 ): number {
+  const ispeOf = (id: number): number => {
+    const ispe = propertiesOf(id).find((prop) => prop.type === 'ispe');
+    if (!ispe) return 0;
+    const r = new Reader(input, ispe.body, ispe.end);
+    r.full();
+    return r.u32() * r.u32();
+  };
+  const tiles = new Set([...keep].flatMap((id) => tilesOf.get(id) ?? []));
   let pixels = 0;
   for (const id of keep) {
-    const tiles = tilesOf.get(id) ?? [];
-    budget.spend(1 + tiles.length);
-    if (new Set(tiles).size !== tiles.length) throw reject.structure(FORMAT, 'a grid that names one tile more than once');
-    const ispe = propertiesOf(id).find((prop) => prop.type === 'ispe');
-    let size = 0;
-    if (ispe) {
-      const r = new Reader(input, ispe.body, ispe.end);
-      r.full();
-      size = r.u32() * r.u32();
+    const named = tilesOf.get(id) ?? [];
+    budget.spend(1 + named.length);
+    if (named.length === 0) {
+      // A tile is counted with each reference below; anything else once.
+      if (!tiles.has(id)) pixels += ispeOf(id);
+      continue;
     }
-    if (tiles.length > 0) {
-      // ImageGrid (ISO/IEC 23008-12, 6.6.2.3.2): version, flags, rows-1, columns-1, then the
-      // output width and height in 16 bits, or 32 where flags & 1.
-      const location = locations.get(id);
-      const extent = location?.extents[0];
-      const data = location && extent ? extentBytes(input, location, extent, idat) : undefined;
-      if (!data) throw reject.corrupt(FORMAT, 'a grid without its description');
-      const r = new Reader(data, 0, data.length);
-      r.u8();
-      const wide = (r.u8() & 1) === 1;
-      r.u8();
-      r.u8();
-      size = Math.max(size, wide ? r.u32() * r.u32() : r.u16() * r.u16());
-    }
-    pixels += size;
+    // ImageGrid (ISO/IEC 23008-12, 6.6.2.3.2): version, flags, rows-1, columns-1, then the
+    // output width and height in 16 bits, or 32 where flags & 1.
+    const location = locations.get(id);
+    const extent = location?.extents[0];
+    const data = location && extent ? extentBytes(input, location, extent, idat) : undefined;
+    if (!data) throw reject.corrupt(FORMAT, 'a grid without its description');
+    const r = new Reader(data, 0, data.length);
+    r.u8();
+    const wide = (r.u8() & 1) === 1;
+    r.u8();
+    r.u8();
+    pixels += Math.max(ispeOf(id), wide ? r.u32() * r.u32() : r.u16() * r.u16());
+    for (const tile of named) pixels += ispeOf(tile);
   }
   return pixels;
 }
