@@ -1,0 +1,229 @@
+/**
+ * Issue 26, images: every kept structure is written from its parsed fields, so free bytes inside
+ * one do not ride along (THREATS 47), and what the reported files held between or inside their
+ * structures no longer refuses them. Each hostile file is built here from a real encoder's output
+ * (sharp) with bytes set by hand; each verifier rule is also given a dirty output directly.
+ */
+import assert from 'node:assert/strict';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
+import { cleanFile, type CleanFile } from '../src/pipeline.js';
+import { checkImageStructure } from '../src/verify/structure-image.js';
+import { manifest, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
+
+const planted = manifest.planted as Record<string, string>;
+const secret = Buffer.from(`GPS 51.50721 -0.12758 ${planted.serial} ${planted.owner}`, 'latin1');
+let work: string;
+before(async () => (work = await tempDir()));
+after(() => removeDir(work));
+
+async function clean(bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> {
+  const workDir = path.join(work, Math.random().toString(36).slice(2));
+  await mkdir(workDir);
+  const inputPath = path.join(workDir, 'original');
+  await writeFile(inputPath, bytes);
+  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
+  return { out, bytes: await readFile(out.path) };
+}
+
+/** Raw pixels, to show a rebuild changed no pixel. */
+const pixels = (image: Buffer): Promise<Buffer> => sharp(image, { pages: 1 }).ensureAlpha().raw().toBuffer();
+
+// --- JPEG ------------------------------------------------------------------------------------------
+
+interface Segment {
+  marker: number;
+  payload: Buffer;
+}
+
+/** A JPEG's segments up to SOS, the SOS, and the rest (scan data and EOI). */
+function jpegSegments(jpeg: Buffer): { segments: Segment[]; rest: Buffer } {
+  const segments: Segment[] = [];
+  let pos = 2;
+  for (;;) {
+    const marker = jpeg[pos + 1]!;
+    const length = jpeg.readUInt16BE(pos + 2);
+    segments.push({ marker, payload: jpeg.subarray(pos + 4, pos + 2 + length) });
+    pos += 2 + length;
+    if (marker === 0xda) return { segments, rest: jpeg.subarray(pos) };
+  }
+}
+
+function jpegOf(segments: Segment[], rest: Buffer, between: Map<number, Buffer> = new Map()): Buffer {
+  const parts: Buffer[] = [Buffer.from([0xff, 0xd8])];
+  segments.forEach((s, i) => {
+    const head = Buffer.alloc(4);
+    head.writeUInt16BE(0xff00 | s.marker, 0);
+    head.writeUInt16BE(s.payload.length + 2, 2);
+    parts.push(head, s.payload);
+    const stray = between.get(i);
+    if (stray) parts.push(stray);
+  });
+  return Buffer.concat([...parts, rest]);
+}
+
+const photo = (): Promise<Buffer> =>
+  sharp({ create: { width: 96, height: 64, channels: 3, background: '#456', noise: { type: 'gaussian', mean: 120, sigma: 30 } } }).jpeg({ quality: 85 }).toBuffer();
+
+describe('issue 26: JPEG coding segments are written from their fields', () => {
+  it('an unused Huffman table whose symbols are text, and an unused quantisation table of text, are gone; pixels unchanged', async () => {
+    const jpeg = await photo();
+    const { segments, rest } = jpegSegments(jpeg);
+    // An AC table of id 3 no scan names, its 16 counts adding up to the text's length.
+    const symbols = secret.subarray(0, 16);
+    const unused = Buffer.concat([Buffer.from([0x13]), Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16]), symbols]);
+    const dht = segments.findIndex((s) => s.marker === 0xc4);
+    const dqt = segments.findIndex((s) => s.marker === 0xdb);
+    const hostile = [...segments];
+    hostile.splice(dht, 0, { marker: 0xc4, payload: unused });
+    // A whole quantisation table of id 3, which no component names: 64 bytes of text.
+    const text = Buffer.concat([secret, Buffer.alloc(64)]).subarray(0, 64);
+    hostile[dqt] = { marker: 0xdb, payload: Buffer.concat([segments[dqt]!.payload, Buffer.from([0x03]), text]) };
+    const input = jpegOf(hostile, rest);
+    assert.ok(input.includes(symbols) && input.includes(text));
+    const { out, bytes } = await clean(input);
+    assert.ok(!bytes.includes(symbols), 'the unused Huffman table went');
+    assert.ok(!bytes.includes(secret.subarray(0, 20)), 'the unused quantisation table went');
+    assert.ok((out.removed.other ?? 0) >= 2, JSON.stringify(out.removed));
+    assert.ok((await pixels(bytes)).equals(await pixels(input)));
+  });
+
+  it('bytes between segments (a trail camera\'s 2, an editor\'s 14) are dropped, not refused', async () => {
+    const jpeg = await photo();
+    const { segments, rest } = jpegSegments(jpeg);
+    const input = jpegOf(segments, rest, new Map([[0, Buffer.from([0x00, 0x00])], [1, Buffer.from('fourteen bytes')]]));
+    const { out, bytes } = await clean(input);
+    assert.equal(out.removed.other, 1);
+    assert.ok(!bytes.includes(Buffer.from('fourteen bytes')));
+    assert.ok((await pixels(bytes)).equals(await pixels(jpeg)));
+  });
+
+  it('the verifier refuses a coding segment longer than its fields, an unused table and bytes between segments', async () => {
+    const jpeg = await photo();
+    const { segments, rest } = jpegSegments(jpeg);
+    const dqt = segments.findIndex((s) => s.marker === 0xdb);
+    const longer = [...segments];
+    longer[dqt] = { marker: 0xdb, payload: Buffer.concat([segments[dqt]!.payload, Buffer.from('x')]) };
+    assert.ok(checkImageStructure('jpeg', jpegOf(longer, rest)).problems.includes('jpeg: a coding segment holds more than its fields'));
+    const unused = [{ marker: 0xc4, payload: Buffer.concat([Buffer.from([0x13]), Buffer.alloc(15), Buffer.from([1, 0x41])]) }, ...segments];
+    assert.ok(checkImageStructure('jpeg', jpegOf(unused, rest)).problems.includes('jpeg: a table no scan uses'));
+    const unusedQuant = [{ marker: 0xdb, payload: Buffer.concat([Buffer.from([0x03]), Buffer.alloc(64, 1)]) }, ...segments];
+    assert.ok(checkImageStructure('jpeg', jpegOf(unusedQuant, rest)).problems.includes('jpeg: a table no scan uses'));
+    assert.ok(checkImageStructure('jpeg', jpegOf(segments, rest, new Map([[0, Buffer.from('ab')]]))).problems.includes('jpeg: bytes between segments'));
+    assert.deepEqual(checkImageStructure('jpeg', jpeg).problems, []);
+  });
+
+  it('a value of the input that is also a run of its own scan data (C2PA ingredient thumbnails, FLIR raw copies) is not a leak there', async () => {
+    const jpeg = await photo();
+    const { segments, rest } = jpegSegments(jpeg);
+    // An APP11 (JUMBF) segment that carries 64 bytes of the picture's own entropy-coded data.
+    const run = rest.subarray(100, 164);
+    const input = jpegOf([{ marker: 0xeb, payload: Buffer.concat([Buffer.from('JP\0\x01'), run]) }, ...segments], rest);
+    const { out, bytes } = await clean(input);
+    assert.equal(out.removed.jumbf, 1);
+    assert.ok(bytes.includes(run), 'the run is still there, in the scan');
+  });
+});
+
+// --- PNG -------------------------------------------------------------------------------------------
+
+/** A PNG whose chunks are `before` IDAT, with the given chunk types replaced. */
+async function pngWith(edit: (type: string, data: Buffer) => Buffer[] | undefined, extra: Buffer[] = []): Promise<Buffer> {
+  const base = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#369' } }).png().withIccProfile('srgb').toBuffer();
+  const out: Buffer[] = [base.subarray(0, 8)];
+  for (let pos = 8; pos < base.length; ) {
+    const length = base.readUInt32BE(pos);
+    const type = base.toString('latin1', pos + 4, pos + 8);
+    const data = base.subarray(pos + 8, pos + 8 + length);
+    if (type === 'IDAT') out.push(...extra);
+    const replaced = edit(type, data);
+    out.push(...(replaced ?? [base.subarray(pos, pos + 12 + length)]));
+    pos += 12 + length;
+  }
+  return Buffer.concat(out);
+}
+
+describe('issue 26: PNG chunks are written from their fields', () => {
+  it('text after a valid pHYs, and an iCCP keyword that is text, are gone; the profile and pixels stay', async () => {
+    const input = await pngWith(
+      (type, data) => {
+        if (type === 'iCCP') return [pngChunk('iCCP', Buffer.concat([Buffer.from(`${planted.owner}\0`, 'latin1'), data.subarray(data.indexOf(0) + 1)]))];
+        return undefined;
+      },
+      [pngChunk('pHYs', Buffer.concat([Buffer.from([0, 0, 0x0b, 0x13, 0, 0, 0x0b, 0x13, 1]), secret]))],
+    );
+    assert.ok(input.includes(secret) && input.includes(Buffer.from(planted.owner!)));
+    const { out, bytes } = await clean(input);
+    assert.ok(!bytes.includes(secret) && !bytes.includes(Buffer.from(planted.owner!)));
+    assert.ok((out.removed.other ?? 0) >= 1);
+    assert.ok((await sharp(bytes).metadata()).icc, 'the colour profile survives');
+    assert.ok((await pixels(bytes)).equals(await pixels(input)));
+  });
+
+  it('the verifier refuses a fixed-length chunk of another length and an iCCP under any other keyword', async () => {
+    const longPhys = await pngWith(() => undefined, [pngChunk('pHYs', Buffer.alloc(12))]);
+    assert.ok(checkImageStructure('png', longPhys).problems.includes('png: pHYs is not its fixed length'));
+    const named = await pngWith(() => undefined);
+    assert.ok(checkImageStructure('png', named).problems.includes('png: iCCP keyword is not the fixed one'), 'sharp names its profile otherwise');
+    const { bytes } = await clean(named);
+    assert.deepEqual(checkImageStructure('png', bytes).problems, []);
+  });
+});
+
+// --- GIF -------------------------------------------------------------------------------------------
+
+describe('issue 26: GIF extensions are written from their fields', () => {
+  it('extra data sub-blocks after a graphic control extension and in the loop extension are gone', async () => {
+    const frames = await sharp({ create: { width: 8, height: 16, channels: 4, background: '#f008' } }).gif().toBuffer();
+    const animated = await sharp(frames).gif({ loop: 3, delay: [100] }).toBuffer();
+    const gce = animated.indexOf(Buffer.from([0x21, 0xf9, 0x04]));
+    assert.ok(gce > 0, 'sharp writes a graphic control extension');
+    const subBlock = (text: Buffer): Buffer => Buffer.concat([Buffer.from([text.length]), text]);
+    // GCE: its 4 bytes, then a text sub-block before the terminator.
+    let hostile = Buffer.concat([animated.subarray(0, gce + 7), subBlock(secret), animated.subarray(gce + 7)]);
+    // NETSCAPE2.0: a second sub-block after the loop count.
+    const loop = hostile.indexOf(Buffer.from('NETSCAPE2.0'));
+    const loopEnd = loop > 0 ? loop + 11 + 4 : -1;
+    if (loop > 0) hostile = Buffer.concat([hostile.subarray(0, loopEnd), subBlock(Buffer.from(planted.owner!)), hostile.subarray(loopEnd)]);
+    assert.ok(hostile.includes(secret));
+    const { out, bytes } = await clean(hostile);
+    assert.ok(!bytes.includes(secret) && !bytes.includes(Buffer.from(planted.owner!)));
+    assert.ok((out.removed.other ?? 0) >= 1);
+    assert.deepEqual(checkImageStructure('gif', bytes).problems, []);
+    assert.ok(checkImageStructure('gif', hostile).problems.includes('gif: graphic control extension not in its fixed form'));
+  });
+});
+
+// --- WebP ------------------------------------------------------------------------------------------
+
+const riff = (fourcc: string, data: Buffer): Buffer => {
+  const head = Buffer.alloc(8);
+  head.write(fourcc, 0, 'latin1');
+  head.writeUInt32LE(data.length, 4);
+  return Buffer.concat([head, data, Buffer.alloc(data.length % 2)]);
+};
+
+describe('issue 26: WebP frames hold image data only', () => {
+  it('an EXIF sub-chunk inside an ANMF frame is gone, and the verifier refuses one that stayed', async () => {
+    // Build an animated WebP by hand from one lossless frame: VP8X, ANIM, one ANMF.
+    const frame = (await sharp({ create: { width: 16, height: 16, channels: 4, background: '#f80c' } }).webp({ lossless: true }).toBuffer()).subarray(12);
+    const exif = riff('EXIF', Buffer.concat([Buffer.from('II*\0\x08\0\0\0', 'latin1'), secret]));
+    const anmf = (inner: Buffer): Buffer => riff('ANMF', Buffer.concat([Buffer.alloc(6), Buffer.from([15, 0, 0, 15, 0, 0]), Buffer.from([100, 0, 0]), Buffer.from([0]), inner]));
+    const webp = (inner: Buffer): Buffer => {
+      const body = Buffer.concat([Buffer.from('WEBP'), riff('VP8X', Buffer.from([0x12, 0, 0, 0, 15, 0, 0, 15, 0, 0])), riff('ANIM', Buffer.alloc(6)), anmf(inner)]);
+      const head = Buffer.alloc(8);
+      head.write('RIFF', 0, 'latin1');
+      head.writeUInt32LE(body.length, 4);
+      return Buffer.concat([head, body]);
+    };
+    const hostile = webp(Buffer.concat([frame, exif]));
+    assert.ok(checkImageStructure('webp', hostile).problems.includes('webp: a frame holds a chunk other than image data'));
+    const { out, bytes } = await clean(hostile);
+    assert.ok(!bytes.includes(secret));
+    assert.equal(out.removed.exif, 1);
+    assert.deepEqual(checkImageStructure('webp', bytes).problems, []);
+    assert.ok(bytes.equals(webp(frame)), 'exactly the frame, rebuilt');
+  });
+});
