@@ -5,13 +5,12 @@
  * (sharp) with bytes set by hand; each verifier rule is also given a dirty output directly.
  */
 import assert from 'node:assert/strict';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
-import { cleanFile, type CleanFile } from '../src/pipeline.js';
+import type { CleanFile } from '../src/pipeline.js';
+import { codedDigests, provenCoded } from '../src/steps/verify.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
-import { manifest, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
+import { cleanBytes, manifest, pngChunk, removeDir, tempDir } from './helpers.js';
 
 const planted = manifest.planted as Record<string, string>;
 const secret = Buffer.from(`GPS 51.50721 -0.12758 ${planted.serial} ${planted.owner}`, 'latin1');
@@ -19,14 +18,7 @@ let work: string;
 before(async () => (work = await tempDir()));
 after(() => removeDir(work));
 
-async function clean(bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> {
-  const workDir = path.join(work, Math.random().toString(36).slice(2));
-  await mkdir(workDir);
-  const inputPath = path.join(workDir, 'original');
-  await writeFile(inputPath, bytes);
-  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
-  return { out, bytes: await readFile(out.path) };
-}
+const clean = (bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> => cleanBytes(work, bytes);
 
 /** Raw pixels, to show a rebuild changed no pixel. */
 const pixels = (image: Buffer): Promise<Buffer> => sharp(image, { pages: 1 }).ensureAlpha().raw().toBuffer();
@@ -124,6 +116,14 @@ describe('issue 26: JPEG coding segments are written from their fields', () => {
     const { out, bytes } = await clean(input);
     assert.equal(out.removed.jumbf, 1);
     assert.ok(bytes.includes(run), 'the run is still there, in the scan');
+  });
+
+  it('coded data counts as proven only when every piece is the input\'s, in order', async () => {
+    const a = await photo();
+    const b = await sharp({ create: { width: 96, height: 64, channels: 3, background: '#a52' } }).jpeg({ quality: 85 }).toBuffer(); // other scan bytes
+    const structures = checkImageStructure('jpeg', b).structures;
+    assert.deepEqual(provenCoded('jpeg', b, structures, codedDigests('jpeg', a)), []);
+    assert.equal(provenCoded('jpeg', a, checkImageStructure('jpeg', a).structures, codedDigests('jpeg', a)).length, 1);
   });
 });
 

@@ -15,9 +15,9 @@ import type { Removed } from '../src/context.js';
 import { ScrubError } from '../src/errors.js';
 import { canonicalAv1C, canonicalAvcC, canonicalHvcC } from '../src/formats/codec-config.js';
 import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
-import { cleanFile, type CleanFile } from '../src/pipeline.js';
-import { MjpegWalker, provePictureStream } from '../src/verify/picture-stream.js';
-import { ffmpegTools, findPlanted, manifest, pipelineDeps, removeDir, tempDir } from './helpers.js';
+import type { CleanFile } from '../src/pipeline.js';
+import { configProblems, MjpegWalker, provePictureStream } from '../src/verify/picture-stream.js';
+import { cleanBytes, ffmpegTools, findPlanted, manifest, removeDir, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
 const planted = manifest.planted as Record<string, string>;
@@ -25,15 +25,7 @@ let work: string;
 before(async () => (work = await tempDir()));
 after(() => removeDir(work));
 
-async function clean(file: string): Promise<{ out: CleanFile; bytes: Buffer }> {
-  const workDir = path.join(work, Math.random().toString(36).slice(2));
-  await mkdir(workDir);
-  const bytes = await readFile(file);
-  const inputPath = path.join(workDir, 'original');
-  await writeFile(inputPath, bytes);
-  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
-  return { out, bytes: await readFile(out.path) };
-}
+const clean = async (file: string): Promise<{ out: CleanFile; bytes: Buffer }> => cleanBytes(work, await readFile(file));
 
 /** What FFmpeg's trace_headers reads in a file's video stream: unit type names, extradata apart. */
 async function traced(file: string): Promise<{ extradata: string[]; packets: string[] }> {
@@ -168,6 +160,14 @@ describe('issue 26: the units of a picture stream', () => {
     assert.equal(hevc.bytes[22], 3, 'three arrays kept');
     assert.ok(!hevc.bytes.includes(hostileSei));
     assert.ok(canonicalHvcC(hevc.bytes).bytes.equals(hevc.bytes));
+    // The verifier's check of an output's record: parameter sets only, in canonical form.
+    assert.deepEqual(configProblems('hevc', hevc.bytes), []);
+    assert.deepEqual(configProblems('hevc', hvcC), ['video: the hvcC record holds units other than parameter sets']);
+    assert.deepEqual(configProblems('h264', avcC), ['video: the avcC record holds units other than parameter sets'], 'trailing bytes');
+    const reservedClear = Buffer.from(avc.bytes);
+    reservedClear[4] = 0x03; // lengthSizeMinusOne without its six reserved one-bits
+    assert.deepEqual(configProblems('h264', reservedClear), ['video: the avcC record is not in its canonical form']);
+    assert.deepEqual(configProblems('h264', avc.bytes), []);
 
     const sequenceHeader = Buffer.from([0x0a, 0x03, 0x00, 0x00, 0x00]);
     const metadata = Buffer.from([0x2a, 0x05, 0x04, 0xb5, 0x00, 0x31, 0x41]);

@@ -1,5 +1,5 @@
 /** Shared test plumbing: temp dirs, the fixture manifest, real tools, a recording upstream. */
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import request from 'supertest';
 import { buildApp } from '../src/http/app.js';
 import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
-import type { LoadedPipelineDeps } from '../src/pipeline.js';
+import { cleanFile, type CleanFile, type LoadedPipelineDeps } from '../src/pipeline.js';
 import { StoreSink } from '../src/steps/forward-store.js';
 import { keepingStore, storesFor, type ObjectStore } from '../src/storage/objects.js';
 import { Keyring } from '../src/storage/envelope.js';
@@ -98,6 +98,19 @@ export const testToken = 'planted-secret-token-0123456789abcdef';
 
 export async function pipelineDeps(): Promise<LoadedPipelineDeps> {
   return { ffmpeg: await ffmpegTools(), fingerprintKey: testKey, maxInputPixels: 100_000_000, clock: () => new Date('2026-01-02T03:04:05.000Z') };
+}
+
+/**
+ * Runs `bytes` through the whole pipeline in a fresh folder under `work`: the cleaned file's
+ * record and its bytes (throws what the pipeline throws).
+ */
+export async function cleanBytes(work: string, bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> {
+  const workDir = path.join(work, Math.random().toString(36).slice(2));
+  await mkdir(workDir);
+  const inputPath = path.join(workDir, 'original');
+  await writeFile(inputPath, bytes);
+  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
+  return { out, bytes: await readFile(out.path) };
 }
 
 /** Captures pino output in memory so tests can grep the logs. */

@@ -5,14 +5,14 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import sharp, { type Sharp } from 'sharp';
 import { ScrubError } from '../src/errors.js';
-import { cleanFile, type CleanFile } from '../src/pipeline.js';
-import { ffmpegTools, findPlanted, fixture, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
+import type { CleanFile } from '../src/pipeline.js';
+import { cleanBytes, ffmpegTools, findPlanted, fixture, pngChunk, removeDir, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
 let work: string;
@@ -24,14 +24,7 @@ after(async () => {
 });
 
 /** Runs the pipeline on some bytes; resolves to the report and the cleaned bytes. */
-async function clean(bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> {
-  const workDir = path.join(work, Math.random().toString(36).slice(2));
-  await mkdir(workDir);
-  const inputPath = path.join(workDir, 'original');
-  await writeFile(inputPath, bytes);
-  const out = await cleanFile({ id: 'test', inputPath, inputBytes: bytes.length, workDir }, 'standard', await pipelineDeps());
-  return { out, bytes: await readFile(out.path) };
-}
+const clean = (bytes: Buffer): Promise<{ out: CleanFile; bytes: Buffer }> => cleanBytes(work, bytes);
 
 async function refusal(bytes: Buffer): Promise<ScrubError> {
   const err = await clean(bytes).then(

@@ -1,7 +1,7 @@
 /**
- * Just enough EBML (Matroska, WebM) for the stripper: element headers read with positional reads,
- * so a 1 GB file costs a few small reads. Lenient like formats/isobmff.ts (a header that does not
- * fit ends the list); the verifier keeps its own strict reader.
+ * Just enough EBML (Matroska, WebM): element headers read with positional reads, so a 1 GB file
+ * costs a few small reads. A header that does not fit is no element (undefined). Shared by the
+ * stripper and the verifier's structural walk, each of which decides on its own what is allowed.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { readAt } from './isobmff.js';

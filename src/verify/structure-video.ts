@@ -8,6 +8,8 @@
  * per-track DURATION ffmpeg writes itself.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+// The element header reader is shared; what is allowed where is this walker's own.
+import { readElement, type EbmlElement } from '../formats/ebml.js';
 
 /** Box type → the child boxes it may hold. A box not listed as a parent is not descended into. */
 const isobmffTree: Record<string, ReadonlySet<string>> = {
@@ -107,39 +109,8 @@ const SIMPLE_TAG = 0x67c8;
 const TAG_NAME = 0x45a3;
 const TARGETS = 0x63c0;
 
-interface Element {
-  id: number;
-  dataStart: number;
-  dataEnd: number;
-}
-
-async function readElement(file: FileHandle, pos: number, end: number): Promise<Element | undefined> {
-  const head = await read(file, pos, 12);
-  const first = head[0];
-  if (first === undefined || first === 0) return undefined;
-  const idLength = Math.clz32(first) - 23;
-  if (idLength > 4 || head.length < idLength + 1) return undefined;
-  let id = 0;
-  for (let i = 0; i < idLength; i++) id = id * 256 + head[i]!;
-  const sizeFirst = head[idLength]!;
-  if (sizeFirst === 0) return undefined;
-  const sizeLength = Math.clz32(sizeFirst) - 23;
-  if (head.length < idLength + sizeLength) return undefined;
-  let size = sizeFirst & (0xff >> sizeLength);
-  let allOnes = size === 0xff >> sizeLength;
-  for (let i = 1; i < sizeLength; i++) {
-    const byte = head[idLength + i]!;
-    size = size * 256 + byte;
-    if (byte !== 0xff) allOnes = false;
-  }
-  const dataStart = pos + idLength + sizeLength;
-  // An unknown size (all ones) runs to the end of its parent.
-  const dataEnd = allOnes ? end : dataStart + size;
-  return dataEnd > end ? undefined : { id, dataStart, dataEnd };
-}
-
-async function children(file: FileHandle, start: number, end: number, problems: string[]): Promise<Element[]> {
-  const list: Element[] = [];
+async function children(file: FileHandle, start: number, end: number, problems: string[]): Promise<EbmlElement[]> {
+  const list: EbmlElement[] = [];
   let pos = start;
   while (pos < end && list.length < maxBoxes) {
     const element = await readElement(file, pos, end);
