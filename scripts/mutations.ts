@@ -1,0 +1,251 @@
+/**
+ * `npm run mutations [-- --only <name>]`
+ *
+ * A test net that catches the removal of any safeguard (issue 31). Each entry below switches one
+ * safeguard off in a scratch copy of the project (exact text replacements in one source file) and
+ * names the test files that must then fail. The runner applies each in turn, runs those files, and
+ * prints whether they caught it; it ends with `N/M safeguards caught` and exits 1 on a miss, or
+ * on an entry whose text no longer matches its file (the list must follow the code). Not run in
+ * CI: each entry runs real test files (a minute or so apiece).
+ *
+ * Add an entry whenever a safeguard is added.
+ */
+import { spawn } from 'node:child_process';
+import { cp, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { scriptArgs } from './script-args.js';
+
+interface Mutation {
+  name: string;
+  /** Source file, from the project root. */
+  file: string;
+  /** Each `find` must occur exactly once in the file; it is replaced by `replace`. */
+  edits: Array<[find: string, replace: string]>;
+  /** Test files that must fail once the safeguard is off. */
+  tests: string[];
+}
+
+const mutations: Mutation[] = [
+  // --- the verifier -----------------------------------------------------------------------------
+  {
+    name: 'value scan: input values no longer searched for in an image',
+    file: 'src/steps/verify.ts',
+    edits: [['const found = await matchedPatterns([output], patterns, excused);', 'const found = await matchedPatterns([output], patterns.slice(0, forbidden.length), excused);']],
+    tests: ['test/real-world.test.ts'],
+  },
+  {
+    name: 'image structure allowlist: problems of the output walk dropped',
+    file: 'src/verify/structure-image.ts',
+    edits: [['  else checkHeifStructure(out, report.problems, report.keptRanges);\n  return report;', '  else checkHeifStructure(out, report.problems, report.keptRanges);\n  report.problems.length = 0;\n  return report;']],
+    tests: ['test/canonical-image.test.ts', 'test/strip.test.ts'],
+  },
+  {
+    name: 'value scan excuse: coded data excused without proof that it is the input\'s',
+    file: 'src/steps/verify.ts',
+    edits: [['const same = pieces.every((s, i) => digest(output.subarray(s.start, s.end)) === input[i]);', 'const same = pieces.length > 0;']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'value scan budget (THREATS 48)',
+    file: 'src/verify/scan.ts',
+    edits: [['if (counter.work > scanWorkPerByte * offset + scanWorkAllowance) throw new ScanBudgetExceeded();', '']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'JPEG: a table no scan uses is allowed',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (unused.size + unusedTables > 0) report.problems.push('jpeg: a table no scan uses');", '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'WebP: a frame may hold any chunk',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'video: a unit of a type not kept passes the picture-stream proof',
+    file: 'src/verify/picture-stream.ts',
+    edits: [['      if (!kept.has(unit.type)) {\n        problems.push(', '      if (false) {\n        problems.push(']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'video: a configuration record with SEI passes',
+    file: 'src/verify/picture-stream.ts',
+    edits: [['if (Object.keys(rebuilt.removed).length > 0) return [', 'if (false) return [']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'MJPEG: frames with APPn/COM pass (THREATS 45)',
+    file: 'src/verify/picture-stream.ts',
+    edits: [["if ((byte >= 0xe1 && byte <= 0xef) || byte === 0xfe) return void (this.problem = `holds an ${byte === 0xfe ? 'COM' : `APP${byte - 0xe0}`} segment`);", '']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  // --- the strippers ------------------------------------------------------------------------------
+  {
+    name: 'video: SEI and other non-picture units no longer filtered out',
+    file: 'src/steps/strip-video.ts',
+    edits: [
+      ['videoFilter: guessed && keepUnitsFilter(guessed)', 'videoFilter: undefined'],
+      ['videoFilter: codec && keepUnitsFilter(codec),', 'videoFilter: undefined,'],
+    ],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'video: the decoder configuration record copied as it came',
+    file: 'src/steps/strip-video.ts',
+    edits: [['if (codec) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container)))', 'if (false) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container)))']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'JPEG: unused tables kept',
+    file: 'src/steps/strip-jpeg.ts',
+    edits: [['const used = item.tables.filter((table) => table.used);', 'const used = item.tables;']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'PNG: fixed-layout chunks copied at any length',
+    file: 'src/steps/strip-png.ts',
+    edits: [['parts.push(pngChunk(type, data.subarray(0, size)));', 'parts.push(chunk);']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'GIF: graphic control extensions copied with their sub-blocks',
+    file: 'src/steps/strip-gif.ts',
+    edits: [['parts.push(graphicControl(fields));', 'parts.push(input.subarray(start, end));']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'HEIF: a grid\'s decode not counted against the pixel limit (THREATS 49)',
+    file: 'src/steps/strip-heif.ts',
+    edits: [['if (decodedPixels > limits.maxInputPixels) {', 'if (false) {']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  // --- storage, retention, deletion ---------------------------------------------------------------
+  {
+    name: 'envelope: data keys wrapped under an all-zero key, not the storage key',
+    file: 'src/storage/envelope.ts',
+    edits: [
+      ["const wrap = createCipheriv('aes-256-gcm', ring.current.key, wrapNonce);", "const wrap = createCipheriv('aes-256-gcm', Buffer.alloc(32), wrapNonce);"],
+      ["const unwrapper = createDecipheriv('aes-256-gcm', key.key, wrapNonce);", "const unwrapper = createDecipheriv('aes-256-gcm', Buffer.alloc(32), wrapNonce);"],
+    ],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
+    name: 'envelope: an object not bound to its name',
+    file: 'src/storage/envelope.ts',
+    edits: [["const wrapContext = (id: Buffer, name: string): Buffer => Buffer.concat([magic, id, Buffer.from(name, 'utf8')]);", 'const wrapContext = (id: Buffer, _name: string): Buffer => Buffer.concat([magic, id]);']],
+    tests: ['test/storage.test.ts'],
+  },
+  {
+    name: 'orphan sweep: the ledger\'s live objects no longer spared',
+    file: 'src/retention/sweeper.ts',
+    edits: [['if (live.has(name) || at.getTime() - modifiedMs < graceMs) continue;', 'if (at.getTime() - modifiedMs < graceMs) continue;']],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
+    name: 'deleted job: no check before forwarding (THREATS 41)',
+    file: 'src/http/app.ts',
+    edits: [['if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();', '']],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
+    name: 'job ids: "." and ".." accepted (THREATS 52)',
+    file: 'src/ids.ts',
+    edits: [["jobIdCharacters.test(value) && value !== '.' && value !== '..'", 'jobIdCharacters.test(value)']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  // --- configuration and process ------------------------------------------------------------------
+  {
+    name: 'credentials in the upstream URL accepted (THREATS 51)',
+    file: 'src/config.ts',
+    edits: [["else if (upstreamUrl.username !== '' || upstreamUrl.password !== '') {", 'else if (false) {']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'tools outlive their service (no parent-death signal)',
+    file: 'src/tools/ffmpeg.ts',
+    edits: [['if (tools.setpriv) command =', 'if (false && tools.setpriv) command =']],
+    tests: ['test/process-faults.test.ts'],
+  },
+  {
+    name: 'the ledger\'s pool errors unhandled (a PostgreSQL restart ends the process)',
+    file: 'src/storage/ledger.ts',
+    edits: [
+      ["  pool.on('error', () => undefined);", ''],
+      ["        client.on('error', () => undefined);", ''],
+    ],
+    tests: ['test/process-faults.test.ts'],
+  },
+  {
+    name: 'no data-dir lock (a second process empties the live temp dir)',
+    file: 'src/http/server.ts',
+    edits: [['const lock = lockDataDir(config.dataDir);', 'const lock = { release: (): void => undefined };']],
+    tests: ['test/process-faults.test.ts'],
+  },
+];
+
+const { values } = scriptArgs(
+  `usage: npm run mutations -- [--only <text>]
+  Switches off each listed safeguard in a scratch copy and checks that its tests then fail.
+  --only: run the entries whose name contains this text.`,
+  { only: { type: 'string' } },
+);
+
+const root = path.resolve(import.meta.dirname, '..');
+
+function run(command: string, args: string[], cwd: string, timeoutMs: number): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { cwd, env: { ...process.env, SCRUBLINE_ABORT_ROUNDS: '1' }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const timer = setTimeout(() => process.kill(-child.pid!, 'SIGKILL'), timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 1, output });
+    });
+  });
+}
+
+async function main(): Promise<number> {
+  const chosen = mutations.filter((m) => values.only === undefined || m.name.includes(values.only));
+  const scratch = await mkdtemp(path.join(tmpdir(), 'scrubline-mutations-'));
+  try {
+    for (const part of ['src', 'test', 'fixtures', 'schemas', 'bin', 'scripts', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
+      await cp(path.join(root, part), path.join(scratch, part), { recursive: true });
+    }
+    await symlink(path.join(root, 'node_modules'), path.join(scratch, 'node_modules'), 'dir');
+    const results: Array<{ name: string; verdict: 'caught' | 'MISSED' | 'STALE' }> = [];
+    for (const mutation of chosen) {
+      const file = path.join(scratch, mutation.file);
+      const original = await readFile(file, 'utf8');
+      let text = original;
+      const stale = mutation.edits.some(([find]) => text.split(find).length !== 2);
+      if (stale) {
+        results.push({ name: mutation.name, verdict: 'STALE' });
+        process.stdout.write(`STALE   ${mutation.name} (its text no longer occurs exactly once in ${mutation.file})\n`);
+        continue;
+      }
+      for (const [find, replace] of mutation.edits) text = text.replace(find, () => replace);
+      await writeFile(file, text);
+      try {
+        // The CLI and the service's process run dist/: built from the mutated source.
+        const build = await run(process.execPath, [path.join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], scratch, 300_000);
+        const caught = build.code !== 0 || (await run(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...mutation.tests], scratch, 900_000)).code !== 0;
+        results.push({ name: mutation.name, verdict: caught ? 'caught' : 'MISSED' });
+        process.stdout.write(`${caught ? 'caught ' : 'MISSED '} ${mutation.name}  [${mutation.tests.join(' ')}]\n`);
+      } finally {
+        await writeFile(file, original);
+      }
+    }
+    const caught = results.filter((r) => r.verdict === 'caught').length;
+    process.stdout.write(`\n| safeguard switched off | verdict |\n|---|---|\n${results.map((r) => `| ${r.name} | ${r.verdict} |`).join('\n')}\n\n${caught}/${results.length} safeguards caught\n`);
+    return caught === results.length ? 0 : 1;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,89 @@
+/**
+ * Issue 31: a negative test for each safeguard an audit found no test would miss. Each builds the
+ * situation the safeguard exists for and asserts the refusal or the absence, with an oracle of its
+ * own where the code under test could agree with itself (the envelope is opened with Node's own
+ * AES-GCM, not with scrubline's reader). `npm run mutations` switches each safeguard off in turn
+ * and checks that these fail.
+ */
+import assert from 'node:assert/strict';
+import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { readFile, utimes, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { sweep } from '../src/retention/sweeper.js';
+import { Keyring, seal, TamperedObject, unseal } from '../src/storage/envelope.js';
+import { filesUnder, fixture, testService } from './helpers.js';
+import { auth, service, stop, type Service } from './threat-helpers.js';
+
+describe('the envelope is keyed by the storage key (issue 31)', () => {
+  const key = randomBytes(32);
+  const name = 'clean/abc.jpg.enc';
+  const object = seal(new Keyring([key]), name, Buffer.from('cleaned bytes'));
+
+  it('its data key unwraps with the storage key itself, read by Node\'s AES-GCM (not scrubline\'s reader)', () => {
+    // Layout: "SCRUBENC1" · key id (8) · wrap nonce (12) · wrapped data key (32) · wrap tag (16).
+    const magic = object.subarray(0, 9);
+    const id = object.subarray(9, 17);
+    assert.ok(id.equals(createHash('sha256').update(key).digest().subarray(0, 8)), 'the key id names the storage key');
+    const unwrap = (wrappingKey: Buffer): Buffer => {
+      const decipher = createDecipheriv('aes-256-gcm', wrappingKey, object.subarray(17, 29));
+      decipher.setAAD(Buffer.concat([magic, id, Buffer.from(name, 'utf8')]));
+      decipher.setAuthTag(object.subarray(61, 77));
+      return Buffer.concat([decipher.update(object.subarray(29, 61)), decipher.final()]);
+    };
+    assert.equal(unwrap(key).length, 32);
+    assert.throws(() => unwrap(Buffer.alloc(32)), 'not under an all-zero key');
+  });
+
+  it('does not open under another storage key, nor without the key', () => {
+    assert.throws(() => unseal(new Keyring([randomBytes(32)]), name, object), TamperedObject);
+    // Another key that claims the same id (a forged ring entry) still cannot unwrap it.
+    const forged = new Keyring([randomBytes(32)]);
+    (forged as unknown as { byId: Map<string, { key: Buffer; id: Buffer }> }).byId.set(object.subarray(9, 17).toString('hex'), { key: randomBytes(32), id: object.subarray(9, 17) });
+    assert.throws(() => unseal(forged, name, object), TamperedObject);
+    assert.ok(unseal(new Keyring([key]), name, object).equals(Buffer.from('cleaned bytes')));
+  });
+});
+
+describe('a deleted job takes nothing more, and nothing of it reaches the render service (issue 31)', () => {
+  let svc: Service;
+  before(async () => (svc = await service()));
+  after(() => stop(svc));
+
+  it('an upload to a deleted job answers 410 and the upstream receives no request', async () => {
+    assert.equal((await fetch(`${svc.server.url}/v1/jobs/gone-job`, { method: 'DELETE', headers: auth })).status, 200);
+    const form = new FormData();
+    form.append('jobId', 'gone-job');
+    form.append('file', new Blob([new Uint8Array(await readFile(fixture('media/jpeg-orientation-6.jpg')))]), 'x.jpg');
+    const res = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: form });
+    assert.equal(res.status, 410);
+    assert.equal(svc.upstream.requests.length, 0, 'nothing was forwarded');
+  });
+});
+
+describe('the orphan sweep spares live objects (issue 31, on a controlled clock)', () => {
+  it('an unexpired file older than the grace period stays; one the ledger does not know goes', async () => {
+    const svc = await testService();
+    try {
+      const res = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg')).field('jobId', 'kept-job');
+      assert.equal(res.status, 201);
+      await svc.previewsSettled();
+      const stored = await filesUnder(path.join(svc.dataDir, 'clean'));
+      assert.ok(stored.length > 0);
+      // The sweep runs an hour after the upload, by the service's clock; the files were written an
+      // hour before that, so every one is past the 15-minute grace, and only liveness keeps them.
+      const sweepAt = new Date(svc.clock.now.getTime() + 3_600_000);
+      const written = new Date(svc.clock.now.getTime());
+      for (const file of stored) await utimes(file, written, written);
+      const stray = path.join(svc.dataDir, 'clean', 'strayobject0000.jpg.enc');
+      await writeFile(stray, 'x');
+      await utimes(stray, written, written);
+      const report = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, at: sweepAt });
+      assert.deepEqual(report.ids, [], 'nothing expired');
+      assert.equal(report.orphans, 1, 'the stray object is an orphan');
+      assert.deepEqual((await filesUnder(path.join(svc.dataDir, 'clean'))).sort(), stored.sort(), 'the live, unexpired file stays');
+    } finally {
+      await svc.close();
+    }
+  });
+});
