@@ -4,9 +4,10 @@
  * A test net that catches the removal of any safeguard (issue 31). Each entry below switches one
  * safeguard off in a scratch copy of the project (exact text replacements in one source file) and
  * names the test files that must then fail. The runner applies each in turn, runs those files, and
- * prints whether they caught it; it ends with `N/M safeguards caught` and exits 1 on a miss, or
- * on an entry whose text no longer matches its file (the list must follow the code). Not run in
- * CI: each entry runs real test files (a minute or so apiece).
+ * prints whether they caught it; it ends with `N/M safeguards caught` and exits 1 on a miss, on
+ * an entry whose text no longer matches its file (STALE: the list must follow the code), or on
+ * one whose mutated source does not compile (BROKEN: that proves nothing of the tests). Not run
+ * in CI: each entry runs real test files (a minute or so apiece).
  *
  * Add an entry whenever a safeguard is added.
  */
@@ -217,7 +218,7 @@ async function main(): Promise<number> {
       await cp(path.join(root, part), path.join(scratch, part), { recursive: true });
     }
     await symlink(path.join(root, 'node_modules'), path.join(scratch, 'node_modules'), 'dir');
-    const results: Array<{ name: string; verdict: 'caught' | 'MISSED' | 'STALE' }> = [];
+    const results: Array<{ name: string; verdict: 'caught' | 'MISSED' | 'STALE' | 'BROKEN' }> = [];
     for (const mutation of chosen) {
       const file = path.join(scratch, mutation.file);
       const original = await readFile(file, 'utf8');
@@ -232,10 +233,11 @@ async function main(): Promise<number> {
       await writeFile(file, text);
       try {
         // The CLI and the service's process run dist/: built from the mutated source.
+        // A mutation that does not compile proves nothing about the tests: the entry is fixed instead.
         const build = await run(process.execPath, [path.join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json'], scratch, 300_000);
-        const caught = build.code !== 0 || (await run(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', ...mutation.tests], scratch, 900_000)).code !== 0;
-        results.push({ name: mutation.name, verdict: caught ? 'caught' : 'MISSED' });
-        process.stdout.write(`${caught ? 'caught ' : 'MISSED '} ${mutation.name}  [${mutation.tests.join(' ')}]\n`);
+        const verdict = build.code !== 0 ? 'BROKEN' : (await run(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...mutation.tests], scratch, 900_000)).code !== 0 ? 'caught' : 'MISSED';
+        results.push({ name: mutation.name, verdict });
+        process.stdout.write(`${verdict.padEnd(7)} ${mutation.name}  [${mutation.tests.join(' ')}]${verdict === 'BROKEN' ? ' (the mutated source does not compile)' : ''}\n`);
       } finally {
         await writeFile(file, original);
       }

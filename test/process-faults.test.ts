@@ -108,7 +108,11 @@ describe('crash leftovers and a second process on the data dir (issue 27)', { sk
       assert.equal((await stat(partial)).mode & 0o777, 0o600);
       assert.equal((await stat(path.dirname(partial))).mode & 0o777, 0o700);
       const second = await serve(dataDir).then(
-        () => assert.fail('a second process started on a locked data dir'),
+        async (running) => {
+          running.child.kill('SIGKILL');
+          await ended(running.child);
+          return assert.fail('a second process started on a locked data dir');
+        },
         (err: { code: number; output: string }) => err,
       );
       assert.equal(second.code, 1);
