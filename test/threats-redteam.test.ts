@@ -128,18 +128,18 @@ async function upload(svc: Service, data: Buffer, signal = AbortSignal.timeout(1
   return { status: res.status, json: (await res.json()) as { error?: { code: string; message: string }; files?: Array<{ id: string }> } };
 }
 
-/** Polls /healthz while `work` runs: the event loop must keep answering (THREATS 34). */
+/**
+ * Polls /healthz while `work` runs: every probe sent while it is in progress must be answered 200
+ * within 20 s (THREATS 34: a blocked event loop answers none until the work ends, minutes later).
+ */
 async function healthyWhile<T>(svc: Service, work: Promise<T>): Promise<T> {
   let done = false;
   const result = work.finally(() => (done = true));
-  let answered = 0;
   while (!done) {
     const res = await fetch(`${svc.server.url}/healthz`, { signal: AbortSignal.timeout(20_000) });
     assert.equal(res.status, 200);
-    answered++;
     await delay(20);
   }
-  assert.ok(answered > 0);
   return result;
 }
 
