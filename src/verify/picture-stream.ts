@@ -28,8 +28,6 @@ export interface StreamProof {
   problems: string[];
   /** What the input's picture stream held that the output does not. */
   dropped: Removed;
-  /** Coded units of the input the output does not hold (samples outside an edit list). */
-  skipped?: number;
 }
 
 interface Side {
@@ -220,7 +218,6 @@ export async function provePictureStream(
   const outUnits = new UnitQueue(outRun.stdout, new UnitSplitter(codec, output.lengthSize, output.ranges !== undefined));
   /** The input's next unit, or undefined at its end; a unit of a type the output may not keep is counted as removed. */
   const nextInput = async (): Promise<Unit | undefined> => inUnits.take() ?? ((await inUnits.fill()) ? inUnits.take() : undefined);
-  let skipped = 0;
   try {
     // Units are taken without awaiting while a side's current block lasts: a per-unit await
     // cost more than the comparison (thousands of units a minute of video).
@@ -241,7 +238,7 @@ export async function provePictureStream(
         else if (sameCodedUnit(expected.bytes, unit.bytes)) {
           found = true;
           break;
-        } else skipped++;
+        }
       }
       if (!found) {
         problems.push('video: the picture stream is not the input\'s coded pictures, unit for unit');
@@ -252,7 +249,6 @@ export async function provePictureStream(
       // The rest of the input: what it held beside its pictures is counted too.
       for (let rest = await nextInput(); rest !== undefined; rest = await nextInput()) {
         if (!kept.has(rest.type)) droppedCategories(codec, rest.type, rest.bytes, count);
-        else skipped++;
       }
       const [inDone, outDone] = await Promise.all([inRun.done, outRun.done]);
       if (inDone.code !== 0 || outDone.code !== 0 || !inUnits.splitter.end() || !outUnits.splitter.end()) {
@@ -266,7 +262,7 @@ export async function provePictureStream(
   }
   const splitError = inUnits.splitter.error ?? outUnits.splitter.error;
   if (splitError) problems.push(`video: the picture stream could not be read unit by unit (${splitError})`);
-  return { problems: [...new Set(problems)], dropped, skipped };
+  return { problems: [...new Set(problems)], dropped };
 }
 
 /**
