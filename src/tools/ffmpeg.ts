@@ -121,7 +121,10 @@ const unavailable = (cause: unknown): ScrubError =>
  * `stdout` is the caller's to read. Settles with the exit code and stderr once the process is gone.
  */
 function launch(binary: string, args: string[], timeoutMs: number, options: RunOptions): { child: ChildProcess | undefined; result: Promise<Omit<ToolRunResult, 'stdout'>>; overflow: () => void } {
-  const env = options.env ? { ...process.env, ...options.env } : undefined;
+  // Under an address-space limit, glibc's per-thread malloc arenas (64 MiB of address space each,
+  // reserved up front) would count against it and fail a multi-threaded decode that fits: two.
+  const limited = options.memoryLimitBytes !== undefined ? { MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2' } : undefined;
+  const env = options.env || limited ? { ...process.env, ...limited, ...options.env } : undefined;
   // A wrapper would report a missing tool as its own exit code: say it as spawn would.
   if (!(binary.includes('/') ? isExecutable(binary) : onPath(binary) !== undefined)) {
     const err = Object.assign(new Error(`spawn ${path.basename(binary)} ENOENT`), { code: 'ENOENT' });
