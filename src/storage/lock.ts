@@ -75,21 +75,25 @@ export function lockDataDir(dataDir: string): DataDirLock {
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const file = lockFileIn(dataDir);
   const me: Holder = { host: hostname(), pid: process.pid };
-  for (let attempt = 0; ; attempt++) {
+  /** Creates the lock file; false when one is there already. Any other failure is thrown as it is. */
+  const take = (): boolean => {
     try {
       const fd = openSync(file, 'wx', 0o600);
       writeSync(fd, JSON.stringify(me));
       closeSync(fd);
-      break;
+      return true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) {
-        const found = readHolder(file);
-        throw new DataDirLocked(dataDir, found?.holder ? `pid ${found.holder.pid} on ${found.holder.host}` : 'unknown');
-      }
-      const found = readHolder(file);
-      if (found && !isStale(found)) throw new DataDirLocked(dataDir, found.holder ? `pid ${found.holder.pid} on ${found.holder.host}` : 'unknown');
-      rmSync(file, { force: true });
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
     }
+  };
+  const holderOf = (found: ReturnType<typeof readHolder>): string => (found?.holder ? `pid ${found.holder.pid} on ${found.holder.host}` : 'unknown');
+  if (!take()) {
+    const found = readHolder(file);
+    if (found && !isStale(found)) throw new DataDirLocked(dataDir, holderOf(found));
+    rmSync(file, { force: true });
+    // Another process starting at the same moment may have taken it over first: then it holds it.
+    if (!take()) throw new DataDirLocked(dataDir, holderOf(readHolder(file)));
   }
   const beat = setInterval(() => {
     const now = new Date();
