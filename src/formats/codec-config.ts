@@ -12,7 +12,7 @@
  * Layouts: avcC, ISO/IEC 14496-15 5.3.3.1; hvcC, 8.3.3.1; av1C, the AV1 ISOBMFF binding 2.3.
  */
 import type { RemovedCategory } from '../context.js';
-import { droppedCategories, nalType, type PictureCodec } from './units.js';
+import { droppedCategories, leb128, nalType, type PictureCodec } from './units.js';
 
 export class ConfigError extends Error {}
 
@@ -155,14 +155,10 @@ export function canonicalAv1C(record: Buffer): CanonicalConfig {
     const header = c.u8();
     if (header & 0x80 || !(header & 0x02)) throw new ConfigError('a config OBU without a size field');
     if (header & 0x04) c.u8();
-    let size = 0;
-    for (let i = 0; ; i++) {
-      if (i === 8) throw new ConfigError('an OBU size that does not end');
-      const byte = c.u8();
-      size += (byte & 0x7f) * 2 ** (7 * i);
-      if (!(byte & 0x80)) break;
-    }
-    c.bytes(size);
+    const size = leb128(record, c.pos);
+    if (!size) throw new ConfigError('an OBU size that does not end');
+    c.pos = size.next;
+    c.bytes(size.value);
     const obu = record.subarray(start, c.pos);
     const type = (header >> 3) & 0x0f;
     if (type === 1) obus.push(obu);
