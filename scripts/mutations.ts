@@ -9,7 +9,9 @@
  * one whose mutated source does not compile (BROKEN: that proves nothing of the tests). Not run
  * in CI: each entry runs real test files (a minute or so apiece).
  *
- * Add an entry whenever a safeguard is added.
+ * Add an entry whenever a safeguard is added. A mutation must still type-check (a condition made
+ * false with `false &&` narrows its operands to `never` and breaks the build): make it false
+ * with a run-time test instead (`&& process.pid < 0`).
  */
 import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
@@ -68,7 +70,7 @@ const mutations: Mutation[] = [
   {
     name: 'video: a unit of a type not kept passes the picture-stream proof',
     file: 'src/verify/picture-stream.ts',
-    edits: [['      if (!kept.has(unit.type)) {\n        problems.push(', '      if (false) {\n        problems.push(']],
+    edits: [['      if (!kept.has(unit.type)) {\n        problems.push(', '      if (!kept.has(unit.type) && unit.type < 0) {\n        problems.push(']],
     tests: ['test/canonical-video.test.ts'],
   },
   {
@@ -82,6 +84,24 @@ const mutations: Mutation[] = [
     file: 'src/verify/picture-stream.ts',
     edits: [["if ((byte >= 0xe1 && byte <= 0xef) || byte === 0xfe) return void (this.problem = `holds an ${byte === 0xfe ? 'COM' : `APP${byte - 0xe0}`} segment`);", '']],
     tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'JPEG: a coding segment longer than its fields is allowed',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (coding && codingExtent(marker, payload) !== payload.length) report.problems.push('jpeg: a coding segment holds more than its fields');", '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'PNG: an iCCP under any keyword is allowed',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (type === 'iCCP' && out.toString('latin1', pos + 8, pos + 21) !== 'ICC Profile\\0\\0') report.problems.push('png: iCCP keyword is not the fixed one');", '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'GIF: a graphic control extension in any form is allowed',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (label === 0xf9 && !(out[pos + 2] === 4 && out[pos + 7] === 0)) report.problems.push('gif: graphic control extension not in its fixed form');", '']],
+    tests: ['test/canonical-image.test.ts'],
   },
   // --- the strippers ------------------------------------------------------------------------------
   {
@@ -157,6 +177,12 @@ const mutations: Mutation[] = [
     edits: [["jobIdCharacters.test(value) && value !== '.' && value !== '..'", 'jobIdCharacters.test(value)']],
     tests: ['test/threats-redteam.test.ts'],
   },
+  {
+    name: 'a PostgreSQL outage answers 500, not 503 ledger_unavailable',
+    file: 'src/storage/ledger.ts',
+    edits: [['const outage = (err: unknown): unknown => (isOutage(err) ? ledgerUnavailable(err) : err);', 'const outage = (err: unknown): unknown => err;']],
+    tests: ['test/process-faults.test.ts'],
+  },
   // --- configuration and process ------------------------------------------------------------------
   {
     name: 'credentials in the upstream URL accepted (THREATS 51)',
@@ -167,7 +193,7 @@ const mutations: Mutation[] = [
   {
     name: 'tools outlive their service (no parent-death signal)',
     file: 'src/tools/ffmpeg.ts',
-    edits: [['if (tools.setpriv) command =', 'if (false && tools.setpriv) command =']],
+    edits: [['if (tools.setpriv) command =', 'if (tools.setpriv && process.pid < 0) command =']],
     tests: ['test/process-faults.test.ts'],
   },
   {
@@ -184,6 +210,45 @@ const mutations: Mutation[] = [
     file: 'src/http/server.ts',
     edits: [['const lock = lockDataDir(config.dataDir);', 'const lock = { release: (): void => undefined };']],
     tests: ['test/process-faults.test.ts'],
+  },
+  {
+    name: 'URL credentials logged as they are (THREATS 51)',
+    file: 'src/log.ts',
+    edits: [
+      ['formatters: { log: (fields) => scrubbed(fields) as Record<string, unknown> },', ''],
+      ["method.apply(this, args.map((arg) => (typeof arg === 'string' ? withoutUserinfo(arg) : arg)) as Parameters<typeof method>);", 'method.apply(this, args);'],
+    ],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: '/metrics answered on the API listener even with a listener of its own (THREATS 53)',
+    file: 'src/http/app.ts',
+    edits: [["if (deps.serveMetrics !== false) app.get('/metrics', metrics.handler());", "app.get('/metrics', metrics.handler());"]],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'files the service writes readable by others (no umask 077)',
+    file: 'src/http/server.ts',
+    edits: [['  process.umask(0o077);\n', '']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'decoder outputs written beside the file, not in a directory removed whole (THREATS 50)',
+    file: 'src/http/thumbnails.ts',
+    edits: [['    await rm(dir, { recursive: true, force: true });\n', '']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'decoder children without an address-space limit (THREATS 49)',
+    file: 'src/tools/ffmpeg.ts',
+    edits: [['if (memoryLimitBytes !== undefined && tools.prlimit) command =', 'if (memoryLimitBytes !== undefined && tools.prlimit && process.pid < 0) command =']],
+    tests: ['test/threats-redteam.test.ts'],
+  },
+  {
+    name: 'HEIC previews decoded whole at any size',
+    file: 'src/http/thumbnails.ts',
+    edits: [['    if (!(pixels <= maxHeifPreviewPixels)) return undefined;\n', '']],
+    tests: ['test/threats-redteam.test.ts'],
   },
 ];
 

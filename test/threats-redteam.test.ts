@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, readdir, readFile, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -734,6 +734,16 @@ describe('THREATS 48–53: the third red-team pass (issue 27)', () => {
     assert.equal(bucket.nameFor('file', 'abc', 'jpg', 'job.1'), 'scrubline/job.1/abc.jpg');
     await assert.rejects(bucket.delete('scrubline/../abc.jpg'), ForeignName);
     await baseline(svc, 0);
+  });
+
+  it('a file the service\'s process (or a tool it starts) creates is private from its first byte (umask 077)', async () => {
+    const probe = path.join(svc.dataDir, 'tmp', 'umask-probe');
+    await writeFile(probe, 'x');
+    try {
+      assert.equal((await stat(probe)).mode & 0o777, 0o600);
+    } finally {
+      await rm(probe, { force: true });
+    }
   });
 
   it('53 SCRUBLINE_METRICS_PORT moves /metrics to a listener of its own; the API listener no longer serves it', async () => {
