@@ -147,4 +147,8 @@ export const reject = {
       `The ${format} file contains a structure scrubline cannot rebuild safely (${why}). It was not forwarded; convert it to a plain ${format} and retry.`,
     );
   },
+  /** A picture whose header declares more pixels than allowed, refused before anything decodes it. */
+  pixels(width: number, height: number, maxInputPixels: number): ScrubError {
+    return new ScrubError('too_many_pixels', `The image is ${width}x${height}, more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`);
+  },
 };

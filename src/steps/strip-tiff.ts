@@ -139,7 +139,7 @@ export function stripTiff(input: Buffer, limits: { maxInputPixels: number }): Im
   const height = number(TAG.height);
   if (!width || !height) throw reject.corrupt(FORMAT, 'no image size');
   if (width * height > limits.maxInputPixels) {
-    throw new ScrubError('too_many_pixels', `The image is ${width}x${height}, more pixels than the configured limit of ${limits.maxInputPixels}. Send a smaller image.`);
+    throw reject.pixels(width, height, limits.maxInputPixels);
   }
   if (number(TAG.compression) === 6) throw reject.structure(FORMAT, 'old-style JPEG compression (6)');
   // A camera raw file built on TIFF (NEF, ARW, PEF ...): its first picture is a reduced-size

@@ -4,7 +4,7 @@
  * VIPS-native and friends can never be reached whatever bytes arrive.
  */
 import sharp, { type Metadata } from 'sharp';
-import { ScrubError } from '../errors.js';
+import { reject, ScrubError } from '../errors.js';
 
 sharp.cache(false);
 sharp.block({ operation: ['VipsForeignLoad'] });
@@ -53,7 +53,7 @@ export async function readImageInfo(input: Buffer, maxInputPixels: number): Prom
   const width = meta.width ?? 0;
   const height = meta.height ?? 0;
   if (width * height > maxInputPixels) {
-    throw new ScrubError('too_many_pixels', `The image is ${width}x${height}, more pixels than the configured limit of ${maxInputPixels}. Send a smaller image.`);
+    throw reject.pixels(width, height, maxInputPixels);
   }
   const animated = (meta.pages ?? 1) > 1 || meta.delay !== undefined;
   if (animated && width * height > maxAnimationCanvasPixels) {
