@@ -29,6 +29,8 @@ export interface PipelineDeps {
   ffmpeg: Ffmpeg | (() => Promise<Ffmpeg>);
   fingerprintKey: Buffer;
   maxInputPixels: number;
+  /** Whether a cleaned image's preview is wanted (thumbnails, QA reports); default yes. */
+  previews?: boolean | undefined;
   clock: Clock;
   /** When a file must be gone; default: upload time + retention. The service passes the job clock. */
   expiry?: Expiry | undefined;

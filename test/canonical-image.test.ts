@@ -5,12 +5,15 @@
  * (sharp) with bytes set by hand; each verifier rule is also given a dirty output directly.
  */
 import assert from 'node:assert/strict';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
-import type { CleanFile } from '../src/pipeline.js';
+import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { codedDigests, provenCoded } from '../src/steps/verify.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
-import { cleanBytes, manifest, pngChunk, removeDir, tempDir } from './helpers.js';
+import { ScrubError } from '../src/errors.js';
+import { cleanBytes, fixture, manifest, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
 
 const planted = manifest.planted as Record<string, string>;
 const secret = Buffer.from(`GPS 51.50721 -0.12758 ${planted.serial} ${planted.owner}`, 'latin1');
@@ -124,6 +127,138 @@ describe('issue 26: JPEG coding segments are written from their fields', () => {
     const structures = checkImageStructure('jpeg', b).structures;
     assert.deepEqual(provenCoded('jpeg', b, structures, codedDigests('jpeg', a)), []);
     assert.equal(provenCoded('jpeg', a, checkImageStructure('jpeg', a).structures, codedDigests('jpeg', a)).length, 1);
+  });
+});
+
+// --- JPEG scans ------------------------------------------------------------------------------------
+
+const segment = (marker: number, payload: Buffer | number[]): Buffer => {
+  const head = Buffer.from([0xff, marker, 0, 0]);
+  head.writeUInt16BE(Buffer.from(payload).length + 2, 2);
+  return Buffer.concat([head, Buffer.from(payload)]);
+};
+
+/**
+ * A grey JPEG written by hand, so every bit of its scans is known: Huffman tables of one code each
+ * ("0"), a DC difference of 0 and an end-of-block, so a block is two bits ("00") of a baseline
+ * scan; `scans` gives each scan's header and coded bytes.
+ */
+function handJpeg(options: { width: number; height: number; sof?: number; restart?: number; acSymbol?: number; scans: Array<{ sos: number[]; data: Buffer | number[] }> }): Buffer {
+  const { width, height } = options;
+  const sof = [8, height >> 8, height & 255, width >> 8, width & 255, 1, 1, 0x11, 0];
+  const oneCode = (tableClass: number, symbol: number): number[] => [tableClass << 4, 1, ...Array<number>(15).fill(0), symbol];
+  return Buffer.concat([
+    Buffer.from([0xff, 0xd8]),
+    segment(0xdb, [0, ...Array<number>(64).fill(1)]),
+    segment(options.sof ?? 0xc0, sof),
+    segment(0xc4, [...oneCode(0, 0), ...oneCode(1, options.acSymbol ?? 0)]),
+    ...(options.restart ? [segment(0xdd, [0, options.restart])] : []),
+    ...options.scans.flatMap((scan) => [segment(0xda, scan.sos), Buffer.from(scan.data)]),
+    Buffer.from([0xff, 0xd9]),
+  ]);
+}
+
+/** A baseline scan of the hand-made JPEG's one component. */
+const baselineScan = [1, 1, 0x00, 0, 63, 0];
+const problemsOf = (jpeg: Buffer): string[] => checkImageStructure('jpeg', jpeg).problems;
+
+describe('issue 26: a JPEG scan ends where its last MCU does (THREATS 37)', () => {
+  it('one block is two bits: the canonical byte is 0x3F, and the verifier knows it', async () => {
+    const canonical = handJpeg({ width: 8, height: 8, scans: [{ sos: baselineScan, data: [0x3f] }] });
+    assert.deepEqual(problemsOf(canonical), []);
+    const decoded = await sharp(canonical, { failOn: 'warning' }).greyscale().raw().toBuffer({ resolveWithObject: true });
+    assert.equal(decoded.info.width * decoded.info.height, 64, 'a real decoder reads it without a warning');
+    // Padding bits of 0 instead of 1, and text after the block: both refused by the verifier.
+    assert.ok(problemsOf(handJpeg({ width: 8, height: 8, scans: [{ sos: baselineScan, data: [0x00] }] })).includes('jpeg: scan data runs past its last MCU'));
+    assert.ok(problemsOf(handJpeg({ width: 8, height: 8, scans: [{ sos: baselineScan, data: Buffer.concat([Buffer.from([0x3f]), secret]) }] })).includes('jpeg: scan data runs past its last MCU'));
+  });
+
+  it('text after the last MCU and unset padding bits are cut by the stripper, in every restart interval', async () => {
+    // Three 8x8 blocks, a restart after each: "00" then padding, RST0, "00", RST1, "00".
+    const expected = handJpeg({ width: 24, height: 8, restart: 1, scans: [{ sos: baselineScan, data: [0x3f, 0xff, 0xd0, 0x3f, 0xff, 0xd1, 0x3f] }] });
+    const data = Buffer.concat([Buffer.from([0x00]), secret, Buffer.from([0xff, 0xd0, 0x3f, 0xff, 0xff, 0xd1, 0x3f]), secret]);
+    const hostile = handJpeg({ width: 24, height: 8, restart: 1, scans: [{ sos: baselineScan, data }] });
+    assert.ok(problemsOf(hostile).includes('jpeg: scan data runs past its last MCU'));
+    const { out, bytes } = await clean(hostile);
+    assert.ok(bytes.equals(expected), 'the cleaned file is the canonical one, byte for byte');
+    assert.equal(out.removed.other, 1);
+  });
+
+  it('a scan that stops before its last MCU, a restart marker out of order and an undefined code are corrupt', () => {
+    const corrupt = (jpeg: Buffer): boolean => problemsOf(jpeg).some((p) => /before its last MCU|restart marker|does not define/.test(p));
+    assert.ok(corrupt(handJpeg({ width: 64, height: 64, scans: [{ sos: baselineScan, data: [0x3f] }] })), '64 blocks need 128 bits');
+    assert.ok(corrupt(handJpeg({ width: 24, height: 8, restart: 1, scans: [{ sos: baselineScan, data: [0x3f, 0xff, 0xd3, 0x3f, 0xff, 0xd1, 0x3f] }] })));
+    assert.ok(corrupt(handJpeg({ width: 8, height: 8, scans: [{ sos: baselineScan, data: [0xff, 0x00] }] })), 'only code 0 is defined');
+  });
+
+  it('text appended inside a real baseline and a real progressive scan is cut; pixels are unchanged', async () => {
+    for (const progressive of [false, true]) {
+      const jpeg = await sharp({ create: { width: 96, height: 64, channels: 3, background: '#456', noise: { type: 'gaussian', mean: 120, sigma: 30 } } })
+        .jpeg({ quality: 85, progressive })
+        .toBuffer();
+      const hostile = Buffer.concat([jpeg.subarray(0, -2), secret, jpeg.subarray(-2)]);
+      assert.ok(problemsOf(hostile).includes('jpeg: scan data runs past its last MCU'));
+      const { out, bytes } = await clean(hostile);
+      assert.ok(!bytes.includes(secret.subarray(0, 12)), `progressive ${progressive}: the text went`);
+      assert.equal(out.removed.other, 1);
+      assert.ok((await pixels(bytes)).equals(await pixels(jpeg)));
+      assert.deepEqual(problemsOf(jpeg), [], 'sharp\'s own scans are canonical');
+    }
+  });
+
+  it('text the stripper\'s hint misses (it ends in a 1 bit) is refused by the verifier\'s walk, with or without a preview', async () => {
+    const jpeg = await photo();
+    const hostile = Buffer.concat([jpeg.subarray(0, -2), secret, Buffer.from('u'), jpeg.subarray(-2)]);
+    for (const previews of [true, false]) {
+      const workDir = await tempDir();
+      try {
+        await writeFile(path.join(workDir, 'original'), hostile);
+        const received = { id: 'test', inputPath: path.join(workDir, 'original'), inputBytes: hostile.length, workDir };
+        await assert.rejects(cleanFile(received, 'standard', { ...(await pipelineDeps()), previews }), (err: unknown) => {
+          return err instanceof ScrubError && err.code === 'verification_failed' && /scan data runs past its last MCU/.test(err.publicMessage);
+        });
+      } finally {
+        await removeDir(workDir);
+      }
+    }
+  });
+
+  it('with no preview wanted, the walk is the proof: a scan of text is still refused, a real photo still cleaned', async () => {
+    const { segments } = jpegSegments(await photo());
+    const text = jpegOf(segments, Buffer.concat([Buffer.from('<html><script>alert(1)</script></html>'.repeat(20)), Buffer.from([0xff, 0xd9])]));
+    for (const [bytes, ok] of [[text, false], [await photo(), true]] as const) {
+      const workDir = await tempDir();
+      try {
+        await writeFile(path.join(workDir, 'original'), bytes);
+        const received = { id: 'test', inputPath: path.join(workDir, 'original'), inputBytes: bytes.length, workDir };
+        const result = cleanFile(received, 'standard', { ...(await pipelineDeps()), previews: false });
+        if (ok) assert.equal((await result).preview, undefined);
+        else await assert.rejects(result, (err: unknown) => err instanceof ScrubError && err.code === 'corrupt_media');
+      } finally {
+        await removeDir(workDir);
+      }
+    }
+  });
+
+  it('a restart-marker JPEG from cjpeg keeps its scan byte for byte; an arithmetic-coded one is refused', async () => {
+    const restart = await readFile(fixture('media/jpeg-restart-intervals.jpg'));
+    const sos = (jpeg: Buffer): Buffer => jpeg.subarray(jpeg.indexOf(Buffer.from([0xff, 0xda])));
+    const { out, bytes } = await clean(restart);
+    assert.ok(sos(restart).includes(Buffer.from([0xff, 0xd7])), 'restart markers all the way round');
+    assert.ok(sos(bytes).equals(sos(restart)));
+    assert.ok(out.removed.gps);
+    await assert.rejects(clean(await readFile(fixture('reject/jpeg-arithmetic.jpg'))), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure');
+  });
+
+  it('a progressive file of many scans that each walk every block is refused by its work budget, not walked', async () => {
+    // 1024x1024 grey: 16,384 blocks. Each refinement scan of coefficients 1-63 is one code, an
+    // end-of-band run of 2^14 blocks ("0" + fourteen 0 bits): 63 steps a block for two bytes.
+    const refine = { sos: [1, 1, 0x00, 1, 63, 0x10], data: [0x00, 0x01] };
+    const bomb = handJpeg({ width: 1024, height: 1024, sof: 0xc2, acSymbol: 0xe0, scans: Array.from({ length: 40 }, () => refine) });
+    assert.ok(bomb.length < 2000);
+    await assert.rejects(clean(bomb), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure' && /steps to read/.test(err.publicMessage));
+    const few = handJpeg({ width: 1024, height: 1024, sof: 0xc2, acSymbol: 0xe0, scans: Array.from({ length: 4 }, () => refine) });
+    assert.ok(!problemsOf(few).some((p) => /steps/.test(p)), 'a few such scans are within the budget');
   });
 });
 

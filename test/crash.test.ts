@@ -88,7 +88,8 @@ describe('fingerprints', () => {
 });
 
 describe('scrubline repro', () => {
-  for (const entry of cleanFixtures) {
+  // A fixture marked `reproducible: false` has a structure sharp cannot write (restart markers).
+  for (const entry of cleanFixtures.filter((f) => (f as { reproducible?: boolean }).reproducible !== false)) {
     it(`${entry.file}: fingerprint(repro(fingerprint(x))) = fingerprint(x) on every structural field`, async () => {
       const original = (await clean(fixture(entry.file))).fingerprint;
       const target = path.join(work, `repro-${path.basename(entry.file)}`);

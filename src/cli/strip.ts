@@ -24,15 +24,16 @@ export type StripOutcome =
   | { ok: true; input: string; output: string; report: ReturnType<typeof publicReport> }
   | { ok: false; input: string; error: { code: ErrorCode; message: string; isRejection: boolean } };
 
-export function pipelineDeps(config: Config, shared: SharedDeps): LoadedPipelineDeps {
+/** `previews`: only QA's reports show them; a stripped file on disk has no use for one. */
+export function pipelineDeps(config: Config, shared: SharedDeps, previews = false): LoadedPipelineDeps {
   // A Buffer posted to a worker arrives as a plain Uint8Array.
   const fingerprintKey = Buffer.from(shared.fingerprintKey.buffer, shared.fingerprintKey.byteOffset, shared.fingerprintKey.byteLength);
-  return { ffmpeg: shared.ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, clock: systemClock };
+  return { ffmpeg: shared.ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, previews, clock: systemClock };
 }
 
 /** Dependencies for jobs run on this thread (a few files, inspect, fingerprint, qa). */
-export async function localDeps(config: Config): Promise<LoadedPipelineDeps> {
-  return pipelineDeps(config, await sharedDeps(config));
+export async function localDeps(config: Config, previews = false): Promise<LoadedPipelineDeps> {
+  return pipelineDeps(config, await sharedDeps(config), previews);
 }
 
 /** Runs `work` on a local file with a private work dir that is removed whatever happens. */

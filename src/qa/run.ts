@@ -120,7 +120,7 @@ async function runRemote(url: URL, token: string, file: string): Promise<Observe
 
 export async function runSuite(suite: Suite, target: Target, onResult: (result: FileResult, done: number) => void): Promise<FileResult[]> {
   const config = target.kind === 'local' ? target.config : undefined;
-  const deps = config ? await localDeps(config) : undefined;
+  const deps = config ? await localDeps(config, true) : undefined;
   const results: FileResult[] = [];
   let next = 0;
   const worker = async (): Promise<void> => {

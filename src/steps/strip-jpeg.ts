@@ -10,11 +10,14 @@
  * The coding segments are rebuilt from their parsed fields at their exact lengths (issue 26):
  * the quantisation and Huffman tables, frame and scan headers and restart interval are written
  * anew, bytes a writer appended to a segment go, and a Huffman table that no scan uses goes (an
- * unused table's symbol bytes can be any text: THREATS 47).
+ * unused table's symbol bytes can be any text: THREATS 47). Each scan is cut where its last MCU
+ * ends (formats/jpeg-scan.ts): what a writer or anyone else put after it in the scan goes.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
+import { frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
+import type { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
 
 const SOI = 0xd8;
@@ -52,10 +55,23 @@ interface Table {
   id: number;
   bytes: Buffer;
   used: boolean;
+  /** A Huffman table's decoding table, made when a scan first reads it. */
+  lookup?: HuffmanTable;
 }
 
 /** What the body is made of, in file order; DHT and DQT segments are written once the scans are known. */
-type BodyItem = Buffer | { marker: number; tables: Table[] };
+type BodyItem = Buffer | { marker: number; tables: Table[] } | ScanItem;
+
+/** A scan's coded data, walked (and cut) once all scans are known: see `scanParts`. */
+interface ScanItem {
+  from: number;
+  rawEnd: number;
+  header: ScanHeader;
+  /** The Huffman tables in force at the scan (a later DHT may redefine them). */
+  huffman: Map<number, Table>;
+  restartInterval: number;
+  hinted: boolean;
+}
 
 /** Class 2 stands for quantisation tables in the map of current tables. */
 const QUANT = 2;
@@ -120,7 +136,7 @@ function rebuildCoding(marker: number, payload: Buffer): { segment: Buffer; surp
   return exact(6 + 3 * (payload[5] ?? 0)); // SOFn: P, Y, X, Nf, then Nf components
 }
 
-export function stripJpeg(input: Buffer): ImageStripResult {
+export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): ImageStripResult {
   if (input.length < 4 || input[0] !== 0xff || input[1] !== SOI) throw reject.corrupt('JPEG', 'no start-of-image marker');
   const removed: Removed = {};
   const head: Buffer[] = [];
@@ -132,7 +148,9 @@ export function stripJpeg(input: Buffer): ImageStripResult {
   let strayBytes = false;
   let orientation: number | undefined;
   let adobeTransform: number | undefined;
-  let sawFrame = false;
+  let frame: FrameWalk | undefined;
+  let scanBudget: WorkBudget | undefined;
+  let restartInterval = 0;
   let sawScan = false;
   let pos = 2;
 
@@ -168,9 +186,14 @@ export function stripJpeg(input: Buffer): ImageStripResult {
     pos = end;
 
     if (isCoding(marker) || marker === SOS) {
-      if (marker === SOS && !sawFrame) throw reject.corrupt('JPEG', 'scan before frame header');
+      if (marker === SOS && !frame) throw reject.corrupt('JPEG', 'scan before frame header');
       if (isSof(marker)) {
-        sawFrame = true;
+        if (frame) throw reject.structure('JPEG', 'a second frame header');
+        const header = readFrame(marker, payload);
+        // Before anything is allocated for its blocks.
+        if (header.width * header.height > limits.maxInputPixels) throw reject.pixels(header.width, header.height, limits.maxInputPixels);
+        frame = new FrameWalk(header);
+        scanBudget = frameBudget(header);
         for (let i = 0; i < (payload[5] ?? 0) && 8 + 3 * i < payload.length; i++) quantOf.set(payload[6 + 3 * i]!, payload[8 + 3 * i]!);
       }
       const rebuilt = rebuildCoding(marker, payload);
@@ -181,12 +204,17 @@ export function stripJpeg(input: Buffer): ImageStripResult {
         continue;
       }
       body.push(rebuilt.segment);
+      if (marker === 0xdd) restartInterval = payload.readUInt16BE(0);
       if (marker === SOS) {
         sawScan = true;
         markUsedTables(payload, current, quantOf);
-        const scanEnd = findScanEnd(input, pos);
-        body.push(input.subarray(pos, scanEnd));
-        pos = scanEnd;
+        const header = readScanHeader(frame!.frame, payload);
+        // Charged from the headers, walked or not: a file of thousands of scans stops here.
+        scanBudget!.spend(scanCost(frame!.frame, header));
+        const rawEnd = findScanEnd(input, pos);
+        const hinted = !looksCanonical(input, pos, rawEnd, frame!.frame, header, restartInterval);
+        body.push({ from: pos, rawEnd, header, huffman: new Map(current), restartInterval, hinted });
+        pos = rawEnd;
       }
       continue;
     }
@@ -228,14 +256,19 @@ export function stripJpeg(input: Buffer): ImageStripResult {
     }
   }
 
-  if (!sawFrame || !sawScan) throw reject.corrupt('JPEG', 'no frame or no scan');
+  if (!frame || !sawScan) throw reject.corrupt('JPEG', 'no frame or no scan');
   if (strayBytes) countRemoved(removed, 'other');
   const parts = [input.subarray(0, 2), ...head];
   if (orientation !== undefined && orientation !== 1) parts.push(orientationApp1(orientation));
   if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
+  const scans = scanParts(input, frame, body.filter((item): item is ScanItem => 'hinted' in item), removed);
   for (const item of body) {
     if (Buffer.isBuffer(item)) {
       parts.push(item);
+      continue;
+    }
+    if ('hinted' in item) {
+      parts.push(...scans.shift()!);
       continue;
     }
     const used = item.tables.filter((table) => table.used);
@@ -243,6 +276,27 @@ export function stripJpeg(input: Buffer): ImageStripResult {
     if (used.length > 0) parts.push(segmentOf(item.marker, Buffer.concat(used.map((table) => table.bytes))));
   }
   return { parts, removed, orientation: orientation ?? 1 };
+}
+
+/**
+ * Each scan's bytes: the input's as they are, or, where its bytes hint at data past its last MCU
+ * (formats/jpeg-scan.ts `looksCanonical`), walked and cut there. Walking a photo's scans costs
+ * about as much as libjpeg's decode of it, and the verifier walks every scan of the output; so
+ * the stripper walks only on a hint, and what a hint misses the verifier refuses. A progressive
+ * scan is read against what the earlier scans coded, so one hint there walks them all.
+ */
+function scanParts(input: Buffer, frame: FrameWalk, scans: ScanItem[], removed: Removed): Buffer[][] {
+  const walkAll = frame.frame.coding === 'progressive' && scans.some((scan) => scan.hinted);
+  return scans.map((item) => {
+    if (!walkAll && !item.hinted) return [input.subarray(item.from, item.rawEnd)];
+    const huffman = (tableClass: number, id: number): HuffmanTable | undefined => {
+      const table = item.huffman.get((tableClass << 4) | id);
+      return table && (table.lookup ??= huffmanLookup(table.bytes));
+    };
+    const scan = walkScan(input, item.from, frame, item.header, huffman, item.restartInterval);
+    if (!scan.canonical) countRemoved(removed, 'other');
+    return scan.pieces;
+  });
 }
 
 /**

@@ -30,6 +30,11 @@ export interface VerifyDeps {
   /** Present for video (the only family that needs it). */
   ffmpeg: Ffmpeg | undefined;
   maxInputPixels: number;
+  /**
+   * Whether the image preview is wanted (the service's thumbnails, QA reports; default yes).
+   * Without it a JPEG whose every scan the structure walk proved is not decoded again.
+   */
+  previews?: boolean | undefined;
 }
 
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
@@ -119,12 +124,21 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
     // coded items are copied byte for byte and not decoded here.
     const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
-    const preview = decodable
-      ? headerAfter.then(() => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' }))
-      : Promise.resolve(undefined);
+    const decode = (): Promise<Buffer> => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' });
+    // A JPEG with no preview wanted is decoded only if the structure walk below leaves its coded
+    // data unproven (12-bit, lossless): walking every scan is the same proof, at the same cost.
+    const walkProves = format === 'jpeg' && deps.previews === false;
+    let preview: Promise<Buffer | undefined> = decodable && !walkProves ? headerAfter.then(decode) : Promise.resolve(undefined);
     preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+    // The structure walk (for JPEG a walk of every scan, as costly as the decode) runs once the
+    // decode has started on libvips' threads, beside it rather than before it.
+    await headerAfter.catch(() => undefined);
     const structure = checkImageStructure(format, output);
     problems.push(...structure.problems);
+    if (walkProves && !structure.codedDataProven && structure.problems.length === 0) {
+      preview = headerAfter.then(decode).then(() => undefined);
+      preview.catch(() => undefined);
+    }
     // One pass over the output for both the input's values and the structure's forbidden signatures.
     const { forbidden, keptRanges } = structure;
     const patterns = [...forbidden.map((f) => f.bytes), ...values.values];
@@ -244,7 +258,7 @@ export function codedDigests(format: string, image: Buffer): string[] {
   const what = codedStructure(format);
   if (!what) return [];
   // A TIFF input has more IFDs than the output's one: its first IFD's strips are what is kept.
-  const pieces = format === 'tiff' ? tiffImageData(image) : checkImageStructure('jpeg', image).structures.filter((s) => s.what === what);
+  const pieces = format === 'tiff' ? tiffImageData(image) : checkImageStructure('jpeg', image, { entropy: false }).structures.filter((s) => s.what === what);
   return pieces.map((s) => digest(image.subarray(s.start, s.end)));
 }
 

@@ -5,6 +5,8 @@
  * ranges of kept coding structures and colour profiles, where a value-scan match is not a leak,
  * and where each structure lies, so that a refusal can be explained without the file.
  */
+import { ScrubError } from '../errors.js';
+import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
 import { checkHeifStructure } from './heif.js';
 import { tiffValues } from './tiff-values.js';
@@ -34,6 +36,12 @@ export interface StructureReport {
    * value scan, rather than in a pass of their own.
    */
   forbidden: Array<{ bytes: Buffer; problem: string }>;
+  /**
+   * JPEG: every scan's coded data was walked to its last MCU with nothing amiss, every table it
+   * needs defined, in an 8-bit Huffman frame: what a decode would have proven of the pixel data
+   * (issue 30: where no preview is wanted, this walk stands in for libjpeg's).
+   */
+  codedDataProven?: boolean;
 }
 
 /** An EXIF block is allowed only if it holds IFD0 Orientation and nothing else. */
@@ -87,6 +95,17 @@ function huffmanTablesOf(payload: Buffer): number[] {
   return ids;
 }
 
+/** A step of the scan walk whose refusal becomes a problem of the report (its reason, never a value). */
+function jpegStep<T>(report: StructureReport, step: () => T): T | undefined {
+  try {
+    return step();
+  } catch (err) {
+    if (!(err instanceof ScrubError)) throw err;
+    report.problems.push(`jpeg: ${/\(([^)]*)\)/.exec(err.message)?.[1] ?? err.code}`);
+    return undefined;
+  }
+}
+
 /** The quantisation tables (0x20 | id) a DQT payload defines, in order. */
 function quantTablesOf(payload: Buffer): number[] {
   const ids: number[] = [];
@@ -94,9 +113,18 @@ function quantTablesOf(payload: Buffer): number[] {
   return ids;
 }
 
-function walkJpeg(out: Buffer, report: StructureReport): void {
+/**
+ * `entropy`: also walk each scan's coded data, to prove it ends where its last MCU does (the
+ * output's proof); without it, a scan runs to the next marker (enough to locate an input's scans).
+ */
+function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void {
   if (out.readUInt16BE(0) !== 0xffd8) return void report.problems.push('jpeg: no SOI');
   let pos = 2;
+  let frame: FrameWalk | undefined;
+  let restartInterval = 0;
+  const huffman = new Map<number, HuffmanTable>();
+  const definedQuant = new Set<number>();
+  let scans = 0;
   let adobeSegments = 0;
   // Each Huffman or quantisation table defined must be used by a later scan before it is defined
   // again: an unused one carries bytes no decoder reads (THREATS 47).
@@ -110,6 +138,8 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
     if (marker === 0xd9) {
       if (pos + 2 !== out.length) report.problems.push('jpeg: data after EOI');
       if (unused.size + unusedTables > 0) report.problems.push('jpeg: a table no scan uses');
+      const frameProven = frame !== undefined && frame.frame.precision === 8 && frame.frame.coding !== 'lossless';
+      report.codedDataProven = entropy && frameProven && scans > 0 && report.problems.length === 0;
       return;
     }
     if (pos + 4 > out.length) break;
@@ -133,7 +163,19 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
     }
     if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
       for (let i = 0; i < (payload[5] ?? 0); i++) quantOf.set(payload[6 + 3 * i] ?? -1, 0x20 | ((payload[8 + 3 * i] ?? 0) & 0x0f));
+      if (entropy) frame = jpegStep(report, () => new FrameWalk(readFrame(marker, payload)));
     }
+    if (entropy && marker === 0xc4) {
+      for (let at = 0; at + 17 <= payload.length; ) {
+        let symbols = 0;
+        for (let i = 1; i <= 16; i++) symbols += payload[at + i]!;
+        const table = payload.subarray(at, at + 17 + symbols);
+        const lookup = jpegStep(report, () => huffmanLookup(table));
+        if (lookup) huffman.set(payload[at]!, lookup);
+        at += 17 + symbols;
+      }
+    }
+    if (marker === 0xdd) restartInterval = payload.readUInt16BE(0);
     if (marker === 0xda) {
       const components = payload[0] ?? 0;
       const ss = payload[1 + 2 * components] ?? 0;
@@ -151,7 +193,23 @@ function walkJpeg(out: Buffer, report: StructureReport): void {
     else if (fixedLayout) report.keptRanges.push({ start: pos, end, what: name });
     else if (coding) report.keptRanges.push({ start: pos, end: pos + 4 + codingExtent(marker, payload), what: name });
     pos = end;
-    if (marker === 0xda) {
+    if (marker === 0xdb) for (const table of quantTablesOf(payload)) definedQuant.add(table);
+    if (marker === 0xda && entropy) {
+      for (let i = 0; i < (payload[0] ?? 0); i++) {
+        if (!definedQuant.has(quantOf.get(payload[1 + 2 * i] ?? -1) ?? -1)) report.problems.push('jpeg: a quantisation table a scan needs is not defined');
+      }
+      // The coded data must end where its last MCU does, its padding bits set and nothing
+      // after it before the next marker (THREATS 37: text appended to a scan).
+      if (!frame) return void report.problems.push('jpeg: a scan before its frame');
+      const walk = frame;
+      const table = (tableClass: number, id: number): HuffmanTable | undefined => huffman.get((tableClass << 4) | id);
+      const scan = jpegStep(report, () => walkScan(out, pos, walk, readScanHeader(walk.frame, payload), table, restartInterval));
+      if (!scan) return;
+      if (!scan.canonical) report.problems.push('jpeg: scan data runs past its last MCU');
+      scans++;
+      report.structures.push({ start: pos, end: scan.end, what: 'jpeg scan data' });
+      pos = scan.end;
+    } else if (marker === 0xda) {
       // Entropy-coded data runs to the first marker that is not stuffing or a restart.
       const scanStart = pos;
       for (;;) {
@@ -357,9 +415,13 @@ function isTablesOnly(stream: Buffer): boolean {
 /** XMP's own markers: in no clean image, whatever its format (outside a kept ICC profile). */
 const xmpMarkers = ['<x:xmpmeta', '<rdf:RDF', 'http://ns.adobe.com/xap/1.0/'].map((marker) => ({ bytes: Buffer.from(marker, 'latin1'), problem: 'image: an XMP packet is present' }));
 
-export function checkImageStructure(format: ImageFormat, out: Buffer): StructureReport {
+/**
+ * `entropy: false` skips the walk of JPEG scans' coded data, for locating an input's scans only:
+ * an output's proof always walks them.
+ */
+export function checkImageStructure(format: ImageFormat, out: Buffer, { entropy = true } = {}): StructureReport {
   const report: StructureReport = { problems: [], keptRanges: [], structures: [], forbidden: xmpMarkers };
-  if (format === 'jpeg') walkJpeg(out, report);
+  if (format === 'jpeg') walkJpeg(out, report, entropy);
   else if (format === 'png') walkPng(out, report);
   else if (format === 'webp') walkWebp(out, report);
   else if (format === 'gif') walkGif(out, report);

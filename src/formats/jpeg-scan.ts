@@ -1,0 +1,592 @@
+/**
+ * Where a JPEG scan's coded data ends (T.81 Annex F, G, H): the entropy decoder run over a scan
+ * for its code lengths only, no coefficients or pixels, so that what follows the last MCU of
+ * each restart interval is known. Text appended to a scan sits after the last MCU, where every
+ * viewer skips it (THREATS 37, issue 26); this walk is what tells it from picture data.
+ *
+ * The walk yields the scan in canonical form: each restart interval cut where its last MCU ends,
+ * the unused bits of its last byte set to 1 (the fill T.81 F.1.2.3 prescribes), the restart
+ * markers in order, and nothing before the next marker. A canonical scan decodes exactly as the
+ * input's: every bit a decoder reads is the input's.
+ *
+ * Huffman coding only (baseline, extended, progressive and lossless). Arithmetic-coded and
+ * hierarchical JPEGs are refused: no camera, phone or editor writes them, and an arithmetic
+ * decoder's end cannot be told from the bytes without its full model.
+ *
+ * Linear in the scan's bytes and MCUs; the MCUs are bounded by the frame's pixels, and the work
+ * across all scans by a budget per frame (a progressive file of thousands of scans, each walking
+ * every block, is how a small file freezes a decoder).
+ */
+import { reject } from '../errors.js';
+import { WorkBudget } from './work-budget.js';
+
+export interface JpegFrame {
+  coding: 'sequential' | 'progressive' | 'lossless';
+  /** Bits per sample (8 for every camera JPEG; 12 and 16 exist). */
+  precision: number;
+  width: number;
+  height: number;
+  components: Array<{ id: number; h: number; v: number }>;
+  hMax: number;
+  vMax: number;
+}
+
+/** The frame a SOFn header describes; refuses the codings this walk does not cover. */
+export function readFrame(marker: number, payload: Buffer): JpegFrame {
+  if (marker >= 0xc9) throw reject.structure('JPEG', 'arithmetic-coded scans');
+  if (marker >= 0xc5) throw reject.structure('JPEG', 'a hierarchical (differential) frame');
+  const count = payload[5] ?? 0;
+  if (payload.length < 6 + 3 * count || count === 0) throw reject.corrupt('JPEG', 'short frame header');
+  const components = Array.from({ length: count }, (_, i) => ({ id: payload[6 + 3 * i]!, h: payload[7 + 3 * i]! >> 4, v: payload[7 + 3 * i]! & 15 }));
+  if (components.some((c) => c.h < 1 || c.h > 4 || c.v < 1 || c.v > 4)) throw reject.corrupt('JPEG', 'a sampling factor outside 1–4');
+  const height = payload.readUInt16BE(1);
+  const width = payload.readUInt16BE(3);
+  // A zero height is given later by a DNL marker; no writer in use does that.
+  if (height === 0) throw reject.structure('JPEG', 'a height given by a DNL marker');
+  if (width === 0) throw reject.corrupt('JPEG', 'a frame of width 0');
+  const coding = marker === 0xc2 ? 'progressive' : marker === 0xc3 ? 'lossless' : 'sequential';
+  return { coding, precision: payload[0]!, width, height, components, hMax: Math.max(...components.map((c) => c.h)), vMax: Math.max(...components.map((c) => c.v)) };
+}
+
+/**
+ * A Huffman table's decoding tables (T.81 C, F.2.2.3): codes of up to 9 bits by a 512-entry
+ * lookup of length << 8 | symbol (most codes; small enough to stay in cache), longer ones by the
+ * largest code of each length.
+ */
+export interface HuffmanTable {
+  fast: Uint16Array;
+  maxCode: Int32Array;
+  /** Per length, the index in `symbols` of its first code, less that code. */
+  offset: Int32Array;
+  symbols: Buffer;
+}
+
+const fastBits = 9;
+
+/** The decoding tables of a DHT table: its class/id byte, 16 counts, then its symbols. */
+export function huffmanLookup(table: Buffer): HuffmanTable {
+  const fast = new Uint16Array(1 << fastBits);
+  const maxCode = new Int32Array(17).fill(-1);
+  const offset = new Int32Array(17);
+  const symbols = table.subarray(17);
+  let code = 0;
+  let at = 0;
+  for (let length = 1; length <= 16; length++) {
+    const count = table[length]!;
+    offset[length] = at - code;
+    for (let n = 0; n < count; n++, code++, at++) {
+      if (code >= 1 << length) throw reject.corrupt('JPEG', 'a Huffman table with more codes than its lengths allow');
+      if (length <= fastBits) fast.fill((length << 8) | symbols[at]!, code << (fastBits - length), (code + 1) << (fastBits - length));
+    }
+    if (count > 0) maxCode[length] = code - 1;
+    code <<= 1;
+  }
+  return { fast, maxCode, offset, symbols };
+}
+
+/** What the walk of a frame's scans carries from one scan to the next. */
+export class FrameWalk {
+  /** Progressive AC: which coefficients of each block are already non-zero, 64 bits a block. */
+  private readonly nonZero: Uint32Array[] = [];
+  readonly budget: WorkBudget;
+
+  constructor(readonly frame: JpegFrame) {
+    this.budget = frameBudget(frame);
+  }
+
+  /** Progressive: per component, the point transform each coefficient was last coded to (-1: not yet). */
+  private readonly coded: Int8Array[] = [];
+
+  /**
+   * A scan's place in the frame's sequence, as libjpeg checks it (T.81 G.1.1.1): sequential scans
+   * code everything at once; a progressive band needs the DC coefficients first, and a refinement
+   * of a coefficient follows the pass that left it at that precision. libjpeg decodes a file that
+   * breaks this with a warning, into wrong pixels; it is corrupt here.
+   */
+  sequence(scan: ScanHeader): void {
+    const { frame } = this;
+    if (frame.coding !== 'progressive') {
+      if (frame.coding === 'sequential' && (scan.ss !== 0 || scan.se !== 63 || scan.ah !== 0 || scan.al !== 0)) throw reject.corrupt('JPEG', 'a sequential scan with progressive parameters');
+      return;
+    }
+    const band = scan.ss === 0 ? scan.se === 0 : scan.ss <= scan.se && scan.se <= 63 && scan.components.length === 1;
+    if (!band || (scan.ah !== 0 && scan.al !== scan.ah - 1) || scan.al > 13) throw reject.corrupt('JPEG', 'a progressive scan header out of range');
+    for (const c of scan.components) {
+      const coded = (this.coded[c.index] ??= new Int8Array(64).fill(-1));
+      if (scan.ss > 0 && coded[0]! < 0) throw reject.corrupt('JPEG', 'an AC scan before its DC scan');
+      for (let k = scan.ss; k <= scan.se; k++) {
+        if (scan.ah !== Math.max(0, coded[k]!)) throw reject.corrupt('JPEG', 'a progressive scan out of sequence');
+        coded[k] = scan.al;
+      }
+    }
+  }
+
+  history(component: number): Uint32Array {
+    const { x, y } = blocksOf(this.frame, this.frame.components[component]!);
+    return (this.nonZero[component] ??= new Uint32Array(2 * x * y));
+  }
+}
+
+/**
+ * The work a frame's scans may cost, in coefficient positions visited: a real progressive file
+ * visits each a few times (about 200 per block for libjpeg's default script); 512 per block
+ * leaves room and stops a file of thousands of scans that each walk every block.
+ */
+export function frameBudget(frame: JpegFrame): WorkBudget {
+  const blocks = frame.components.reduce((sum, c) => sum + blocksOf(frame, c).x * blocksOf(frame, c).y, 0);
+  return new WorkBudget('JPEG', 512 * blocks + 1_000_000);
+}
+
+/** What walking a scan costs against `frameBudget`, known from the headers alone. */
+export function scanCost(frame: JpegFrame, scan: ScanHeader): number {
+  const blocksPerMcu = scan.components.length > 1 ? scan.components.reduce((sum, c) => sum + frame.components[c.index]!.h * frame.components[c.index]!.v, 0) : 1;
+  const positions = frame.coding === 'progressive' ? scan.se - scan.ss + 1 : frame.coding === 'sequential' ? 64 : 1;
+  return scanMcus(frame, scan) * blocksPerMcu * positions;
+}
+
+/** A component's blocks (or samples, for lossless) when its scan is not interleaved (T.81 A.2). */
+function blocksOf(frame: JpegFrame, c: { h: number; v: number }): { x: number; y: number } {
+  const unit = frame.coding === 'lossless' ? 1 : 8;
+  return { x: Math.ceil(Math.ceil((frame.width * c.h) / frame.hMax) / unit), y: Math.ceil(Math.ceil((frame.height * c.v) / frame.vMax) / unit) };
+}
+
+export interface ScanHeader {
+  /** Per scan component: its index in the frame and its DC and AC table selectors. */
+  components: Array<{ index: number; dc: number; ac: number }>;
+  ss: number;
+  se: number;
+  ah: number;
+  al: number;
+}
+
+export function readScanHeader(frame: JpegFrame, sos: Buffer): ScanHeader {
+  const count = sos[0] ?? 0;
+  if (count === 0 || count > 4 || sos.length < 4 + 2 * count) throw reject.corrupt('JPEG', 'short scan header');
+  const components = Array.from({ length: count }, (_, i) => {
+    const index = frame.components.findIndex((c) => c.id === sos[1 + 2 * i]);
+    if (index < 0) throw reject.corrupt('JPEG', 'a scan names a component the frame does not have');
+    return { index, dc: sos[2 + 2 * i]! >> 4, ac: sos[2 + 2 * i]! & 15 };
+  });
+  // libjpeg's limit on the blocks of an interleaved MCU (T.81 B.2.3 allows no more than 10).
+  if (count > 1 && frame.coding !== 'lossless' && components.reduce((sum, c) => sum + frame.components[c.index]!.h * frame.components[c.index]!.v, 0) > 10) {
+    throw reject.corrupt('JPEG', 'more than 10 blocks in an MCU');
+  }
+  const approximation = sos[3 + 2 * count]!;
+  return { components, ss: sos[1 + 2 * count]!, se: sos[2 + 2 * count]!, ah: approximation >> 4, al: approximation & 15 };
+}
+
+/** How many MCUs a scan codes (T.81 A.2): the frame's in an interleaved scan, else its component's blocks. */
+export function scanMcus(frame: JpegFrame, scan: ScanHeader): number {
+  const unit = frame.coding === 'lossless' ? 1 : 8;
+  if (scan.components.length > 1) return Math.ceil(frame.width / (unit * frame.hMax)) * Math.ceil(frame.height / (unit * frame.vMax));
+  const { x, y } = blocksOf(frame, frame.components[scan.components[0]!.index]!);
+  return x * y;
+}
+
+/**
+ * Whether a scan's bytes show none of the signs of data past its MCUs that can be seen without
+ * decoding it: each restart interval's last byte ends in a 1 bit (padding is 1 bits; a byte
+ * with no padding ends in a 1 half the time), no fill bytes or empty intervals, and as many
+ * restart markers as the scan has intervals, in order. Text after the MCUs ends in a 1 bit half
+ * the time too: this is a hint for when to walk, never a proof (the verifier walks every scan).
+ */
+export function looksCanonical(data: Buffer, from: number, end: number, frame: JpegFrame, scan: ScanHeader, restartInterval: number): boolean {
+  const intervals = restartInterval > 0 ? Math.ceil(scanMcus(frame, scan) / restartInterval) : 1;
+  let restarts = 0;
+  let start = from;
+  for (let pos = from; ; ) {
+    const ff = pos < end ? data.indexOf(0xff, pos) : end;
+    const boundary = ff < 0 || ff >= end ? end : ff;
+    const next = data[boundary + 1];
+    if (boundary < end && next === 0x00) {
+      pos = boundary + 2;
+      continue;
+    }
+    // A marker (a restart, or the one after the scan): the byte before it closes an interval.
+    const last = data[boundary - 1]!;
+    const stuffedFf = last === 0x00 && boundary - 2 >= start && data[boundary - 2] === 0xff;
+    if (boundary === start || last === 0xff || (!stuffedFf && (last & 1) === 0)) return false;
+    if (boundary === end) return restarts === intervals - 1;
+    if (next !== 0xd0 + (restarts & 7)) return false;
+    restarts++;
+    start = pos = boundary + 2;
+  }
+}
+
+export interface CodedScan {
+  /** Where the marker that follows the scan starts. */
+  end: number;
+  /** The scan in canonical form, to write in place of [from, end). */
+  pieces: Buffer[];
+  /** The input's bytes already were the canonical form. */
+  canonical: boolean;
+}
+
+/** Entropy-coded bytes read a bit at a time, stuffing removed; past a marker it reads zeros and counts them. */
+class BitReader {
+  acc = 0;
+  bits = 0;
+  /** Zero bytes read past the marker that ends the data. */
+  padding = 0;
+  atMarker = false;
+
+  constructor(
+    readonly data: Buffer,
+    /** Where this interval's data starts, and the next byte to read. */
+    readonly start: number,
+    public pos: number = start,
+  ) {}
+
+  fill(): void {
+    const data = this.data;
+    while (this.bits < 16) {
+      // At most 23 bits are held, so the accumulator stays a small integer (no heap numbers).
+      let byte = 0;
+      if (this.atMarker) this.padding++;
+      else {
+        const p = this.pos;
+        byte = p < data.length ? data[p]! : 0xff;
+        if (byte !== 0xff) this.pos = p + 1;
+        else if (data[p + 1] === 0x00) this.pos = p + 2;
+        else {
+          this.atMarker = true;
+          this.padding++;
+          byte = 0;
+        }
+      }
+      this.acc = ((this.acc & ((1 << this.bits) - 1)) << 8) | byte;
+      this.bits += 8;
+    }
+  }
+
+  /**
+   * Where the byte holding the last bit read starts, and how many bits of it were not read; the
+   * start of the interval when nothing was read. Found by stepping back from the next byte to
+   * read over the whole bytes still held (a stuffed 0xFF is the only byte followed by 0x00 there).
+   */
+  lastByte(): { at: number; spare: number } {
+    const unread = this.bits - this.padding * 8;
+    if (unread < 0) throw reject.corrupt('JPEG', 'scan data ends before its last MCU');
+    const back = (q: number): number => (q - 2 >= this.start && this.data[q - 1] === 0x00 && this.data[q - 2] === 0xff ? q - 2 : q - 1);
+    let end = this.pos;
+    for (let i = unread >> 3; i > 0; i--) end = back(end);
+    return end === this.start ? { at: -1, spare: 0 } : { at: back(end), spare: unread & 7 };
+  }
+
+  /** The next Huffman symbol of `table`. */
+  symbol(table: HuffmanTable): number {
+    if (this.bits < 16) this.fill();
+    const entry = table.fast[(this.acc >> (this.bits - fastBits)) & ((1 << fastBits) - 1)]!;
+    if (entry !== 0) {
+      this.bits -= entry >> 8;
+      return entry & 0xff;
+    }
+    for (let length = fastBits + 1; length <= 16; length++) {
+      const code = (this.acc >> (this.bits - length)) & ((1 << length) - 1);
+      if (code <= table.maxCode[length]!) {
+        this.bits -= length;
+        return table.symbols[table.offset[length]! + code]!;
+      }
+    }
+    throw reject.corrupt('JPEG', 'scan data holds a code its Huffman table does not define');
+  }
+
+  skip(n: number): void {
+    if (this.bits < n) this.fill();
+    this.bits -= n;
+  }
+
+  bit(): number {
+    if (this.bits < 1) this.fill();
+    this.bits--;
+    return (this.acc >>> this.bits) & 1;
+  }
+
+  take(n: number): number {
+    if (n === 0) return 0;
+    if (this.bits < n) this.fill();
+    this.bits -= n;
+    return (this.acc >>> this.bits) & ((1 << n) - 1);
+  }
+
+  /** Throws if the walk has read past the data, into the zeros after its marker. */
+  checkInside(): void {
+    if (this.bits < this.padding * 8) throw reject.corrupt('JPEG', 'scan data ends before its last MCU');
+  }
+}
+
+/** The next marker at or after `from` (its 0xFF, after any fill bytes), skipping stuffed bytes. */
+function nextMarker(data: Buffer, from: number): number {
+  let pos = from;
+  for (;;) {
+    const ff = data.indexOf(0xff, pos);
+    if (ff < 0 || ff + 1 >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+    let next = ff + 1;
+    while (next < data.length && data[next] === 0xff) next++;
+    if (next >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+    if (data[next] !== 0x00) return next - 1;
+    pos = next + 1;
+  }
+}
+
+/**
+ * Walks the scan whose coded data starts at `from`, and returns its canonical form. `huffman`
+ * gives a defined table by class (0 DC, 1 AC) and id; `restartInterval` is the DRI in force.
+ */
+export function walkScan(
+  data: Buffer,
+  from: number,
+  walk: FrameWalk,
+  scan: ScanHeader,
+  huffman: (tableClass: number, id: number) => HuffmanTable | undefined,
+  restartInterval: number,
+): CodedScan {
+  const { frame } = walk;
+  const table = (tableClass: number, id: number): HuffmanTable => {
+    const found = huffman(tableClass, id);
+    if (!found) throw reject.corrupt('JPEG', 'a scan uses a Huffman table that is not defined');
+    return found;
+  };
+  const progressive = frame.coding === 'progressive';
+  // Which tables the scan reads: sequential DCT both; lossless its DC (difference) table only;
+  // progressive its DC table on a first DC pass and its AC table on AC passes.
+  const usesDc = !progressive || (scan.ss === 0 && scan.ah === 0);
+  const acScan = progressive ? scan.ss > 0 : frame.coding === 'sequential';
+  walk.sequence(scan);
+  const units = scan.components.map((c) => {
+    const component = frame.components[c.index]!;
+    const interleaved = scan.components.length > 1;
+    return {
+      index: c.index,
+      blocksPerMcu: interleaved ? component.h * component.v : 1,
+      dc: usesDc ? table(0, c.dc) : undefined,
+      ac: acScan ? table(1, c.ac) : undefined,
+    };
+  });
+  const mcus = scanMcus(frame, scan);
+  walk.budget.spend(scanCost(frame, scan));
+  const history = progressive && scan.ss > 0 ? walk.history(units[0]!.index) : undefined;
+  const interval = restartInterval > 0 ? restartInterval : mcus;
+
+  const pieces: Buffer[] = [];
+  let canonical = true;
+  let bits = new BitReader(data, from);
+  let intervalStart = from;
+  let eobRun = 0;
+  for (let mcu = 0; mcu < mcus; ) {
+    const last = Math.min(mcus, mcu + interval);
+    if (!progressive) {
+      sequentialMcus(bits, units, last - mcu);
+      mcu = last;
+    }
+    for (; mcu < last; mcu++) {
+      for (const u of units) {
+        for (let b = 0; b < u.blocksPerMcu; b++) {
+          if (scan.ss === 0) {
+            // Progressive DC: a difference on the first pass, one bit on each refinement.
+            if (scan.ah === 0) bits.skip(bits.symbol(u.dc!));
+            else bits.skip(1);
+          } else if (scan.ah === 0) {
+            eobRun = acFirst(bits, u.ac!, scan, history!, mcu, eobRun);
+          } else {
+            eobRun = acRefine(bits, u.ac!, scan, history!, mcu, eobRun);
+          }
+        }
+      }
+      bits.checkInside();
+    }
+
+    // The interval's coded data ends in the byte holding its last bit.
+    const { at, spare } = bits.lastByte();
+    let codedEnd = intervalStart;
+    if (at >= 0) {
+      const byte = data[at]!;
+      const filled = byte | ((1 << spare) - 1);
+      codedEnd = at + (byte === 0xff ? 2 : 1);
+      if (filled !== byte) {
+        canonical = false;
+        pieces.push(data.subarray(intervalStart, at), Buffer.from(filled === 0xff ? [0xff, 0x00] : [filled]));
+      } else {
+        pieces.push(data.subarray(intervalStart, codedEnd));
+      }
+    }
+    const marker = nextMarker(data, codedEnd);
+    if (marker !== codedEnd) canonical = false;
+    if (mcu < mcus) {
+      const expected = 0xd0 + (((mcu / interval) - 1) & 7);
+      if (data[marker + 1] !== expected) throw reject.corrupt('JPEG', 'a restart marker is missing or out of order');
+      pieces.push(data.subarray(marker, marker + 2));
+      intervalStart = marker + 2;
+      bits = new BitReader(data, intervalStart);
+      eobRun = 0;
+      continue;
+    }
+    // After the last MCU: restart markers with nothing to restart, and whatever lies between, go.
+    let end = marker;
+    while (data[end + 1]! >= 0xd0 && data[end + 1]! <= 0xd7) {
+      canonical = false;
+      end = nextMarker(data, end + 2);
+    }
+    return { end, pieces: canonical ? [data.subarray(from, end)] : pieces, canonical };
+  }
+  throw reject.corrupt('JPEG', 'a scan with no MCUs');
+}
+
+interface Unit {
+  blocksPerMcu: number;
+  dc: HuffmanTable | undefined;
+  ac: HuffmanTable | undefined;
+}
+
+/**
+ * Sequential and lossless MCUs: per block a DC (or sample) difference, then, for DCT, up to 63 AC
+ * coefficients, each a Huffman code and that many extra bits. This is where a photo's time goes,
+ * so the bit state lives in locals (V8 keeps them in registers) and is refilled in line, to at
+ * least 24 bits: a fast code (≤ 9 bits) and its extra bits (≤ 15) then need no second refill.
+ */
+function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
+  const data = reader.data;
+  const length = data.length;
+  let { acc, bits, pos, padding, atMarker } = reader;
+  for (let m = 0; m < count; m++) {
+    for (let u = 0; u < units.length; u++) {
+      const unit = units[u]!;
+      const dc = unit.dc!;
+      const ac = unit.ac;
+      for (let b = 0; b < unit.blocksPerMcu; b++) {
+        let fast = dc.fast;
+        let table = dc;
+        for (let k = 0; k < 64; k++) {
+          if (bits < 24) {
+              while (bits < 24) {
+                let byte = 0;
+                if (atMarker) padding++;
+                else {
+                  byte = pos < length ? data[pos]! : 0xff;
+                  if (byte !== 0xff) pos++;
+                  else if (data[pos + 1] === 0x00) pos += 2;
+                  else {
+                    atMarker = true;
+                    padding++;
+                    byte = 0;
+                  }
+                }
+                acc = ((acc & ((1 << bits) - 1)) << 8) | byte;
+                bits += 8;
+              }
+          }
+          let codeLength: number;
+          let symbol: number;
+          const entry = fast[(acc >> (bits - fastBits)) & ((1 << fastBits) - 1)]!;
+          if (entry !== 0) {
+            codeLength = entry >> 8;
+            symbol = entry & 0xff;
+          } else {
+            for (codeLength = fastBits + 1; ; codeLength++) {
+              if (codeLength > 16) throw reject.corrupt('JPEG', 'scan data holds a code its Huffman table does not define');
+              const code = (acc >> (bits - codeLength)) & ((1 << codeLength) - 1);
+              if (code <= table.maxCode[codeLength]!) {
+                symbol = table.symbols[table.offset[codeLength]! + code]!;
+                break;
+              }
+            }
+          }
+          bits -= codeLength;
+          let extra: number;
+          if (k === 0) {
+            if (symbol > 16) throw reject.corrupt('JPEG', 'a DC difference out of range');
+            extra = symbol === 16 ? 0 : symbol; // 16: lossless's difference of 32768, no extra bits
+          } else {
+            extra = symbol & 15;
+            if (extra === 0 && symbol !== 0xf0) k = 64; // end of block
+            k += symbol >> 4;
+          }
+          // Held bits are ≥ 24 before a code: only a long code with many extra bits needs more.
+          if (bits < extra) {
+            while (bits < 24) {
+                let byte = 0;
+                if (atMarker) padding++;
+                else {
+                  byte = pos < length ? data[pos]! : 0xff;
+                  if (byte !== 0xff) pos++;
+                  else if (data[pos + 1] === 0x00) pos += 2;
+                  else {
+                    atMarker = true;
+                    padding++;
+                    byte = 0;
+                  }
+                }
+                acc = ((acc & ((1 << bits) - 1)) << 8) | byte;
+                bits += 8;
+              }
+          }
+          bits -= extra;
+          if (k === 0) {
+            if (!ac) break;
+            table = ac;
+            fast = ac.fast;
+          }
+        }
+      }
+    }
+    if (bits < padding * 8) throw reject.corrupt('JPEG', 'scan data ends before its last MCU');
+  }
+  Object.assign(reader, { acc, bits, pos, padding, atMarker });
+}
+
+/** Tests and sets coefficient `k`'s bit in a block's 64-bit history. */
+const isSet = (history: Uint32Array, block: number, k: number): boolean => (history[2 * block + (k >> 5)]! & (1 << (k & 31))) !== 0;
+const set = (history: Uint32Array, block: number, k: number): void => void (history[2 * block + (k >> 5)]! |= 1 << (k & 31));
+
+/** A first AC pass of a progressive scan over one block (T.81 G.1.2.2); returns the EOB run left. */
+function acFirst(bits: BitReader, ac: HuffmanTable, scan: ScanHeader, history: Uint32Array, block: number, eobRun: number): number {
+  if (eobRun > 0) return eobRun - 1;
+  for (let k = scan.ss; k <= scan.se; k++) {
+    const rs = bits.symbol(ac);
+    const r = rs >> 4;
+    const s = rs & 15;
+    if (s !== 0) {
+      k += r;
+      bits.skip(s);
+      if (k <= 63) set(history, block, k);
+    } else if (r < 15) {
+      return (1 << r) - 1 + bits.take(r);
+    } else {
+      k += 15;
+    }
+  }
+  return 0;
+}
+
+/**
+ * A refinement AC pass over one block (T.81 G.1.2.3): a correction bit for every coefficient
+ * already non-zero, and new coefficients placed among the zero ones; returns the EOB run left.
+ */
+function acRefine(bits: BitReader, ac: HuffmanTable, scan: ScanHeader, history: Uint32Array, block: number, eobRun: number): number {
+  let k = scan.ss;
+  let run = eobRun;
+  if (run === 0) {
+    for (; k <= scan.se; k++) {
+      const rs = bits.symbol(ac);
+      let r = rs >> 4;
+      const s = rs & 15;
+      if (s !== 0) {
+        if (s !== 1) throw reject.corrupt('JPEG', 'a refinement coefficient larger than one bit');
+        bits.skip(1);
+      } else if (r < 15) {
+        run = (1 << r) + bits.take(r);
+        break;
+      }
+      for (; k <= scan.se; k++) {
+        if (isSet(history, block, k)) bits.skip(1);
+        else if (--r < 0) break;
+      }
+      if (s !== 0 && k <= 63) set(history, block, k);
+    }
+  }
+  if (run > 0) {
+    for (; k <= scan.se; k++) if (isSet(history, block, k)) bits.skip(1);
+    run--;
+  }
+  return run;
+}
