@@ -10,6 +10,7 @@ const typeSizes: Record<number, number> = { 1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 
 const maxIfds = 64;
 const TAG_ICC = 0x8773;
 const TAG_XMP = 0x02bc;
+const TAG_JPEG_TABLES = 0x015b;
 
 export interface TiffTag {
   ifd: number;
@@ -54,7 +55,10 @@ export function tiffValues(block: Uint8Array, into: ValueCollector | undefined):
         for (let k = 0; k < n && k < 16; k++) queue.push(u32(valueAt + 4 * k));
         continue;
       }
-      if (!into || tag === TAG_ICC) continue; // the colour profile is kept on purpose
+      // The colour profile is rebuilt and checked on its own (formats/icc.ts), and JPEGTables
+      // holds the coding tables of JPEG-compressed strips (libtiff's default for sharp's TIFF),
+      // which the output shares with the input by design: neither is a value to look for.
+      if (!into || tag === TAG_ICC || tag === TAG_JPEG_TABLES) continue;
       if (tag === TAG_XMP) {
         into.xml(Buffer.from(value).toString('utf8'));
       } else if (type === 2) {

@@ -158,6 +158,7 @@ export function forEachTextNode(xml: string, visit: (text: string) => void): voi
 
 /**
  * Values that describe what we keep (the colour profile's name, the orientation) or that every
- * file has; they legitimately appear in a clean output.
+ * file has; they legitimately appear in a clean output. JPEGTables: a JPEG-compressed TIFF's
+ * coding tables (libtiff's default for sharp's TIFF), which the output shares by design.
  */
-const excludedExifrKeys = new Set(['ICCProfile', 'ICCProfileName', 'ProfileDescription', 'ColorSpace', 'ColorMode', 'Orientation', 'ExifVersion', 'FlashpixVersion', 'InteropVersion', 'InteropIndex', 'ComponentsConfiguration']);
+const excludedExifrKeys = new Set(['ICCProfile', 'JPEGTables', 'ICCProfileName', 'ProfileDescription', 'ColorSpace', 'ColorMode', 'Orientation', 'ExifVersion', 'FlashpixVersion', 'InteropVersion', 'InteropIndex', 'ComponentsConfiguration']);
