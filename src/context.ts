@@ -33,6 +33,7 @@ export const removedCategories = [
   'jumbf', // C2PA / JUMBF manifests
   'signature', // PNG dSIG
   'vendor', // vendor APPn segments (Ducky, Picture Info, FPXR, ...)
+  'profileText', // an ICC profile's text tags and device, creator and date fields (its colour stays)
   // Video containers
   'containerTags', // container-level tags (title, encoder, creation time, ...)
   'streamTags', // per-stream tags that are not technical

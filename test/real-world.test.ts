@@ -4,6 +4,7 @@
  * beside each, the check that the fix did not loosen the scan anywhere else.
  */
 import assert from 'node:assert/strict';
+import { canonicalIcc } from '../src/formats/icc.js';
 import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -266,7 +267,7 @@ describe('issue 16: TIFF, rebuilt byte for byte', () => {
     assert.ok(a!.equals(b!), 'the same 16-bit samples');
     const [inMeta, outMeta] = await Promise.all([sharp(input).metadata(), sharp(bytes).metadata()]);
     assert.equal(outMeta.depth, 'ushort');
-    assert.ok(outMeta.icc?.equals(inMeta.icc!), 'ICC kept byte for byte');
+    assert.ok(outMeta.icc?.equals(canonicalIcc(inMeta.icc!, 'test').profile), 'ICC kept, rebuilt from its fields');
   });
 
   it('a tiled, two-page TIFF keeps its first page’s tiles and drops the second page', async () => {

@@ -4,6 +4,7 @@
  * same pixels, size, orientation and colour; reject fixtures are refused with the right code.
  */
 import assert from 'node:assert/strict';
+import { canonicalIcc } from '../src/formats/icc.js';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { copyFile, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
@@ -67,7 +68,7 @@ describe('clean fixtures', () => {
         assert.equal(meta.height, expected.height);
         assert.equal(meta.orientation ?? 1, expected.orientation ?? 1);
         const inMeta = await sharp(input).metadata();
-        if (inMeta.icc) assert.ok(meta.icc?.equals(inMeta.icc), 'ICC profile kept byte for byte');
+        if (inMeta.icc) assert.ok(meta.icc?.equals(canonicalIcc(inMeta.icc, 'test').profile), 'ICC profile kept, rebuilt from its fields');
       } else {
         const tools = await ffmpegTools();
         const demuxer = entry.format === 'webm' || entry.format === 'mkv' ? 'matroska' : 'mov';
@@ -115,7 +116,7 @@ describe('clean fixtures', () => {
     assert.equal(out.removed.motionPhoto, 1);
     assert.equal(out.removed.trailer, 1);
     const [a, b] = await Promise.all([sharp(fixture('media/avif-exif-xmp-gps.avif')).metadata(), sharp(bytes).metadata()]);
-    assert.ok(a.icc && b.icc?.equals(a.icc));
+    assert.ok(a.icc && b.icc?.equals(canonicalIcc(a.icc, 'test').profile));
   });
 
   it('the HEIF verifier refuses item data nothing references', async () => {

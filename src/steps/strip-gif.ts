@@ -7,6 +7,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
+import { canonicalIcc } from '../formats/icc.js';
 import type { ImageStripResult } from './strip-image.js';
 
 const loopApplications = new Set(['NETSCAPE2.0', 'ANIMEXTS1.0']);
@@ -30,6 +31,18 @@ function graphicControl(fields: Buffer): Buffer {
 /** The NETSCAPE2.0 looping extension from its one field, the loop count (0 = for ever). */
 function loopExtension(loops: number): Buffer {
   return Buffer.concat([Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('NETSCAPE2.0', 'latin1'), Buffer.from([0x03, 0x01, loops & 0xff, loops >> 8, 0x00])]);
+}
+
+/** The ICC application extension, its profile rebuilt from its fields (formats/icc.ts), in sub-blocks of 255. */
+function iccExtension(profile: Buffer, removed: Removed): Buffer {
+  const rebuilt = canonicalIcc(profile, 'GIF');
+  if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+  const blocks: Buffer[] = [Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('ICCRGBG1012', 'latin1')];
+  for (let at = 0; at < rebuilt.profile.length; at += 255) {
+    const block = rebuilt.profile.subarray(at, at + 255);
+    blocks.push(Buffer.from([block.length]), block);
+  }
+  return Buffer.concat([...blocks, Buffer.from([0])]);
 }
 
 /** Position just after a chain of data sub-blocks starting at `pos` (ends with a 0 block). */
@@ -83,7 +96,7 @@ export function stripGif(input: Buffer): ImageStripResult {
     } else if (label === 0xff) {
       const blockSize = input[pos + 2]!;
       const identifier = blockSize === 11 ? input.toString('latin1', pos + 3, pos + 14) : '';
-      if (identifier === 'ICCRGBG1012') parts.push(input.subarray(start, end));
+      if (identifier === 'ICCRGBG1012') parts.push(iccExtension(Buffer.concat(subBlocks(input, pos + 14)), removed));
       else if (loopApplications.has(identifier)) {
         // Sub-block 1 holds the loop count; others (buffering hints) and anything else go.
         const blocks = subBlocks(input, pos + 14);

@@ -14,6 +14,7 @@
  * items, unknown essential properties) is refused.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
+import { canonicalIcc } from '../formats/icc.js';
 import { reject, ScrubError } from '../errors.js';
 import { exifCategories } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
@@ -564,6 +565,15 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
     .map((r) => ({ ...r, to: r.to.filter((t) => keep.has(t)) }))
     .filter((r) => r.to.length > 0);
 
+  // A colour property holding an ICC profile gets the profile rebuilt from its fields (formats/icc.ts).
+  const writtenProps = keptProps.map((prop) => {
+    const colourType = prop.type === 'colr' ? input.toString('latin1', prop.body, prop.body + 4) : '';
+    if (colourType !== 'prof' && colourType !== 'rICC') return input.subarray(prop.body - 8, prop.end);
+    const rebuilt = canonicalIcc(input.subarray(prop.body + 4, prop.end), 'HEIF');
+    if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+    return box('colr', Buffer.from(colourType, 'latin1'), rebuilt.profile);
+  });
+
   const mdatHeader = mdatSize + 16 > 0xffffffff ? 16 : 8;
   const offsetBytes = input.length + 1024 > 0xffffffff ? 8 : 4;
   const buildMeta = (mdatDataStart: number): Buffer => {
@@ -573,7 +583,7 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
       primary > 0xffff ? fullBox('pitm', 1, 0, u32(primary)) : fullBox('pitm', 0, 0, u16(primary)),
       writeItems(keptItems),
       writeReferences(keptRefs),
-      box('iprp', box('ipco', ...keptProps.map((b) => input.subarray(b.body - 8, b.end))), writeAssociations(keptItems, keptAssociations)),
+      box('iprp', box('ipco', ...writtenProps), writeAssociations(keptItems, keptAssociations)),
       writeLocations(located, offsetBytes),
       idatParts.length > 0 ? box('idat', ...idatParts) : undefined,
     ];

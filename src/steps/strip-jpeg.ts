@@ -3,7 +3,7 @@
  * image data is copied byte for byte; only whole segments are dropped, so pixels are identical.
  *
  * Kept: SOI, DQT, DHT, DAC, SOFn, DRI, DNL, SOS + entropy-coded data, EOI, APP0 JFIF (without
- * its thumbnail), APP2 ICC_PROFILE, APP14 Adobe (rebuilt to its canonical 12 bytes). Dropped:
+ * its thumbnail), APP2 ICC_PROFILE (the profile rebuilt: formats/icc.ts), APP14 Adobe (rebuilt to its canonical 12 bytes). Dropped:
  * every other APPn, COM, bytes between segments (libjpeg skips them too, with a warning) and
  * everything after EOI. Orientation survives as a minimal EXIF holding only Orientation.
  *
@@ -15,6 +15,7 @@
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
+import { canonicalIcc } from '../formats/icc.js';
 import { frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { WorkBudget } from '../formats/work-budget.js';
@@ -145,6 +146,8 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
   const current = new Map<number, Table>();
   /** Each frame component's quantisation table id (SOF), by component id. */
   const quantOf = new Map<number, number>();
+  /** APP2 ICC_PROFILE payloads, in file order: one profile in numbered pieces. */
+  const iccPieces: Buffer[] = [];
   let strayBytes = false;
   let orientation: number | undefined;
   let adobeTransform: number | undefined;
@@ -233,7 +236,7 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
       continue;
     }
     if (marker === 0xe2 && startsWith(payload, 'ICC_PROFILE\0')) {
-      body.push(segment);
+      iccPieces.push(payload);
       continue;
     }
     if (marker === 0xee && startsWith(payload, 'Adobe')) {
@@ -261,6 +264,7 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
   const parts = [input.subarray(0, 2), ...head];
   if (orientation !== undefined && orientation !== 1) parts.push(orientationApp1(orientation));
   if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
+  if (iccPieces.length > 0) parts.push(...iccSegments(iccPieces, removed));
   const scans = scanParts(input, frame, body.filter((item): item is ScanItem => 'hinted' in item), removed);
   for (const item of body) {
     if (Buffer.isBuffer(item)) {
@@ -342,6 +346,29 @@ function findScanEnd(input: Buffer, from: number): number {
     }
     return ff;
   }
+}
+
+/** The most profile bytes one APP2 segment holds: 65,535 less its length, name, number and count. */
+const iccPieceBytes = 65535 - 2 - 14;
+
+/**
+ * The ICC profile, put together from its numbered APP2 pieces (ICC.1 B.4), rebuilt from its
+ * fields (formats/icc.ts) and cut into pieces again. Pieces that do not make one profile (a
+ * number missing or twice, counts that differ) are refused: decoders disagree on what they mean.
+ */
+function iccSegments(pieces: Buffer[], removed: Removed): Buffer[] {
+  const total = pieces[0]![13]!;
+  const ordered = [...pieces].sort((a, b) => a[12]! - b[12]!);
+  if (pieces.length !== total || ordered.some((piece, i) => piece.length < 14 || piece[12] !== i + 1 || piece[13] !== total)) {
+    throw reject.structure('JPEG', 'an ICC profile in pieces that do not fit together');
+  }
+  const { profile, changed } = canonicalIcc(Buffer.concat(ordered.map((piece) => piece.subarray(14))), 'JPEG');
+  if (changed > 0) countRemoved(removed, 'profileText');
+  const count = Math.ceil(profile.length / iccPieceBytes);
+  return Array.from({ length: count }, (_, i) => {
+    const name = Buffer.from([...Buffer.from('ICC_PROFILE\0', 'latin1'), i + 1, count]);
+    return segmentOf(0xe2, Buffer.concat([name, profile.subarray(i * iccPieceBytes, (i + 1) * iccPieceBytes)]));
+  });
 }
 
 /**

@@ -7,6 +7,7 @@
  */
 import { crc32, deflateSync, inflateSync } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
+import { canonicalIcc } from '../formats/icc.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -62,7 +63,7 @@ export function stripPng(input: Buffer): ImageStripResult {
         if (data.length > size) countRemoved(removed, 'other');
         parts.push(pngChunk(type, data.subarray(0, size)));
       } else if (type === 'iCCP') {
-        const rebuilt = iccpChunk(data);
+        const rebuilt = iccpChunk(data, removed);
         if (rebuilt) parts.push(rebuilt);
         else countRemoved(removed, 'other');
       } else if (type === 'IEND') {
@@ -95,9 +96,10 @@ const iccKeyword = 'ICC Profile';
 /**
  * iCCP: a keyword (1-79 Latin-1 characters of the writer's choice, so any text), compression
  * method 0, a zlib stream of the profile. Rebuilt with a fixed keyword and the profile deflated by
- * us; undefined for an empty or unreadable profile, which is dropped (no colour to keep).
+ * us, the profile itself rebuilt from its fields (formats/icc.ts); undefined for an empty or
+ * undeflatable profile, which is dropped (no decoder can read a colour from it).
  */
-function iccpChunk(data: Buffer): Buffer | undefined {
+function iccpChunk(data: Buffer, removed: Removed): Buffer | undefined {
   const nul = data.indexOf(0);
   if (nul < 1 || nul > 79 || data[nul + 1] !== 0) return undefined;
   let profile: Buffer;
@@ -107,7 +109,9 @@ function iccpChunk(data: Buffer): Buffer | undefined {
     return undefined;
   }
   if (profile.length < 128) return undefined;
-  return pngChunk('iCCP', Buffer.concat([Buffer.from(`${iccKeyword}\0\0`, 'latin1'), deflateSync(profile)]));
+  const rebuilt = canonicalIcc(profile, 'PNG');
+  if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+  return pngChunk('iCCP', Buffer.concat([Buffer.from(`${iccKeyword}\0\0`, 'latin1'), deflateSync(rebuilt.profile)]));
 }
 
 function pngChunk(type: string, data: Buffer): Buffer {

@@ -11,6 +11,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject, ScrubError } from '../errors.js';
+import { canonicalIcc } from '../formats/icc.js';
 import { exifCategories, readerFor, readIfd, type Entry, type Reader } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -164,6 +165,16 @@ export function stripTiff(input: Buffer, limits: { maxInputPixels: number }): Im
     if (end > input.length) throw reject.corrupt(FORMAT, 'image data runs past the end of the file');
     return input.subarray(offset, end);
   });
+
+  const icc = kept.find((k) => k.tag === 34675);
+  if (icc) {
+    // The profile rebuilt from its fields (formats/icc.ts), as an UNDEFINED array.
+    const rebuilt = canonicalIcc(icc.value, 'TIFF');
+    if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+    icc.value = rebuilt.profile;
+    icc.count = rebuilt.profile.length;
+    icc.type = 7;
+  }
 
   const tables = kept.find((k) => k.tag === TAG.jpegTables);
   if (tables) {

@@ -7,6 +7,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
+import { canonicalIcc } from '../formats/icc.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -79,7 +80,12 @@ export function stripWebp(input: Buffer): ImageStripResult {
     if (dataEnd > riffEnd) throw reject.corrupt('WebP', `${fourcc.trim()} chunk runs past the end`);
     const data = input.subarray(pos + 8, dataEnd);
     pos = dataEnd + (size % 2);
-    if (keep.has(fourcc)) {
+    if (fourcc === 'ICCP') {
+      // The profile rebuilt from its fields (formats/icc.ts).
+      const rebuilt = canonicalIcc(data, 'WebP');
+      if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+      kept.push({ fourcc, data: rebuilt.profile });
+    } else if (keep.has(fourcc)) {
       kept.push({ fourcc, data });
     } else if (fourcc === 'EXIF') {
       // Some writers prefix the TIFF block with JPEG's "Exif\0\0".

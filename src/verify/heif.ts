@@ -6,6 +6,7 @@
  * an input), only on a file whose tables cost more than its work budget (THREATS 35).
  */
 import type { Span as Located } from './structure-image.js';
+import { isCanonicalIcc } from '../formats/icc.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ValueCollector } from './values.js';
 
@@ -197,7 +198,11 @@ export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: 
     if (prop.type === 'auxC' && !alphaAux.test(out.toString('latin1', prop.data + 4, Math.min(prop.end, prop.data + 60)))) {
       problems.push('heif: auxiliary image other than alpha');
     }
-    if (prop.type === 'colr' && ['prof', 'rICC'].includes(out.toString('latin1', prop.data, prop.data + 4))) keptRanges.push({ start: prop.data + 4, end: prop.end, what: 'icc' });
+    if (prop.type === 'colr' && ['prof', 'rICC'].includes(out.toString('latin1', prop.data, prop.data + 4))) {
+      keptRanges.push({ start: prop.data + 4, end: prop.end, what: 'icc' });
+      // Written by scrubline from its fields (formats/icc.ts), like every format's profile.
+      if (!isCanonicalIcc(out.subarray(prop.data + 4, prop.end))) problems.push('icc: profile not written from its fields');
+    }
   }
 
   // Every byte of mdat and idat must belong to an item we kept: nothing can hide unreferenced.

@@ -5,7 +5,9 @@
  * ranges of kept coding structures and colour profiles, where a value-scan match is not a leak,
  * and where each structure lies, so that a refusal can be explained without the file.
  */
+import { inflateSync } from 'node:zlib';
 import { ScrubError } from '../errors.js';
+import { isCanonicalIcc } from '../formats/icc.js';
 import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
 import { checkHeifStructure } from './heif.js';
@@ -42,6 +44,15 @@ export interface StructureReport {
    * (issue 30: where no preview is wanted, this walk stands in for libjpeg's).
    */
   codedDataProven?: boolean;
+}
+
+/**
+ * A kept ICC profile must be one scrubline wrote (formats/icc.ts): fixed text, reset header
+ * fields, colour tags at their exact lengths. A profile is the one structure copied whole into
+ * every format, so it is where a description like "Calibrated for Jane's iMac" would ride.
+ */
+function checkIcc(profile: Buffer | undefined, report: StructureReport): void {
+  if (profile === undefined || !isCanonicalIcc(profile)) report.problems.push('icc: profile not written from its fields');
 }
 
 /** An EXIF block is allowed only if it holds IFD0 Orientation and nothing else. */
@@ -124,6 +135,7 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
   let restartInterval = 0;
   const huffman = new Map<number, HuffmanTable>();
   const definedQuant = new Set<number>();
+  const iccPieces: Buffer[] = [];
   let scans = 0;
   let adobeSegments = 0;
   // Each Huffman or quantisation table defined must be used by a later scan before it is defined
@@ -138,6 +150,11 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
     if (marker === 0xd9) {
       if (pos + 2 !== out.length) report.problems.push('jpeg: data after EOI');
       if (unused.size + unusedTables > 0) report.problems.push('jpeg: a table no scan uses');
+      if (iccPieces.length > 0) {
+        // Pieces numbered 1..n in order, each saying n: one profile, as scrubline writes it.
+        const inOrder = iccPieces.every((piece, i) => piece[12] === i + 1 && piece[13] === iccPieces.length);
+        checkIcc(inOrder ? Buffer.concat(iccPieces.map((piece) => piece.subarray(14))) : undefined, report);
+      }
       const frameProven = frame !== undefined && frame.frame.precision === 8 && frame.frame.coding !== 'lossless';
       report.codedDataProven = entropy && frameProven && scans > 0 && report.problems.length === 0;
       return;
@@ -189,7 +206,10 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
     }
     const end = pos + 2 + length;
     report.structures.push({ start: pos, end, what: name });
-    if (icc) report.keptRanges.push({ start: pos + 4, end, what: 'icc' });
+    if (icc) {
+      report.keptRanges.push({ start: pos + 4, end, what: 'icc' });
+      iccPieces.push(payload);
+    }
     else if (fixedLayout) report.keptRanges.push({ start: pos, end, what: name });
     else if (coding) report.keptRanges.push({ start: pos, end: pos + 4 + codingExtent(marker, payload), what: name });
     pos = end;
@@ -260,7 +280,16 @@ function walkPng(out: Buffer, report: StructureReport): void {
     // The keyword is the writer's free text: a rebuilt iCCP has the one fixed name.
     if (type === 'iCCP' && out.toString('latin1', pos + 8, pos + 21) !== 'ICC Profile\0\0') report.problems.push('png: iCCP keyword is not the fixed one');
     report.structures.push({ start: pos, end: pos + 12 + length, what: `png ${/^[A-Za-z]{4}$/.test(type) ? type : 'chunk'}` });
-    if (type === 'iCCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + length, what: 'icc' });
+    if (type === 'iCCP') {
+      report.keptRanges.push({ start: pos + 8, end: pos + 8 + length, what: 'icc' });
+      let profile: Buffer | undefined;
+      try {
+        profile = inflateSync(out.subarray(pos + 8 + 13, pos + 8 + length), { maxOutputLength: 64 * 1024 * 1024 });
+      } catch {
+        profile = undefined;
+      }
+      checkIcc(profile, report);
+    }
     pos += 12 + length;
     if (type === 'IEND') {
       if (pos !== out.length) report.problems.push('png: data after IEND');
@@ -298,7 +327,10 @@ function walkWebp(out: Buffer, report: StructureReport): void {
         at += 8 + innerSize + (innerSize % 2);
       }
     }
-    if (fourcc === 'ICCP') report.keptRanges.push({ start: pos + 8, end: pos + 8 + size, what: 'icc' });
+    if (fourcc === 'ICCP') {
+      report.keptRanges.push({ start: pos + 8, end: pos + 8 + size, what: 'icc' });
+      checkIcc(out.subarray(pos + 8, pos + 8 + size), report);
+    }
     pos += 8 + size + (size % 2);
   }
   if (pos !== out.length) report.problems.push('webp: chunks do not fill the RIFF');
@@ -327,7 +359,12 @@ function walkGif(out: Buffer, report: StructureReport): void {
     if (introducer !== 0x21 || !(label === 0xf9 || (label === 0xff && ['NETSCAPE2.0', 'ANIMEXTS1.0', 'ICCRGBG1012'].includes(app)))) {
       report.problems.push('gif: block not allowed');
     }
-    if (label === 0xff && app === 'ICCRGBG1012') report.keptRanges.push({ start: pos, end: skip(pos + 2), what: 'icc' });
+    if (label === 0xff && app === 'ICCRGBG1012') {
+      report.keptRanges.push({ start: pos, end: skip(pos + 2), what: 'icc' });
+      const blocks: Buffer[] = [];
+      for (let at = pos + 14; at < out.length && out[at] !== 0; at += 1 + out[at]!) blocks.push(out.subarray(at + 1, at + 1 + out[at]!));
+      checkIcc(Buffer.concat(blocks), report);
+    }
     // Written from their fields: a GCE is one 4-byte sub-block, the loop extension one 3-byte one.
     if (label === 0xf9 && !(out[pos + 2] === 4 && out[pos + 7] === 0)) report.problems.push('gif: graphic control extension not in its fixed form');
     if (label === 0xff && app !== 'ICCRGBG1012' && !(app === 'NETSCAPE2.0' && out[pos + 14] === 3 && out[pos + 15] === 1 && out[pos + 18] === 0)) {
@@ -386,7 +423,10 @@ function walkTiff(out: Buffer, report: StructureReport): void {
   for (const { tag, valueAt, size } of tags) {
     if (!tiffTechnicalTags.has(tag)) report.problems.push('tiff: metadata tag present');
     if (size > 4) owned.push([valueAt, valueAt + size]);
-    if (tag === 0x8773) report.keptRanges.push({ start: valueAt, end: valueAt + size, what: 'icc' });
+    if (tag === 0x8773) {
+      report.keptRanges.push({ start: valueAt, end: valueAt + size, what: 'icc' });
+      checkIcc(out.subarray(valueAt, valueAt + size), report);
+    }
     if (tag === 0x015b && !isTablesOnly(out.subarray(valueAt, valueAt + size))) report.problems.push('tiff: JPEGTables holds more than tables');
     report.structures.push({ start: valueAt, end: valueAt + size, what: `tiff tag ${tag}` });
   }
