@@ -62,6 +62,48 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'JPEG: a scan with data past its last MCU passes the verifier',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (!scan.canonical) report.problems.push('jpeg: scan data runs past its last MCU');", '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'JPEG: the stripper copies a hinted scan whole instead of cutting it',
+    file: 'src/steps/strip-jpeg.ts',
+    edits: [['if (!walkAll && !item.hinted) return [input.subarray(item.from, item.rawEnd)];', 'if (process.pid > 0) return [input.subarray(item.from, item.rawEnd)];']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'JPEG: no work budget for the scans of a frame',
+    file: 'src/steps/strip-jpeg.ts',
+    edits: [['scanBudget!.spend(scanCost(frame!.frame, header));', '']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'JPEG: without a preview, the decode is skipped even where the walk proved nothing',
+    file: 'src/verify/structure-image.ts',
+    edits: [['report.codedDataProven = entropy && frameProven && scans > 0 && report.problems.length === 0;', 'report.codedDataProven = true;']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'ICC: a profile scrubline did not write passes the verifier',
+    file: 'src/verify/structure-image.ts',
+    edits: [["if (profile === undefined || !isCanonicalIcc(profile)) report.problems.push('icc: profile not written from its fields');", '']],
+    tests: ['test/canonical-icc.test.ts'],
+  },
+  {
+    name: 'ICC: text tags kept in the rebuilt profile',
+    file: 'src/formats/icc.ts',
+    edits: [['    if (!colourTags.has(signature)) {\n      changed++;\n      continue;\n    }', '    if (!colourTags.has(signature) && process.pid < 0) {\n      changed++;\n      continue;\n    }']],
+    tests: ['test/canonical-icc.test.ts'],
+  },
+  {
+    name: 'ICC: header maker, model and date copied',
+    file: 'src/formats/icc.ts',
+    edits: [['  const header = Buffer.alloc(128);\n', '  const header = Buffer.from(profile.subarray(0, 128));\n']],
+    tests: ['test/canonical-icc.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],
