@@ -143,9 +143,9 @@ const segment = (marker: number, payload: Buffer | number[]): Buffer => {
  * ("0"), a DC difference of 0 and an end-of-block, so a block is two bits ("00") of a baseline
  * scan; `scans` gives each scan's header and coded bytes.
  */
-function handJpeg(options: { width: number; height: number; sof?: number; restart?: number; acSymbol?: number; scans: Array<{ sos: number[]; data: Buffer | number[] }> }): Buffer {
+function handJpeg(options: { width: number; height: number; sof?: number; precision?: number; restart?: number; acSymbol?: number; scans: Array<{ sos: number[]; data: Buffer | number[] }> }): Buffer {
   const { width, height } = options;
-  const sof = [8, height >> 8, height & 255, width >> 8, width & 255, 1, 1, 0x11, 0];
+  const sof = [options.precision ?? 8, height >> 8, height & 255, width >> 8, width & 255, 1, 1, 0x11, 0];
   const oneCode = (tableClass: number, symbol: number): number[] => [tableClass << 4, 1, ...Array<number>(15).fill(0), symbol];
   return Buffer.concat([
     Buffer.from([0xff, 0xd8]),
@@ -226,7 +226,9 @@ describe('issue 26: a JPEG scan ends where its last MCU does (THREATS 37)', () =
   it('with no preview wanted, the walk is the proof: a scan of text is still refused, a real photo still cleaned', async () => {
     const { segments } = jpegSegments(await photo());
     const text = jpegOf(segments, Buffer.concat([Buffer.from('<html><script>alert(1)</script></html>'.repeat(20)), Buffer.from([0xff, 0xd9])]));
-    for (const [bytes, ok] of [[text, false], [await photo(), true]] as const) {
+    // A 12-bit frame: the walk reads it, but only a decode proves it, and libvips cannot decode it.
+    const twelveBit = handJpeg({ width: 8, height: 8, sof: 0xc1, precision: 12, scans: [{ sos: baselineScan, data: [0x3f] }] });
+    for (const [bytes, ok] of [[text, false], [twelveBit, false], [await photo(), true]] as const) {
       const workDir = await tempDir();
       try {
         await writeFile(path.join(workDir, 'original'), bytes);
