@@ -29,6 +29,8 @@ const everything = {
   silentErrors: true,
 } as const;
 
+const strictOptions = { ...everything, silentErrors: false };
+
 export type ExifBlocks = Record<string, Record<string, unknown>>;
 
 /** Every block exifr finds, keyed by block name (ifd0, exif, gps, xmp namespaces, iptc …). */
@@ -45,4 +47,20 @@ export async function readExifValues(input: Buffer): Promise<ExifBlocks> {
   } catch {
     return {};
   }
+}
+
+/**
+ * The same reading for tests and QA checks of an output, where a reader that fails must not read
+ * as "nothing found": exifr's errors, thrown or collected, are thrown (issue 31).
+ */
+export async function readExifValuesStrict(input: Buffer): Promise<ExifBlocks> {
+  const result = (await exifr.parse(input, strictOptions)) as Record<string, unknown> | undefined;
+  const errors = result?.['errors'];
+  if (Array.isArray(errors) && errors.length > 0) throw new Error(`exifr could not read every block: ${errors.map(String).join('; ')}`);
+  const blocks: ExifBlocks = {};
+  for (const [name, block] of Object.entries(result ?? {})) {
+    if (block === null || typeof block !== 'object' || Array.isArray(block)) continue;
+    blocks[name] = ArrayBuffer.isView(block) ? { [name]: block } : (block as Record<string, unknown>);
+  }
+  return blocks;
 }
