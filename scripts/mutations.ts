@@ -208,6 +208,12 @@ const mutations: Mutation[] = [
     tests: ['test/safeguards.test.ts'],
   },
   {
+    name: 'orphan sweep: live objects not spared, seen by the CLI sweep on the test clock',
+    file: 'src/retention/sweeper.ts',
+    edits: [['if (live.has(name) || at.getTime() - modifiedMs < graceMs) continue;', 'if (at.getTime() - modifiedMs < graceMs) continue;']],
+    tests: ['test/retention.test.ts'],
+  },
+  {
     name: 'deleted job: no check before forwarding (THREATS 41)',
     file: 'src/http/app.ts',
     edits: [['if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();', '']],
