@@ -536,8 +536,20 @@ describe('THREATS: access and logs', () => {
 
   it('33 an Authorization header, a CR/LF file name and an EXIF Artist never reach the logs', async () => {
     const crlf = `${String(planted.filename)}\r\nX-Injected: 1`;
-    await post(svc, [{ raw: `Content-Disposition: form-data; name="file"; filename="${crlf.replace(/"/g, '')}"`, data: await jpeg() }]);
-    await post(svc, [{ name: 'file', filename: String(planted.filename), data: Buffer.alloc(3 * 1024 * 1024) }]); // multer error path
+    const logged = svc.logs.text.length;
+    // As RFC 5987 encodes it, the file name with its CR/LF reaches multer and the pipeline; sent
+    // raw, the CR/LF ends the part's header and the upload has no file (400, logged too).
+    const cleaned = await post(svc, [{ raw: `Content-Disposition: form-data; name="file"; filename*=UTF-8''${encodeURIComponent(crlf)}`, data: await jpeg() }]);
+    const broken = await post(svc, [{ raw: `Content-Disposition: form-data; name="file"; filename="${crlf.replace(/"/g, '')}"`, data: await jpeg() }]);
+    assert.equal(broken.status, 400, broken.body);
+    const refused = await post(svc, [{ name: 'file', filename: String(planted.filename), data: Buffer.alloc(3 * 1024 * 1024) }]); // multer error path
+    // Both went where the secrets could leak: through the pipeline (the JPEG carries the EXIF
+    // Artist) and through multer's error, and both were logged.
+    assert.equal(cleaned.status, 201, JSON.stringify(cleaned.json));
+    assert.equal(refused.status, 413, refused.body);
+    const lines = svc.logs.text.slice(logged);
+    for (const status of [201, 400, 413]) assert.ok(lines.includes(`"statusCode":${status}`), `the ${status} answer was logged`);
+    assert.ok(lines.includes('"msg":"file cleaned"'), 'the cleaned file was logged');
     for (const secret of [testToken, String(planted.filename), 'X-Injected', String(planted.artist)]) assert.ok(!svc.logs.text.includes(secret), secret);
   });
 });
