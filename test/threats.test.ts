@@ -104,10 +104,16 @@ describe('THREATS: multipart', () => {
 
   it('10 multipart to a route without the upload middleware → nothing written', async () => {
     const body = multipart('b', [{ name: 'file', filename: 'a.jpg', data: await jpeg() }]);
+    const before = await filesUnder(svc.dataDir);
+    const answers: Record<string, number> = {};
     for (const route of ['/v1/crashes', '/v1/jobs/j/finished', '/healthz']) {
       const res = await raw(svc.port, `POST ${route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${testToken}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`, body);
-      assert.ok(res.status >= 200, route);
+      answers[route] = res.status;
     }
+    // A crash record must be JSON (400), finishing a job reads no body (it is ignored), /healthz
+    // takes no POST (404); none of them stores a byte of it.
+    assert.deepEqual(answers, { '/v1/crashes': 400, '/v1/jobs/j/finished': 200, '/healthz': 404 });
+    assert.deepEqual(await filesUnder(svc.dataDir), before, 'nothing written anywhere in the data dir');
     await baseline(svc, 0);
   });
 });
