@@ -5,10 +5,13 @@
  * and a sweeper that dies halfway.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import { jobDeleted, ScrubError } from '../src/errors.js';
 import { Ledger, type ArtefactRecord, type JobExpiry } from '../src/storage/ledger.js';
-import { removeDir, tempDir } from './helpers.js';
+import { removeDir, root, tempDir } from './helpers.js';
 import { postgresMissing, startPostgres, type Postgres } from './servers.js';
 
 const expiry: JobExpiry = (retention, finishedAt) => new Date(Date.parse(finishedAt) + (retention === 'standard' ? 24 : 72) * 3_600_000).toISOString();
@@ -32,7 +35,7 @@ interface Engine {
   name: string;
   skip: string | false;
   /** A fresh, empty ledger target; `open` may be called on it more than once (replicas). */
-  target(): Promise<{ open(): Promise<Ledger>; cleanup(): Promise<void> }>;
+  target(): Promise<{ open(): Promise<Ledger>; cleanup(): Promise<void>; dir?: string }>;
 }
 
 let postgres: Postgres | undefined;
@@ -43,7 +46,7 @@ const engines: Engine[] = [
     skip: false,
     async target() {
       const dir = await tempDir();
-      return { open: () => Ledger.open(dir), cleanup: () => removeDir(dir) };
+      return { open: () => Ledger.open(dir), cleanup: () => removeDir(dir), dir };
     },
   },
   {
@@ -133,33 +136,58 @@ for (const engine of engines) {
     it('hands each expired artefact to exactly one of several sweepers at once', async () => {
       const ids = Array.from({ length: 60 }, (_, i) => `s${String(i).padStart(2, '0')}`);
       await ledger.record(ids.map((id) => file(id, 'job-s', '2026-07-01T00:00:00.000Z')));
-      // PostgreSQL: three replicas' connections. SQLite is one process's file, whose driver waits
-      // for a lock synchronously: there, the sweeps at once are one process's (its interval sweep,
-      // a job deletion), and another process waits for the write lock as `scrubline sweep` does.
-      const replicas = engine.name === 'SQLite' ? [ledger, ledger, ledger] : [ledger, ...(await Promise.all([target.open(), target.open()]))];
       const at = '2026-07-02T00:00:00.000Z';
-      const handed = replicas.map(() => [] as string[]);
-      await Promise.all(
-        replicas.map(async (replica, n) => {
+      // One sweeper: claims batches of 7 until one comes back short; a delete from the store takes
+      // a moment, and the other sweepers run meanwhile.
+      const sweeper = async (replica: Ledger, handed: string[]): Promise<void> => {
+        for (;;) {
+          const claimed = await replica.claimExpired(at, 7, [], async (records, mark) => {
+            for (const r of records) {
+              handed.push(r.id);
+              await new Promise((resolve) => setTimeout(resolve, 2));
+              await mark(r.id);
+            }
+          });
+          if (claimed < 7) break;
+        }
+      };
+      let handed: string[][];
+      if (engine.name === 'SQLite') {
+        // SQLite's driver waits for a lock synchronously, so its sweepers at once are processes
+        // (the service's interval sweep, `scrubline sweep` run by cron), each with its connection.
+        const startAt = Date.now() + 4000; // past each process's start-up
+        const child = `import { Ledger } from ${JSON.stringify(path.join(root, 'src/storage/ledger.ts'))};
+          const ledger = await Ledger.open(${JSON.stringify(target.dir)});
+          await new Promise((resolve) => setTimeout(resolve, ${startAt} - Date.now())); // all start together
+          const handed = [];
           for (;;) {
-            const claimed = await replica.claimExpired(at, 7, [], async (records, mark) => {
+            const claimed = await ledger.claimExpired(${JSON.stringify(at)}, 7, [], async (records, mark) => {
               for (const r of records) {
-                handed[n]!.push(r.id);
-                // A delete from the store takes a moment: the other sweepers run meanwhile.
+                handed.push(r.id);
                 await new Promise((resolve) => setTimeout(resolve, 2));
                 await mark(r.id);
               }
             });
             if (claimed < 7) break;
           }
-        }),
-      );
-      await Promise.all(replicas.filter((l) => l !== ledger).map((l) => l.close()));
+          await ledger.close();
+          process.stdout.write(JSON.stringify(handed));`;
+        handed = await Promise.all(
+          [1, 2, 3].map(async () => JSON.parse((await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', child], { cwd: root })).stdout) as string[]),
+        );
+      } else {
+        const replicas = [ledger, ...(await Promise.all([target.open(), target.open()]))];
+        handed = replicas.map(() => [] as string[]);
+        await Promise.all(replicas.map((replica, n) => sweeper(replica, handed[n]!)));
+        await Promise.all(replicas.filter((l) => l !== ledger).map((l) => l.close()));
+      }
       const all = handed.flat().filter((id) => id.startsWith('s'));
       assert.equal(all.length, new Set(all).size, 'no artefact handed out twice');
       assert.deepEqual(new Set(all), new Set(ids.concat()), 'every expired artefact handed out');
       for (const id of ids) assert.equal((await ledger.get(id))!.purgedAt, at);
-      if (engine.name === 'PostgreSQL') assert.ok(handed.filter((h) => h.length > 0).length > 1, 'the sweepers shared the work');
+      // PostgreSQL's SKIP LOCKED lets replicas share batches; SQLite's one write lock goes back to
+      // whoever asks first, so there one process may take them all (correct, if not shared).
+      if (engine.name === 'PostgreSQL') assert.ok(handed.filter((h) => h.length > 0).length > 1, `the sweepers shared the work: ${handed.map((h) => h.length).join(', ')}`);
     });
 
     it('leaves what a sweeper that died halfway claimed for the next one to finish', async () => {
