@@ -4,15 +4,18 @@
  * test mounts the real middleware in an Express app of its own and talks to it over loopback.
  */
 import assert from 'node:assert/strict';
-import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';
 import { removedCategories } from '../src/context.js';
 import { errorHandler } from '../src/http/errors.js';
 import { scrubline, type ScrublineOptions } from '../src/middleware.js';
-import { filesUnder, findPlanted, fixture, removeDir, tempDir, testKey } from './helpers.js';
+import { filesUnder, findPlanted, fixture, removeDir, root as projectRoot, tempDir, testKey } from './helpers.js';
 
 interface App {
   url: string;
@@ -192,6 +195,23 @@ describe('middleware: misconfiguration is found at start', () => {
       const readOnly = path.join(root, 'read-only');
       await mkdir(readOnly, { mode: 0o500 });
       assert.throws(() => scrubline({ tmpDir: readOnly, fingerprintKey: testKey }), /\(EACCES\)/);
+    } else {
+      // Root writes anywhere, and CI runs as root: the same check, made by a process run as
+      // nobody (setpriv) on a directory nobody owns read-only.
+      const base = await mkdtemp(path.join(tmpdir(), 'scrubline-eacces-'));
+      try {
+        await chmod(base, 0o711);
+        const readOnly = path.join(base, 'read-only');
+        await mkdir(readOnly, { mode: 0o500 });
+        await chown(readOnly, 65534, 65534);
+        const script = `import { scrubline } from ${JSON.stringify(path.join(projectRoot, 'dist', 'index.js'))};
+          try { scrubline({ tmpDir: ${JSON.stringify(readOnly)}, fingerprintKey: Buffer.alloc(32, 7) }); console.log('accepted'); }
+          catch (err) { console.log(err.message); }`;
+        const { stdout } = await promisify(execFile)('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '--input-type=module', '-e', script]);
+        assert.match(stdout, /option tmpDir ".*" is not a directory this process can write \(EACCES\)/);
+      } finally {
+        await rm(base, { recursive: true, force: true });
+      }
     }
   });
 
