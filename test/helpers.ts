@@ -46,9 +46,22 @@ export const plantedNeedles: string[] = [
   '0.1276',
 ];
 
+/**
+ * The planted date with any punctuation between its fields: EXIF's "2021:07:14 09:26:53", XMP's
+ * "2021-07-14T09:26:53", a QuickTime "2021-07-14 09:26:53" and "20210714092653" all match.
+ */
+const plantedDate = new RegExp(
+  String(manifest.planted.dateTime)
+    .split(/\D+/)
+    .join('[^0-9]{0,3}'),
+);
+
 /** Planted values found in some bytes (searched as UTF-8, UTF-16LE and, for dates, any punctuation). */
 export function findPlanted(bytes: Buffer): string[] {
-  return plantedNeedles.filter((needle) => bytes.includes(Buffer.from(needle, 'utf8')) || bytes.includes(Buffer.from(needle, 'utf16le')));
+  const found = plantedNeedles.filter((needle) => bytes.includes(Buffer.from(needle, 'utf8')) || bytes.includes(Buffer.from(needle, 'utf16le')));
+  const date = String(manifest.planted.dateTime);
+  if (!found.includes(date) && (plantedDate.test(bytes.toString('latin1')) || plantedDate.test(bytes.toString('utf16le')) || plantedDate.test(bytes.subarray(1).toString('utf16le')))) found.push(date);
+  return found;
 }
 
 /** A supertest request whose body arrives as a Buffer, whatever its type (it would try to parse an image). */

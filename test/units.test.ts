@@ -17,7 +17,7 @@ import { collectImageValues } from '../src/verify/input-values.js';
 import { findSignatures, maxPatternBytes, PatternSet } from '../src/verify/scan.js';
 import { ValueCollector } from '../src/verify/values.js';
 import { hmacFile } from '../src/hash-thread.js';
-import { removeDir, tempDir } from './helpers.js';
+import { findPlanted, removeDir, tempDir } from './helpers.js';
 
 describe('config', () => {
   it('uses defaults and reads SCRUBLINE_* variables once into typed values', () => {
@@ -266,5 +266,15 @@ describe('the input values the verifier collects (src/verify/values.ts)', () => 
     region.fill(0);
     assert.equal(values.values.length, 1000);
     assert.ok(values.values.every((v) => v.length === maxPatternBytes && v.buffer !== region.buffer && v.some((b) => b !== 0)));
+  });
+});
+
+describe('the tests\' own planted-value finder', () => {
+  it('finds the planted date with any punctuation, in UTF-8 and UTF-16, and nothing in unrelated digits', () => {
+    for (const text of ['2021:07:14 09:26:53', 'at 2021-07-14T09:26:53Z', '20210714092653']) {
+      assert.deepEqual(findPlanted(Buffer.from(text, 'latin1')), ['2021:07:14 09:26:53'], text);
+      assert.deepEqual(findPlanted(Buffer.from(`x${text}`, 'utf16le')), ['2021:07:14 09:26:53'], `${text} in UTF-16`);
+    }
+    assert.deepEqual(findPlanted(Buffer.from('2021:07:15 09:26:53 and 2021 07 14')), []);
   });
 });
