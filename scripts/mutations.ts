@@ -104,6 +104,18 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-icc.test.ts'],
   },
   {
+    name: 'image: a lost colour profile passes the verifier',
+    file: 'src/steps/verify.ts',
+    edits: [["if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');", '']],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
+    name: 'image: a changed orientation of the same size passes the verifier',
+    file: 'src/steps/verify.ts',
+    edits: [["else if (before.orientation !== after.orientation) problems.push('image: orientation changed');", '']],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

@@ -10,9 +10,14 @@ import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { readFile, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
+import { ScrubError } from '../src/errors.js';
 import { sweep } from '../src/retention/sweeper.js';
+import { sniff } from '../src/steps/sniff.js';
+import { strip } from '../src/steps/strip.js';
+import { verify } from '../src/steps/verify.js';
 import { Keyring, seal, TamperedObject, unseal } from '../src/storage/envelope.js';
-import { filesUnder, fixture, testService } from './helpers.js';
+import { filesUnder, fixture, pipelineDeps, removeDir, tempDir, testService } from './helpers.js';
 import { auth, service, stop, type Service } from './threat-helpers.js';
 
 describe('the envelope is keyed by the storage key (issue 31)', () => {
@@ -85,5 +90,38 @@ describe('the orphan sweep spares live objects (issue 31, on a controlled clock)
     } finally {
       await svc.close();
     }
+  });
+});
+
+describe('the verifier refuses an image whose colour or way up did not survive (issue 31)', () => {
+  /** Strips `input` for real, then puts `output` where the cleaned file was, and verifies that. */
+  async function verifyInstead(input: Buffer, output: (cleaned: Buffer) => Promise<Buffer>): Promise<string> {
+    const workDir = await tempDir();
+    try {
+      const inputPath = path.join(workDir, 'original');
+      await writeFile(inputPath, input);
+      const stripped = await strip(await sniff({ id: 'test', inputPath, inputBytes: input.length, workDir }), await pipelineDeps());
+      await writeFile(stripped.cleanPath, await output(await readFile(stripped.cleanPath)), { mode: 0o600 });
+      await verify({ ...stripped, original: undefined }, await pipelineDeps());
+      return 'verified';
+    } catch (err) {
+      return err instanceof ScrubError ? err.publicMessage : String(err);
+    } finally {
+      await removeDir(workDir);
+    }
+  }
+
+  it('"colour profile lost": the input has a profile, the output none', async () => {
+    const input = await sharp({ create: { width: 40, height: 30, channels: 3, background: '#3a6' } }).withIccProfile('p3').jpeg().toBuffer();
+    assert.equal(await verifyInstead(input, async (cleaned) => cleaned), 'verified', 'the real output passes');
+    const without = (cleaned: Buffer): Promise<Buffer> => sharp(cleaned).jpeg().toBuffer(); // sharp writes no profile unless asked
+    assert.match(await verifyInstead(input, without), /colour profile lost/);
+  });
+
+  it('"orientation changed": a 180° turn keeps the size, so only the orientation tells', async () => {
+    const input = await sharp({ create: { width: 40, height: 30, channels: 3, background: '#a63' } }).withMetadata({ orientation: 3 }).jpeg().toBuffer();
+    assert.equal(await verifyInstead(input, async (cleaned) => cleaned), 'verified', 'the real output passes');
+    const upright = (cleaned: Buffer): Promise<Buffer> => sharp(cleaned).withMetadata({ orientation: 1 }).jpeg().toBuffer();
+    assert.match(await verifyInstead(input, upright), /orientation changed/);
   });
 });
