@@ -88,6 +88,29 @@ describe('middleware: what the route after it finds', () => {
     }
   });
 
+  it('while an upload is processed, its directory is 0700 and its original 0600', async () => {
+    // An ffmpeg that lists the modes of everything in the temp dir, then runs the real one: the
+    // original is on disk for as long as the remux runs.
+    const dir = await tempDir();
+    const log = path.join(dir, 'modes.log');
+    const tmpDir = path.join(root, `tmp-modes-${Math.random().toString(36).slice(2)}`);
+    const real = (await promisify(execFile)('sh', ['-c', 'command -v ffmpeg'])).stdout.trim();
+    const wrapper = path.join(dir, 'ffmpeg');
+    await writeFile(wrapper, `#!/bin/sh\nfind ${tmpDir} -mindepth 1 -printf '%m %y %p\\n' >> ${log}\nexec ${real} "$@"\n`, { mode: 0o755 });
+    const target = await app({ tmpDir, ffmpegPath: wrapper }, (_req, res) => void res.sendStatus(204));
+    try {
+      assert.equal((await fetch(target.url + '/render', { method: 'POST', body: await form(['media/mp4-location.mp4']) })).status, 204);
+      // Lines of "mode type path" (type d or f), one listing per ffmpeg run.
+      const seen = (await readFile(log, 'utf8')).trim().split('\n').map((line) => line.split(' ') as [string, string, string]);
+      assert.ok(seen.some(([, type]) => type === 'd'), 'the upload\'s directory was seen');
+      assert.ok(seen.some(([, type, name]) => type === 'f' && !path.basename(name).startsWith('clean')), 'the original was seen while ffmpeg ran');
+      for (const [mode, type, name] of seen) assert.equal(mode, type === 'd' ? '700' : '600', name);
+    } finally {
+      await target.close();
+      await removeDir(dir);
+    }
+  });
+
   it('fileMode shares cleaned files with a group; directories get the search bit only', async () => {
     let info: { file: number; dir: number } | undefined;
     const target = await app({ fileMode: 0o640 }, async (req, res) => {
