@@ -125,3 +125,22 @@ describe('the verifier refuses an image whose colour or way up did not survive (
     assert.match(await verifyInstead(input, upright), /orientation changed/);
   });
 });
+
+describe('a file sent to an HTTP upstream is not served back (issue 31)', () => {
+  let svc: Service;
+  before(async () => (svc = await service()));
+  after(() => stop(svc));
+
+  it('GET /v1/files/:id/content answers 404: the render service has the file, scrubline keeps none', async () => {
+    const form = new FormData();
+    form.append('file', new Blob([new Uint8Array(await readFile(fixture('media/jpeg-orientation-6.jpg')))]), 'x.jpg');
+    const res = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: form });
+    assert.equal(res.status, 201);
+    const { files } = (await res.json()) as { files: Array<{ id: string }> };
+    assert.equal(svc.upstream.requests.length, 1, 'it went upstream');
+    const content = await fetch(`${svc.server.url}/v1/files/${files[0]!.id}/content`, { headers: auth });
+    assert.equal(content.status, 404);
+    assert.equal(((await content.json()) as { error: { code: string } }).error.code, 'not_found');
+    assert.deepEqual((await filesUnder(path.join(svc.dataDir, 'clean'))).length, 0, 'no copy of it in the local sink');
+  });
+});
