@@ -144,3 +144,43 @@ describe('a file sent to an HTTP upstream is not served back (issue 31)', () => 
     assert.deepEqual((await filesUnder(path.join(svc.dataDir, 'clean'))).length, 0, 'no copy of it in the local sink');
   });
 });
+
+describe('key rotation through the configuration (issue 31)', () => {
+  it('a key moved to SCRUBLINE_STORAGE_OLD_KEYS still reads what it encrypted; without it nothing opens', async () => {
+    const dataDir = await tempDir();
+    const [oldKey, newKey] = [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')];
+    const localSink = { SCRUBLINE_UPSTREAM_URL: '' };
+    const read = async (svc: Service, id: string): Promise<{ status: number; body: Buffer }> => {
+      const res = await fetch(`${svc.server.url}/v1/files/${id}/content`, { headers: auth });
+      return { status: res.status, body: Buffer.from(await res.arrayBuffer()) };
+    };
+    const restart = async (svc: Service): Promise<void> => {
+      await svc.server.close();
+      await svc.upstream.close();
+    };
+    let svc = await service({ ...localSink, SCRUBLINE_STORAGE_KEY: oldKey }, dataDir);
+    try {
+      const form = new FormData();
+      form.append('file', new Blob([new Uint8Array(await readFile(fixture('media/jpeg-orientation-6.jpg')))]), 'x.jpg');
+      const res = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: form });
+      assert.equal(res.status, 201);
+      const id = ((await res.json()) as { files: Array<{ id: string }> }).files[0]!.id;
+      const original = await read(svc, id);
+      assert.equal(original.status, 200);
+
+      await restart(svc);
+      svc = await service({ ...localSink, SCRUBLINE_STORAGE_KEY: newKey, SCRUBLINE_STORAGE_OLD_KEYS: oldKey }, dataDir);
+      const rotated = await read(svc, id);
+      assert.equal(rotated.status, 200, 'read with the old key, from the configuration');
+      assert.ok(rotated.body.equals(original.body));
+
+      await restart(svc);
+      svc = await service({ ...localSink, SCRUBLINE_STORAGE_KEY: newKey }, dataDir);
+      const lost = await read(svc, id);
+      assert.equal(lost.status, 500, 'the new key alone does not open it');
+      assert.ok(!lost.body.includes(original.body.subarray(0, 64)), 'no byte of the file sent');
+    } finally {
+      await stop(svc);
+    }
+  });
+});
