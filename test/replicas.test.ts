@@ -15,6 +15,7 @@ import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
 import { findPlanted, fixture, removeDir, tempDir } from './helpers.js';
 import { postgresMissing, startPostgres, startS3, type Postgres, type S3Server } from './servers.js';
+import { service, stop } from './threat-helpers.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'bin', 'scrubline.js');
@@ -101,6 +102,16 @@ describe('two replicas on one PostgreSQL ledger and one bucket', { skip }, () =>
     assert.equal(res.status, 201, await res.clone().text());
     return ((await res.json()) as { files: Array<{ id: string }> }).files[0]!.id;
   }
+
+  it('a replica on the shared ledger with generated keys and no bucket says so at start, naming the variables', async () => {
+    const lone = await service({ SCRUBLINE_DATABASE_URL: await postgres.database('warnings') });
+    try {
+      assert.match(lone.logs.text, /"unset":\["SCRUBLINE_STORAGE_KEY","SCRUBLINE_FINGERPRINT_KEY"\].*keys generated into this data dir/);
+      assert.match(lone.logs.text, /thumbnails \(and files, without an upstream\) stay in this replica's data dir/);
+    } finally {
+      await stop(lone);
+    }
+  });
 
   it('answer the crash, fingerprint and deletion routes alike, whichever replica took the upload', async () => {
     const id = await upload(b, 'job-x', 'media/png-text-exif-xmp.png');

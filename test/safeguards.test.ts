@@ -184,3 +184,17 @@ describe('key rotation through the configuration (issue 31)', () => {
     }
   });
 });
+
+describe('start-up warnings (issue 31)', () => {
+  it('plain HTTP beyond loopback, and a plain-HTTP upstream off this machine, are each named at start; a loopback setup warns of neither', async () => {
+    const exposed = await service({ SCRUBLINE_HOST: '0.0.0.0', SCRUBLINE_UPSTREAM_URL: 'http://10.255.255.1:9/render' });
+    const quiet = await service();
+    try {
+      assert.match(exposed.logs.text, /"host":"0\.0\.0\.0".*listening on plain HTTP beyond loopback/);
+      assert.match(exposed.logs.text, /"upstream":"10\.255\.255\.1:9".*reached over plain HTTP on a non-loopback address/);
+      assert.doesNotMatch(quiet.logs.text, /plain HTTP/);
+    } finally {
+      await Promise.all([stop(exposed), stop(quiet)]);
+    }
+  });
+});
