@@ -471,6 +471,46 @@ describe('THREATS 41–42, 44: deletion is complete and final', () => {
     }
   });
 
+  it('42 `scrubline sweep` exits 1 naming the rows it skipped; DELETE answers their count', async () => {
+    const dataDir = await tempDir();
+    const ledger = await Ledger.open(dataDir);
+    try {
+      await mkdir(path.join(dataDir, 'clean'), { recursive: true });
+      await writeFile(path.join(dataDir, 'clean', 'good.jpg.enc'), 'x');
+      const row = (id: string, jobId: string, p: string): ArtefactRecord => ({ id, kind: 'file', jobId, mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp', destination: 'local', retention: 'standard', createdAt: '2026-01-01T00:00:00.000Z', expiresAt: '2026-01-02T00:00:00.000Z', paths: [p] });
+      await ledger.record([row('bad', 'j', '../outside.jpg'), row('good', 'j', 'clean/good.jpg.enc')]);
+      await ledger.close();
+      const cli = path.join(root, 'bin', 'scrubline.js');
+      const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir };
+      const sweepCli = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+        promisify(execFile)(process.execPath, [cli, 'sweep', '--at', '2026-02-01T00:00:00.000Z', ...args], { env }).then(
+          ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+          (err: { code: number; stdout: string; stderr: string }) => err,
+        );
+      const json = await sweepCli('--json');
+      assert.equal(json.code, 1, 'a sweep that skipped a row exits 1');
+      const report = JSON.parse(json.stdout) as { ids: string[]; skipped: string[] };
+      assert.deepEqual([report.ids, report.skipped], [['good'], ['bad']]);
+      // Run again: the bad row is skipped again (never claimed), said on stderr by its id.
+      const text = await sweepCli();
+      assert.equal(text.code, 1);
+      assert.match(text.stderr, /skipped 1 bad ledger row\(s\).*: bad\n/);
+      assert.doesNotMatch(text.stderr + text.stdout, /outside/, 'the row is named by its id, never its path');
+    } finally {
+      await removeDir(dataDir);
+    }
+
+    const t = await testService();
+    try {
+      await t.ledger.record([{ id: 'bad2', kind: 'file', jobId: 'j2', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp', destination: 'local', retention: 'standard', createdAt: '2026-06-01T00:00:00.000Z', expiresAt: '2026-06-08T00:00:00.000Z', paths: ['clean/../../x.jpg'] }]);
+      const res = await t.api.delete('/v1/jobs/j2');
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.equal(res.body.skipped, 1);
+    } finally {
+      await t.close();
+    }
+  });
+
   it('44 a jobConfig nested 100,000 levels deep → 400 naming the depth limit', async () => {
     assert.equal(nestedDeeperThan({ a: { b: [1, { c: 2 }] } }, 32), false);
     const t = await testService();
