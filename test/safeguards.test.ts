@@ -7,12 +7,14 @@
  */
 import assert from 'node:assert/strict';
 import { createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { readFile, utimes, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import { ScrubError } from '../src/errors.js';
 import { sweep } from '../src/retention/sweeper.js';
+import { Ledger, type ArtefactRecord } from '../src/storage/ledger.js';
 import { sniff } from '../src/steps/sniff.js';
 import { strip } from '../src/steps/strip.js';
 import { verify } from '../src/steps/verify.js';
@@ -195,6 +197,37 @@ describe('start-up warnings (issue 31)', () => {
       assert.doesNotMatch(quiet.logs.text, /plain HTTP/);
     } finally {
       await Promise.all([stop(exposed), stop(quiet)]);
+    }
+  });
+});
+
+describe('the service sweeps on its own, every interval (issue 31)', () => {
+  it('an artefact expired before start goes at start, and one that expires while it runs goes on a later round', async () => {
+    const dataDir = await tempDir();
+    const row = (id: string): ArtefactRecord => ({ id, kind: 'file', jobId: 'j', mime: 'image/jpeg', bytes: 1, fingerprintId: 'fp', destination: 'local', retention: 'standard', createdAt: '2026-01-01T00:00:00.000Z', expiresAt: '2026-01-02T00:00:00.000Z', paths: [`clean/${id}.jpg.enc`] });
+    const plant = async (id: string): Promise<void> => {
+      await mkdir(path.join(dataDir, 'clean'), { recursive: true });
+      await writeFile(path.join(dataDir, 'clean', `${id}.jpg.enc`), 'x');
+      const ledger = await Ledger.open(dataDir);
+      await ledger.record([row(id)]);
+      await ledger.close();
+    };
+    const gone = async (id: string): Promise<boolean> => {
+      for (let tries = 0; tries < 200; tries++) {
+        if (!existsSync(path.join(dataDir, 'clean', `${id}.jpg.enc`))) return true;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return false;
+    };
+    await plant('before-start');
+    const svc = await service({ SCRUBLINE_SWEEP_INTERVAL_MS: '300' }, dataDir);
+    try {
+      assert.ok(await gone('before-start'), 'swept at start');
+      await plant('while-running');
+      assert.ok(await gone('while-running'), 'swept on a later round, with no request to prompt it');
+      assert.match(svc.logs.text, /sweep purged expired artefacts/);
+    } finally {
+      await stop(svc);
     }
   });
 });
