@@ -142,4 +142,16 @@ describe('a bucket as the destination', () => {
     const deletes = s3.requests.filter((r) => r.method === 'DELETE').map((r) => r.key);
     assert.equal(deletes.length, new Set(deletes).size, 'each object deleted once');
   });
+
+  it('spares an unrecorded object for the 15-minute grace (an upload being recorded), then removes it', async () => {
+    // Last: the bucket holds nothing else of scrubline's by now, so these sweeps purge only the orphan.
+    await s3.put('uploads/job-b8/young.png', Buffer.from('written a moment ago'));
+    // The default grace, against the bucket's own LastModified: 14 minutes on, still an upload
+    // that may be recording; 16 minutes on, an orphan.
+    const soon = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, bucket, at: new Date(Date.now() + 14 * 60_000), dryRun: true });
+    assert.equal(soon.orphans, 0);
+    const later = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, bucket, at: new Date(Date.now() + 16 * 60_000) });
+    assert.equal(later.orphans, 1);
+    assert.ok(!(await s3.keys()).includes('uploads/job-b8/young.png'));
+  });
 });
