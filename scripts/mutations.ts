@@ -226,6 +226,12 @@ const mutations: Mutation[] = [
     tests: ['test/retention.test.ts'],
   },
   {
+    name: 'deleted job mid-forward: stored objects kept when the ledger refuses the upload',
+    file: 'src/http/app.ts',
+    edits: [['await Promise.allSettled(records.map((r) => removeArtefactObjects(deps.stores, r)));', '']],
+    tests: ['test/safeguards.test.ts'],
+  },
+  {
     name: 'deleted job: no check before forwarding (THREATS 41)',
     file: 'src/http/app.ts',
     edits: [['if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();', '']],

@@ -15,6 +15,7 @@ import sharp from 'sharp';
 import { ScrubError } from '../src/errors.js';
 import { sweep } from '../src/retention/sweeper.js';
 import { Ledger, type ArtefactRecord } from '../src/storage/ledger.js';
+import { LocalStore, type ObjectStore } from '../src/storage/objects.js';
 import { sniff } from '../src/steps/sniff.js';
 import { strip } from '../src/steps/strip.js';
 import { verify } from '../src/steps/verify.js';
@@ -228,6 +229,46 @@ describe('the service sweeps on its own, every interval (issue 31)', () => {
       assert.match(svc.logs.text, /sweep purged expired artefacts/);
     } finally {
       await stop(svc);
+    }
+  });
+});
+
+describe('a job deleted while an upload to it is being stored keeps nothing of it (issue 31, THREATS 41)', () => {
+  it('the objects written before the ledger refused the upload are removed, and it answers 410', async () => {
+    const storeDir = await tempDir();
+    const inner = new LocalStore(storeDir);
+    let entered!: () => void;
+    const storing = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    // A bucket whose writes land and then wait: the deletion comes in between.
+    const bucket: ObjectStore = {
+      destination: 'bucket',
+      nameFor: (role, id, ext) => inner.nameFor(role, id, ext),
+      put: async (name, body, length, info) => {
+        await inner.put(name, body, length, info);
+        entered();
+        await gate;
+      },
+      get: (name) => inner.get(name),
+      delete: (name) => inner.delete(name),
+      list: () => inner.list(),
+    };
+    const t = await testService({ bucket });
+    try {
+      const upload = t.api.post('/v1/uploads').field('jobId', 'mid-forward').attach('file', fixture('media/jpeg-orientation-6.jpg')).then((res) => res);
+      await storing;
+      assert.ok((await filesUnder(storeDir)).length > 0, 'the upload\'s object is in the store');
+      assert.equal((await t.api.delete('/v1/jobs/mid-forward')).status, 200);
+      release();
+      const res = await upload;
+      assert.equal(res.status, 410, JSON.stringify(res.body));
+      assert.equal(res.body.error.code, 'job_deleted');
+      assert.deepEqual(await filesUnder(storeDir), [], 'nothing of it is left in the store');
+    } finally {
+      release();
+      await t.close();
+      await removeDir(storeDir);
     }
   });
 });
