@@ -81,6 +81,12 @@ describe('clean fixtures', () => {
         const leftover = Object.entries(info.format.tags ?? {}).filter(([k, v]) => !['major_brand', 'minor_version', 'compatible_brands'].includes(k) && !(k === 'encoder' && v === 'Lavf'));
         assert.deepEqual(leftover, []);
         assert.ok(info.streams.every((s) => s.codec_type === 'video' || s.codec_type === 'audio'), 'only audio and video streams');
+        // Stream tags too: only what the muxer writes itself (handler names, the vendor field, the
+        // language, Matroska's duration), and none of the planted values.
+        const streamTags = info.streams.flatMap((s) => Object.entries(s.tags ?? {}));
+        assert.deepEqual(streamTags.filter(([k]) => !['language', 'handler_name', 'vendor_id', 'DURATION'].includes(k)), [], 'stream tags the muxer did not write itself');
+        assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(streamTags))), []);
+        assert.ok(streamTags.every(([k, v]) => k !== 'handler_name' || /^(Video|Sound)Handler$/.test(String(v))), 'handler names are the muxer\'s own');
         assert.equal(info.chapters.length, 0);
         const video = info.streams.find((s) => s.codec_type === 'video')!;
         assert.equal(video.width, expected.width);
