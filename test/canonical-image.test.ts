@@ -364,3 +364,63 @@ describe('issue 26: WebP frames hold image data only', () => {
     assert.ok(bytes.equals(webp(frame)), 'exactly the frame, rebuilt');
   });
 });
+
+// --- The verifier's structure rules, given dirty outputs directly (issue 31) --------------------
+
+describe('the verifier names each structure rule an output breaks (issue 31)', () => {
+  /** A real cleaned output of `format`, which passes, and edits of it that each break one rule. */
+  const cases: Array<{ format: 'jpeg' | 'png' | 'webp' | 'gif' | 'tiff'; make: () => Promise<Buffer>; edits: Array<[string, (clean: Buffer) => Buffer]> }> = [
+    {
+      format: 'jpeg',
+      make: () => photo(),
+      edits: [
+        ['jpeg: segment 0xFFE1 not allowed', (b) => Buffer.concat([b.subarray(0, 2), Buffer.from([0xff, 0xe1, 0x00, 0x08]), Buffer.from('<x:x>'), Buffer.alloc(1), b.subarray(2)])],
+        ['jpeg: data after EOI', (b) => Buffer.concat([b, Buffer.from('after')])],
+        ['jpeg: scan data is truncated (no end-of-image)', (b) => b.subarray(0, -2)],
+      ],
+    },
+    {
+      format: 'png',
+      make: () => sharp({ create: { width: 8, height: 8, channels: 3, background: '#369' } }).png().toBuffer(),
+      edits: [
+        ['png: chunk not allowed', (b) => Buffer.concat([b.subarray(0, -12), pngChunk('tEXt', Buffer.from('Author\0someone')), b.subarray(-12)])],
+        ['png: data after IEND', (b) => Buffer.concat([b, Buffer.from('after')])],
+        ['png: no IEND', (b) => b.subarray(0, -12)],
+      ],
+    },
+    {
+      format: 'webp',
+      make: () => sharp({ create: { width: 8, height: 8, channels: 3, background: '#369' } }).webp().toBuffer(),
+      edits: [
+        ['webp: chunk not allowed', (b) => {
+          const out = Buffer.concat([b, Buffer.from('XTRA'), Buffer.from([4, 0, 0, 0]), Buffer.from('text')]);
+          out.writeUInt32LE(out.length - 8, 4);
+          return out;
+        }],
+        ['webp: RIFF size does not match the file', (b) => Buffer.concat([b, Buffer.from('xx')])],
+      ],
+    },
+    {
+      format: 'gif',
+      make: () => sharp({ create: { width: 8, height: 8, channels: 3, background: '#369' } }).gif().toBuffer(),
+      edits: [
+        ['gif: block not allowed', (b) => Buffer.concat([b.subarray(0, -1), Buffer.from([0x21, 0xfe, 0x03]), Buffer.from('abc'), Buffer.from([0x00, 0x3b])])],
+        ['gif: data after trailer', (b) => Buffer.concat([b, Buffer.from('after')])],
+        ['gif: no trailer', (b) => b.subarray(0, -1)],
+      ],
+    },
+    {
+      format: 'tiff',
+      make: () => sharp({ create: { width: 8, height: 8, channels: 3, background: '#369' } }).tiff({ compression: 'lzw' }).toBuffer(),
+      edits: [['tiff: bytes no structure owns', (b) => Buffer.concat([b, Buffer.from('unowned text')])]],
+    },
+  ];
+
+  for (const { format, make, edits } of cases) {
+    it(`${format}: ${edits.map(([rule]) => rule.replace(/^\w+: /, '')).join('; ')}`, async () => {
+      const { bytes } = await clean(await make());
+      assert.deepEqual(checkImageStructure(format, bytes).problems, [], 'the cleaned output passes');
+      for (const [rule, edit] of edits) assert.ok(checkImageStructure(format, edit(bytes)).problems.includes(rule), rule);
+    });
+  }
+});

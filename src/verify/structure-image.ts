@@ -112,7 +112,7 @@ function jpegStep<T>(report: StructureReport, step: () => T): T | undefined {
     return step();
   } catch (err) {
     if (!(err instanceof ScrubError)) throw err;
-    report.problems.push(`jpeg: ${/\(([^)]*)\)/.exec(err.message)?.[1] ?? err.code}`);
+    report.problems.push(`jpeg: ${/\((.*)\)\./.exec(err.publicMessage)?.[1] ?? err.code}`); // the reason, between the message's outer parentheses
     return undefined;
   }
 }
