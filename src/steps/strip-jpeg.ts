@@ -16,7 +16,7 @@
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
 import { canonicalIcc } from '../formats/icc.js';
-import { frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
+import { findMarker, frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -214,7 +214,7 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
         const header = readScanHeader(frame!.frame, payload);
         // Charged from the headers, walked or not: a file of thousands of scans stops here.
         scanBudget!.spend(scanCost(frame!.frame, header));
-        const rawEnd = findScanEnd(input, pos);
+        const rawEnd = findMarker(input, pos, true).fill; // fill bytes before the next marker go
         const hinted = !looksCanonical(input, pos, rawEnd, frame!.frame, header, restartInterval);
         body.push({ from: pos, rawEnd, header, huffman: new Map(current), restartInterval, hinted });
         pos = rawEnd;
@@ -324,27 +324,6 @@ function markUsedTables(sos: Buffer, current: Map<number, Table>, quantOf: Map<n
       const ac = current.get(0x10 | (selectors & 0x0f));
       if (ac) ac.used = true;
     }
-  }
-}
-
-/**
- * End of the entropy-coded data that starts at `from`: the first 0xFF that is neither stuffing
- * (FF00), a restart marker (FFD0–D7) nor fill before one of those.
- */
-function findScanEnd(input: Buffer, from: number): number {
-  let pos = from;
-  for (;;) {
-    const ff = input.indexOf(0xff, pos);
-    if (ff < 0 || ff + 1 >= input.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
-    let next = ff + 1;
-    while (next < input.length && input[next] === 0xff) next++;
-    if (next >= input.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
-    const byte = input[next]!;
-    if (byte === 0x00 || (byte >= 0xd0 && byte <= 0xd7)) {
-      pos = next + 1;
-      continue;
-    }
-    return ff;
   }
 }
 
