@@ -234,6 +234,18 @@ describe('the service sweeps on its own, every interval (issue 31)', () => {
 });
 
 describe('a job deleted while an upload to it is being stored keeps nothing of it (issue 31, THREATS 41)', () => {
+  it('a later upload to the deleted job stores nothing in the local sink (the store side of THREATS 41)', async () => {
+    const t = await testService();
+    try {
+      assert.equal((await t.api.delete('/v1/jobs/gone-local')).status, 200);
+      const res = await t.api.post('/v1/uploads').field('jobId', 'gone-local').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+      assert.equal(res.status, 410);
+      assert.deepEqual((await filesUnder(t.dataDir)).filter((f) => /\/(clean|reports|thumbnails)\//.test(f)), [], 'nothing stored');
+    } finally {
+      await t.close();
+    }
+  });
+
   it('the objects written before the ledger refused the upload are removed, and it answers 410', async () => {
     const storeDir = await tempDir();
     const inner = new LocalStore(storeDir);
