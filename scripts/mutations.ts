@@ -116,6 +116,18 @@ const mutations: Mutation[] = [
     tests: ['test/safeguards.test.ts'],
   },
   {
+    name: 'GIF: image data past its LZW end code passes the verifier',
+    file: 'src/verify/structure-image.ts',
+    edits: [["report.problems.push('gif: image data runs past its end code');", '{}']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'GIF: the stripper copies image sub-blocks past the LZW end code',
+    file: 'src/steps/strip-gif.ts',
+    edits: [['parts.push(input.subarray(start, dataAt), data.blocks);', 'parts.push(input.subarray(start, pos));']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

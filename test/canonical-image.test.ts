@@ -331,6 +331,22 @@ describe('issue 26: GIF extensions are written from their fields', () => {
     assert.deepEqual(checkImageStructure('gif', bytes).problems, []);
     assert.ok(checkImageStructure('gif', hostile).problems.includes('gif: graphic control extension not in its fixed form'));
   });
+
+  it('a sub-block of text after the LZW end code is cut, and the verifier refuses one left there', async () => {
+    const gif = await sharp({ create: { width: 24, height: 16, channels: 3, background: '#2a7', noise: { type: 'gaussian', mean: 128, sigma: 40 } } }).gif().toBuffer();
+    // The image's data ends with the 0 terminator just before the trailer (0x3B).
+    assert.equal(gif[gif.length - 1], 0x3b);
+    const terminator = gif.length - 2;
+    assert.equal(gif[terminator], 0);
+    const hostile = Buffer.concat([gif.subarray(0, terminator), Buffer.from([secret.length]), secret, gif.subarray(terminator)]);
+    assert.ok(checkImageStructure('gif', hostile).problems.includes('gif: image data runs past its end code'));
+    assert.ok((await pixels(hostile)).equals(await pixels(gif)), 'no decoder reads it: the pixels are the same');
+    const { out, bytes } = await clean(hostile);
+    assert.ok(!bytes.includes(secret.subarray(0, 12)), 'the text went');
+    assert.equal(out.removed.other, 1);
+    assert.ok((await pixels(bytes)).equals(await pixels(gif)));
+    assert.deepEqual(checkImageStructure('gif', bytes).problems, []);
+  });
 });
 
 // --- WebP ------------------------------------------------------------------------------------------

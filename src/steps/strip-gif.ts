@@ -7,6 +7,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
+import { lzwImageData } from '../formats/gif-lzw.js';
 import { canonicalIcc } from '../formats/icc.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -79,9 +80,14 @@ export function stripGif(input: Buffer): ImageStripResult {
       if (pos + 10 > input.length) throw reject.corrupt('GIF', 'truncated image descriptor');
       const flags = input[pos + 9]!;
       const localTable = flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0;
-      pos += 10 + localTable + 1; // descriptor, local colour table, LZW minimum code size
-      pos = skipSubBlocks(input, pos);
-      parts.push(input.subarray(start, pos));
+      const dataAt = pos + 10 + localTable + 1; // descriptor, local colour table, LZW minimum code size
+      if (dataAt > input.length) throw reject.corrupt('GIF', 'truncated image descriptor');
+      pos = skipSubBlocks(input, dataAt);
+      // The LZW data up to its end code, in canonical sub-blocks: what follows it goes.
+      const pixels = input.readUInt16LE(start + 5) * input.readUInt16LE(start + 7);
+      const data = lzwImageData(input.subarray(dataAt, pos), input[dataAt - 1]!, pixels);
+      if (!data.canonical) countRemoved(removed, 'other');
+      parts.push(input.subarray(start, dataAt), data.blocks);
       images++;
       continue;
     }

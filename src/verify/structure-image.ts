@@ -7,6 +7,7 @@
  */
 import { inflateSync } from 'node:zlib';
 import { ScrubError } from '../errors.js';
+import { lzwImageData } from '../formats/gif-lzw.js';
 import { isCanonicalIcc } from '../formats/icc.js';
 import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
@@ -351,7 +352,16 @@ function walkGif(out: Buffer, report: StructureReport): void {
     }
     if (introducer === 0x2c) {
       const flags = out[pos + 9] ?? 0;
-      pos = skip(pos + 10 + (flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0) + 1);
+      const dataAt = pos + 10 + (flags & 0x80 ? 3 * 2 ** ((flags & 0x07) + 1) : 0) + 1;
+      const end = skip(dataAt);
+      // The LZW data must stop at its end code, in canonical sub-blocks (formats/gif-lzw.ts).
+      try {
+        const pixels = out.readUInt16LE(pos + 5) * out.readUInt16LE(pos + 7);
+        if (!lzwImageData(out.subarray(dataAt, end), out[dataAt - 1] ?? 0, pixels).canonical) report.problems.push('gif: image data runs past its end code');
+      } catch {
+        report.problems.push('gif: image data does not decode');
+      }
+      pos = end;
       continue;
     }
     const label = out[pos + 1];
