@@ -3,9 +3,10 @@
  * image data is copied byte for byte; only whole segments are dropped, so pixels are identical.
  *
  * Kept: SOI, DQT, DHT, DAC, SOFn, DRI, DNL, SOS + entropy-coded data, EOI, APP0 JFIF (without
- * its thumbnail), APP2 ICC_PROFILE (the profile rebuilt: formats/icc.ts), APP14 Adobe (rebuilt to its canonical 12 bytes). Dropped:
- * every other APPn, COM, bytes between segments (libjpeg skips them too, with a warning) and
- * everything after EOI. Orientation survives as a minimal EXIF holding only Orientation.
+ * its thumbnail), APP2 ICC_PROFILE (the profile rebuilt: formats/icc.ts), APP14 Adobe (rebuilt
+ * to its canonical 12 bytes). Dropped: every other APPn, COM, bytes between segments (libjpeg
+ * skips them too, with a warning) and everything after EOI. Orientation survives as a minimal
+ * EXIF holding only Orientation.
  *
  * The coding segments are rebuilt from their parsed fields at their exact lengths (issue 26):
  * the quantisation and Huffman tables, frame and scan headers and restart interval are written
@@ -184,7 +185,6 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
     const length = input.readUInt16BE(pos);
     const end = pos + length;
     if (length < 2 || end > input.length) throw reject.corrupt('JPEG', 'segment runs past the end of the file');
-    const segment = input.subarray(pos - 2, end);
     const payload = input.subarray(pos + 2, end);
     pos = end;
 
@@ -266,13 +266,14 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
   if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
   if (iccPieces.length > 0) parts.push(...iccSegments(iccPieces, removed));
   const scans = scanParts(input, frame, body.filter((item): item is ScanItem => 'hinted' in item), removed);
+  let scan = 0;
   for (const item of body) {
     if (Buffer.isBuffer(item)) {
       parts.push(item);
       continue;
     }
     if ('hinted' in item) {
-      parts.push(...scans.shift()!);
+      parts.push(...scans[scan++]!);
       continue;
     }
     const used = item.tables.filter((table) => table.used);
