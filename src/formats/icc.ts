@@ -33,6 +33,13 @@ const wellKnown = new Set([
   'ITU-R BT.2020', 'Rec2020', 'DCI-P3', 'Linear sRGB', 'scRGB', 'Generic RGB Profile', 'Generic Gray Profile',
 ]); // prettier-ignore
 
+/** Profile classes (ICC.1 7.2.5) and colour spaces, also the PCS's (7.2.6, 7.2.7). */
+const classes = new Set(['scnr', 'mntr', 'prtr', 'link', 'spac', 'abst', 'nmcl']);
+const spaces = new Set([
+  'XYZ ', 'Lab ', 'Luv ', 'YCbr', 'Yxy ', 'RGB ', 'GRAY', 'HSV ', 'HLS ', 'CMYK', 'CMY ',
+  ...Array.from('23456789ABCDEF', (n) => `${n}CLR`),
+]); // prettier-ignore
+
 export interface CanonicalIcc {
   profile: Buffer;
   /** Tags dropped or rewritten, and header fields reset: 0 when the input was already canonical. */
@@ -66,6 +73,11 @@ function rebuild(input: Buffer): CanonicalIcc {
   const count = profile.readUInt32BE(128);
   if (count > 100 || 132 + 12 * count > profile.length) fail('with a tag table past its end');
 
+  // The class, colour space and PCS are signatures from ICC's lists; any other four letters
+  // would be four bytes of free text copied into every output.
+  if (!classes.has(profile.toString('latin1', 12, 16)) || !spaces.has(profile.toString('latin1', 16, 20)) || !spaces.has(profile.toString('latin1', 20, 24))) {
+    fail('with a class or colour space ICC does not define');
+  }
   const header = Buffer.alloc(128);
   profile.copy(header, 8, 8, 24); // version, class, colour space, PCS
   header.write('acsp', 36, 'latin1');
@@ -80,6 +92,7 @@ function rebuild(input: Buffer): CanonicalIcc {
   const tags: Array<{ signature: string; key: string }> = [];
   let changed = 0;
   let description = `${space} profile`;
+  const seen = new Set<string>();
   for (let i = 0; i < count; i++) {
     const entry = 132 + 12 * i;
     const signature = profile.toString('latin1', entry, entry + 4);
@@ -87,6 +100,11 @@ function rebuild(input: Buffer): CanonicalIcc {
     const size = profile.readUInt32BE(entry + 8);
     if (offset + size > profile.length || size < 8) fail('with a tag past its end');
     const data = profile.subarray(offset, offset + size);
+    if (seen.has(signature)) {
+      changed++; // a tag given twice: decoders read the first
+      continue;
+    }
+    seen.add(signature);
     if (signature === 'desc') {
       const text = descriptionText(data);
       if (text !== undefined && wellKnown.has(text)) description = text;

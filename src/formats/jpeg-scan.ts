@@ -296,12 +296,6 @@ class BitReader {
     this.bits -= n;
   }
 
-  bit(): number {
-    if (this.bits < 1) this.fill();
-    this.bits--;
-    return (this.acc >>> this.bits) & 1;
-  }
-
   take(n: number): number {
     if (n === 0) return 0;
     if (this.bits < n) this.fill();
