@@ -76,11 +76,13 @@ export class ScrubError extends Error {
   readonly publicMessage: string;
   /** Extra public, value-free facts for the JSON body (e.g. the upstream's status code). */
   readonly details: Record<string, string | number> | undefined;
+  /** What was wrong with the file, in a few value-free words (`reject`'s "why"), for other checks to report. */
+  readonly reason: string | undefined;
 
   constructor(
     code: ErrorCode,
     publicMessage: string,
-    options: { cause?: unknown; internal?: string; details?: Record<string, string | number> } = {},
+    options: { cause?: unknown; internal?: string; details?: Record<string, string | number>; reason?: string } = {},
   ) {
     super(options.internal ?? publicMessage, { cause: options.cause });
     this.name = 'ScrubError';
@@ -88,6 +90,7 @@ export class ScrubError extends Error {
     this.status = statusByCode[code];
     this.publicMessage = publicMessage;
     this.details = options.details;
+    this.reason = options.reason;
   }
 
   /** True when the file itself was refused (CLI exit 2), false for internal or environment faults. */
@@ -139,12 +142,13 @@ export function asScrubError(err: unknown): ScrubError {
 
 export const reject = {
   corrupt(format: string, why: string): ScrubError {
-    return new ScrubError('corrupt_media', `The file looks like ${format} but is not a valid ${format} (${why}). Send an intact file.`);
+    return new ScrubError('corrupt_media', `The file looks like ${format} but is not a valid ${format} (${why}). Send an intact file.`, { reason: why });
   },
   structure(format: string, why: string): ScrubError {
     return new ScrubError(
       'unsupported_structure',
       `The ${format} file contains a structure scrubline cannot rebuild safely (${why}). It was not forwarded; convert it to a plain ${format} and retry.`,
+      { reason: why },
     );
   },
   /** A picture whose header declares more pixels than allowed, refused before anything decodes it. */

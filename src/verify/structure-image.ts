@@ -8,7 +8,7 @@
 import { inflateSync } from 'node:zlib';
 import { ScrubError } from '../errors.js';
 import { lzwImageData } from '../formats/gif-lzw.js';
-import { isCanonicalIcc } from '../formats/icc.js';
+import { isCanonicalIcc, maxProfileBytes } from '../formats/icc.js';
 import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
 import { checkHeifStructure } from './heif.js';
@@ -113,7 +113,7 @@ function jpegStep<T>(report: StructureReport, step: () => T): T | undefined {
     return step();
   } catch (err) {
     if (!(err instanceof ScrubError)) throw err;
-    report.problems.push(`jpeg: ${/\((.*)\)\./.exec(err.publicMessage)?.[1] ?? err.code}`); // the reason, between the message's outer parentheses
+    report.problems.push(`jpeg: ${err.reason ?? err.code}`);
     return undefined;
   }
 }
@@ -285,7 +285,7 @@ function walkPng(out: Buffer, report: StructureReport): void {
       report.keptRanges.push({ start: pos + 8, end: pos + 8 + length, what: 'icc' });
       let profile: Buffer | undefined;
       try {
-        profile = inflateSync(out.subarray(pos + 8 + 13, pos + 8 + length), { maxOutputLength: 64 * 1024 * 1024 });
+        profile = inflateSync(out.subarray(pos + 8 + 13, pos + 8 + length), { maxOutputLength: maxProfileBytes });
       } catch {
         profile = undefined;
       }
