@@ -94,7 +94,7 @@ const mutations: Mutation[] = [
   {
     name: 'ICC: text tags kept in the rebuilt profile',
     file: 'src/formats/icc.ts',
-    edits: [['    if (!colourTags.has(signature)) {\n      changed++;\n      continue;\n    }', '    if (!colourTags.has(signature) && process.pid < 0) {\n      changed++;\n      continue;\n    }']],
+    edits: [['if (!colourTags.has(signature)) continue;', 'if (!colourTags.has(signature) && process.pid < 0) continue;']],
     tests: ['test/canonical-icc.test.ts'],
   },
   {

@@ -37,13 +37,18 @@ export function lzwImageData(raw: Buffer, minimum: number, pixels: number): LzwD
   const end = codeStreamEnd(stream, minimum, pixels);
   const bytes = Buffer.from(stream.subarray(0, Math.ceil(end / 8)));
   if (end % 8 !== 0) bytes[bytes.length - 1]! &= (1 << end % 8) - 1;
+  const canonical = dataSubBlocks(bytes);
+  return { blocks: canonical, canonical: canonical.equals(raw.subarray(0, at + 1)) };
+}
+
+/** Bytes as GIF data sub-blocks, as every encoder cuts them: 255 at a time, then the 0 terminator. */
+export function dataSubBlocks(bytes: Buffer): Buffer {
   const blocks: Buffer[] = [];
   for (let from = 0; from < bytes.length; from += 255) {
     const block = bytes.subarray(from, from + 255);
     blocks.push(Buffer.from([block.length]), block);
   }
-  const canonical = Buffer.concat([...blocks, Buffer.from([0])]);
-  return { blocks: canonical, canonical: canonical.equals(raw.subarray(0, at + 1)) };
+  return Buffer.concat([...blocks, Buffer.from([0])]);
 }
 
 /** The bit position just after the last code a decoder reads. */

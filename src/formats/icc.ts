@@ -42,9 +42,12 @@ const spaces = new Set([
 
 export interface CanonicalIcc {
   profile: Buffer;
-  /** Tags dropped or rewritten, and header fields reset: 0 when the input was already canonical. */
-  changed: number;
+  /** Whether anything was dropped, rewritten or reset (false when the input was already canonical). */
+  changed: boolean;
 }
+
+/** A decompressed colour profile larger than this is not a real one (PNG's iCCP is deflated). */
+export const maxProfileBytes = 16 * 1024 * 1024;
 
 /** Why a profile cannot be rebuilt; canonicalIcc turns it into the container's refusal. */
 class IccError extends Error {}
@@ -90,7 +93,6 @@ function rebuild(input: Buffer): CanonicalIcc {
   // The kept tags, each with its data rebuilt; tags sharing data keep sharing it.
   const built = new Map<string, Buffer>();
   const tags: Array<{ signature: string; key: string }> = [];
-  let changed = 0;
   let description = `${space} profile`;
   const seen = new Set<string>();
   for (let i = 0; i < count; i++) {
@@ -100,10 +102,7 @@ function rebuild(input: Buffer): CanonicalIcc {
     const size = profile.readUInt32BE(entry + 8);
     if (offset + size > profile.length || size < 8) fail('with a tag past its end');
     const data = profile.subarray(offset, offset + size);
-    if (seen.has(signature)) {
-      changed++; // a tag given twice: decoders read the first
-      continue;
-    }
+    if (seen.has(signature)) continue; // a tag given twice: decoders read the first
     seen.add(signature);
     if (signature === 'desc') {
       const text = descriptionText(data);
@@ -111,10 +110,7 @@ function rebuild(input: Buffer): CanonicalIcc {
       continue;
     }
     if (signature === 'cprt') continue;
-    if (!colourTags.has(signature)) {
-      changed++;
-      continue;
-    }
+    if (!colourTags.has(signature)) continue;
     const key = `${offset}:${size}`;
     if (!built.has(key)) built.set(key, tagData(data));
     tags.push({ signature, key });
@@ -147,7 +143,7 @@ function rebuild(input: Buffer): CanonicalIcc {
   });
   const rebuilt = Buffer.concat([header, table, ...blocks]);
   rebuilt.writeUInt32BE(rebuilt.length, 0);
-  return { profile: rebuilt, changed: rebuilt.equals(input) ? 0 : changed + 1 };
+  return { profile: rebuilt, changed: !rebuilt.equals(input) };
 }
 
 /** The ASCII text of a v2 `desc` or the first record of a v4 `mluc`, if it reads as one. */

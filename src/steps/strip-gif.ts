@@ -7,7 +7,7 @@
  */
 import { countRemoved, type Removed } from '../context.js';
 import { reject } from '../errors.js';
-import { lzwImageData } from '../formats/gif-lzw.js';
+import { dataSubBlocks, lzwImageData } from '../formats/gif-lzw.js';
 import { canonicalIcc } from '../formats/icc.js';
 import type { ImageStripResult } from './strip-image.js';
 
@@ -37,13 +37,8 @@ function loopExtension(loops: number): Buffer {
 /** The ICC application extension, its profile rebuilt from its fields (formats/icc.ts), in sub-blocks of 255. */
 function iccExtension(profile: Buffer, removed: Removed): Buffer {
   const rebuilt = canonicalIcc(profile, 'GIF');
-  if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
-  const blocks: Buffer[] = [Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('ICCRGBG1012', 'latin1')];
-  for (let at = 0; at < rebuilt.profile.length; at += 255) {
-    const block = rebuilt.profile.subarray(at, at + 255);
-    blocks.push(Buffer.from([block.length]), block);
-  }
-  return Buffer.concat([...blocks, Buffer.from([0])]);
+  if (rebuilt.changed) countRemoved(removed, 'profileText');
+  return Buffer.concat([Buffer.from([0x21, 0xff, 0x0b]), Buffer.from('ICCRGBG1012', 'latin1'), dataSubBlocks(rebuilt.profile)]);
 }
 
 /** Position just after a chain of data sub-blocks starting at `pos` (ends with a 0 block). */

@@ -570,7 +570,7 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
     const colourType = prop.type === 'colr' ? input.toString('latin1', prop.body, prop.body + 4) : '';
     if (colourType !== 'prof' && colourType !== 'rICC') return input.subarray(prop.body - 8, prop.end);
     const rebuilt = canonicalIcc(input.subarray(prop.body + 4, prop.end), 'HEIF');
-    if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+    if (rebuilt.changed) countRemoved(removed, 'profileText');
     return box('colr', Buffer.from(colourType, 'latin1'), rebuilt.profile);
   });
 

@@ -343,7 +343,7 @@ function iccSegments(pieces: Buffer[], removed: Removed): Buffer[] {
     throw reject.structure('JPEG', 'an ICC profile in pieces that do not fit together');
   }
   const { profile, changed } = canonicalIcc(Buffer.concat(ordered.map((piece) => piece.subarray(14))), 'JPEG');
-  if (changed > 0) countRemoved(removed, 'profileText');
+  if (changed) countRemoved(removed, 'profileText');
   const count = Math.ceil(profile.length / iccPieceBytes);
   return Array.from({ length: count }, (_, i) => {
     const name = Buffer.from([...Buffer.from('ICC_PROFILE\0', 'latin1'), i + 1, count]);

@@ -7,7 +7,7 @@
  */
 import { crc32, deflateSync, inflateSync } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
-import { canonicalIcc } from '../formats/icc.js';
+import { canonicalIcc, maxProfileBytes } from '../formats/icc.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -19,8 +19,6 @@ const keep = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRGB', 'g
 
 /** Chunks whose data is a fixed number of bytes of fields (PNG 3rd edition, 11.3). */
 const fixedLength: Record<string, number> = { IHDR: 13, sRGB: 1, gAMA: 4, cHRM: 32, cICP: 4, mDCV: 24, cLLI: 8, pHYs: 9, acTL: 8, fcTL: 26 };
-/** A decompressed colour profile larger than this is not a real one. */
-const maxProfileBytes = 16 * 1024 * 1024;
 
 const dropCategory: Record<string, RemovedCategory> = {
   tEXt: 'text',
@@ -110,7 +108,7 @@ function iccpChunk(data: Buffer, removed: Removed): Buffer | undefined {
   }
   if (profile.length < 128) return undefined;
   const rebuilt = canonicalIcc(profile, 'PNG');
-  if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+  if (rebuilt.changed) countRemoved(removed, 'profileText');
   return pngChunk('iCCP', Buffer.concat([Buffer.from(`${iccKeyword}\0\0`, 'latin1'), deflateSync(rebuilt.profile)]));
 }
 

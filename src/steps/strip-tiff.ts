@@ -170,7 +170,7 @@ export function stripTiff(input: Buffer, limits: { maxInputPixels: number }): Im
   if (icc) {
     // The profile rebuilt from its fields (formats/icc.ts), as an UNDEFINED array.
     const rebuilt = canonicalIcc(icc.value, 'TIFF');
-    if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+    if (rebuilt.changed) countRemoved(removed, 'profileText');
     icc.value = rebuilt.profile;
     icc.count = rebuilt.profile.length;
     icc.type = 7;

@@ -83,7 +83,7 @@ export function stripWebp(input: Buffer): ImageStripResult {
     if (fourcc === 'ICCP') {
       // The profile rebuilt from its fields (formats/icc.ts).
       const rebuilt = canonicalIcc(data, 'WebP');
-      if (rebuilt.changed > 0) countRemoved(removed, 'profileText');
+      if (rebuilt.changed) countRemoved(removed, 'profileText');
       kept.push({ fourcc, data: rebuilt.profile });
     } else if (keep.has(fourcc)) {
       kept.push({ fourcc, data });

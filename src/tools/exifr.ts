@@ -36,30 +36,29 @@ export type ExifBlocks = Record<string, Record<string, unknown>>;
 /** Every block exifr finds, keyed by block name (ifd0, exif, gps, xmp namespaces, iptc …). */
 export async function readExifValues(input: Buffer): Promise<ExifBlocks> {
   try {
-    const result = (await exifr.parse(input, everything)) as Record<string, unknown> | undefined;
-    const blocks: ExifBlocks = {};
-    for (const [name, block] of Object.entries(result ?? {})) {
-      if (name === 'errors' || block === null || typeof block !== 'object' || Array.isArray(block)) continue;
-      // A bare byte block stays one value (as an object, each byte would be a "tag" of its own).
-      blocks[name] = ArrayBuffer.isView(block) ? { [name]: block } : (block as Record<string, unknown>);
-    }
-    return blocks;
+    return blocksOf((await exifr.parse(input, everything)) as Record<string, unknown> | undefined);
   } catch {
     return {};
   }
 }
 
 /**
- * The same reading for tests and QA checks of an output, where a reader that fails must not read
- * as "nothing found": exifr's errors, thrown or collected, are thrown (issue 31).
+ * The same reading for tests, where a reader that fails must not read as "nothing found":
+ * exifr's errors, thrown or collected, are thrown (issue 31).
  */
 export async function readExifValuesStrict(input: Buffer): Promise<ExifBlocks> {
   const result = (await exifr.parse(input, strictOptions)) as Record<string, unknown> | undefined;
   const errors = result?.['errors'];
   if (Array.isArray(errors) && errors.length > 0) throw new Error(`exifr could not read every block: ${errors.map(String).join('; ')}`);
+  return blocksOf(result);
+}
+
+/** exifr's result as blocks of tags, its error list left out. */
+function blocksOf(result: Record<string, unknown> | undefined): ExifBlocks {
   const blocks: ExifBlocks = {};
   for (const [name, block] of Object.entries(result ?? {})) {
-    if (block === null || typeof block !== 'object' || Array.isArray(block)) continue;
+    if (name === 'errors' || block === null || typeof block !== 'object' || Array.isArray(block)) continue;
+    // A bare byte block stays one value (as an object, each byte would be a "tag" of its own).
     blocks[name] = ArrayBuffer.isView(block) ? { [name]: block } : (block as Record<string, unknown>);
   }
   return blocks;
