@@ -128,6 +128,24 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'PNG: image data past its zlib stream passes the verifier',
+    file: 'src/verify/structure-image.ts',
+    edits: [["!== stream.length) this.report.problems.push('png: image data runs past its zlib stream');", "!== stream.length && process.pid < 0) this.report.problems.push('png: image data runs past its zlib stream');"]],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'PNG: the stripper copies image data past its zlib stream',
+    file: 'src/steps/strip-png.ts',
+    edits: [['if (at + piece.length <= end) out.push(chunk);', 'if (at + piece.length <= end || process.pid > 0) out.push(chunk);']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'PNG: rows beyond the picture pass (the inflate is unbounded)',
+    file: 'src/formats/png-data.ts',
+    edits: [['maxOutputLength: Math.max(1, expected + 1)', 'maxOutputLength: 2 ** 30'], ["if (result.buffer.length !== expected) throw", "if (result.buffer.length < expected) throw"]],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

@@ -5,9 +5,12 @@
  * (sharp) with bytes set by hand; each verifier rule is also given a dirty output directly.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import { deflateSync, inflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { codedDigests, provenCoded } from '../src/steps/verify.js';
@@ -15,6 +18,7 @@ import { checkImageStructure } from '../src/verify/structure-image.js';
 import { ScrubError } from '../src/errors.js';
 import { cleanBytes, fixture, manifest, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
 
+const execFileP = promisify(execFile);
 const planted = manifest.planted as Record<string, string>;
 const secret = Buffer.from(`GPS 51.50721 -0.12758 ${planted.serial} ${planted.owner}`, 'latin1');
 let work: string;
@@ -306,6 +310,74 @@ describe('issue 26: PNG chunks are written from their fields', () => {
     assert.ok(checkImageStructure('png', named).problems.includes('png: iCCP keyword is not the fixed one'), 'sharp names its profile otherwise');
     const { bytes } = await clean(named);
     assert.deepEqual(checkImageStructure('png', bytes).problems, []);
+  });
+});
+
+/** A PNG's chunks, as [type, data] pairs in order. */
+function pngChunks(png: Buffer): Array<[string, Buffer]> {
+  const chunks: Array<[string, Buffer]> = [];
+  for (let pos = 8; pos + 12 <= png.length; pos += 12 + png.readUInt32BE(pos)) chunks.push([png.toString('latin1', pos + 4, pos + 8), png.subarray(pos + 8, pos + 8 + png.readUInt32BE(pos))]);
+  return chunks;
+}
+
+const pngOf = (chunks: Array<[string, Buffer]>): Buffer => Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), ...chunks.map(([type, data]) => pngChunk(type, data))]);
+
+describe('issue 26: PNG image data ends where its zlib stream and its rows do', () => {
+  const noisy = (): Promise<Buffer> =>
+    sharp({ create: { width: 48, height: 32, channels: 3, background: '#246', noise: { type: 'gaussian', mean: 100, sigma: 40 } } }).png({ compressionLevel: 6 }).toBuffer();
+
+  it('text after the stream, in its last IDAT or in an IDAT of its own, is cut; pixels unchanged', async () => {
+    const base = await noisy();
+    const chunks = pngChunks(base);
+    const idat = chunks.findIndex(([type]) => type === 'IDAT');
+    const inLast = [...chunks];
+    inLast[idat] = ['IDAT', Buffer.concat([chunks[idat]![1], secret])];
+    const ownChunk = [...chunks];
+    ownChunk.splice(idat + 1, 0, ['IDAT', secret]);
+    for (const input of [pngOf(inLast), pngOf(ownChunk)]) {
+      assert.ok((await pixels(input)).equals(await pixels(base)), 'decoders never see the text');
+      const { out, bytes } = await clean(input);
+      assert.ok(!bytes.includes(secret));
+      assert.ok((out.removed.other ?? 0) >= 1);
+      assert.ok((await pixels(bytes)).equals(await pixels(base)));
+    }
+  });
+
+  it('rows the picture does not have are refused; the verifier refuses both, given dirty outputs', async () => {
+    const base = await noisy();
+    const chunks = pngChunks(base);
+    const idat = chunks.findIndex(([type]) => type === 'IDAT');
+    // The stream, inflated, with text as a further "row", deflated again: libpng stops at row 32.
+    const rows = inflateSync(chunks[idat]![1]);
+    const extraRows = [...chunks];
+    extraRows[idat] = ['IDAT', deflateSync(Buffer.concat([rows, secret]))];
+    const input = pngOf(extraRows);
+    assert.ok((await pixels(input)).equals(await pixels(base)), 'decoders never see the extra row');
+    await assert.rejects(clean(input), (err: unknown) => err instanceof ScrubError && err.code === 'corrupt_media' && /more than the picture/.test(err.publicMessage));
+    assert.ok(checkImageStructure('png', input).problems.includes("png: image data holds more than the picture's rows"));
+    const trailing = [...chunks];
+    trailing[idat] = ['IDAT', Buffer.concat([chunks[idat]![1], secret])];
+    assert.ok(checkImageStructure('png', pngOf(trailing)).problems.includes('png: image data runs past its zlib stream'));
+    assert.deepEqual(checkImageStructure('png', base).problems.filter((p) => /image data/.test(p)), []);
+  });
+
+  it('an APNG frame\'s fdAT data is cut at its stream too, keeping the frame numbering', async () => {
+    const apng = path.join(work, 'anim.png');
+    await execFileP('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=24x16:rate=4', '-frames:v', '3', '-plays', '0', '-f', 'apng', '-y', apng]);
+    const base = await readFile(apng);
+    const chunks = pngChunks(base);
+    const fdat = chunks.findIndex(([type]) => type === 'fdAT');
+    assert.ok(fdat > 0, 'ffmpeg writes fdAT frames');
+    const hostile = [...chunks];
+    hostile[fdat] = ['fdAT', Buffer.concat([chunks[fdat]![1], secret])];
+    const input = pngOf(hostile);
+    const { bytes } = await clean(input);
+    assert.ok(!bytes.includes(secret));
+    const sequence = (png: Buffer): number[] => pngChunks(png).filter(([type]) => type === 'fcTL' || type === 'fdAT').map(([, data]) => data.readUInt32BE(0));
+    assert.deepEqual(sequence(bytes), sequence(base));
+    assert.ok(checkImageStructure('png', input).problems.includes('png: image data runs past its zlib stream'));
+    const frames = async (png: Buffer): Promise<Buffer> => sharp(png, { pages: -1 }).raw().toBuffer();
+    assert.ok((await frames(bytes)).equals(await frames(base)));
   });
 });
 

@@ -3,11 +3,13 @@
  * CRCs are checked (a corrupt chunk is not rebuilt). Chunks of a fixed layout are written anew
  * from their fields at their exact length (issue 26: nine bytes after a valid pHYs were copied
  * along); iCCP gets a fixed keyword (it can hold any text) and its profile recompressed by us;
- * image data and palettes are the input's. The orientation is written anew as a minimal eXIf.
+ * image data and palettes are the input's, the image data cut where its zlib stream ends
+ * (formats/png-data.ts). The orientation is written anew as a minimal eXIf.
  */
 import { crc32, deflateSync, inflateSync } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { canonicalIcc, maxProfileBytes } from '../formats/icc.js';
+import { pngGeometry, PngDataError, rawDataSize, zlibStreamEnd, type PngGeometry } from '../formats/png-data.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -32,13 +34,24 @@ const dropCategory: Record<string, RemovedCategory> = {
 /** XMP in PNG is an iTXt chunk with this keyword (XMP spec part 3). */
 const isXmpKeyword = (chunk: Buffer): boolean => chunk.toString('latin1', 8, 26) === 'XML:com.adobe.xmp\0';
 
-export function stripPng(input: Buffer): ImageStripResult {
+export function stripPng(input: Buffer, limits: { maxInputPixels: number }): ImageStripResult {
   if (input.length < signature.length || !input.subarray(0, 8).equals(signature)) throw reject.corrupt('PNG', 'bad signature');
   const removed: Removed = {};
   const parts: Buffer[] = [input.subarray(0, 8)];
   let orientation: number | undefined;
   let pos = 8;
   let first = true;
+  let geometry: PngGeometry | undefined;
+  let imageSize: [number, number] = [0, 0];
+  let frameSize: [number, number] = [0, 0];
+  /** The image data chunks read so far of the current run (IDAT, or one frame's fdAT). */
+  let run: Buffer[] = [];
+  const endRun = (): void => {
+    if (run.length === 0) return;
+    const idat = run[0]!.toString('latin1', 4, 8) === 'IDAT';
+    parts.push(...imageDataRun(run, geometry!, idat ? imageSize : frameSize, removed));
+    run = [];
+  };
   for (;;) {
     if (pos + 12 > input.length) throw reject.corrupt('PNG', 'truncated before IEND');
     const length = input.readUInt32BE(pos);
@@ -50,16 +63,32 @@ export function stripPng(input: Buffer): ImageStripResult {
     first = false;
     const chunk = input.subarray(pos, end);
     pos = end;
+    if (run.length > 0 && type !== run[0]!.toString('latin1', 4, 8)) endRun();
 
     if (keep.has(type)) {
       const stored = chunk.readUInt32BE(chunk.length - 4);
       if (crc32(chunk.subarray(4, chunk.length - 4)) !== stored) throw reject.corrupt('PNG', `${type} chunk fails its CRC`);
       const data = chunk.subarray(8, chunk.length - 4);
+      if (type === 'IDAT' || type === 'fdAT') {
+        run.push(chunk);
+        continue;
+      }
       const size = fixedLength[type];
       if (size !== undefined) {
         if (data.length < size) throw reject.corrupt('PNG', `${type} chunk shorter than its fields`);
         if (data.length > size) countRemoved(removed, 'other');
         parts.push(pngChunk(type, data.subarray(0, size)));
+        if (type === 'IHDR') {
+          geometry = pngGeometry(data);
+          if (!geometry) throw reject.corrupt('PNG', 'IHDR holds an invalid colour type or bit depth');
+          imageSize = [data.readUInt32BE(0), data.readUInt32BE(4)];
+          // Before any image data inflates: its size follows from these.
+          if (imageSize[0] * imageSize[1] > limits.maxInputPixels) throw reject.pixels(imageSize[0], imageSize[1], limits.maxInputPixels);
+        }
+        if (type === 'fcTL') {
+          frameSize = [data.readUInt32BE(4), data.readUInt32BE(8)];
+          if (frameSize[0] * frameSize[1] > imageSize[0] * imageSize[1]) throw reject.corrupt('PNG', 'an animation frame is larger than the image');
+        }
       } else if (type === 'iCCP') {
         const rebuilt = iccpChunk(data, removed);
         if (rebuilt) parts.push(rebuilt);
@@ -86,6 +115,35 @@ export function stripPng(input: Buffer): ImageStripResult {
   // JPEG and WebP keep theirs (PNG 3rd edition: eXIf comes before IDAT).
   if (orientation !== undefined && orientation !== 1) parts.splice(2, 0, pngChunk('eXIf', minimalOrientationTiff(orientation)));
   return { parts, removed, orientation: orientation ?? 1 };
+}
+
+/**
+ * A run of image data chunks, as written: the chunks as they came while the zlib stream lasts, the
+ * one it ends in cut at its end, and any after it emptied (an fdAT keeps its sequence number, which
+ * APNG's numbering needs). Refused when the stream is damaged or holds other than the picture's rows.
+ */
+function imageDataRun(chunks: Buffer[], geometry: PngGeometry, [width, height]: [number, number], removed: Removed): Buffer[] {
+  const type = chunks[0]!.toString('latin1', 4, 8);
+  const skip = type === 'fdAT' ? 4 : 0; // an fdAT's sequence number precedes its share of the stream
+  if (chunks.some((c) => c.length < 12 + skip)) throw reject.corrupt('PNG', 'an fdAT chunk has no sequence number');
+  const pieces = chunks.map((c) => c.subarray(8 + skip, c.length - 4));
+  let end: number;
+  try {
+    end = zlibStreamEnd(Buffer.concat(pieces), rawDataSize(geometry, width, height));
+  } catch (err) {
+    if (err instanceof PngDataError) throw reject.corrupt('PNG', err.message);
+    throw err;
+  }
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const [i, piece] of pieces.entries()) {
+    const chunk = chunks[i]!;
+    if (at + piece.length <= end) out.push(chunk);
+    else out.push(pngChunk(type, Buffer.concat([chunk.subarray(8, 8 + skip), piece.subarray(0, Math.max(0, end - at))])));
+    at += piece.length;
+  }
+  if (at > end) countRemoved(removed, 'other');
+  return out;
 }
 
 /** The keyword every rebuilt iCCP carries (the one libpng writes). */

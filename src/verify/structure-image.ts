@@ -9,6 +9,7 @@ import { inflateSync } from 'node:zlib';
 import { ScrubError } from '../errors.js';
 import { lzwImageData } from '../formats/gif-lzw.js';
 import { isCanonicalIcc, maxProfileBytes } from '../formats/icc.js';
+import { pngGeometry, PngDataError, rawDataSize, zlibStreamEnd, type PngGeometry } from '../formats/png-data.js';
 import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
 import { checkHeifStructure } from './heif.js';
@@ -269,11 +270,13 @@ const pngAllowed = new Set(['IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'iCCP', 'sRG
 /** Chunks of fields only, each exactly this long (PNG 3rd edition, 11.3). */
 const pngFixedLength: Record<string, number> = { IHDR: 13, sRGB: 1, gAMA: 4, cHRM: 32, cICP: 4, mDCV: 24, cLLI: 8, pHYs: 9, acTL: 8, fcTL: 26, IEND: 0 };
 
-function walkPng(out: Buffer, report: StructureReport): void {
+function walkPng(out: Buffer, report: StructureReport, entropy: boolean): void {
   let pos = 8;
+  const data = new PngDataRuns(report, entropy);
   while (pos + 12 <= out.length) {
     const length = out.readUInt32BE(pos);
     const type = out.toString('latin1', pos + 4, pos + 8);
+    data.chunk(type, out.subarray(pos + 8, Math.min(out.length, pos + 8 + length)));
     const allowed = pngAllowed.has(type) || (type === 'eXIf' && isOrientationOnly(out.subarray(pos + 8, pos + 8 + length)));
     if (!allowed) report.problems.push(`png: chunk not allowed`);
     const fixed = pngFixedLength[type];
@@ -298,6 +301,51 @@ function walkPng(out: Buffer, report: StructureReport): void {
     }
   }
   report.problems.push('png: no IEND');
+}
+
+/**
+ * The output's image data runs (IDAT, each frame's fdAT), each one zlib stream that ends where
+ * its run does and inflates to exactly its picture's rows (formats/png-data.ts). Skipped when
+ * only locating an input's structures.
+ */
+class PngDataRuns {
+  private geometry: PngGeometry | undefined;
+  private image: [number, number] = [0, 0];
+  private frame: [number, number] = [0, 0];
+  private runType = '';
+  private pieces: Buffer[] = [];
+
+  constructor(
+    private readonly report: StructureReport,
+    private readonly active: boolean,
+  ) {}
+
+  chunk(type: string, data: Buffer): void {
+    if (!this.active) return;
+    if (type !== this.runType) this.end();
+    if (type === 'IHDR' && data.length === 13) {
+      this.geometry = pngGeometry(data);
+      this.image = [data.readUInt32BE(0), data.readUInt32BE(4)];
+    }
+    if (type === 'fcTL' && data.length === 26) this.frame = [data.readUInt32BE(4), data.readUInt32BE(8)];
+    if (type === 'IDAT') this.pieces.push(data);
+    if (type === 'fdAT') this.pieces.push(data.subarray(4));
+    this.runType = type;
+  }
+
+  private end(): void {
+    if (this.pieces.length === 0) return;
+    const [width, height] = this.runType === 'IDAT' ? this.image : this.frame;
+    const stream = Buffer.concat(this.pieces);
+    this.pieces = [];
+    if (!this.geometry || width * height > this.image[0] * this.image[1]) return void this.report.problems.push('png: image data without a valid IHDR or fcTL');
+    try {
+      if (zlibStreamEnd(stream, rawDataSize(this.geometry, width, height)) !== stream.length) this.report.problems.push('png: image data runs past its zlib stream');
+    } catch (err) {
+      if (!(err instanceof PngDataError)) throw err;
+      this.report.problems.push(`png: ${err.message.replace(/^its /, '')}`);
+    }
+  }
 }
 
 function walkWebp(out: Buffer, report: StructureReport): void {
@@ -466,13 +514,13 @@ function isTablesOnly(stream: Buffer): boolean {
 const xmpMarkers = ['<x:xmpmeta', '<rdf:RDF', 'http://ns.adobe.com/xap/1.0/'].map((marker) => ({ bytes: Buffer.from(marker, 'latin1'), problem: 'image: an XMP packet is present' }));
 
 /**
- * `entropy: false` skips the walk of JPEG scans' coded data, for locating an input's scans only:
- * an output's proof always walks them.
+ * `entropy: false` skips the walk of JPEG scans' coded data and the inflate of PNG image data,
+ * for locating an input's structures only: an output's proof always walks them.
  */
 export function checkImageStructure(format: ImageFormat, out: Buffer, { entropy = true } = {}): StructureReport {
   const report: StructureReport = { problems: [], keptRanges: [], structures: [], forbidden: xmpMarkers };
   if (format === 'jpeg') walkJpeg(out, report, entropy);
-  else if (format === 'png') walkPng(out, report);
+  else if (format === 'png') walkPng(out, report, entropy);
   else if (format === 'webp') walkWebp(out, report);
   else if (format === 'gif') walkGif(out, report);
   else if (format === 'tiff') walkTiff(out, report);
