@@ -14,6 +14,7 @@ import sharp from 'sharp';
 import type { Removed } from '../src/context.js';
 import { ScrubError } from '../src/errors.js';
 import { canonicalAv1C, canonicalAvcC, canonicalHvcC } from '../src/formats/codec-config.js';
+import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../src/formats/parameter-sets.js';
 import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
 import type { CleanFile } from '../src/pipeline.js';
 import { configProblems, MjpegWalker, provePictureStream } from '../src/verify/picture-stream.js';
@@ -73,12 +74,52 @@ const t35 = (text: string): Buffer => Buffer.concat([Buffer.from([0xb5, 0x00, 0x
 /** User data unregistered: Sony's MDPM UUID, then text a camcorder would fill with date, place and model. */
 const mdpm = (text: string): Buffer => Buffer.concat([Buffer.from('17ee8c60f84d11d98cd60800200c9a66', 'hex'), Buffer.from(`MDPM${text}`, 'latin1')]);
 
+/** A real encoder's parameter sets (SPS, PPS and, for HEVC, VPS), in the order it writes them. */
+async function encodedParameterSets(codec: 'h264' | 'hevc'): Promise<Buffer[]> {
+  const tools = await ffmpegTools();
+  const encoder = codec === 'h264' ? ['-c:v', 'libx264', '-x264-params', 'log-level=error'] : ['-c:v', 'libx265', '-x265-params', 'log-level=error'];
+  const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=0.1', ...encoder, '-f', codec, '-'], { encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 });
+  const types = codec === 'h264' ? [7, 8] : [32, 33, 34];
+  return annexBUnits(stdout).filter((nal) => types.includes(codec === 'h264' ? nal[0]! & 0x1f : (nal[0]! >> 1) & 0x3f));
+}
+
+/**
+ * A parameter set with `text` written after its last field, before its stop bit: where a decoder,
+ * done with the fields it knows, never looks.
+ */
+function textAfterFields(nal: Buffer, headerBytes: number, text: Buffer): Buffer {
+  const rbsp: number[] = [];
+  for (let i = headerBytes, zeros = 0; i < nal.length; i++) {
+    if (zeros >= 2 && nal[i] === 3) {
+      zeros = 0;
+      continue;
+    }
+    zeros = nal[i] === 0 ? zeros + 1 : 0;
+    rbsp.push(nal[i]!);
+  }
+  const bits = rbsp.flatMap((byte) => [7, 6, 5, 4, 3, 2, 1, 0].map((k) => (byte >> k) & 1));
+  const stop = bits.lastIndexOf(1);
+  const written = [...bits.slice(0, stop), ...[...text].flatMap((byte) => [7, 6, 5, 4, 3, 2, 1, 0].map((k) => (byte >> k) & 1)), 1];
+  while (written.length % 8) written.push(0);
+  const out: number[] = [...nal.subarray(0, headerBytes)];
+  for (let i = 0, zeros = 0; i < written.length; i += 8) {
+    const byte = written.slice(i, i + 8).reduce((a, b) => a * 2 + b, 0);
+    if (zeros >= 2 && byte <= 3) {
+      out.push(3);
+      zeros = 0;
+    }
+    zeros = byte === 0 ? zeros + 1 : 0;
+    out.push(byte);
+  }
+  return Buffer.from(out);
+}
+
 /**
  * A 1 s clip encoded by libx264/libx265, with `extra(unitType)` NAL units inserted before each
  * coded slice of a keyframe (and, for HEVC, after the parameter sets, where the muxer's record
  * picks them up), muxed by ffmpeg into `format`.
  */
-async function clipWithUnits(codec: 'h264' | 'hevc', format: 'mp4' | 'matroska', extra: (isKey: boolean) => Buffer[], source = 'testsrc'): Promise<string> {
+async function clipWithUnits(codec: 'h264' | 'hevc', format: 'mp4' | 'matroska', extra: (isKey: boolean) => Buffer[], source = 'testsrc', edit: (nal: Buffer) => Buffer = (nal) => nal): Promise<string> {
   const tools = await ffmpegTools();
   const raw = path.join(work, `${Math.random().toString(36).slice(2)}.${codec}`);
   const encoder = codec === 'h264' ? ['-c:v', 'libx264', '-x264-params', 'log-level=error'] : ['-c:v', 'libx265', '-x265-params', 'log-level=error'];
@@ -87,7 +128,7 @@ async function clipWithUnits(codec: 'h264' | 'hevc', format: 'mp4' | 'matroska',
   const out: Buffer[] = [];
   for (const nal of annexBUnits(await readFile(raw))) {
     if (isKey(nal)) for (const unit of extra(true)) out.push(Buffer.from([0, 0, 0, 1]), unit);
-    out.push(Buffer.from([0, 0, 0, 1]), nal);
+    out.push(Buffer.from([0, 0, 0, 1]), edit(nal));
   }
   const hostile = `${raw}.hostile`;
   await writeFile(hostile, Buffer.concat(out));
@@ -141,20 +182,19 @@ describe('issue 26: the units of a picture stream', () => {
     assert.deepEqual(seen, ['cameraData', 'hdr10plus', 'cameraData', 'hdrMetadata', 'dolbyVision', 'streamMetadata', 'hdrMetadata']);
   });
 
-  it('configuration records are rebuilt from their fields: SEI arrays, metadata OBUs and trailing bytes go', () => {
-    const sps = Buffer.from([0x67, 0x64, 0x00, 0x1f, 0xac]);
-    const pps = Buffer.from([0x68, 0xeb, 0xe3]);
+  it('configuration records are rebuilt from their fields: SEI arrays, metadata OBUs and trailing bytes go', async () => {
+    const [sps, pps] = (await encodedParameterSets('h264')) as [Buffer, Buffer];
     const avcC = Buffer.concat([Buffer.from([1, 0x64, 0, 0x1f, 0xff, 0xe1, 0, sps.length]), sps, Buffer.from([1, 0, pps.length]), pps, Buffer.from([0xfd, 0xf8, 0xf8, 0]), Buffer.from('Planted trailer')]);
     const avc = canonicalAvcC(avcC);
     assert.deepEqual(avc.removed, { streamMetadata: 1 });
     assert.ok(avc.bytes.equals(avcC.subarray(0, avcC.length - 'Planted trailer'.length)));
     assert.ok(canonicalAvcC(avc.bytes).bytes.equals(avc.bytes), 'a fixed point');
 
-    const nal = (type: number, ...rest: number[]): Buffer => Buffer.from([type << 1, 1, ...rest]);
     const array = (type: number, ...nals: Buffer[]): Buffer => Buffer.concat([Buffer.from([0x80 | type, 0, nals.length]), ...nals.flatMap((n) => [Buffer.from([0, n.length]), n])]);
     const header = Buffer.concat([Buffer.from([1, 0x01, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x5d, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f])]);
     const hostileSei = sei('hevc', 5, mdpm(planted.serial ?? 'SN'));
-    const hvcC = Buffer.concat([header, Buffer.from([4]), array(32, nal(32, 0x0c)), array(33, nal(33, 0x01)), array(34, nal(34, 0xc1)), array(39, hostileSei)]);
+    const [vps, hevcSps, hevcPps] = (await encodedParameterSets('hevc')) as [Buffer, Buffer, Buffer];
+    const hvcC = Buffer.concat([header, Buffer.from([4]), array(32, vps), array(33, hevcSps), array(34, hevcPps), array(39, hostileSei)]);
     const hevc = canonicalHvcC(hvcC);
     assert.deepEqual(hevc.removed, { cameraData: 1 });
     assert.equal(hevc.bytes[22], 3, 'three arrays kept');
@@ -174,6 +214,27 @@ describe('issue 26: the units of a picture stream', () => {
     const av1 = canonicalAv1C(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader, metadata]));
     assert.deepEqual(av1.removed, { cameraData: 1 });
     assert.ok(av1.bytes.equals(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader])));
+  });
+
+  it('a parameter set with bytes after its fields is not a record\'s', async () => {
+    const text = Buffer.from(`GPS ${planted.latitude} ${planted.serial}`, 'latin1');
+    const [sps, pps] = (await encodedParameterSets('h264')) as [Buffer, Buffer];
+    const avcC = (first: Buffer, second: Buffer): Buffer => Buffer.concat([Buffer.from([1, first[1]!, first[2]!, first[3]!, 0xff, 0xe1, 0, first.length]), first, Buffer.from([1, 0, second.length]), second]);
+    assert.deepEqual(configProblems('h264', avcC(sps, pps)), []);
+    const cases = [
+      [avcC(textAfterFields(sps, 1, text), pps), 'before the SPS\'s stop bit'],
+      [avcC(sps, textAfterFields(pps, 1, text)), 'before the PPS\'s stop bit'],
+      [avcC(Buffer.concat([sps, text]), pps), 'after the SPS\'s stop bit'],
+    ] as const;
+    for (const [hostile, which] of cases) {
+      assert.throws(() => canonicalAvcC(hostile), /a parameter set: bytes follow its fields/, which);
+      assert.match(configProblems('h264', hostile)[0] ?? '', /does not parse \(a parameter set/, which);
+    }
+    const [vps, hevcSps, hevcPps] = (await encodedParameterSets('hevc')) as [Buffer, Buffer, Buffer];
+    for (const unit of [vps, hevcSps, hevcPps]) {
+      assert.doesNotThrow(() => checkParameterSet('hevc', unit, new ParameterSetContext()));
+      assert.throws(() => checkParameterSet('hevc', textAfterFields(unit, 2, text), new ParameterSetContext()), ParameterSetError);
+    }
   });
 
   it('MJPEG frames: APPn and COM are refused wherever a chunk boundary falls; JFIF and AVI1 pass', async () => {
@@ -235,6 +296,17 @@ describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gon
     assert.deepEqual((await provePictureStream(tools, 'h264', side(hostile), side(out.path))).problems, []);
     const foreign = await provePictureStream(tools, 'h264', side(hostile), side(other));
     assert.deepEqual(foreign.problems, ['video: the picture stream is not the input\'s coded pictures, unit for unit']);
+  });
+
+  it('text after an SPS\'s fields refuses the file; the proof refuses it in-band, where the record check does not look', async () => {
+    const text = Buffer.from(`GPS ${planted.latitude} ${planted.serial}`, 'latin1');
+    const junkSps = (nal: Buffer): Buffer => ((nal[0]! & 0x1f) === 7 ? textAfterFields(nal, 1, text) : nal);
+    const hostile = await clipWithUnits('h264', 'mp4', () => [], 'testsrc', junkSps);
+    await assert.rejects(clean(hostile), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure' && /parameter set: bytes follow its fields/.test(err.publicMessage));
+    const tools = await ffmpegTools();
+    const side = (file: string) => ({ path: file, demuxer: 'mov' as const, map: '0:V:0', lengthSize: 4 as const });
+    const proof = await provePictureStream(tools, 'h264', side(hostile), side(hostile));
+    assert.deepEqual(proof.problems, ['video: a parameter set in the picture stream: bytes follow its fields']);
   });
 });
 

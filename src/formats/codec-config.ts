@@ -5,13 +5,15 @@
  * what the stream itself no longer may: an HEVC record holds whole arrays of SEI NAL units
  * (Android phones put one there), an AV1 record metadata OBUs, and any record trailing bytes. The
  * rebuilt record keeps the fixed fields, with reserved bits as the specification fixes them, and
- * the parameter sets (the coding tables the pictures are decoded with) byte for byte; every other
+ * the parameter sets (the coding tables the pictures are decoded with) byte for byte, once each is
+ * proven to end where its fields do (formats/parameter-sets.ts); every other
  * unit is dropped and counted. Pure; linear in the record; throws ConfigError when the record does
  * not parse, so the caller refuses the file.
  *
  * Layouts: avcC, ISO/IEC 14496-15 5.3.3.1; hvcC, 8.3.3.1; av1C, the AV1 ISOBMFF binding 2.3.
  */
 import type { RemovedCategory } from '../context.js';
+import { checkParameterSet, ParameterSetContext, ParameterSetError } from './parameter-sets.js';
 import { droppedCategories, leb128, nalType, type PictureCodec } from './units.js';
 
 export class ConfigError extends Error {}
@@ -51,11 +53,22 @@ function counter(): { removed: CanonicalConfig['removed']; count: (c: RemovedCat
   return { removed, count: (c) => void (removed[c] = (removed[c] ?? 0) + 1) };
 }
 
-/** Keeps a parameter-set NAL of the expected type; anything else is counted as dropped. */
-function keepNal(codec: 'h264' | 'hevc', nal: Buffer, expected: ReadonlySet<number>, count: (c: RemovedCategory) => void): boolean {
+/**
+ * Keeps a parameter-set NAL of the expected type, once it is proven to hold its fields and nothing
+ * after them (formats/parameter-sets.ts); anything else is counted as dropped.
+ */
+function keepNal(codec: 'h264' | 'hevc', nal: Buffer, expected: ReadonlySet<number>, count: (c: RemovedCategory) => void, context: ParameterSetContext): boolean {
   if (nal.length === 0) throw new ConfigError('an empty unit');
   const type = nalType(codec, nal[0]!);
-  if (expected.has(type) && !(nal[0]! & 0x80)) return true;
+  if (expected.has(type) && !(nal[0]! & 0x80)) {
+    try {
+      checkParameterSet(codec, nal, context);
+    } catch (err) {
+      if (err instanceof ParameterSetError) throw new ConfigError(`a parameter set: ${err.message}`);
+      throw err;
+    }
+    return true;
+  }
   droppedCategories(codec, type, nal, count);
   return false;
 }
@@ -63,6 +76,7 @@ function keepNal(codec: 'h264' | 'hevc', nal: Buffer, expected: ReadonlySet<numb
 export function canonicalAvcC(record: Buffer): CanonicalConfig {
   const { removed, count } = counter();
   const c = new Cursor(record);
+  const context = new ParameterSetContext();
   if (c.u8() !== 1) throw new ConfigError('avcC version is not 1');
   const profile = c.u8();
   const compatibility = c.u8();
@@ -73,12 +87,12 @@ export function canonicalAvcC(record: Buffer): CanonicalConfig {
   const spsCount = c.u8() & 0x1f;
   for (let i = 0; i < spsCount; i++) {
     const nal = c.bytes(c.u16());
-    if (keepNal('h264', nal, new Set([7]), count)) sps.push(nal);
+    if (keepNal('h264', nal, new Set([7]), count, context)) sps.push(nal);
   }
   const ppsCount = c.u8();
   for (let i = 0; i < ppsCount; i++) {
     const nal = c.bytes(c.u16());
-    if (keepNal('h264', nal, new Set([8]), count)) pps.push(nal);
+    if (keepNal('h264', nal, new Set([8]), count, context)) pps.push(nal);
   }
   const parts = [Buffer.from([1, profile, compatibility, level, 0xfc | lengthSizeMinusOne, 0xe0 | sps.length]), ...sps.map(withLength), Buffer.from([pps.length]), ...pps.map(withLength)];
   // High profiles add chroma format, bit depths and SPS extensions; many writers leave them out.
@@ -90,7 +104,7 @@ export function canonicalAvcC(record: Buffer): CanonicalConfig {
     const extCount = c.u8();
     for (let i = 0; i < extCount; i++) {
       const nal = c.bytes(c.u16());
-      if (keepNal('h264', nal, new Set([13]), count)) extensions.push(nal);
+      if (keepNal('h264', nal, new Set([13]), count, context)) extensions.push(nal);
     }
     parts.push(Buffer.from([0xfc | chroma, 0xf8 | lumaDepth, 0xf8 | chromaDepth, extensions.length]), ...extensions.map(withLength));
   }
@@ -101,6 +115,7 @@ export function canonicalAvcC(record: Buffer): CanonicalConfig {
 export function canonicalHvcC(record: Buffer): CanonicalConfig {
   const { removed, count } = counter();
   const c = new Cursor(record);
+  const context = new ParameterSetContext();
   if (c.u8() !== 1) throw new ConfigError('hvcC version is not 1');
   // profile space, tier, profile idc; 4 bytes of compatibility flags; 6 of constraint flags; level.
   const general = c.bytes(12);
@@ -121,7 +136,7 @@ export function canonicalHvcC(record: Buffer): CanonicalConfig {
     const nalCount = c.u16();
     for (let n = 0; n < nalCount; n++) {
       const nal = c.bytes(c.u16());
-      if (keepNal('hevc', nal, type === 32 || type === 33 || type === 34 ? new Set([type]) : new Set(), count)) nals.push(nal);
+      if (keepNal('hevc', nal, type === 32 || type === 33 || type === 34 ? new Set([type]) : new Set(), count, context)) nals.push(nal);
     }
     // array_completeness kept, the reserved bit 0 as the specification fixes it.
     if (nals.length === 0) continue;

@@ -6,8 +6,9 @@
  *     must be of a type a cleaned stream keeps (coded slices and parameter sets), and the units
  *     must be the input's kept units, byte for byte and in order (a subsequence: samples outside
  *     an edit list may be left out). The input's other units are what was removed, and are
- *     counted by category. The decoder configuration record must be a fixed point of its
- *     canonical rebuild: parameter sets only, nothing after them.
+ *     counted by category. Each parameter set must end where its fields do. The decoder
+ *     configuration record must be a fixed point of its canonical rebuild: parameter sets only,
+ *     nothing after them.
  *   - MJPEG: every frame is walked to its end; a frame may hold no APPn or COM segment (old
  *     cameras write EXIF, with GPS and serial, into each frame: THREATS 45) but a JFIF or AVI1
  *     APP0 with nothing in its free fields.
@@ -20,6 +21,7 @@ import { countRemoved, type Removed } from '../context.js';
 import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
 import { childElements, ebmlIds } from '../formats/ebml.js';
 import { boxesIn, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
+import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
 import { droppedCategories, keptUnitTypes, UnitSplitter, type PictureCodec, type Unit } from '../formats/units.js';
 import { streamDumpArgs, type Demuxer } from '../tools/ffmpeg-args.js';
 import { streamTool, type Ffmpeg } from '../tools/ffmpeg.js';
@@ -209,6 +211,7 @@ export async function provePictureStream(
   const dropped: Removed = {};
   const count = (category: Parameters<typeof countRemoved>[1]): void => countRemoved(dropped, category);
   const kept = keptUnitTypes[codec];
+  const parameterSets = new ParameterSetContext();
   const stop = new AbortController();
   const stopBoth = (): void => stop.abort();
   signal?.addEventListener('abort', stopBoth, { once: true });
@@ -226,6 +229,11 @@ export async function provePictureStream(
       if (!unit) break;
       if (!kept.has(unit.type)) {
         problems.push(`video: a unit of type ${unit.type} in the picture stream, which a cleaned stream does not keep`);
+        break;
+      }
+      const parameterSet = parameterSetProblem(codec, unit.bytes, parameterSets);
+      if (parameterSet) {
+        problems.push(parameterSet);
         break;
       }
       // The input's next kept unit that is this one. Kept units before it were left out by the
@@ -263,6 +271,18 @@ export async function provePictureStream(
   const splitError = inUnits.splitter.error ?? outUnits.splitter.error;
   if (splitError) problems.push(`video: the picture stream could not be read unit by unit (${splitError})`);
   return { problems: [...new Set(problems)], dropped };
+}
+
+/** An in-band parameter set of the output must end where its fields do (formats/parameter-sets.ts). */
+function parameterSetProblem(codec: PictureCodec, unit: Buffer, context: ParameterSetContext): string | undefined {
+  if (codec === 'av1') return undefined;
+  try {
+    checkParameterSet(codec, unit, context);
+  } catch (err) {
+    if (err instanceof ParameterSetError) return `video: a parameter set in the picture stream: ${err.message}`;
+    throw err;
+  }
+  return undefined;
 }
 
 /**
