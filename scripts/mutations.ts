@@ -164,6 +164,30 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-video.test.ts'],
   },
   {
+    name: 'HEIF: coded items are copied with their SEI units',
+    file: 'src/steps/strip-heif.ts',
+    edits: [['const written = codec ? [codedItem(', 'const written = codec && process.pid < 0 ? [codedItem(']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'HEIF: decoder configuration properties are copied as they came',
+    file: 'src/steps/strip-heif.ts',
+    edits: [['    if (configured) return box(prop.type, canonicalRecord(', '    if (configured && process.pid < 0) return box(prop.type, canonicalRecord(']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'HEIF: the verifier does not walk coded items\' units',
+    file: 'src/verify/heif.ts',
+    edits: [['    if (!codec || !location) continue;', '    if (!codec || !location || process.pid > 0) continue;']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'HEIF: the verifier does not check decoder configuration properties',
+    file: 'src/verify/heif.ts',
+    edits: [['    if (configured) problems.push(...configProblems(', '    if (configured && process.pid < 0) problems.push(...configProblems(']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

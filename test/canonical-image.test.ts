@@ -14,6 +14,7 @@ import { deflateSync, inflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { codedDigests, provenCoded } from '../src/steps/verify.js';
+import { heifItems } from '../src/verify/heif.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
 import { ScrubError } from '../src/errors.js';
 import { cleanBytes, fixture, manifest, pipelineDeps, pngChunk, removeDir, tempDir } from './helpers.js';
@@ -378,6 +379,92 @@ describe('issue 26: PNG image data ends where its zlib stream and its rows do', 
     assert.ok(checkImageStructure('png', input).problems.includes('png: image data runs past its zlib stream'));
     const frames = async (png: Buffer): Promise<Buffer> => sharp(png, { pages: -1 }).raw().toBuffer();
     assert.ok((await frames(bytes)).equals(await frames(base)));
+  });
+});
+
+// --- HEIF ------------------------------------------------------------------------------------------
+
+const box = (type: string, ...body: Buffer[]): Buffer => {
+  const size = Buffer.alloc(4);
+  size.writeUInt32BE(8 + body.reduce((n, b) => n + b.length, 0));
+  return Buffer.concat([size, Buffer.from(type, 'latin1'), ...body]);
+};
+const fullBox = (type: string, version: number, ...body: Buffer[]): Buffer => box(type, Buffer.from([version, 0, 0, 0]), ...body);
+const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
+const u32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
+
+/** A one-item HEIC: the given decoder configuration record and coded bytes, as heif-enc lays them out. */
+function heicOf(hvcC: Buffer, coded: Buffer, ispe: Buffer): Buffer {
+  const ftyp = box('ftyp', Buffer.from('heic\0\0\0\0mif1heic', 'latin1'));
+  const meta = (offset: number): Buffer =>
+    fullBox(
+      'meta',
+      0,
+      fullBox('hdlr', 0, u32(0), Buffer.from('pict', 'latin1'), Buffer.alloc(13)),
+      fullBox('pitm', 0, u16(1)),
+      fullBox('iinf', 0, u16(1), fullBox('infe', 2, u16(1), u16(0), Buffer.from('hvc1\0', 'latin1'))),
+      box('iprp', box('ipco', box('hvcC', hvcC), ispe), fullBox('ipma', 0, u32(1), u16(1), Buffer.from([2, 0x81, 0x02]))),
+      fullBox('iloc', 0, Buffer.from([0x44, 0x00]), u16(1), u16(1), u16(0), u16(1), u32(offset), u32(coded.length)),
+    );
+  const head = ftyp.length + meta(0).length + 8;
+  return Buffer.concat([ftyp, meta(head), box('mdat', coded)]);
+}
+
+/** The fixture's record, coded picture and size, as a real encoder (x265 via heif-enc) wrote them. */
+async function heicParts(): Promise<{ hvcC: Buffer; coded: Buffer; ispe: Buffer }> {
+  const heic = await readFile(fixture('media/heic-exif-xmp-thumbnail.heic'));
+  const body = (type: string): Buffer => {
+    const at = heic.indexOf(Buffer.from(type, 'latin1'));
+    return heic.subarray(at - 4, at - 4 + heic.readUInt32BE(at - 4));
+  };
+  const hvcC = body('hvcC').subarray(8);
+  const primary = heifItems(heic).find((item) => item.type === 'hvc1')!;
+  return { hvcC, coded: primary.data, ispe: body('ispe') };
+}
+
+const seiNal = (text: Buffer): Buffer => Buffer.concat([Buffer.from([39 << 1, 1, 5, 16 + text.length]), Buffer.from('17ee8c60f84d11d98cd60800200c9a66', 'hex'), text, Buffer.from([0x80])]);
+const lengthed = (nal: Buffer): Buffer => Buffer.concat([u32(nal.length), nal]);
+
+describe('issue 26: HEIF coded items and their records hold pictures and parameter sets only', () => {
+  it('an SEI inside the item and an SEI array in its hvcC are removed; the slices are the input\'s', async () => {
+    const { hvcC, coded, ispe } = await heicParts();
+    const plain = heicOf(hvcC, coded, ispe);
+    assert.deepEqual(checkImageStructure('heif', plain).problems, [], 'a record and item as heif-enc writes them');
+    const sei = seiNal(secret);
+    // hvcC: one more array, of type 39, holding the SEI.
+    const hostileRecord = Buffer.concat([hvcC.subarray(0, 22), Buffer.from([hvcC[22]! + 1]), hvcC.subarray(23), Buffer.from([39]), u16(1), u16(sei.length), sei]);
+    const hostile = heicOf(hostileRecord, Buffer.concat([lengthed(sei), coded]), ispe);
+    const problems = checkImageStructure('heif', hostile).problems;
+    assert.ok(problems.includes('heif: a coded item holds a unit of type 39, which a cleaned picture does not keep'), problems.join());
+    assert.ok(problems.includes('heif: the hvcC record holds units other than parameter sets'), problems.join());
+    const { out, bytes } = await clean(hostile);
+    assert.ok(!bytes.includes(secret));
+    assert.equal(out.removed.cameraData, 2);
+    const item = heifItems(bytes).find((i) => i.type === 'hvc1')!;
+    assert.ok(item.data.equals(coded), 'the coded slices, byte for byte');
+    assert.deepEqual(checkImageStructure('heif', bytes).problems, []);
+  });
+
+  it('bytes after the fields of the record\'s SPS refuse the file', async () => {
+    const { hvcC, coded, ispe } = await heicParts();
+    // The SPS array's first unit gets text after its stop bit (its length grows to hold it).
+    let at = 23;
+    for (let array = 0; array < hvcC[22]!; array++) {
+      const type = hvcC[at]! & 0x3f;
+      const length = hvcC.readUInt16BE(at + 3);
+      if (type === 33) {
+        const sps = hvcC.subarray(at + 5, at + 5 + length);
+        const grown = Buffer.concat([sps, secret]);
+        const record = Buffer.concat([hvcC.subarray(0, at + 3), u16(grown.length), grown, hvcC.subarray(at + 5 + length)]);
+        const hostile = heicOf(record, coded, ispe);
+        assert.match(checkImageStructure('heif', hostile).problems.join(), /hvcC record does not parse \(a parameter set: bytes follow its fields\)/);
+        await assert.rejects(clean(hostile), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure' && /parameter set: bytes follow its fields/.test(err.publicMessage));
+        return;
+      }
+      at += 3;
+      for (let n = hvcC.readUInt16BE(at - 2); n > 0; n--) at += 2 + hvcC.readUInt16BE(at);
+    }
+    assert.fail('the record has an SPS array');
   });
 });
 

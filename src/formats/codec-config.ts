@@ -186,6 +186,15 @@ export function canonicalConfig(codec: PictureCodec, record: Buffer): CanonicalC
   return codec === 'h264' ? canonicalAvcC(record) : codec === 'hevc' ? canonicalHvcC(record) : canonicalAv1C(record);
 }
 
+/** The NAL length size a record declares (1, 2 or 4), or undefined. AV1 has none. */
+export function lengthSizeOf(codec: PictureCodec, record: Buffer | undefined): 1 | 2 | 4 | undefined {
+  if (codec === 'av1') return 4;
+  const byte = codec === 'h264' ? record?.[4] : record?.[21];
+  if (byte === undefined) return undefined;
+  const size = (byte & 0x03) + 1;
+  return size === 1 || size === 2 || size === 4 ? size : undefined;
+}
+
 /** The MP4 sample-entry child that holds each codec's record. */
 export const configBoxOf: Record<PictureCodec, string> = { h264: 'avcC', hevc: 'hvcC', av1: 'av1C' };
 

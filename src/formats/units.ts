@@ -240,3 +240,39 @@ export class UnitSplitter {
     return { unit: { type: (header >> 3) & 0x0f, bytes: data.subarray(pos, size.next + size.value) }, end: size.next + size.value };
   }
 }
+
+/**
+ * A coded image item's bytes (HEIF `hvc1`/`avc1`, AVIF `av01`), with only the units a cleaned
+ * stream keeps: the item copies the coded picture, and may carry SEI or metadata OBUs beside it as
+ * a video sample can. NAL units are written back behind lengths of the record's size; parameter
+ * sets are handed to `checkUnit`, which throws to refuse one. Throws UnitError when the item does
+ * not split into units.
+ */
+export class UnitError extends Error {}
+
+export function keptItemUnits(
+  codec: PictureCodec,
+  data: Buffer,
+  lengthSize: 1 | 2 | 4,
+  count: (category: RemovedCategory) => void,
+  checkUnit: (unit: Unit) => void = () => undefined,
+): Buffer {
+  const splitter = new UnitSplitter(codec, lengthSize);
+  const units = splitter.push(data);
+  if (!splitter.end()) throw new UnitError(splitter.error ?? 'the item does not split into units');
+  const kept: Buffer[] = [];
+  for (const unit of units) {
+    if (!keptUnitTypes[codec].has(unit.type)) {
+      droppedCategories(codec, unit.type, unit.bytes, count);
+      continue;
+    }
+    checkUnit(unit);
+    if (codec !== 'av1') {
+      const length = Buffer.alloc(lengthSize);
+      length.writeUIntBE(unit.bytes.length, 0, lengthSize);
+      kept.push(length);
+    }
+    kept.push(unit.bytes);
+  }
+  return Buffer.concat(kept);
+}

@@ -14,7 +14,10 @@
  * items, unknown essential properties) is refused.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
+import { canonicalConfig, ConfigError, configBoxOf, lengthSizeOf } from '../formats/codec-config.js';
 import { canonicalIcc } from '../formats/icc.js';
+import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
+import { keptItemUnits, UnitError, type PictureCodec } from '../formats/units.js';
 import { reject, ScrubError } from '../errors.js';
 import { exifCategories } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
@@ -344,6 +347,41 @@ function exifItemCategories(input: Buffer, location: Location | undefined, idat:
  * The bytes of one extent of an item: in the file (construction method 0) or in idat (1).
  * Undefined when it lies outside its container or the item is built another way.
  */
+/** The coded item types and their codecs; the property that holds each codec's record. */
+const itemCodecs: Record<string, PictureCodec> = { hvc1: 'hevc', avc1: 'h264', av01: 'av1' };
+const configCodecs: Record<string, PictureCodec> = { hvcC: 'hevc', avcC: 'h264', av1C: 'av1' };
+
+function canonicalRecord(codec: PictureCodec, record: Buffer, removed: Removed): Buffer {
+  try {
+    const rebuilt = canonicalConfig(codec, record);
+    for (const [category, n] of Object.entries(rebuilt.removed)) countRemoved(removed, category as RemovedCategory, n);
+    return rebuilt.bytes;
+  } catch (err) {
+    if (err instanceof ConfigError) throw reject.structure(FORMAT, `a decoder configuration that does not parse (${err.message})`);
+    throw err;
+  }
+}
+
+/**
+ * A coded item's units: SEI NALs and metadata OBUs dropped and counted, parameter sets proven to end
+ * at their fields (formats/units.ts, formats/parameter-sets.ts).
+ */
+function codedItem(input: Buffer, codec: PictureCodec, data: Buffer, properties: Box[], removed: Removed): Buffer {
+  const config = properties.find((p) => p.type === configBoxOf[codec]);
+  const lengthSize = codec === 'av1' ? 4 : config && lengthSizeOf(codec, input.subarray(config.body, config.end));
+  if (!lengthSize) throw reject.corrupt(FORMAT, 'a coded item without a readable decoder configuration');
+  const parameterSets = new ParameterSetContext();
+  try {
+    return keptItemUnits(codec, data, lengthSize, (category) => countRemoved(removed, category), (unit) => {
+      if (codec !== 'av1') checkParameterSet(codec, unit.bytes, parameterSets);
+    });
+  } catch (err) {
+    if (err instanceof UnitError) throw reject.corrupt(FORMAT, `an item's coded data does not split into units: ${err.message}`);
+    if (err instanceof ParameterSetError) throw reject.structure(FORMAT, `a parameter set in an item: ${err.message}`);
+    throw err;
+  }
+}
+
 function extentBytes(input: Buffer, location: Location, extent: Extent, idat: Box | undefined): Buffer | undefined {
   if (location.method > 1) return undefined;
   const [from, to] = location.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
@@ -545,9 +583,15 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
     const location = locations.get(item.id);
     if (!location) throw reject.corrupt(FORMAT, 'an image item without a location');
     if (location.method > 1) throw reject.structure(FORMAT, 'item data built from other items');
-    const extents = location.extents.map((e) => {
+    const pieces = location.extents.map((e) => {
       const data = extentBytes(input, location, e, idat);
       if (!data) throw reject.corrupt(FORMAT, 'item data outside the file');
+      return data;
+    });
+    // A coded item is rebuilt from its kept units, in one extent; others are copied as they are.
+    const codec = itemCodecs[item.type];
+    const written = codec ? [codedItem(input, codec, Buffer.concat(pieces), propertiesOf(item.id), removed)] : pieces;
+    const extents = written.map((data) => {
       if (location.method === 0) {
         mdatParts.push(data);
         mdatSize += data.length;
@@ -565,8 +609,11 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
     .map((r) => ({ ...r, to: r.to.filter((t) => keep.has(t)) }))
     .filter((r) => r.to.length > 0);
 
-  // A colour property holding an ICC profile gets the profile rebuilt from its fields (formats/icc.ts).
+  // A colour property holding an ICC profile gets the profile rebuilt from its fields (formats/icc.ts),
+  // a decoder configuration its record (formats/codec-config.ts).
   const writtenProps = keptProps.map((prop) => {
+    const configured = configCodecs[prop.type];
+    if (configured) return box(prop.type, canonicalRecord(configured, input.subarray(prop.body, prop.end), removed));
     const colourType = prop.type === 'colr' ? input.toString('latin1', prop.body, prop.body + 4) : '';
     if (colourType !== 'prof' && colourType !== 'rICC') return input.subarray(prop.body - 8, prop.end);
     const rebuilt = canonicalIcc(input.subarray(prop.body + 4, prop.end), 'HEIF');

@@ -6,7 +6,11 @@
  * an input), only on a file whose tables cost more than its work budget (THREATS 35).
  */
 import type { Span as Located } from './structure-image.js';
+import { configBoxOf, lengthSizeOf } from '../formats/codec-config.js';
 import { isCanonicalIcc } from '../formats/icc.js';
+import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
+import { keptUnitTypes, UnitSplitter, type PictureCodec } from '../formats/units.js';
+import { configProblems } from './picture-stream.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ValueCollector } from './values.js';
 
@@ -75,6 +79,8 @@ interface MetaView {
   locationOf: Map<number, ItemData>;
   refTypes: string[];
   properties: Span[];
+  /** Each item's properties, as 1-based indexes into `properties` (ipma). */
+  associations: Map<number, number[]>;
   idat: Span | undefined;
 }
 
@@ -82,7 +88,7 @@ function readMeta(buf: Buffer, meta: Span, budget = new WorkBudget('HEIF')): Met
   const children = spans(buf, meta.data + 4, meta.end);
   if (!children) return undefined;
   const find = (t: string): Span | undefined => children.find((c) => c.type === t);
-  const view: MetaView = { children, items: [], locations: [], locationOf: new Map(), refTypes: [], properties: [], idat: find('idat') };
+  const view: MetaView = { children, items: [], locations: [], locationOf: new Map(), refTypes: [], properties: [], associations: new Map(), idat: find('idat') };
 
   const iinf = find('iinf');
   if (iinf) {
@@ -147,6 +153,27 @@ function readMeta(buf: Buffer, meta: Span, budget = new WorkBudget('HEIF')): Met
   const iprp = find('iprp');
   const ipco = iprp ? spans(buf, iprp.data, iprp.end)?.find((c) => c.type === 'ipco') : undefined;
   if (ipco) view.properties = spans(buf, ipco.data, ipco.end) ?? [];
+  for (const ipma of (iprp ? spans(buf, iprp.data, iprp.end) : undefined)?.filter((c) => c.type === 'ipma') ?? []) {
+    const version = buf[ipma.data] ?? 0;
+    const wide = ((buf[ipma.data + 3] ?? 0) & 1) === 1;
+    let at = ipma.data + 4;
+    const count = uint(buf, at, 4, ipma.end) ?? 0;
+    at += 4;
+    for (let i = 0; i < count && at < ipma.end; i++) {
+      const id = uint(buf, at, version < 1 ? 2 : 4, ipma.end);
+      at += version < 1 ? 2 : 4;
+      const n = uint(buf, at, 1, ipma.end) ?? 0;
+      at += 1;
+      budget.spend(1 + n);
+      const indexes: number[] = [];
+      for (let j = 0; j < n; j++) {
+        const entry = uint(buf, at, wide ? 2 : 1, ipma.end);
+        at += wide ? 2 : 1;
+        if (entry !== undefined) indexes.push(entry & (wide ? 0x7fff : 0x7f));
+      }
+      if (id !== undefined && !view.associations.has(id)) view.associations.set(id, indexes);
+    }
+  }
   return view;
 }
 
@@ -198,11 +225,28 @@ export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: 
     if (prop.type === 'auxC' && !alphaAux.test(out.toString('latin1', prop.data + 4, Math.min(prop.end, prop.data + 60)))) {
       problems.push('heif: auxiliary image other than alpha');
     }
+    const configured = configCodecs[prop.type];
+    if (configured) problems.push(...configProblems(configured, out.subarray(prop.data, prop.end)).map((p) => p.replace(/^video:/, 'heif:')));
     if (prop.type === 'colr' && ['prof', 'rICC'].includes(out.toString('latin1', prop.data, prop.data + 4))) {
       keptRanges.push({ start: prop.data + 4, end: prop.end, what: 'icc' });
       // Written by scrubline from its fields (formats/icc.ts), like every format's profile.
       if (!isCanonicalIcc(out.subarray(prop.data + 4, prop.end))) problems.push('icc: profile not written from its fields');
     }
+  }
+
+  // A coded item holds coded slices and parameter sets only (formats/units.ts), each parameter set
+  // ending where its fields do: no SEI or metadata OBU rides inside the picture.
+  for (const item of view.items) {
+    const codec = itemCodecs[item.type];
+    const location = view.locationOf.get(item.id);
+    if (!codec || !location) continue;
+    const config = (view.associations.get(item.id) ?? []).map((i) => view.properties[i - 1]).find((p) => p?.type === configBoxOf[codec]);
+    const lengthSize = config && lengthSizeOf(codec, out.subarray(config.data, config.end));
+    if (!lengthSize) {
+      problems.push('heif: a coded item without a readable decoder configuration');
+      continue;
+    }
+    problems.push(...codedItemProblems(codec, Buffer.concat(itemRanges(out, view, location).map(([s, e]) => out.subarray(s, e))), lengthSize));
   }
 
   // Every byte of mdat and idat must belong to an item we kept: nothing can hide unreferenced.
@@ -228,6 +272,27 @@ export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: 
   }
   if (!mdat && fileRanges.length > 0) problems.push('heif: item data outside mdat');
   if (view.idat && !covered(view.idat.data, view.idat.end, idatRanges)) problems.push('heif: idat holds bytes no kept item uses');
+}
+
+const itemCodecs: Record<string, PictureCodec> = { hvc1: 'hevc', avc1: 'h264', av01: 'av1' };
+const configCodecs: Record<string, PictureCodec> = { hvcC: 'hevc', avcC: 'h264', av1C: 'av1' };
+
+function codedItemProblems(codec: PictureCodec, data: Buffer, lengthSize: 1 | 2 | 4): string[] {
+  const splitter = new UnitSplitter(codec, lengthSize);
+  const units = splitter.push(data);
+  if (!splitter.end()) return [`heif: a coded item does not split into units (${splitter.error ?? 'unknown'})`];
+  const parameterSets = new ParameterSetContext();
+  for (const unit of units) {
+    if (!keptUnitTypes[codec].has(unit.type)) return [`heif: a coded item holds a unit of type ${unit.type}, which a cleaned picture does not keep`];
+    if (codec === 'av1') continue;
+    try {
+      checkParameterSet(codec, unit.bytes, parameterSets);
+    } catch (err) {
+      if (err instanceof ParameterSetError) return [`heif: a parameter set in a coded item: ${err.message}`];
+      throw err;
+    }
+  }
+  return [];
 }
 
 // ---------------------------------------------------------------------------------------------

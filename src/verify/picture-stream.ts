@@ -18,7 +18,7 @@
  */
 import { open } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
-import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
+import { canonicalConfig, ConfigError, configBoxOf, lengthSizeOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
 import { childElements, ebmlIds } from '../formats/ebml.js';
 import { boxesIn, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
@@ -172,15 +172,6 @@ export async function configRecord(path: string, container: 'isobmff' | 'matrosk
   } finally {
     await file.close();
   }
-}
-
-/** The NAL length size a record declares (1, 2 or 4), or undefined. AV1 has none. */
-export function lengthSizeOf(codec: PictureCodec, record: Buffer | undefined): 1 | 2 | 4 | undefined {
-  if (codec === 'av1') return 4;
-  const byte = codec === 'h264' ? record?.[4] : record?.[21];
-  if (byte === undefined) return undefined;
-  const size = (byte & 0x03) + 1;
-  return size === 1 || size === 2 || size === 4 ? size : undefined;
 }
 
 /** Problems of the output's configuration record: it must be exactly its own canonical rebuild. */
