@@ -188,6 +188,30 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'MPEG-2: user data left in the packets by the remux',
+    file: 'src/steps/strip-video.ts',
+    edits: [["if (video?.codec_name === 'mpeg2video') return 'filter_units=remove_types=178';", '']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'MPEG-4: headers repeated in the packets are kept, with their user data',
+    file: 'src/steps/strip-video.ts',
+    edits: [["if (video?.codec_name === 'mpeg4' && (video.extradata_size ?? 0) > 0) return 'remove_extra=freq=all';", '']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'MPEG-4: the esds is copied as it came',
+    file: 'src/steps/strip-video.ts',
+    edits: [["if (codec || mpegHeaderCodecs.has(video?.codec_name ?? ''))", 'if (codec)']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
+    name: 'MPEG-1/2/4: the verifier does not look for user data',
+    file: 'src/steps/verify.ts',
+    edits: [['if (video && mpegHeaderCodecs.has(codec ??', "if (video && process.pid < 0 && mpegHeaderCodecs.has(codec ??"]],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

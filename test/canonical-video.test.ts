@@ -14,10 +14,11 @@ import sharp from 'sharp';
 import type { Removed } from '../src/context.js';
 import { ScrubError } from '../src/errors.js';
 import { canonicalAv1C, canonicalAvcC, canonicalHvcC } from '../src/formats/codec-config.js';
+import { canonicalEsds, holdsUserData, withoutUserData } from '../src/formats/mpeg-headers.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../src/formats/parameter-sets.js';
 import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
 import type { CleanFile } from '../src/pipeline.js';
-import { configProblems, MjpegWalker, provePictureStream } from '../src/verify/picture-stream.js';
+import { configProblems, MjpegWalker, proveNoUserData, provePictureStream } from '../src/verify/picture-stream.js';
 import { cleanBytes, ffmpegTools, findPlanted, manifest, removeDir, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
@@ -307,6 +308,69 @@ describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gon
     const side = (file: string) => ({ path: file, demuxer: 'mov' as const, map: '0:V:0', lengthSize: 4 as const });
     const proof = await provePictureStream(tools, 'h264', side(hostile), side(hostile));
     assert.deepEqual(proof.problems, ['video: a parameter set in the picture stream: bytes follow its fields']);
+  });
+});
+
+describe('issue 26: MPEG-1/2/4 Part 2 headers and packets carry no user data', () => {
+  const userData = Buffer.concat([Buffer.from([0, 0, 1, 0xb2]), Buffer.from(`GPS ${planted.latitude} ${planted.serial}`, 'latin1')]);
+  const startCode = (code: number): Buffer => Buffer.from([0, 0, 1, code]);
+
+  /** A 1 s clip from FFmpeg's own encoder, as an elementary stream, with `userData` put before every `before` start code. */
+  async function elementary(codec: 'mpeg4' | 'mpeg2video', before?: number): Promise<Buffer> {
+    const tools = await ffmpegTools();
+    const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=1', '-c:v', codec, '-f', codec === 'mpeg4' ? 'm4v' : 'mpeg2video', '-'], { encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 });
+    if (before === undefined) return stdout;
+    const parts = stdout.toString('latin1').split(startCode(before).toString('latin1'));
+    return Buffer.from(parts.join(Buffer.concat([userData, startCode(before)]).toString('latin1')), 'latin1');
+  }
+
+  async function muxed(stream: Buffer, demuxer: 'm4v' | 'mpegvideo', format: 'mp4' | 'matroska', extra: string[] = []): Promise<string> {
+    const tools = await ffmpegTools();
+    const raw = path.join(work, `${Math.random().toString(36).slice(2)}.es`);
+    await writeFile(raw, stream);
+    const out = `${raw}.${format === 'mp4' ? 'mp4' : 'mkv'}`;
+    await run(tools.ffmpeg.path, ['-v', 'error', '-f', demuxer, '-r', '10', '-i', raw, '-c', 'copy', ...extra, '-f', format, out]);
+    return out;
+  }
+
+  it('an esds is rebuilt from its fields: the encoder\'s user data in its headers goes, a fixed point', async () => {
+    const tools = await ffmpegTools();
+    const mp4 = path.join(work, 'lavc-mpeg4.mp4');
+    await run(tools.ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=1', '-c:v', 'mpeg4', mp4]);
+    const bytes = await readFile(mp4);
+    const at = bytes.indexOf(Buffer.from('esds'));
+    const esds = bytes.subarray(at + 4, at - 4 + bytes.readUInt32BE(at - 4));
+    assert.ok(holdsUserData(esds), 'libavcodec names itself in the headers');
+    const rebuilt = canonicalEsds(esds);
+    assert.deepEqual(rebuilt.removed, { cameraData: 1 });
+    assert.ok(!holdsUserData(rebuilt.bytes));
+    assert.ok(canonicalEsds(rebuilt.bytes).bytes.equals(rebuilt.bytes));
+    assert.ok(withoutUserData(Buffer.concat([startCode(0xb0), Buffer.from([1]), userData, startCode(0xb5), Buffer.from([9])])).bytes.equals(Buffer.from([0, 0, 1, 0xb0, 1, 0, 0, 1, 0xb5, 9])));
+    const problems = await proveNoUserData(tools, { path: mp4, demuxer: 'mov', map: '0:V:0' }, 'isobmff');
+    assert.deepEqual(problems, ['video: the esds record is not in its canonical form', 'video: user data in the decoder configuration']);
+    const { out, bytes: cleaned } = await clean(mp4);
+    assert.equal(out.removed.cameraData, 1);
+    assert.ok(!cleaned.includes(Buffer.from('Lavc')));
+    assert.equal(await pictureMd5s(out.path), await pictureMd5s(mp4));
+  });
+
+  it('MPEG-2 user data before every picture and MPEG-4 headers repeated in the packets → cleaned, pictures unchanged', async () => {
+    const mpeg2 = await muxed(await elementary('mpeg2video', 0x00), 'mpegvideo', 'mp4');
+    // MPEG-4 with its headers (VOL, then the encoder's user data) in the first packet as well.
+    const mpeg4 = await muxed(await elementary('mpeg4'), 'm4v', 'matroska');
+    for (const input of [mpeg2, mpeg4]) {
+      const dump = async (file: string): Promise<Buffer> => (await run((await ffmpegTools()).ffmpeg.path, ['-v', 'error', '-i', file, '-map', '0:V:0', '-c', 'copy', '-f', 'data', '-'], { encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 })).stdout;
+      assert.ok(holdsUserData(await dump(input)), 'the packets carry user data');
+      const { out, bytes } = await clean(input);
+      assert.ok(!holdsUserData(await dump(out.path)));
+      assert.ok(!bytes.includes(Buffer.from(planted.serial!)) && !bytes.includes(Buffer.from('Lavc')));
+      assert.equal(await pictureMd5s(out.path), await pictureMd5s(input));
+    }
+  });
+
+  it('MPEG-4 user data inside a packet, which no remux filter removes, is refused and never forwarded', async () => {
+    const input = await muxed(await elementary('mpeg4', 0xb6), 'm4v', 'mp4');
+    await assert.rejects(clean(input), (err: unknown) => err instanceof ScrubError && err.code === 'verification_failed' && /user data .* in the picture stream/.test(err.publicMessage));
   });
 });
 

@@ -14,7 +14,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import type { Removed } from '../context.js';
 import { reject } from '../errors.js';
-import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
+import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska, type CanonicalConfig } from '../formats/codec-config.js';
+import { canonicalEsds, canonicalMpegHeaders } from '../formats/mpeg-headers.js';
 import { childElements, ebmlIds, sizeField, voidElement, type EbmlElement } from '../formats/ebml.js';
 import { boxesIn, readAt, topLevelBoxes, videoTracks, type BoxRange } from '../formats/isobmff.js';
 import type { PictureCodec } from '../formats/units.js';
@@ -35,9 +36,23 @@ async function readMoov(file: FileHandle): Promise<{ moov: Buffer; at: number; l
   return { moov: await readAt(file, box.box, box.end - box.box), at: box.box, last: index === top.length - 1 && box.end === size };
 }
 
-/** Where each picture-codec sample entry's configuration box lies, with its enclosing boxes. */
+/**
+ * A record this module rebuilds: the three filtered codecs' own, an `esds` (MPEG-4 Part 2 and
+ * MPEG-1/2 video in MP4), or Matroska's raw MPEG headers.
+ */
+type RecordKind = PictureCodec | 'esds' | 'mpegHeaders';
+
+const boxOfKind = (kind: RecordKind): string => (kind === 'esds' || kind === 'mpegHeaders' ? 'esds' : configBoxOf[kind]);
+
+function canonicalRecord(kind: RecordKind, record: Buffer): CanonicalConfig {
+  if (kind === 'esds') return canonicalEsds(record);
+  if (kind === 'mpegHeaders') return canonicalMpegHeaders(record);
+  return canonicalConfig(kind, record);
+}
+
+/** Where each sample entry's configuration box lies, with its enclosing boxes. */
 interface ConfigSite {
-  codec: PictureCodec;
+  codec: RecordKind;
   box: BoxRange;
   /** Header offsets (in the moov buffer) of every box that encloses it, outermost first. */
   enclosing: number[];
@@ -59,9 +74,9 @@ function configSites(moov: Buffer): ConfigSite[] {
     const stsd = chain.at(-1)!;
     // stsd: version and flags, an entry count, then the entries.
     for (const entry of boxesIn(moov, stsd.start + 8, stsd.end)) {
-      const codec = pictureCodecOfEntry(entry.type);
+      const codec: RecordKind | undefined = entry.type === 'mp4v' ? 'esds' : pictureCodecOfEntry(entry.type);
       if (!codec) continue;
-      const box = boxesIn(moov, entry.start + visualEntryFields, entry.end).find((b) => b.type === configBoxOf[codec]);
+      const box = boxesIn(moov, entry.start + visualEntryFields, entry.end).find((b) => b.type === boxOfKind(codec));
       if (box) sites.push({ codec, box, enclosing: [0, ...[...chain, entry].map((b) => b.start - 8)] });
     }
   }
@@ -87,14 +102,17 @@ export async function pictureCodecIn(path: string, container: Container): Promis
   }
 }
 
-async function matroskaVideoEntries(file: FileHandle): Promise<Array<{ codec: PictureCodec | undefined; entry: EbmlElement; codecPrivate: EbmlElement | undefined }>> {
+/** Matroska codec ids whose CodecPrivate is MPEG-1/2/4 Part 2 headers. */
+const mpegHeaderCodecIds = /^V_MPEG(1|2|4\/ISO\/(SP|ASP|AP))$/;
+
+async function matroskaVideoEntries(file: FileHandle): Promise<Array<{ codec: PictureCodec | undefined; record: RecordKind | undefined; entry: EbmlElement; codecPrivate: EbmlElement | undefined }>> {
   const { size } = await file.stat();
   const top = await childElements(file, 0, size, 4);
   const segment = top.find((e) => e.id === ebmlIds.segment);
   if (!segment) return [];
   const tracks = (await childElements(file, segment.dataStart, segment.dataEnd, 64)).find((e) => e.id === ebmlIds.tracks);
   if (!tracks) return [];
-  const out: Array<{ codec: PictureCodec | undefined; entry: EbmlElement; codecPrivate: EbmlElement | undefined }> = [];
+  const out: Array<{ codec: PictureCodec | undefined; record: RecordKind | undefined; entry: EbmlElement; codecPrivate: EbmlElement | undefined }> = [];
   for (const entry of await childElements(file, tracks.dataStart, tracks.dataEnd, 64)) {
     if (entry.id !== ebmlIds.trackEntry) continue;
     const fields = await childElements(file, entry.dataStart, entry.dataEnd, 256);
@@ -102,7 +120,8 @@ async function matroskaVideoEntries(file: FileHandle): Promise<Array<{ codec: Pi
     if (!type || (await readAt(file, type.dataStart, 1))[0] !== 1) continue;
     const id = fields.find((f) => f.id === ebmlIds.codecId);
     const codecId = id ? (await readAt(file, id.dataStart, Math.min(64, id.dataEnd - id.dataStart))).toString('latin1').replace(/\0+$/, '') : '';
-    out.push({ codec: pictureCodecOfMatroska(codecId), entry, codecPrivate: fields.find((f) => f.id === ebmlIds.codecPrivate) });
+    const codec = pictureCodecOfMatroska(codecId);
+    out.push({ codec, record: codec ?? (mpegHeaderCodecIds.test(codecId) ? 'mpegHeaders' : undefined), entry, codecPrivate: fields.find((f) => f.id === ebmlIds.codecPrivate) });
   }
   return out;
 }
@@ -135,7 +154,7 @@ export async function rewriteCodecConfig(path: string, container: Container): Pr
         addRemoved(removed, rebuilt.removed);
         const box = Buffer.concat([Buffer.alloc(8), rebuilt.bytes]);
         box.writeUInt32BE(box.length, 0);
-        box.write(configBoxOf[site.codec], 4, 'latin1');
+        box.write(boxOfKind(site.codec), 4, 'latin1');
         const delta = box.length - (site.box.end - site.box.start + 8);
         moov = Buffer.concat([moov.subarray(0, site.box.start - 8), box, moov.subarray(site.box.end)]);
         for (const header of site.enclosing) moov.writeUInt32BE(moov.readUInt32BE(header) + delta, header);
@@ -144,7 +163,7 @@ export async function rewriteCodecConfig(path: string, container: Container): Pr
       await file.truncate(read.at + moov.length);
       return removed;
     }
-    for (const { codec, codecPrivate } of await matroskaVideoEntries(file)) {
+    for (const { record: codec, codecPrivate } of await matroskaVideoEntries(file)) {
       if (!codec || !codecPrivate) continue;
       const old = await readAt(file, codecPrivate.dataStart, codecPrivate.dataEnd - codecPrivate.dataStart);
       const rebuilt = canonical(codec, old);
@@ -165,9 +184,9 @@ export async function rewriteCodecConfig(path: string, container: Container): Pr
   }
 }
 
-function canonical(codec: PictureCodec, record: Buffer): ReturnType<typeof canonicalConfig> {
+function canonical(kind: RecordKind, record: Buffer): CanonicalConfig {
   try {
-    return canonicalConfig(codec, record);
+    return canonicalRecord(kind, record);
   } catch (err) {
     if (err instanceof ConfigError) throw notRebuilt(err.message);
     throw err;

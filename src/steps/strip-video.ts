@@ -13,6 +13,7 @@ import { ScrubError } from '../errors.js';
 import { outputKind, type MediaKind } from '../media.js';
 import { keepUnitsFilter, type PictureCodec } from '../formats/units.js';
 import { pictureCodecIn, rewriteCodecConfig } from './strip-video-config.js';
+import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
 import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 
@@ -114,7 +115,8 @@ export async function stripVideo(
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
   }
   const codec = pictureCodecOf(video);
-  const planned = streams.join() === usualStreams(info).join() && codec === guessed;
+  const filter = videoFilterOf(video);
+  const planned = streams.join() === usualStreams(info).join() && filter === (guessed && keepUnitsFilter(guessed));
   const inputAudioDecodes = early?.code === 0;
   const written = outputKind(kind, streams.map((i) => info.streams.find((s) => s.index === i)?.codec_name ?? ''));
   let result = written === kind ? early : undefined;
@@ -127,7 +129,7 @@ export async function stripVideo(
       // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
       // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
       legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
-      videoFilter: codec && keepUnitsFilter(codec),
+      videoFilter: filter,
     };
     result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
   }
@@ -138,8 +140,25 @@ export async function stripVideo(
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
-  if (codec) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container))) countRemoved(removed, category as keyof Removed, n);
+  // The records of the three filtered codecs, and the MPEG-1/2/4 headers an esds or CodecPrivate holds.
+  if (codec || mpegHeaderCodecs.has(video?.codec_name ?? '')) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container))) countRemoved(removed, category as keyof Removed, n);
   return { removed, inputProbe: info, inputAudioDecodes, kind: written };
+}
+
+/**
+ * The remux's filter of the picture stream: the three unit-filtered codecs keep their kept units;
+ * MPEG-2's user data (start code 0xB2 = 178) is removed by the same filter, which reads MPEG-2
+ * too. MPEG-4 Part 2 has no such filter, but an encoder that repeats its headers in the packets
+ * (VOL, then its name as user data) puts them before the first GOV or VOP, where `remove_extra`
+ * cuts, when the container holds the same headers. User data left (MPEG-1, or MPEG-4 elsewhere in
+ * a packet) is refused by the verifier.
+ */
+function videoFilterOf(video: ProbeStream | undefined): string | undefined {
+  const codec = pictureCodecOf(video);
+  if (codec) return keepUnitsFilter(codec);
+  if (video?.codec_name === 'mpeg2video') return 'filter_units=remove_types=178';
+  if (video?.codec_name === 'mpeg4' && (video.extradata_size ?? 0) > 0) return 'remove_extra=freq=all';
+  return undefined;
 }
 
 /** The three codecs whose streams are filtered unit by unit; others are copied as they are. */

@@ -21,7 +21,8 @@ import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js'
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
 import { lengthSizeOf } from '../formats/codec-config.js';
-import { configProblems, configRecord, proveMjpegFrames, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
+import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
+import { configProblems, configRecord, proveMjpegFrames, proveNoUserData, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
 import { checkImageStructure, pngOrientation, tiffImageData } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { ValueCollector } from '../verify/values.js';
@@ -334,6 +335,7 @@ async function pictureProof(tools: Ffmpeg, file: Stripped, before: ProbeResult, 
   const video = mainVideo(before);
   const codec = video?.codec_name;
   if (video && codec === 'mjpeg') return { problems: await proveMjpegFrames(tools, { path: file.cleanPath, demuxer, map: '0:V:0' }, signal), dropped: {} };
+  if (video && mpegHeaderCodecs.has(codec ?? '')) return { problems: await proveNoUserData(tools, { path: file.cleanPath, demuxer, map: '0:V:0' }, container, signal), dropped: {} };
   if (!video || (codec !== 'h264' && codec !== 'hevc' && codec !== 'av1')) return { problems: [], dropped: {} };
   const [input, output] = await Promise.all([configRecord(file.inputPath, container), configRecord(file.cleanPath, container)]);
   const problems = configProblems(codec, output.record);

@@ -337,6 +337,8 @@ export interface ProbeStream {
   has_b_frames?: number;
   /** H.264 in MP4/Matroska: how many bytes each NAL unit's length takes (1, 2 or 4). */
   nal_length_size?: string;
+  /** The decoder configuration's size (an MPEG-4 Part 2 stream's headers live there, or in its packets). */
+  extradata_size?: number;
   disposition?: Record<string, number>;
   tags?: Record<string, string>;
   side_data_list?: Array<Record<string, unknown>>;

@@ -20,6 +20,7 @@ import { open } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
 import { canonicalConfig, ConfigError, configBoxOf, lengthSizeOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
 import { childElements, ebmlIds } from '../formats/ebml.js';
+import { canonicalEsds, holdsUserData, UserDataScanner } from '../formats/mpeg-headers.js';
 import { boxesIn, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
 import { droppedCategories, keptUnitTypes, UnitSplitter, type PictureCodec, type Unit } from '../formats/units.js';
@@ -140,7 +141,10 @@ function packetsOf(tools: Ffmpeg, side: Side, signal: AbortSignal): { stdout: As
   return streamTool(tools.ffmpeg.path, streamDumpArgs(side.path, side.demuxer, side.map), tools.timeoutMs, { signal });
 }
 
-/** The decoder configuration record of a file's first video track, as the container holds it. */
+/**
+ * The decoder configuration record of a file's first video track, as the container holds it: for
+ * the three filtered codecs their own, for `mp4v` its esds, for Matroska its CodecPrivate.
+ */
 export async function configRecord(path: string, container: 'isobmff' | 'matroska'): Promise<{ codec: PictureCodec | undefined; record: Buffer | undefined }> {
   const file = await open(path, 'r');
   try {
@@ -153,7 +157,9 @@ export async function configRecord(path: string, container: 'isobmff' | 'matrosk
       const stsd = trak && ['mdia', 'minf', 'stbl', 'stsd'].reduce<{ start: number; end: number } | undefined>((parent, type) => parent && boxesIn(moov, parent.start, parent.end).find((b) => b.type === type), trak);
       const entry = stsd && boxesIn(moov, stsd.start + 8, stsd.end)[0];
       const codec = entry && pictureCodecOfEntry(entry.type);
-      const box = entry && codec && boxesIn(moov, entry.start + 78, entry.end).find((b) => b.type === configBoxOf[codec]);
+      // MPEG-4 Part 2 and MPEG-1/2 video in MP4 (`mp4v`) keep their headers in an esds.
+      const boxType = codec ? configBoxOf[codec] : entry?.type === 'mp4v' ? 'esds' : undefined;
+      const box = entry && boxType && boxesIn(moov, entry.start + 78, entry.end).find((b) => b.type === boxType);
       return { codec, record: box ? moov.subarray(box.start, box.end) : undefined };
     }
     const { size } = await file.stat();
@@ -285,6 +291,44 @@ function sameCodedUnit(input: Buffer, output: Buffer): boolean {
   if (output.length > input.length) return false;
   for (let i = output.length; i < input.length; i++) if (input[i] !== 0) return false;
   return input.subarray(0, output.length).equals(output);
+}
+
+/**
+ * MPEG-1/2 and MPEG-4 Part 2: no user data in the output's headers or packets (formats/mpeg-headers.ts).
+ * The record must be its own canonical rebuild; every packet is scanned for a user_data start code.
+ */
+export async function proveNoUserData(tools: Ffmpeg, output: Side, container: 'isobmff' | 'matroska', signal?: AbortSignal): Promise<string[]> {
+  const problems: string[] = [];
+  const { record } = await configRecord(output.path, container);
+  if (record && container === 'isobmff') {
+    try {
+      const rebuilt = canonicalEsds(record);
+      if (!rebuilt.bytes.equals(record) || Object.keys(rebuilt.removed).length > 0) problems.push('video: the esds record is not in its canonical form');
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      problems.push(`video: the esds record does not parse (${err.message})`);
+    }
+  }
+  if (record && holdsUserData(record)) problems.push('video: user data in the decoder configuration');
+  const stop = new AbortController();
+  const stopIt = (): void => stop.abort();
+  signal?.addEventListener('abort', stopIt, { once: true });
+  const run = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
+  const scanner = new UserDataScanner();
+  try {
+    for await (const chunk of run.stdout) {
+      scanner.push(chunk);
+      if (scanner.found) break;
+    }
+    if (!scanner.found && (await run.done).code !== 0) problems.push('video: the picture stream could not be read');
+  } finally {
+    stop.abort();
+    signal?.removeEventListener('abort', stopIt);
+    await run.done.catch(() => undefined);
+  }
+  // MPEG-4 Part 2 and MPEG-1 have no filter that removes it from the packets: such a file is refused.
+  if (scanner.found) problems.push('video: user data (an encoder\'s or camera\'s text) in the picture stream, which a remux cannot remove from this codec');
+  return problems;
 }
 
 /**
