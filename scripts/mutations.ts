@@ -212,6 +212,12 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-video.test.ts'],
   },
   {
+    name: 'AV1: a sequence header may hold bytes after its fields',
+    file: 'src/formats/parameter-sets.ts',
+    edits: [['if (((nal[0] ?? 0) >> 3) % 16 === 1) av1SequenceHeader(nal);', '']],
+    tests: ['test/canonical-video.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

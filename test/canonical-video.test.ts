@@ -84,6 +84,14 @@ async function encodedParameterSets(codec: 'h264' | 'hevc'): Promise<Buffer[]> {
   return annexBUnits(stdout).filter((nal) => types.includes(codec === 'h264' ? nal[0]! & 0x1f : (nal[0]! >> 1) & 0x3f));
 }
 
+/** libaom's sequence header OBU for a small clip, as it writes it. */
+async function av1SequenceHeader(): Promise<Buffer> {
+  const tools = await ffmpegTools();
+  const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc=size=64x48:rate=10:duration=0.1', '-frames:v', '1', '-c:v', 'libaom-av1', '-cpu-used', '8', '-f', 'obu', '-'], { encoding: 'buffer', maxBuffer: 16 * 1024 * 1024 });
+  const units = new UnitSplitter('av1').push(stdout);
+  return Buffer.from(units.find((u) => u.type === 1)!.bytes);
+}
+
 /**
  * A parameter set with `text` written after its last field, before its stop bit: where a decoder,
  * done with the fields it knows, never looks.
@@ -210,11 +218,23 @@ describe('issue 26: the units of a picture stream', () => {
     assert.deepEqual(configProblems('h264', reservedClear), ['video: the avcC record is not in its canonical form']);
     assert.deepEqual(configProblems('h264', avc.bytes), []);
 
-    const sequenceHeader = Buffer.from([0x0a, 0x03, 0x00, 0x00, 0x00]);
+    const sequenceHeader = await av1SequenceHeader();
     const metadata = Buffer.from([0x2a, 0x05, 0x04, 0xb5, 0x00, 0x31, 0x41]);
     const av1 = canonicalAv1C(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader, metadata]));
     assert.deepEqual(av1.removed, { cameraData: 1 });
     assert.ok(av1.bytes.equals(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), sequenceHeader])));
+  });
+
+  it('an AV1 sequence header with bytes after its trailing bits is not a record\'s', async () => {
+    const sequenceHeader = await av1SequenceHeader();
+    assert.doesNotThrow(() => checkParameterSet('av1', sequenceHeader, new ParameterSetContext()));
+    // The same OBU with text after its payload's trailing bits, its size field grown to cover it.
+    const text = Buffer.from(`GPS ${planted.latitude}`, 'latin1');
+    const payload = Buffer.concat([sequenceHeader.subarray(2), text]);
+    assert.ok(sequenceHeader[1]! < 0x80 && payload.length < 0x80, 'a one-byte size field');
+    const grown = Buffer.concat([Buffer.from([sequenceHeader[0]!, payload.length]), payload]);
+    assert.throws(() => checkParameterSet('av1', grown, new ParameterSetContext()), /bytes follow its fields/);
+    assert.throws(() => canonicalAv1C(Buffer.concat([Buffer.from([0x81, 0x00, 0x0c, 0x00]), grown])), /a sequence header: bytes follow its fields/);
   });
 
   it('a parameter set with bytes after its fields is not a record\'s', async () => {

@@ -176,7 +176,15 @@ export function canonicalAv1C(record: Buffer): CanonicalConfig {
     c.bytes(size.value);
     const obu = record.subarray(start, c.pos);
     const type = (header >> 3) & 0x0f;
-    if (type === 1) obus.push(obu);
+    if (type === 1) {
+      try {
+        checkParameterSet('av1', obu, new ParameterSetContext());
+      } catch (err) {
+        if (err instanceof ParameterSetError) throw new ConfigError(`a sequence header: ${err.message}`);
+        throw err;
+      }
+      obus.push(obu);
+    }
     else droppedCategories('av1', type, obu, count);
   }
   return { bytes: Buffer.concat([Buffer.from([0x81, profileLevel, format, delay]), ...obus]), removed };

@@ -8,8 +8,10 @@
  * be rewritten in a remux). Extensions this reader does not parse (HEVC multi-layer and 3D VPS/PPS
  * extensions, 3D SPS extensions, extension data) throw too: what they hold cannot be proven.
  *
+ * AV1's sequence header OBU is read the same way, to its trailing bits.
+ *
  * Syntax: H.264 (ITU-T H.264) 7.3.2.1.1, 7.3.2.2, E.1.1; HEVC (ITU-T H.265) 7.3.2.1-7.3.2.3,
- * 7.3.3, 7.3.4, 7.3.7, E.2.1, E.2.2. Linear in the unit: every loop is bounded by the limit the
+ * 7.3.3, 7.3.4, 7.3.7, E.2.1, E.2.2; AV1 (AOMedia AV1 bitstream) 5.5. Linear in the unit: every loop is bounded by the limit the
  * specification puts on its count.
  */
 
@@ -24,7 +26,11 @@ class Bits {
   private readonly rbsp: Buffer;
   private pos = 0;
 
-  constructor(nal: Buffer, headerBytes: number) {
+  constructor(nal: Buffer, headerBytes: number, escaped = true) {
+    if (!escaped) {
+      this.rbsp = nal.subarray(headerBytes);
+      return;
+    }
     const out = Buffer.allocUnsafe(nal.length);
     let n = 0;
     let zeros = 0;
@@ -103,8 +109,15 @@ export class ParameterSetContext {
   readonly hevcSubLayers = new Map<number, number>();
 }
 
-/** Throws ParameterSetError unless `nal` (an SPS, PPS or VPS) is canonical; other units pass. */
-export function checkParameterSet(codec: 'h264' | 'hevc', nal: Buffer, context: ParameterSetContext): void {
+/**
+ * Throws ParameterSetError unless `nal` (an SPS, PPS or VPS; for AV1 a sequence header OBU) is
+ * canonical; other units pass.
+ */
+export function checkParameterSet(codec: 'h264' | 'hevc' | 'av1', nal: Buffer, context: ParameterSetContext): void {
+  if (codec === 'av1') {
+    if (((nal[0] ?? 0) >> 3) % 16 === 1) av1SequenceHeader(nal);
+    return;
+  }
   if (codec === 'h264') {
     const type = nal[0]! & 0x1f;
     if (type === 7) h264Sps(new Bits(nal, 1), context);
@@ -559,5 +572,90 @@ function hevcPps(b: Bits): void {
       }
     }
   }
+  b.end();
+}
+
+// --- AV1 -----------------------------------------------------------------------------------------
+
+/** uvlc(): leading zeros, a 1, then as many bits (AV1 4.10.3). */
+function uvlc(b: Bits): void {
+  let zeros = 0;
+  while (b.u(1) === 0) if (++zeros > 32) fail('a field is not a valid code');
+  if (zeros < 32) b.skip(zeros);
+}
+
+/** A sequence header OBU (its header, its size field, then the fields) read to its trailing bits. */
+function av1SequenceHeader(obu: Buffer): void {
+  const headerBytes = obu[0]! & 0x04 ? 2 : 1;
+  let at = headerBytes;
+  let size = obu.length - headerBytes;
+  if (obu[0]! & 0x02) {
+    size = 0;
+    for (let i = 0; ; i++) {
+      const byte = obu[at++];
+      if (byte === undefined || i === 8) fail('its size field does not end');
+      size += (byte! & 0x7f) * 2 ** (7 * i);
+      if (!(byte! & 0x80)) break;
+    }
+  }
+  if (at + size !== obu.length) fail('bytes follow its fields');
+  const b = new Bits(obu, at, false);
+  const profile = b.u(3);
+  b.skip(1);
+  const reduced = b.flag();
+  let decoderModel = false;
+  let bufferDelayBits = 0;
+  if (reduced) b.skip(5);
+  else {
+    if (b.flag()) {
+      b.skip(64);
+      if (b.flag()) uvlc(b);
+      decoderModel = b.flag();
+      if (decoderModel) {
+        bufferDelayBits = b.u(5) + 1;
+        b.skip(42);
+      }
+    }
+    const displayDelay = b.flag();
+    const points = b.u(5) + 1;
+    for (let i = 0; i < points; i++) {
+      b.skip(12);
+      if (b.u(5) > 7) b.skip(1);
+      if (decoderModel && b.flag()) b.skip(2 * bufferDelayBits + 1);
+      if (displayDelay && b.flag()) b.skip(4);
+    }
+  }
+  const widthBits = b.u(4) + 1;
+  const heightBits = b.u(4) + 1;
+  b.skip(widthBits + heightBits);
+  if (!reduced && b.flag()) b.skip(7);
+  b.skip(3);
+  if (!reduced) {
+    b.skip(4);
+    const orderHint = b.flag();
+    if (orderHint) b.skip(2);
+    const forceScreenContent = b.flag() ? 2 : b.u(1);
+    if (forceScreenContent > 0 && !b.flag()) b.skip(1);
+    if (orderHint) b.skip(3);
+  }
+  b.skip(3);
+  // color_config (5.5.2)
+  const high = b.flag();
+  const depth = profile === 2 && high ? (b.flag() ? 12 : 10) : high ? 10 : 8;
+  const mono = profile === 1 ? false : b.flag();
+  let [primaries, transfer, matrix] = [2, 2, 2];
+  if (b.flag()) [primaries, transfer, matrix] = [b.u(8), b.u(8), b.u(8)];
+  if (mono) b.skip(1);
+  else if (!(primaries === 1 && transfer === 13 && matrix === 0)) {
+    b.skip(1);
+    let [x, y] = profile === 0 ? [1, 1] : profile === 1 ? [0, 0] : [1, 0];
+    if (profile > 1 && depth === 12) {
+      x = b.u(1);
+      y = x ? b.u(1) : 0;
+    }
+    if (x && y) b.skip(2);
+  }
+  if (!mono) b.skip(1);
+  b.skip(1); // film_grain_params_present
   b.end();
 }

@@ -372,9 +372,7 @@ function codedItem(input: Buffer, codec: PictureCodec, data: Buffer, properties:
   if (!lengthSize) throw reject.corrupt(FORMAT, 'a coded item without a readable decoder configuration');
   const parameterSets = new ParameterSetContext();
   try {
-    return keptItemUnits(codec, data, lengthSize, (category) => countRemoved(removed, category), (unit) => {
-      if (codec !== 'av1') checkParameterSet(codec, unit.bytes, parameterSets);
-    });
+    return keptItemUnits(codec, data, lengthSize, (category) => countRemoved(removed, category), (unit) => checkParameterSet(codec, unit.bytes, parameterSets));
   } catch (err) {
     if (err instanceof UnitError) throw reject.corrupt(FORMAT, `an item's coded data does not split into units: ${err.message}`);
     if (err instanceof ParameterSetError) throw reject.structure(FORMAT, `a parameter set in an item: ${err.message}`);

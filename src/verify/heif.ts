@@ -284,7 +284,6 @@ function codedItemProblems(codec: PictureCodec, data: Buffer, lengthSize: 1 | 2 
   const parameterSets = new ParameterSetContext();
   for (const unit of units) {
     if (!keptUnitTypes[codec].has(unit.type)) return [`heif: a coded item holds a unit of type ${unit.type}, which a cleaned picture does not keep`];
-    if (codec === 'av1') continue;
     try {
       checkParameterSet(codec, unit.bytes, parameterSets);
     } catch (err) {

@@ -270,9 +270,8 @@ export async function provePictureStream(
   return { problems: [...new Set(problems)], dropped };
 }
 
-/** An in-band parameter set of the output must end where its fields do (formats/parameter-sets.ts). */
+/** An in-band parameter set (AV1: sequence header) of the output must end where its fields do (formats/parameter-sets.ts). */
 function parameterSetProblem(codec: PictureCodec, unit: Buffer, context: ParameterSetContext): string | undefined {
-  if (codec === 'av1') return undefined;
   try {
     checkParameterSet(codec, unit, context);
   } catch (err) {
