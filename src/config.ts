@@ -32,8 +32,11 @@ export interface Config {
   maxUploadBytes: number;
   maxFiles: number;
   maxInputPixels: number;
-  /** Bearer token for /v1/*; undefined means "generate once and keep in <dataDir>/api-token". */
-  apiToken: string | undefined;
+  /**
+   * Bearer tokens valid for /v1/*, several at once so one can be rotated with an overlap; empty
+   * means "generate one once and keep it in <dataDir>/api-token".
+   */
+  apiTokens: string[];
   /** The storage key (32 bytes) that encrypts what scrubline stores, and older ones that still decrypt. */
   storageKey: Buffer | undefined;
   storageOldKeys: Buffer[];
@@ -63,6 +66,10 @@ export interface Config {
   /** A listener of its own for /metrics (THREATS 53); undefined = /metrics on the API listener. */
   metricsPort: number | undefined;
   metricsHost: string;
+  /** After SIGTERM: how long in-flight requests may finish before they are cut off. */
+  shutdownTimeoutMs: number;
+  /** After SIGTERM: how long /readyz says "not ready" before new uploads are refused. */
+  shutdownDelayMs: number;
 }
 
 export const defaults = {
@@ -89,6 +96,10 @@ export const defaults = {
   logLevel: 'info',
   // Metrics are for the cluster's scraper, not the internet: loopback unless the operator says.
   metricsHost: '127.0.0.1',
+  // Kubernetes gives a pod 30 s from SIGTERM to SIGKILL: 5 s for the load balancer to see /readyz
+  // fail, 20 s to drain, 5 s to spare for clean-up and exit.
+  shutdownDelayMs: 5_000,
+  shutdownTimeoutMs: 20_000,
 } as const satisfies Partial<Config>;
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -168,10 +179,13 @@ export function loadConfig(env: Env = process.env): Config {
     problems.push('SCRUBLINE_FINGERPRINT_KEY must be at least 32 characters (e.g. `openssl rand -hex 32`)');
   }
 
-  const apiToken = read('API_TOKEN');
-  if (apiToken !== undefined && apiToken.length < 32) {
-    problems.push('SCRUBLINE_API_TOKEN must be at least 32 characters (e.g. `openssl rand -hex 32`)');
+  // Several tokens, comma-separated, are all valid: the new one and the one being retired.
+  const apiTokens = (read('API_TOKEN') ?? '').split(',').map((t) => t.trim()).filter((t) => t !== '');
+  if (apiTokens.some((t) => t.length < 32 || !/^[\x21-\x7e]+$/.test(t))) {
+    problems.push('SCRUBLINE_API_TOKEN must be one token, or several separated by commas, each at least 32 printable characters (e.g. `openssl rand -hex 32`)');
   }
+
+  problems.push(...unknownVariables(env));
 
   // 32 bytes as 64 hex digits or as base64: `openssl rand -hex 32`.
   const storageKeyOf = (name: string, text: string): Buffer | undefined => {
@@ -219,7 +233,7 @@ export function loadConfig(env: Env = process.env): Config {
     maxUploadBytes: integer('MAX_UPLOAD_BYTES', defaults.maxUploadBytes, 1, Number.MAX_SAFE_INTEGER),
     maxFiles: integer('MAX_FILES', defaults.maxFiles, 1, 1000),
     maxInputPixels: integer('MAX_INPUT_PIXELS', defaults.maxInputPixels, 1, 2 ** 40),
-    apiToken,
+    apiTokens,
     storageKey,
     storageOldKeys,
     heifDecoderPath: read('HEIF_DECODER_PATH'),
@@ -238,6 +252,8 @@ export function loadConfig(env: Env = process.env): Config {
     upstreamAuthorization,
     metricsPort: read('METRICS_PORT') === undefined ? undefined : integer('METRICS_PORT', 0, 0, 65_535),
     metricsHost: read('METRICS_HOST') ?? defaults.metricsHost,
+    shutdownDelayMs: integer('SHUTDOWN_DELAY_MS', defaults.shutdownDelayMs, 0, 3_600_000),
+    shutdownTimeoutMs: integer('SHUTDOWN_TIMEOUT_MS', defaults.shutdownTimeoutMs, 0, 24 * 3_600_000),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
@@ -273,7 +289,7 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_MAX_UPLOAD_BYTES', `largest accepted file (default ${defaults.maxUploadBytes})`],
   ['SCRUBLINE_MAX_FILES', `most files in one upload (default ${defaults.maxFiles})`],
   ['SCRUBLINE_MAX_INPUT_PIXELS', `largest accepted image, width x height (default ${defaults.maxInputPixels})`],
-  ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; unset = generated once and kept in <data dir>/api-token'],
+  ['SCRUBLINE_API_TOKEN', 'bearer token every /v1/* request must carry, 32+ characters; several separated by commas are all valid (to rotate: add the new one, move clients, remove the old); unset = generated once and kept in <data dir>/api-token'],
   ['SCRUBLINE_STORAGE_KEY', 'key that encrypts every file, report and thumbnail scrubline stores (AES-256-GCM envelopes), 32 bytes as 64 hex digits or base64; unset = generated once into <data dir>/storage-key'],
   ['SCRUBLINE_STORAGE_OLD_KEYS', 'comma-separated earlier storage keys, kept for reading what they encrypted after a rotation'],
   ['SCRUBLINE_HEIF_DECODER_PATH', 'libheif decoder for HEIC previews; unset = heif-dec or heif-convert on PATH, else HEIC has no preview'],
@@ -290,5 +306,37 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_UPSTREAM_RETRIES', `further attempts after a render-service 5xx or refused connection, same Idempotency-Key (default ${defaults.upstreamRetries})`],
   ['SCRUBLINE_METRICS_PORT', 'serve /metrics on a listener of its own at this port (plain HTTP, for the scraper), and not on the API listener; unset = /metrics on the API listener'],
   ['SCRUBLINE_METRICS_HOST', `address the metrics listener binds (default ${defaults.metricsHost}; 0.0.0.0 for a scraper in another pod)`],
+  ['SCRUBLINE_SHUTDOWN_DELAY_MS', `after SIGTERM, how long /readyz answers 503 while uploads are still taken, so the load balancer stops sending (default ${defaults.shutdownDelayMs})`],
+  ['SCRUBLINE_SHUTDOWN_TIMEOUT_MS', `after that, how long requests in flight may finish before they are cut off and cleaned up (default ${defaults.shutdownTimeoutMs}); delay + timeout must fit the orchestrator's grace period`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];
+
+/** The test suite's own switches (SCRUBLINE_TEST_*), which the service ignores. */
+const testPrefix = 'SCRUBLINE_TEST_';
+
+/**
+ * A SCRUBLINE_* variable scrubline does not know is a mistake (`SCRUBLINE_PROT=9000` would
+ * otherwise leave the port at its default, silently): each is named, with the closest known one.
+ */
+function unknownVariables(env: Env): string[] {
+  const known = configVariables.map(([name]) => name);
+  return Object.keys(env)
+    .filter((name) => name.startsWith('SCRUBLINE_') && !name.startsWith(testPrefix) && !known.includes(name))
+    .sort()
+    .map((name) => {
+      const closest = known.reduce((best, candidate) => (editDistance(name, candidate) < editDistance(name, best) ? candidate : best));
+      const hint = editDistance(name, closest) <= Math.max(3, Math.floor(name.length / 4)) ? `; did you mean ${closest}?` : '';
+      return `${name} is not a scrubline setting${hint} (scrubline --help lists them)`;
+    });
+}
+
+/** Levenshtein distance: the fewest single-character edits from one name to the other. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) current.push(Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)));
+    previous = current;
+  }
+  return previous[b.length]!;
+}

@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'upstream_timeout'
   | 'tool_unavailable'
   | 'ledger_unavailable'
+  | 'shutting_down'
   | 'internal';
 
 const statusByCode: Record<ErrorCode, number> = {
@@ -56,6 +57,7 @@ const statusByCode: Record<ErrorCode, number> = {
   upstream_timeout: 504,
   tool_unavailable: 503,
   ledger_unavailable: 503,
+  shutting_down: 503,
   internal: 500,
 };
 
@@ -127,7 +129,12 @@ export function ledgerUnavailable(cause?: unknown): ScrubError {
 }
 
 /** Codes of a 503 that a client should simply retry: they carry Retry-After. */
-export const retryableCodes: ReadonlySet<ErrorCode> = new Set(['overloaded', 'ledger_unavailable', 'tool_unavailable']);
+export const retryableCodes: ReadonlySet<ErrorCode> = new Set(['overloaded', 'ledger_unavailable', 'tool_unavailable', 'shutting_down']);
+
+/** This replica is stopping: the request was not taken, and another replica will take it. */
+export function shuttingDown(): ScrubError {
+  return new ScrubError('shutting_down', 'This replica is shutting down and takes no new requests. Nothing was kept; retry after the time in Retry-After (another replica will answer).');
+}
 
 /** Anything thrown that is not a ScrubError becomes an opaque internal error. */
 export function asScrubError(err: unknown): ScrubError {

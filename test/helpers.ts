@@ -202,7 +202,7 @@ export function multipartParts(body: Buffer, contentType: string): Array<{ name:
  * The HTTP service built with real parts on a temp data dir and the local sink (or a bucket), with an agent
  * that carries the API token. `clock.now` can be moved by the test.
  */
-export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder; bucket?: ObjectStore } = {}) {
+export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder; bucket?: ObjectStore; apiTokens?: string[] } = {}) {
   const dataDir = await tempDir();
   const ledger = await Ledger.open(dataDir);
   const stores = storesFor(dataDir, options.bucket);
@@ -217,7 +217,7 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     tools,
     storage: testStorage,
     heifDecoder: options.heifDecoder,
-    apiToken: testToken,
+    apiTokens: options.apiTokens ?? [testToken],
     unfinishedJobCapHours: 168,
     recordRetentionDays: options.recordRetentionDays ?? 30,
     scrubline: { tmpDir: path.join(dataDir, 'tmp'), fingerprintKey: testKey, ffmpegPath: tools.ffmpeg.path, ffprobePath: tools.ffprobe.path, clock: () => clock.now },

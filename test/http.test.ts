@@ -33,7 +33,7 @@ async function makeApp(forwarder: (dataDir: string) => Forwarder) {
     stores: storesFor(dataDir),
     tools,
     storage: testStorage,
-    apiToken: testToken,
+    apiTokens: [testToken],
     unfinishedJobCapHours: 168,
     // These tests send a few requests at once on purpose; the cap has its own test (threats 27).
     maxConcurrentUploads: 64,

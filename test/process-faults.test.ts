@@ -29,7 +29,7 @@ interface Running {
 
 /** `scrubline serve` on a data dir; resolves once it listens, or rejects with what it printed when it exits first. */
 function serve(dataDir: string): Promise<Running> {
-  const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_SWEEP_INTERVAL_MS: '0', SCRUBLINE_API_TOKEN: token };
+  const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_SWEEP_INTERVAL_MS: '0', SCRUBLINE_API_TOKEN: token, SCRUBLINE_SHUTDOWN_DELAY_MS: '0' };
   const child = spawn(process.execPath, [cli, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));

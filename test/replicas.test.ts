@@ -33,7 +33,7 @@ interface Replica {
 /** Starts `scrubline serve` and resolves once it says where it listens. */
 async function startReplica(name: string, shared: Record<string, string>): Promise<Replica> {
   const dataDir = await tempDir();
-  const env = { ...process.env, ...shared, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_SWEEP_INTERVAL_MS: '0' };
+  const env = { ...process.env, ...shared, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_SWEEP_INTERVAL_MS: '0', SCRUBLINE_SHUTDOWN_DELAY_MS: '0' };
   const child = spawn(process.execPath, [cli, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
@@ -207,7 +207,22 @@ describe('two replicas on one PostgreSQL ledger and one bucket', { skip }, () =>
     assert.ok((await s3.keys()).length < keys.length, 'the kill landed after some deletes');
 
     // Sweep on both at once: files, thumbnails and fingerprint records are all due.
-    const sweepOn = (replica: Replica) => promisify(execFile)(process.execPath, [cli, 'sweep', '--at', at, '--json'], { env: replica.env });
+    // Each replica's sweep in a process of its own, 31 days on (the CLI purges as of now only).
+    const sweepOn = (replica: Replica) =>
+      promisify(execFile)(
+        process.execPath,
+        [
+          '--import', 'tsx', '--input-type=module', '-e',
+          `import { loadConfig } from ${JSON.stringify(path.join(root, 'src/config.ts'))};
+           import { openStorage } from ${JSON.stringify(path.join(root, 'src/storage/open.ts'))};
+           import { sweep } from ${JSON.stringify(path.join(root, 'src/retention/sweeper.ts'))};
+           const storage = await openStorage(loadConfig());
+           const config = loadConfig();
+           console.log(JSON.stringify(await sweep({ ledger: storage.ledger, bucket: storage.bucket, dataDir: config.dataDir, at: new Date(${JSON.stringify(at)}) })));
+           await storage.close();`,
+        ],
+        { env: replica.env, cwd: root },
+      );
     const reports = (await Promise.all([sweepOn(a), sweepOn(b)])).map((r) => JSON.parse(r.stdout) as { ids: string[]; skipped: string[] });
     const purged = reports.flatMap((r) => r.ids);
     assert.equal(purged.length, new Set(purged).size, 'no artefact purged twice');

@@ -274,8 +274,24 @@ describe('scrubline sweep (out of process)', () => {
     const gone = records.filter((r) => r!.paths.some((p) => !existsSync(path.join(svc.dataDir, p))));
     assert.equal(gone.length, 3, 'the kill landed mid-run');
 
-    const rerun = await promisify(execFile)(process.execPath, [cli, 'sweep', '--at', at(24).toISOString(), '--json'], { env });
+    // The rerun, on the test's clock (the CLI purges as of now only, and now is past every expiry here).
+    const rerun = await promisify(execFile)(
+      process.execPath,
+      [
+        '--import', 'tsx', '--input-type=module', '-e',
+        `import { Ledger } from ${JSON.stringify(path.join(root, 'src/storage/ledger.ts'))};
+         import { sweep } from ${JSON.stringify(path.join(root, 'src/retention/sweeper.ts'))};
+         const ledger = await Ledger.open(process.env.SCRUBLINE_DATA_DIR);
+         console.log(JSON.stringify(await sweep({ ledger, dataDir: process.env.SCRUBLINE_DATA_DIR, at: new Date(${JSON.stringify(at(24).toISOString())}) })));
+         await ledger.close();`,
+      ],
+      { env, cwd: root },
+    );
     assert.equal((JSON.parse(rerun.stdout) as { ids: string[] }).ids.length, left);
+    // The CLI itself will not purge as of another time than now.
+    const early = await promisify(execFile)(process.execPath, [cli, 'sweep', '--at', at(24).toISOString()], { env }).then(() => undefined, (err: { code: number; stderr: string }) => err);
+    assert.equal(early?.code, 1);
+    assert.match(early!.stderr, /--at goes with --dry-run only/);
     assert.equal((await svc.ledger.expired(at(24).toISOString())).length, 0);
     for (const id of expiring) {
       assert.ok((await svc.ledger.get(id))!.paths.every((p) => !existsSync(path.join(svc.dataDir, p))), 'nothing expired survives');

@@ -334,8 +334,8 @@ function abortAt(port: number, head: string, body: Buffer, afterMs: number): Pro
 
 describe('THREATS 40: a disconnect at any moment leaves no original (issue 19)', () => {
   // The race this guards showed up in about 1 abort in 10: CI repeats the moments
-  // (SCRUBLINE_ABORT_ROUNDS, set in .ci/run) so that a regression cannot slip through on luck.
-  const rounds = Math.max(1, Number(process.env.SCRUBLINE_ABORT_ROUNDS ?? 1));
+  // (SCRUBLINE_TEST_ABORT_ROUNDS, set in .ci/run) so that a regression cannot slip through on luck.
+  const rounds = Math.max(1, Number(process.env.SCRUBLINE_TEST_ABORT_ROUNDS ?? 1));
   const moments = Array.from({ length: rounds }, () => [-1, 0, 0, 1, 2, 3, 5, 8, 12, 20, 30, 50, 80, 120, 200, 300]).flat();
 
   it('through the service: while sending, after the last byte, during strip, verify and forward', async () => {
@@ -484,7 +484,7 @@ describe('THREATS 41–42, 44: deletion is complete and final', () => {
       const cli = path.join(root, 'bin', 'scrubline.js');
       const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir };
       const sweepCli = (...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
-        promisify(execFile)(process.execPath, [cli, 'sweep', '--at', '2026-02-01T00:00:00.000Z', ...args], { env }).then(
+        promisify(execFile)(process.execPath, [cli, 'sweep', ...args], { env }).then(
           ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
           (err: { code: number; stdout: string; stderr: string }) => err,
         );

@@ -418,7 +418,7 @@ describe('THREATS: load and faults', () => {
   it('29 kill -9 mid-upload and mid-ffmpeg, then restart: temp dir swept, no orphan ffmpeg, nothing forwarded', async () => {
     const dataDir = await tempDir();
     const upstream = await startUpstream();
-    const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_UPSTREAM_URL: upstream.url };
+    const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_UPSTREAM_URL: upstream.url, SCRUBLINE_SHUTDOWN_DELAY_MS: '0' };
     const start = async (): Promise<{ child: ReturnType<typeof spawn>; port: number }> => {
       const child = spawn(process.execPath, [path.join(root, 'bin/scrubline.js'), 'serve'], { env, stdio: ['ignore', 'pipe', 'ignore'] });
       let out = '';

@@ -20,26 +20,36 @@ import type { Target } from '../qa/run.js';
 
 const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
 
+/** Each subcommand's usage, for `scrubline --help` and `scrubline <command> --help`. */
+const usage: Record<string, string> = {
+  strip: `  scrubline strip <input…> (-o <output> | --out-dir <dir>) [--json] [--retention standard|extended]
+                                          clean files: each output verified before it is written`,
+  inspect: `  scrubline inspect <file> [--json]       metadata categories the file carries, with counts (no values)`,
+  fingerprint: `  scrubline fingerprint <file>            the fingerprint JSON of the file's cleaned form`,
+  sweep: `  scrubline sweep [--json]                purge expired files, thumbnails and records now, with the
+                                          service's settings (SCRUBLINE_DATA_DIR, or
+                                          SCRUBLINE_DATABASE_URL and an s3:// upstream)
+  scrubline sweep --dry-run [--at <ISO time>] [--json]
+                                          only list what would go, now or at --at (--at goes with
+                                          --dry-run only: nothing is ever purged early)`,
+  qa: `  scrubline qa <suite-dir> [--junit <out.xml>] [--html <out.html>] [--url <service URL>] [--json]
+                                          run a QA suite (suite.json) and judge every file; exit 1 on
+                                          any failed expectation (--url: against a running service,
+                                          token from SCRUBLINE_API_TOKEN)`,
+  repro: `  scrubline repro <fingerprint.json | fp_id> -o <file>
+                                          synthesise a file with the fingerprint's technical properties
+                                          (an id is looked up in the ledger in SCRUBLINE_DATA_DIR)`,
+  serve: `  scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables,
+                                          listed by scrubline --help); SIGTERM drains it (README:
+                                          shutdown)`,
+};
+
 const help = `scrubline ${version} — strips identifying metadata from images and video, verifies the result, fingerprints it.
 
 Usage:
-  scrubline strip <input…> (-o <output> | --out-dir <dir>) [--json] [--retention standard|extended]
-  scrubline inspect <file> [--json]       metadata categories the file carries, with counts (no values)
-  scrubline fingerprint <file>            the fingerprint JSON of the file's cleaned form
-  scrubline sweep [--dry-run] [--at <ISO time>] [--json]
-                                          purge expired files, thumbnails and records, with the
-                                          service's settings (SCRUBLINE_DATA_DIR, or
-                                          SCRUBLINE_DATABASE_URL and an s3:// upstream; --dry-run:
-                                          only list what would go)
-  scrubline qa <suite-dir> [--junit <out.xml>] [--html <out.html>] [--url <service URL>] [--json]
-                                          run a QA suite (suite.json) and judge every file; exit 1 on
-                                          any failed expectation (--url: against a running service,
-                                          token from SCRUBLINE_API_TOKEN)
-  scrubline repro <fingerprint.json | fp_id> -o <file>
-                                          synthesise a file with the fingerprint's technical properties
-                                          (an id is looked up in the ledger in SCRUBLINE_DATA_DIR)
-  scrubline serve                         start the HTTP service (configured by SCRUBLINE_* variables)
+${Object.values(usage).join('\n')}
   scrubline --help | --version
+  scrubline <command> --help              that command's usage
 
 Accepted: ${acceptedFormatsText}.
 Exit codes: 0 all cleaned, 2 a file was rejected (reason on stderr, no output written), 1 internal error.
@@ -132,6 +142,11 @@ async function fingerprintCommand(args: string[], config: Config, out: Out): Pro
 
 async function sweepCommand(args: string[], config: Config, out: Out): Promise<number> {
   const { values } = parseArgs({ args, options: { 'dry-run': { type: 'boolean' }, at: { type: 'string' }, json: { type: 'boolean' } } });
+  // A purge "as of" another time than now would delete files before the expiry promised to their
+  // users (a future time), so --at only answers "what would go then?".
+  if (values.at !== undefined && values['dry-run'] !== true) {
+    throw new UsageError('--at goes with --dry-run only: a real sweep purges what has expired by now, never early. Run `scrubline sweep --dry-run --at <time>` to see what would go then');
+  }
   const at = values.at === undefined ? new Date() : new Date(values.at);
   if (Number.isNaN(at.getTime())) throw new UsageError('--at must be an ISO 8601 time such as 2026-05-01T12:00:00Z');
   const { ledgerExists, openStorage } = await import('../storage/open.js');
@@ -175,7 +190,7 @@ async function qaCommand(args: string[], config: Config, out: Out): Promise<numb
   if (values.url !== undefined) {
     const url = URL.canParse(values.url) ? new URL(values.url) : undefined;
     if (!url) throw new UsageError('--url must be the service base URL, e.g. http://127.0.0.1:8080');
-    const token = config.apiToken ?? readFileSync(path.join(config.dataDir, 'api-token'), 'utf8').trim();
+    const token = config.apiTokens[0] ?? readFileSync(path.join(config.dataDir, 'api-token'), 'utf8').trim();
     target = { kind: 'remote', url, token };
   }
   const tty = process.stderr.isTTY === true && !values.json;
@@ -250,7 +265,12 @@ async function serveCommand(config: Config): Promise<number> {
   const { startServer } = await import('../http/server.js');
   const running = await startServer(config);
   await new Promise<void>((resolve) => {
-    const stop = (): void => void running.close().then(resolve);
+    // The first signal drains (http/server.ts); a second one stops at once.
+    const stop = (signal: NodeJS.Signals): void => {
+      process.once('SIGTERM', () => void running.close().then(resolve));
+      process.once('SIGINT', () => void running.close().then(resolve));
+      void running.shutdown(signal).then(resolve);
+    };
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
   });
@@ -272,6 +292,12 @@ export async function main(argv: string[], out: Out = defaultOut): Promise<numbe
     if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
       out.stdout(help);
       return command === undefined ? 1 : 0;
+    }
+    // A command's own help, read before the configuration: it works whatever the environment says.
+    const commandUsage = usage[command];
+    if (commandUsage !== undefined && rest.some((arg) => arg === '--help' || arg === '-h')) {
+      out.stdout(`Usage:\n${commandUsage}\n${command === 'serve' ? `\nEnvironment: see scrubline --help.\n` : ''}`);
+      return 0;
     }
     const config = loadConfig();
     switch (command) {

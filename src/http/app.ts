@@ -10,7 +10,7 @@ import express, { type Request, type RequestHandler, type Response } from 'expre
 import type { Logger } from 'pino';
 import { pipeline } from 'node:stream/promises';
 import { pinoHttp } from 'pino-http';
-import { ScrubError, asScrubError, jobDeleted } from '../errors.js';
+import { ScrubError, asScrubError, jobDeleted, shuttingDown } from '../errors.js';
 import { isJobId, jobIdRule } from '../ids.js';
 import { retryAfterSeconds, serviceErrorHandler } from './errors.js';
 import { requireBearer } from './auth.js';
@@ -43,8 +43,8 @@ export interface AppDeps {
   heifDecoder?: HeifDecoder | undefined;
   /** Encrypts what the service stores itself (thumbnails; the store sink has its own reference). */
   storage: Keyring;
-  /** Bearer token every /v1/* request must carry. */
-  apiToken: string;
+  /** Bearer tokens, any one of which every /v1/* request must carry (several during a rotation). */
+  apiTokens: readonly string[];
   /** Longest a file may live while its job has not reported finished. */
   unfinishedJobCapHours: number;
   /** How long fingerprints and crash records are kept (default 30 days). */
@@ -121,10 +121,21 @@ function integrityFailure(err: unknown): ScrubError {
   return new ScrubError('internal', 'The stored file failed its integrity check and was not served. Report the request id.', { cause: err });
 }
 
+/**
+ * Where a shutdown stands (http/server.ts drives it): `draining` turns /readyz to 503 so the load
+ * balancer stops sending; `refusing` then answers new requests 503 on connections still open.
+ */
+export interface Lifecycle {
+  draining: boolean;
+  refusing: boolean;
+}
+
 export function buildApp(deps: AppDeps): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', false);
+  const lifecycle: Lifecycle = { draining: false, refusing: false };
+  app.locals.lifecycle = lifecycle;
   app.use(
     pinoHttp({
       logger: deps.logger,
@@ -146,6 +157,13 @@ export function buildApp(deps: AppDeps): express.Express {
     res.json({ status: 'ok' });
   });
 
+  // A stopping replica takes no new work; the connection is closed after the answer.
+  app.use('/v1', (_req, res, next) => {
+    if (!lifecycle.refusing) return next();
+    res.setHeader('Connection', 'close');
+    next(shuttingDown());
+  });
+
   // Open, like the health routes: it describes the API, and holds nothing of anyone's.
   app.get('/openapi.json', (_req, res) => {
     res.json(openApiDocument());
@@ -161,6 +179,8 @@ export function buildApp(deps: AppDeps): express.Express {
     return toolCheck.result;
   };
   app.get('/readyz', async (_req, res) => {
+    // At once, without a check: the load balancer must stop sending here.
+    if (lifecycle.draining) return void res.status(503).json({ status: 'shutting down' });
     const [[ffmpeg, ffprobe], [dataDir, ledger]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK), deps.ledger.ping()])]);
     const tool = (binary: Binary, result: PromiseSettledResult<{ version: string }>) => ({
       ok: result.status === 'fulfilled',
@@ -197,7 +217,7 @@ export function buildApp(deps: AppDeps): express.Express {
   app.locals.previews = previews;
   const recordRetentionDays = deps.recordRetentionDays ?? defaults.recordRetentionDays;
   // Every /v1 route, before any of them reads a byte of the body.
-  app.use('/v1', requireBearer(deps.apiToken));
+  app.use('/v1', requireBearer(deps.apiTokens));
 
   const metrics = deps.metrics ?? new Metrics();
   if (deps.serveMetrics !== false) app.get('/metrics', metrics.handler());

@@ -8,7 +8,8 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { buildApp } from './app.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { buildApp, type Lifecycle } from './app.js';
 import type { Config } from '../config.js';
 import { ScrubError } from '../errors.js';
 import { loadApiToken, loadFingerprintKey, loadStorageKeys } from '../storage/keys.js';
@@ -32,7 +33,10 @@ export interface RunningServer {
   url: string;
   /** The metrics listener's URL, when /metrics has one of its own. */
   metricsUrl: string | undefined;
+  /** Stops at once: the listener, the sweeper, tools, previews, then the ledger. */
   close(): Promise<void>;
+  /** SIGTERM's orderly stop: not ready, drain up to the configured limit, then close(). */
+  shutdown(signal: string): Promise<void>;
 }
 
 const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
@@ -67,7 +71,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   const storage = await openStorage(config);
   const { ledger, stores } = storage;
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
-  const api = loadApiToken(config.dataDir, config.apiToken);
+  const api = loadApiToken(config.dataDir, config.apiTokens[0]);
   const keys = loadStorageKeys(config.dataDir, config.storageKey, config.storageOldKeys);
   const heifDecoder = findHeifDecoder(config.heifDecoderPath);
   logger.info({ heifDecoder: heifDecoder ? { path: heifDecoder.path, source: heifDecoder.source } : 'none' }, heifDecoder ? 'HEIC previews by libheif' : 'no libheif decoder found: HEIC uploads get no preview');
@@ -93,7 +97,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
     tools: ffmpeg,
     heifDecoder,
     storage: keys,
-    apiToken: api.token,
+    apiTokens: config.apiTokens.length > 0 ? config.apiTokens : [api.token],
     unfinishedJobCapHours: config.unfinishedJobCapHours,
     recordRetentionDays: config.recordRetentionDays,
     maxConcurrentUploads: config.maxConcurrentUploads,
@@ -130,7 +134,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   const generated = [
     ['SCRUBLINE_STORAGE_KEY', config.storageKey],
     ['SCRUBLINE_FINGERPRINT_KEY', config.fingerprintKey],
-    ['SCRUBLINE_API_TOKEN', config.apiToken],
+    ['SCRUBLINE_API_TOKEN', config.apiTokens[0]],
   ].filter(([, value]) => value === undefined).map(([name]) => name);
   if (config.databaseUrl !== undefined && generated.length > 0) {
     logger.warn({ unset: generated }, 'a shared PostgreSQL ledger with keys generated into this data dir: set these to the same values on every replica, or replicas cannot read each other\'s files');
@@ -147,9 +151,15 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   server.headersTimeout = config.headersTimeoutMs;
   const idlePoolTrim = setTimeout(trimIdlePool, idleTrimMs).unref();
   const responses = new WeakMap<Duplex, ServerResponse>();
+  /** Requests not yet answered (or abandoned): what a shutdown waits for. */
+  const inFlight = new Set<ServerResponse>();
+  let drained: (() => void) | undefined;
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     responses.set(req.socket, res);
+    inFlight.add(res);
     res.once('close', () => {
+      inFlight.delete(res);
+      if (inFlight.size === 0) drained?.();
       // A kept-alive connection's next request has no response until its headers are in.
       if (responses.get(req.socket) === res) responses.delete(req.socket);
       releaseDeadBuffers(res.statusCode);
@@ -174,6 +184,38 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   if (metricsAddress && typeof metricsAddress === 'object') logger.info({ host: config.metricsHost, port: metricsAddress.port }, 'metrics on a listener of their own');
   const sweeper = config.sweepIntervalMs > 0 ? startSweeper(storage, config.dataDir, config.sweepIntervalMs, logger, metrics) : undefined;
 
+  /**
+   * SIGTERM's orderly stop: /readyz answers 503 at once (the load balancer stops sending); after
+   * `shutdownDelayMs`, requests on connections still open are refused and the listener closes;
+   * requests in flight get `shutdownTimeoutMs` to finish, then their connections are cut (an
+   * upload cut off removes its files as any aborted one does); then everything closes as below.
+   */
+  let stopping: Promise<void> | undefined;
+  const lifecycle = app.locals.lifecycle as Lifecycle;
+  const shutdown = (signal: string): Promise<void> =>
+    (stopping ??= (async () => {
+      lifecycle.draining = true;
+      logger.info({ signal, inFlight: inFlight.size, delayMs: config.shutdownDelayMs, timeoutMs: config.shutdownTimeoutMs }, 'shutdown started: not ready, draining');
+      await sleep(config.shutdownDelayMs);
+      lifecycle.refusing = true;
+      sweeper?.stop();
+      server.close();
+      server.closeIdleConnections();
+      const waiting = inFlight.size;
+      const finished = await Promise.race([
+        new Promise<boolean>((resolve) => {
+          drained = () => resolve(true);
+          if (inFlight.size === 0) resolve(true);
+        }),
+        sleep(config.shutdownTimeoutMs).then(() => false),
+      ]);
+      const cutOff = inFlight.size;
+      if (!finished) server.closeAllConnections();
+      logger.info({ waited: waiting, finished: waiting - cutOff, cutOff }, finished ? 'shutdown: requests in flight finished' : 'shutdown: requests still in flight were cut off at the time limit');
+      await close();
+      logger.info('shutdown finished');
+    })());
+
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> =>
     (closing ??= new Promise<void>((resolve) => {
@@ -188,7 +230,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
       .then(() => (app.locals.previews as Previews).settled())
       .then(() => storage.close())
       .finally(unlock));
-  return { server, url, metricsUrl: metricsAddress && typeof metricsAddress === 'object' ? `http://${config.metricsHost}:${metricsAddress.port}` : undefined, close };
+  return { server, url, metricsUrl: metricsAddress && typeof metricsAddress === 'object' ? `http://${config.metricsHost}:${metricsAddress.port}` : undefined, close, shutdown };
 }
 
 /**
