@@ -218,6 +218,36 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-video.test.ts'],
   },
   {
+    name: 'config: a misspelt SCRUBLINE_* variable is ignored',
+    file: 'src/config.ts',
+    edits: [['  problems.push(...unknownVariables(env));', '']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
+    name: 'sweep: --at purges without --dry-run',
+    file: 'src/cli/cli.ts',
+    edits: [["if (values.at !== undefined && values['dry-run'] !== true) {", 'if (process.pid < 0) {']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
+    name: 'shutdown: /readyz stays ready while draining',
+    file: 'src/http/app.ts',
+    edits: [["    if (lifecycle.draining) return void res.status(503).json({ status: 'shutting down' });", '']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
+    name: 'shutdown: a stopping replica still takes new requests',
+    file: 'src/http/app.ts',
+    edits: [['    if (!lifecycle.refusing) return next();', '    return next();']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
+    name: 'shutdown: requests in flight are never cut off',
+    file: 'src/http/server.ts',
+    edits: [['      if (!finished) server.closeAllConnections();', '']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],
