@@ -248,6 +248,24 @@ const mutations: Mutation[] = [
     tests: ['test/operations.test.ts'],
   },
   {
+    name: 'health: a bucket outage is an opaque 500',
+    file: 'src/storage/bucket.ts',
+    edits: [['throw isBucketOutage(err) ? storageUnavailable(err) : err;', 'throw err;']],
+    tests: ['test/bucket.test.ts'],
+  },
+  {
+    name: 'health: /readyz does not look at the bucket',
+    file: 'src/http/app.ts',
+    edits: [['const bucket = deps.stores.bucket?.ping?.();', 'const bucket = process.pid < 0 ? deps.stores.bucket?.ping?.() : undefined;']],
+    tests: ['test/bucket.test.ts'],
+  },
+  {
+    name: 'metrics: the last good sweep is never recorded',
+    file: 'src/http/server.ts',
+    edits: [['      metrics.sweepSuccess.set(Date.now() / 1000);', '']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

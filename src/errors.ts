@@ -29,6 +29,7 @@ export type ErrorCode =
   | 'tool_unavailable'
   | 'ledger_unavailable'
   | 'shutting_down'
+  | 'storage_unavailable'
   | 'internal';
 
 const statusByCode: Record<ErrorCode, number> = {
@@ -58,6 +59,7 @@ const statusByCode: Record<ErrorCode, number> = {
   tool_unavailable: 503,
   ledger_unavailable: 503,
   shutting_down: 503,
+  storage_unavailable: 503,
   internal: 500,
 };
 
@@ -129,7 +131,15 @@ export function ledgerUnavailable(cause?: unknown): ScrubError {
 }
 
 /** Codes of a 503 that a client should simply retry: they carry Retry-After. */
-export const retryableCodes: ReadonlySet<ErrorCode> = new Set(['overloaded', 'ledger_unavailable', 'tool_unavailable', 'shutting_down']);
+export const retryableCodes: ReadonlySet<ErrorCode> = new Set(['overloaded', 'ledger_unavailable', 'tool_unavailable', 'shutting_down', 'storage_unavailable']);
+
+/**
+ * The bucket cannot be reached, or answers that it cannot serve now (5xx, SlowDown): a 503 the
+ * client retries. Nothing of the request was kept.
+ */
+export function storageUnavailable(cause?: unknown): ScrubError {
+  return new ScrubError('storage_unavailable', 'The service\'s object storage is unavailable for a moment. Nothing was kept; retry after the time in Retry-After.', { cause, internal: 'bucket: unavailable' });
+}
 
 /** This replica is stopping: the request was not taken, and another replica will take it. */
 export function shuttingDown(): ScrubError {

@@ -5,11 +5,13 @@
  * encryption and carries its retention tag; the sweeper empties the bucket on the job clock.
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import request from 'supertest';
 import { sweep } from '../src/retention/sweeper.js';
 import { BucketStore, parseBucketUrl } from '../src/storage/bucket.js';
 import { unseal } from '../src/storage/envelope.js';
-import { binaryBody, findPlanted, fixture, testService, testStorage } from './helpers.js';
+import { binaryBody, filesUnder, findPlanted, fixture, testService, testStorage } from './helpers.js';
 import { startS3, type S3Server } from './servers.js';
 
 const jpegSignature = Buffer.from([0xff, 0xd8, 0xff]);
@@ -153,5 +155,56 @@ describe('a bucket as the destination', () => {
     const later = await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, bucket, at: new Date(Date.now() + 16 * 60_000) });
     assert.equal(later.orphans, 1);
     assert.ok(!(await s3.keys()).includes('uploads/job-b8/young.png'));
+  });
+});
+
+describe('the bucket away and back (issue 28)', () => {
+  let s3: S3Server;
+  let bucket: BucketStore;
+  let svc: Awaited<ReturnType<typeof testService>>;
+  const failed: string[] = [];
+  before(async () => {
+    s3 = await startS3();
+    bucket = new BucketStore({ bucket: s3.bucket, prefix: 'outage', sse: 'AES256', client: await s3.client(), onError: (operation) => failed.push(operation) });
+    svc = await testService({ bucket });
+  });
+  after(async () => {
+    await svc.close();
+    bucket.close();
+    await s3.stop();
+  });
+
+  /** /readyz shares one storage check for 2 s: a later probe sees the change. */
+  const probe = async (): Promise<request.Response> => {
+    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    return request(svc.app).get('/readyz');
+  };
+
+  it('uploads and reads answer 503 storage_unavailable with Retry-After, /readyz says not ready; both recover when it is back', async () => {
+    const before = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+    assert.equal(before.status, 201);
+    const { id } = before.body.files[0] as { id: string };
+    await svc.previewsSettled();
+    const ready = await probe();
+    assert.deepEqual([ready.status, ready.body.bucket], [200, { ok: true }]);
+
+    await s3.halt();
+    const upload = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+    assert.equal(upload.status, 503, JSON.stringify(upload.body));
+    assert.equal(upload.body.error.code, 'storage_unavailable');
+    assert.equal(upload.headers['retry-after'], '5');
+    const content = await svc.api.get(`/v1/files/${id}/content`);
+    assert.deepEqual([content.status, content.body.error?.code], [503, 'storage_unavailable']);
+    const notReady = await probe();
+    assert.equal(notReady.status, 503);
+    assert.deepEqual(notReady.body.bucket, { ok: false });
+    assert.equal(notReady.headers['retry-after'], '5');
+    assert.ok(failed.includes('put') && failed.includes('get') && failed.includes('list'), failed.join());
+    assert.deepEqual(await filesUnder(path.join(svc.dataDir, 'tmp')).catch(() => []), [], 'nothing of the refused upload is left');
+
+    await s3.resume();
+    assert.equal((await probe()).status, 200);
+    const after = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
+    assert.equal(after.status, 201, JSON.stringify(after.body));
   });
 });

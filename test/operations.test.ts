@@ -168,3 +168,36 @@ describe('graceful shutdown (issue 28)', () => {
     }
   });
 });
+
+describe('metrics for alerting (issue 28)', () => {
+  it('request durations by route pattern and status class, the last good sweep, build info', async () => {
+    const dataDir = await tempDir();
+    const { startServer } = await import('../src/http/server.js');
+    const { createLogger } = await import('../src/log.js');
+    const { LogCapture } = await import('./helpers.js');
+    const server = await startServer(
+      loadConfig({ SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_SWEEP_INTERVAL_MS: '100' }),
+      createLogger('info', new LogCapture()),
+    );
+    try {
+      const missing = await fetch(`${server.url}/v1/files/f_missing`, { headers: { authorization: `Bearer ${testToken}` } });
+      assert.equal(missing.status, 404);
+      let text = '';
+      for (let i = 0; i < 100; i++) {
+        text = await (await fetch(`${server.url}/metrics`)).text();
+        if (/^scrubline_sweeper_last_success_timestamp_seconds [1-9]/m.test(text)) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const last = Number(/^scrubline_sweeper_last_success_timestamp_seconds (\S+)/m.exec(text)?.[1]);
+      assert.ok(last > Date.now() / 1000 - 60, 'a sweep finished just now');
+      assert.match(text, /scrubline_sweeper_failures_total 0/);
+      assert.match(text, /scrubline_http_request_duration_seconds_count\{route="\/v1\/files\/:id",status="4xx"\} 1/, 'the pattern, never the id');
+      assert.doesNotMatch(text, /f_missing/);
+      assert.match(text, /scrubline_build_info\{version="\d+\.\d+\.\d+",node="\d+\.\d+\.\d+"\} 1/);
+      assert.match(text, /scrubline_dependency_errors_total\{dependency="bucket",operation="put"\} 0/, 'a zero series to alert on');
+    } finally {
+      await server.close();
+      await removeDir(dataDir);
+    }
+  });
+});

@@ -225,11 +225,24 @@ describe('the ledger survives its PostgreSQL (issue 27)', { skip: postgresMissin
     assert.equal(((await during.json()) as { error: { code: string } }).error.code, 'ledger_unavailable');
     const finished = await fetch(`${svc.server.url}/v1/jobs/job-1/finished`, { method: 'POST', headers: auth });
     assert.equal(finished.status, 503);
+    const refused = await fetch(`${svc.server.url}/v1/uploads`, { method: 'POST', headers: auth, body: form });
+    assert.deepEqual([refused.status, ((await refused.json()) as { error: { code: string } }).error.code], [503, 'ledger_unavailable'], 'an upload too');
     assert.equal((await fetch(`${svc.server.url}/healthz`)).status, 200, 'the process is up');
+    // /readyz shares one check for 2 s; the next one after that sees the outage.
+    await delay(2_100);
+    const ready = await fetch(`${svc.server.url}/readyz`);
+    assert.equal(ready.status, 503);
+    assert.ok(Number(ready.headers.get('retry-after')) > 0);
+    assert.equal(((await ready.json()) as { ledger: { ok: boolean } }).ledger.ok, false);
+    const metrics = await (await fetch(`${svc.server.url}/metrics`)).text();
+    const errors = /scrubline_dependency_errors_total\{dependency="ledger",operation="(?:connect|query)"\} ([1-9]\d*)/.exec(metrics);
+    assert.ok(errors, 'ledger errors are counted');
 
     await postgres.resume();
     const back = await getFile(id);
     assert.equal(back.status, 200, await back.text());
+    await delay(2_100);
+    assert.equal((await fetch(`${svc.server.url}/readyz`)).status, 200, 'ready again');
     assert.ok(!svc.logs.text.includes('Unhandled'), 'no unhandled error');
   });
 });

@@ -106,22 +106,28 @@ export interface S3Server {
   /** The raw bytes of an object, as the bucket holds them. */
   raw(key: string): Promise<Buffer>;
   put(key: string, body: Buffer): Promise<void>;
+  /** Stops the server as an outage would, keeping its objects; resume() starts it again on the same port. */
+  halt(): Promise<void>;
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startS3(bucket = 'scrubline-test'): Promise<S3Server> {
   const { default: S3rver } = await import('s3rver');
   const dir = await tempDir();
-  const server = new S3rver({ port: 0, address: '127.0.0.1', silent: true, directory: dir, configureBuckets: [{ name: bucket }] });
   const requests: S3Server['requests'] = [];
-  // s3rver is a Koa app: a middleware put first sees every request as it arrived.
-  (server as unknown as { middleware: Array<(ctx: { method: string; path: string; headers: Record<string, string> }, next: () => Promise<void>) => Promise<void>> }).middleware.unshift(
-    async (ctx, next) => {
-      requests.push({ method: ctx.method, key: decodeURIComponent(ctx.path.replace(`/${bucket}/`, '')), headers: { ...ctx.headers } });
-      await next();
-    },
-  );
-  const { port } = (await server.run()) as { port: number };
+  const launch = async (port: number): Promise<{ server: InstanceType<typeof S3rver>; port: number }> => {
+    const server = new S3rver({ port, address: '127.0.0.1', silent: true, directory: dir, configureBuckets: [{ name: bucket }] });
+    // s3rver is a Koa app: a middleware put first sees every request as it arrived.
+    (server as unknown as { middleware: Array<(ctx: { method: string; path: string; headers: Record<string, string> }, next: () => Promise<void>) => Promise<void>> }).middleware.unshift(
+      async (ctx, next) => {
+        requests.push({ method: ctx.method, key: decodeURIComponent(ctx.path.replace(`/${bucket}/`, '')), headers: { ...ctx.headers } });
+        await next();
+      },
+    );
+    return { server, port: ((await server.run()) as { port: number }).port };
+  };
+  let { server, port } = await launch(0);
   const endpoint = `http://127.0.0.1:${port}`;
   const env = {
     AWS_ENDPOINT_URL_S3: endpoint,
@@ -161,9 +167,15 @@ export async function startS3(bucket = 'scrubline-test'): Promise<S3Server> {
     async put(key, body) {
       await admin.send(new sdk.PutObjectCommand({ Bucket: bucket, Key: key, Body: body }));
     },
+    async halt() {
+      await server.close();
+    },
+    async resume() {
+      ({ server } = await launch(port));
+    },
     async stop() {
       admin.destroy();
-      await server.close();
+      await server.close().catch(() => undefined);
       await removeDir(dir);
     },
   };

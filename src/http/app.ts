@@ -58,6 +58,8 @@ export interface AppDeps {
 
 /** How long one /readyz tool check answers for every caller. */
 const readyCheckTtlMs = 5_000;
+/** How long one /readyz check of the ledger and the bucket answers for every caller. */
+const storageCheckTtlMs = 2_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const routes =
   'GET /openapi.json, POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
@@ -136,6 +138,8 @@ export function buildApp(deps: AppDeps): express.Express {
   app.set('trust proxy', false);
   const lifecycle: Lifecycle = { draining: false, refusing: false };
   app.locals.lifecycle = lifecycle;
+  const metrics = deps.metrics ?? new Metrics();
+  app.use(metrics.timing());
   app.use(
     pinoHttp({
       logger: deps.logger,
@@ -178,10 +182,23 @@ export function buildApp(deps: AppDeps): express.Express {
     }
     return toolCheck.result;
   };
+  // The ledger and the bucket likewise: one check answers every probe for a second or two, so a
+  // probe flood is not a query flood, and an outage shows within that time.
+  let storageCheck: { at: number; result: Promise<[PromiseSettledResult<void>, PromiseSettledResult<void> | undefined]> } | undefined;
+  const checkStorage = () => {
+    if (!storageCheck || performance.now() - storageCheck.at > storageCheckTtlMs) {
+      const bucket = deps.stores.bucket?.ping?.();
+      storageCheck = {
+        at: performance.now(),
+        result: Promise.all([Promise.allSettled([deps.ledger.ping()]).then(([r]) => r!), bucket ? Promise.allSettled([bucket]).then(([r]) => r) : undefined]),
+      };
+    }
+    return storageCheck.result;
+  };
   app.get('/readyz', async (_req, res) => {
     // At once, without a check: the load balancer must stop sending here.
     if (lifecycle.draining) return void res.status(503).json({ status: 'shutting down' });
-    const [[ffmpeg, ffprobe], [dataDir, ledger]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK), deps.ledger.ping()])]);
+    const [[ffmpeg, ffprobe], [dataDir], [ledger, bucket]] = await Promise.all([checkTools(), Promise.allSettled([access(deps.dataDir, constants.W_OK)]), checkStorage()]);
     const tool = (binary: Binary, result: PromiseSettledResult<{ version: string }>) => ({
       ok: result.status === 'fulfilled',
       path: binary.path,
@@ -193,10 +210,12 @@ export function buildApp(deps: AppDeps): express.Express {
       ffprobe: tool(deps.tools.ffprobe, ffprobe),
       dataDir: { ok: dataDir.status === 'fulfilled', writable: dataDir.status === 'fulfilled' },
       ledger: { ok: ledger.status === 'fulfilled', engine: deps.ledger.engine, schemaVersion: deps.ledger.schemaVersion },
+      ...(bucket ? { bucket: { ok: bucket.status === 'fulfilled' } } : {}),
       // Optional: without it HEIC uploads are cleaned as ever, only without a preview.
       heifDecoder: deps.heifDecoder ? { present: true, path: deps.heifDecoder.path, source: deps.heifDecoder.source } : { present: false },
     };
-    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok && body.ledger.ok;
+    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok && body.ledger.ok && (bucket === undefined || bucket.status === 'fulfilled');
+    if (!ready) res.setHeader('Retry-After', String(retryAfterSeconds));
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...body });
   });
 
@@ -219,7 +238,6 @@ export function buildApp(deps: AppDeps): express.Express {
   // Every /v1 route, before any of them reads a byte of the body.
   app.use('/v1', requireBearer(deps.apiTokens));
 
-  const metrics = deps.metrics ?? new Metrics();
   if (deps.serveMetrics !== false) app.get('/metrics', metrics.handler());
 
   // The concurrency cap: counted from before the body is read until the response is gone.

@@ -51,9 +51,51 @@ export class Metrics {
   });
   readonly orphans = new Counter({ name: 'scrubline_sweeper_orphans_total', help: 'Orphan files removed by the sweeper', registers: [this.registry] });
   readonly inFlight = new Gauge({ name: 'scrubline_uploads_in_flight', help: 'Uploads being received, cleaned or forwarded now', registers: [this.registry] });
+  readonly sweepSuccess = new Gauge({
+    name: 'scrubline_sweeper_last_success_timestamp_seconds',
+    help: 'When the service\'s sweeper last finished a round without error (Unix time; 0 = not yet)',
+    registers: [this.registry],
+  });
+  readonly sweepFailures = new Counter({ name: 'scrubline_sweeper_failures_total', help: 'Sweeper rounds that failed (retention is not being enforced while they do)', registers: [this.registry] });
+  readonly dependencyErrors = new Counter({
+    name: 'scrubline_dependency_errors_total',
+    help: 'Failed requests to the ledger\'s database (connect, query) and the bucket (put, get, delete, list)',
+    labelNames: ['dependency', 'operation'] as const,
+    registers: [this.registry],
+  });
+  readonly httpSeconds = new Histogram({
+    name: 'scrubline_http_request_duration_seconds',
+    help: 'Time to answer each request, by route pattern and status class (2xx, 4xx, 5xx)',
+    labelNames: ['route', 'status'] as const,
+    buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600],
+    registers: [this.registry],
+  });
+  readonly buildInfo = new Gauge({ name: 'scrubline_build_info', help: 'Always 1: the version running, and the Node.js it runs on', labelNames: ['version', 'node'] as const, registers: [this.registry] });
 
-  constructor() {
+  constructor(version = 'unknown') {
     collectDefaultMetrics({ register: this.registry, prefix: 'scrubline_' });
+    this.buildInfo.set({ version, node: process.versions.node }, 1);
+    this.sweepSuccess.set(0);
+    // Zero series for each dependency and operation, so an alert on their rate has a baseline.
+    for (const operation of ['connect', 'query']) this.dependencyErrors.inc({ dependency: 'ledger', operation }, 0);
+    for (const operation of ['put', 'get', 'delete', 'list']) this.dependencyErrors.inc({ dependency: 'bucket', operation }, 0);
+  }
+
+  /**
+   * Times every request once its answer is done (or the client is gone), labelled by the route's
+   * pattern (`/v1/files/:id`, never the id) and its status class.
+   */
+  timing(): RequestHandler {
+    const histogram = this.httpSeconds;
+    return function timeRequests(req, res, next) {
+      const started = performance.now();
+      res.once('close', () => {
+        const pattern = (req.route as { path?: unknown } | undefined)?.path;
+        const route = typeof pattern === 'string' ? `${req.baseUrl}${pattern}` : 'unmatched';
+        histogram.observe({ route, status: `${Math.floor(res.statusCode / 100)}xx` }, (performance.now() - started) / 1000);
+      });
+      next();
+    };
   }
 
   observe(stage: Stage, seconds: number): void {

@@ -3,6 +3,7 @@
  * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
  */
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Duplex } from 'node:stream';
@@ -39,6 +40,8 @@ export interface RunningServer {
   shutdown(signal: string): Promise<void>;
 }
 
+const { version } = createRequire(import.meta.url)('../../package.json') as { version: string };
+
 const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
 
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
@@ -68,7 +71,12 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   if (ffmpeg.ffmpeg.source === 'npm') {
     logger.warn({ version: ffmpeg.ffmpegVersion }, 'using the ffmpeg build shipped on npm (2018); set SCRUBLINE_FFMPEG_PATH to a current ffmpeg');
   }
-  const storage = await openStorage(config);
+  // Made first: the ledger's and the bucket's failures are counted from their first request.
+  const metrics = new Metrics(version);
+  const storage = await openStorage(config, {
+    ledger: (operation) => metrics.dependencyErrors.inc({ dependency: 'ledger', operation }),
+    bucket: (operation) => metrics.dependencyErrors.inc({ dependency: 'bucket', operation }),
+  });
   const { ledger, stores } = storage;
   const fingerprintKey = loadFingerprintKey(config.dataDir, config.fingerprintKey);
   const api = loadApiToken(config.dataDir, config.apiTokens[0]);
@@ -77,7 +85,6 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   logger.info({ heifDecoder: heifDecoder ? { path: heifDecoder.path, source: heifDecoder.source } : 'none' }, heifDecoder ? 'HEIC previews by libheif' : 'no libheif decoder found: HEIC uploads get no preview');
   // Where to find the token, never the token itself.
   if (api.file) logger.info({ tokenFile: api.file, generated: api.generated }, 'API token for /v1 requests is in this file (Authorization: Bearer <token>)');
-  const metrics = new Metrics();
   // The render service over HTTP, or a store scrubline keeps: the bucket, else the data dir.
   const forwarder: Forwarder =
     config.upstreamUrl !== undefined && !isBucketUrl(config.upstreamUrl)
@@ -262,11 +269,13 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
     running = true;
     try {
       const report = await sweep({ ledger: storage.ledger, bucket: storage.bucket, dataDir, at: new Date() });
+      metrics.sweepSuccess.set(Date.now() / 1000);
       for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
       metrics.orphans.inc(report.orphans);
       if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
       if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows that name objects scrubline does not store (or a store not configured here); fix or remove those rows');
     } catch (err) {
+      metrics.sweepFailures.inc();
       logger.error({ err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'sweep failed; it will run again');
     } finally {
       running = false;

@@ -10,6 +10,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
+import { storageUnavailable } from '../errors.js';
 import { isJobId } from '../ids.js';
 import { optionalPeer } from './peers.js';
 import { ForeignName, MissingObject, type ObjectInfo, type ObjectRole, type ObjectStore } from './objects.js';
@@ -27,6 +28,20 @@ export interface BucketOptions {
   forcePathStyle?: boolean;
   /** A client of the caller's (tests); otherwise one from the SDK's environment. */
   client?: S3Client;
+  /** Told of each failed request, by operation (for the error metric). */
+  onError?: ((operation: BucketOperation) => void) | undefined;
+}
+
+export type BucketOperation = 'put' | 'get' | 'delete' | 'list';
+
+/** S3 error names of a bucket that cannot serve just now, beside any 5xx status. */
+const unavailableNames = new Set(['SlowDown', 'ServiceUnavailable', 'InternalError', 'RequestTimeout', 'TimeoutError']);
+const networkCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
+
+/** Whether an SDK error means "the bucket is not there just now" rather than "this request is wrong". */
+export function isBucketOutage(err: unknown): boolean {
+  const { name, code, $metadata } = (err ?? {}) as { name?: string; code?: string; $metadata?: { httpStatusCode?: number } };
+  return (typeof code === 'string' && networkCodes.has(code)) || (name !== undefined && unavailableNames.has(name)) || ($metadata?.httpStatusCode ?? 0) >= 500;
 }
 
 /** Parses `s3://bucket/prefix`; throws with what is wrong. */
@@ -74,16 +89,36 @@ export class BucketStore implements ObjectStore {
     return this.key(folder, `${id}.thumb.jpg`);
   }
 
+  /** One request: an outage becomes storage_unavailable (503, retried by the client), and each failure is counted. */
+  private async send<T>(operation: BucketOperation, request: () => Promise<T>): Promise<T> {
+    try {
+      return await request();
+    } catch (err) {
+      if (err instanceof this.s3.NoSuchKey || (err as { name?: string }).name === 'NotFound') throw err;
+      this.options.onError?.(operation);
+      throw isBucketOutage(err) ? storageUnavailable(err) : err;
+    }
+  }
+
+  /**
+   * For /readyz: the cheapest request the sweeper's permissions already allow, a listing under the
+   * prefix of a name no object has (so it answers at once, with nothing).
+   */
+  async ping(): Promise<void> {
+    await this.send('list', () => this.client.send(new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: `${this.options.prefix}/.readyz`, MaxKeys: 1 })));
+  }
+
   private checked(name: string): string {
     if (!this.ours.test(name)) throw new ForeignName('a key that is not one scrubline builds under its prefix');
     return name;
   }
 
   async put(name: string, body: Readable | Buffer, length: number, info: ObjectInfo): Promise<void> {
-    await this.client.send(
+    const key = this.checked(name);
+    await this.send('put', () => this.client.send(
       new this.s3.PutObjectCommand({
         Bucket: this.options.bucket,
-        Key: this.checked(name),
+        Key: key,
         Body: body,
         ContentLength: length,
         ContentType: 'application/octet-stream',
@@ -94,12 +129,13 @@ export class BucketStore implements ObjectStore {
         Tagging: `scrubline-retention=${info.retention}`,
         Metadata: { 'scrubline-envelope': '1' },
       }),
-    );
+    ));
   }
 
   async get(name: string): Promise<AsyncIterable<Uint8Array>> {
     try {
-      const response = await this.client.send(new this.s3.GetObjectCommand({ Bucket: this.options.bucket, Key: this.checked(name) }));
+      const key = this.checked(name);
+      const response = await this.send('get', () => this.client.send(new this.s3.GetObjectCommand({ Bucket: this.options.bucket, Key: key })));
       return response.Body as Readable;
     } catch (err) {
       if (err instanceof this.s3.NoSuchKey || (err as { name?: string }).name === 'NotFound') throw new MissingObject('not stored', { cause: err });
@@ -109,14 +145,15 @@ export class BucketStore implements ObjectStore {
 
   async delete(name: string): Promise<void> {
     // S3 answers a delete of a missing key with success: a repeated purge is a no-op.
-    await this.client.send(new this.s3.DeleteObjectCommand({ Bucket: this.options.bucket, Key: this.checked(name) }));
+    const key = this.checked(name);
+    await this.send('delete', () => this.client.send(new this.s3.DeleteObjectCommand({ Bucket: this.options.bucket, Key: key })));
   }
 
   async *list(): AsyncIterable<{ name: string; modifiedMs: number }> {
     let token: string | undefined;
     do {
-      const page = await this.client.send(
-        new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: `${this.options.prefix}/`, ContinuationToken: token }),
+      const page = await this.send('list', () =>
+        this.client.send(new this.s3.ListObjectsV2Command({ Bucket: this.options.bucket, Prefix: `${this.options.prefix}/`, ContinuationToken: token })),
       );
       for (const object of page.Contents ?? []) {
         if (object.Key !== undefined && this.ours.test(object.Key)) yield { name: object.Key, modifiedMs: object.LastModified?.getTime() ?? 0 };

@@ -164,7 +164,10 @@ function fromRow(row: Selectable<ArtefactsTable>): ArtefactRecord {
 }
 
 /** Where the ledger lives: SQLite in a data dir, or a PostgreSQL database shared by replicas. */
-export type LedgerTarget = { dataDir: string; databaseUrl?: undefined } | { databaseUrl: string; dataDir?: string | undefined };
+export type LedgerTarget = ({ dataDir: string; databaseUrl?: undefined } | { databaseUrl: string; dataDir?: string | undefined }) & {
+  /** Told of each outage a PostgreSQL connection or query met (for the error metric). */
+  onOutage?: ((operation: 'connect' | 'query') => void) | undefined;
+};
 
 /** The SQLite ledger's file in a data dir. */
 export const sqliteFileIn = (dataDir: string): string => path.join(dataDir, 'ledger.sqlite3');
@@ -183,13 +186,13 @@ function sqliteDb(dataDir: string): Kysely<Schema> {
   return new Kysely<Schema>({ dialect: new SqliteDialect({ database: db }) });
 }
 
-function postgresDb(databaseUrl: string): Kysely<Schema> {
+function postgresDb(databaseUrl: string, onOutage: LedgerTarget['onOutage']): Kysely<Schema> {
   const pg = optionalPeer<typeof import('pg')>('pg', 'The PostgreSQL ledger (SCRUBLINE_DATABASE_URL)');
   // bigint (a file's size) as a string would be parsed with Number() anyway; ten connections
   // cover the uploads one replica processes at once.
   // A connection attempt that hangs (a host failing over) fails like a refused one.
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 10, connectionTimeoutMillis: 5_000 });
-  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool: surviving(pool) }) });
+  return new Kysely<Schema>({ dialect: new PostgresDialect({ pool: surviving(pool, onOutage) }) });
 }
 
 /**
@@ -212,14 +215,18 @@ export function isOutage(err: unknown): boolean {
  * query connects anew once the database is back. While it is away, connecting and querying fail
  * with `ledger_unavailable` (503 with Retry-After) instead of an opaque 500.
  */
-function surviving(pool: import('pg').Pool): PostgresPool {
+function surviving(pool: import('pg').Pool, onOutage: LedgerTarget['onOutage']): PostgresPool {
   const listened = new WeakSet<object>();
-  const outage = (err: unknown): unknown => (isOutage(err) ? ledgerUnavailable(err) : err);
+  const outage = (operation: 'connect' | 'query') => (err: unknown): unknown => {
+    if (!isOutage(err)) return err;
+    onOutage?.(operation);
+    return ledgerUnavailable(err);
+  };
   // A lost idle connection: pg's pool has already removed it.
   pool.on('error', () => undefined);
   return {
     async connect(): Promise<PostgresPoolClient> {
-      const client = await pool.connect().catch((err: unknown) => Promise.reject(outage(err)));
+      const client = await pool.connect().catch((err: unknown) => Promise.reject(outage('connect')(err)));
       if (!listened.has(client)) {
         listened.add(client);
         // Lost while checked out: the query in flight fails (below) and the pool drops the client on release.
@@ -227,7 +234,7 @@ function surviving(pool: import('pg').Pool): PostgresPool {
       }
       const query = ((text: unknown, parameters?: unknown) => {
         if (typeof text !== 'string') return client.query(text as never);
-        return client.query(text, parameters as unknown[]).catch((err: unknown) => Promise.reject(outage(err)));
+        return client.query(text, parameters as unknown[]).catch((err: unknown) => Promise.reject(outage('query')(err)));
       }) as PostgresPoolClient['query'];
       return { query, release: (destroy?: boolean) => client.release(destroy) };
     },
@@ -277,7 +284,7 @@ export class Ledger {
   static async open(target: string | LedgerTarget): Promise<Ledger> {
     const where: LedgerTarget = typeof target === 'string' ? { dataDir: target } : target;
     const engine: Engine = where.databaseUrl !== undefined ? 'postgres' : 'sqlite';
-    const db = where.databaseUrl !== undefined ? postgresDb(where.databaseUrl) : sqliteDb(where.dataDir);
+    const db = where.databaseUrl !== undefined ? postgresDb(where.databaseUrl, where.onOutage) : sqliteDb(where.dataDir);
     try {
       return new Ledger(db, engine, await migrate(db, engine));
     } catch (err) {

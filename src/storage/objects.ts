@@ -42,6 +42,8 @@ export interface ObjectStore {
   delete(name: string): Promise<void>;
   /** Every object name in the store with its age, for the orphan sweep. */
   list(): AsyncIterable<{ name: string; modifiedMs: number }>;
+  /** A cheap request that fails when the store cannot be reached (for /readyz); a local store has none. */
+  ping?(): Promise<void>;
 }
 
 /** The stores artefacts can lie in: the data dir always, a bucket when one is configured. */

@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import type { Config } from '../config.js';
-import { BucketStore, parseBucketUrl } from './bucket.js';
+import { BucketStore, parseBucketUrl, type BucketOperation } from './bucket.js';
 import { Ledger, sqliteFileIn } from './ledger.js';
 import { storesFor, type Stores } from './objects.js';
 
@@ -25,9 +25,9 @@ export const isBucketUrl = (url: URL | undefined): url is URL => url?.protocol =
 export const ledgerExists = (config: Config): boolean => config.databaseUrl !== undefined || existsSync(sqliteFileIn(config.dataDir));
 
 /** The ledger the configuration names. */
-export async function openLedger(config: Config): Promise<Ledger> {
+export async function openLedger(config: Config, onOutage?: StorageErrors['ledger']): Promise<Ledger> {
   try {
-    return await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+    return await Ledger.open(config.databaseUrl === undefined ? { dataDir: config.dataDir } : { databaseUrl: config.databaseUrl, dataDir: config.dataDir, onOutage });
   } catch (err) {
     // The URL may hold a password: the message names the variable, never its value.
     if (config.databaseUrl === undefined) throw err;
@@ -35,9 +35,17 @@ export async function openLedger(config: Config): Promise<Ledger> {
   }
 }
 
-export async function openStorage(config: Config): Promise<Storage> {
-  const bucket = isBucketUrl(config.upstreamUrl) ? new BucketStore({ ...parseBucketUrl(config.upstreamUrl), sse: config.s3Sse, kmsKeyId: config.s3KmsKeyId, forcePathStyle: config.s3ForcePathStyle }) : undefined;
-  const ledger = await openLedger(config).catch((err: unknown) => {
+/** Told of each failed request to the ledger's database or the bucket (the service counts them). */
+export interface StorageErrors {
+  ledger?: (operation: 'connect' | 'query') => void;
+  bucket?: (operation: BucketOperation) => void;
+}
+
+export async function openStorage(config: Config, errors: StorageErrors = {}): Promise<Storage> {
+  const bucket = isBucketUrl(config.upstreamUrl)
+    ? new BucketStore({ ...parseBucketUrl(config.upstreamUrl), sse: config.s3Sse, kmsKeyId: config.s3KmsKeyId, forcePathStyle: config.s3ForcePathStyle, onError: errors.bucket })
+    : undefined;
+  const ledger = await openLedger(config, errors.ledger).catch((err: unknown) => {
     bucket?.close();
     throw err;
   });
