@@ -4,9 +4,14 @@
  * the file record, the crash bundle …) validate against it.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import SwaggerParser from '@apidevtools/swagger-parser';
+import { createConfig, lintFromString } from '@redocly/openapi-core';
+import openapiTS, { astToString } from 'openapi-typescript';
 import { after, before, describe, it } from 'node:test';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import request from 'supertest';
+import { bundledDocument } from '../src/http/openapi.js';
 import { sweep } from '../src/retention/sweeper.js';
 import { fixture, testService } from './helpers.js';
 
@@ -114,5 +119,36 @@ describe('OpenAPI 3.1 description', () => {
     conforms('get', '/v1/files/{id}/content', await api.get(`/v1/files/${kept.body.files[0].id}/content`));
 
     for (const status of ['201', '400', '401', '404', '410', '415']) assert.ok([...checked].some((c) => c.endsWith(` ${status}`)), `a ${status} was checked`);
+  });
+});
+
+describe('the OpenAPI document in the usual client tools (issue 28)', () => {
+  const file = JSON.parse(readFileSync(new URL('../schemas/openapi.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+
+  it('schemas/openapi.json carries the fingerprint schema as components, in step with its own file, and is what /openapi.json serves', async () => {
+    assert.deepEqual(file, bundledDocument(), 'run `npm run schemas` after changing either schema');
+    assert.doesNotMatch(JSON.stringify(file), /\$defs|"\$id"/, 'no reference into a schema of its own');
+    const svc = await testService();
+    try {
+      assert.deepEqual((await request(svc.app).get('/openapi.json')).body, file);
+    } finally {
+      await svc.close();
+    }
+  });
+
+  it('resolves in openapi-typescript and @apidevtools/swagger-parser, and passes Redocly\'s recommended lint', async () => {
+    const types = astToString(await openapiTS(structuredClone(file) as never));
+    assert.match(types, /\bFingerprint: /);
+    assert.match(types, /\bFingerprintImage: \{/);
+    assert.match(types, /createUpload: \{/);
+    const validated = (await SwaggerParser.validate(structuredClone(file) as never)) as { openapi: string };
+    assert.equal(validated.openapi, '3.1.0');
+    // The multipart upload's files are binary, as generators expect.
+    const upload = (file as { paths: Record<string, Record<string, { requestBody: { content: Record<string, { schema: { properties: { file: { items: { format?: string } } } } }> } }>> }).paths['/v1/uploads']!.post!;
+    assert.equal(upload.requestBody.content['multipart/form-data']!.schema.properties.file.items.format, 'binary');
+    const problems = await lintFromString({ source: JSON.stringify(file), absoluteRef: 'openapi.json', config: await createConfig({ extends: ['recommended'] }) });
+    // The open routes (health, readiness, this document) answer no 4xx: said as it is.
+    const left = problems.filter((p) => !(p.ruleId === 'operation-4xx-response' && /~1(healthz|readyz|openapi\.json)\//.test(p.location[0]?.pointer ?? '')));
+    assert.deepEqual(left.map((p) => `${p.ruleId}: ${p.message} ${p.location[0]?.pointer ?? ''}`), []);
   });
 });
