@@ -266,6 +266,12 @@ const mutations: Mutation[] = [
     tests: ['test/operations.test.ts'],
   },
   {
+    name: 'TLS: a renewed certificate is never put in use',
+    file: 'src/http/server.ts',
+    edits: [['      server.setSecureContext(pair);', '']],
+    tests: ['test/tls.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

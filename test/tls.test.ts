@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { copyFile, readFile, writeFile } from 'node:fs/promises';
+import { connect } from 'node:tls';
 import { createServer, type Server } from 'node:https';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -90,6 +91,65 @@ describe('encryption in transit', () => {
       assert.equal(received, 1, 'nothing reached an upstream whose certificate was not trusted');
     } finally {
       await new Promise((resolve) => upstream.close(resolve));
+    }
+  });
+});
+
+describe('a renewed certificate (issue 28)', () => {
+  /** The subject CN of the certificate the service presents to a new connection. */
+  const presented = (port: number): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const socket = connect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+        resolve(String(socket.getPeerCertificate().subject.CN));
+        socket.end();
+      });
+      socket.once('error', reject);
+    });
+  const issue = async (name: string, cn: string): Promise<void> => {
+    const openssl = (...args: string[]) => run('openssl', args, { cwd: dir });
+    await openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
+    await openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.pem`, '-days', '1', '-extfile', 'san.ext');
+  };
+  const waitFor = async (port: number, cn: string): Promise<void> => {
+    for (let i = 0; i < 100 && (await presented(port)) !== cn; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await presented(port), cn);
+  };
+
+  it('is used for new connections when its files change or on SIGHUP; a pair that does not match is refused and the old one stays', async () => {
+    const dataDir = await tempDir();
+    await issue('first', 'first.scrubline.test');
+    await issue('second', 'second.scrubline.test');
+    await issue('third', 'third.scrubline.test');
+    const live = { cert: file('live.pem'), key: file('live.key') };
+    await copyFile(file('first.pem'), live.cert);
+    await copyFile(file('first.key'), live.key);
+    const logs = new LogCapture();
+    const service = await startServer(
+      loadConfig({ SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_SWEEP_INTERVAL_MS: '0', SCRUBLINE_TLS_CERT_FILE: live.cert, SCRUBLINE_TLS_KEY_FILE: live.key }),
+      createLogger('info', logs),
+    );
+    const port = Number(new URL(service.url).port);
+    try {
+      assert.equal(await presented(port), 'first.scrubline.test');
+      // Renewed in place, as cert-manager or certbot does: the new pair is picked up by itself.
+      await copyFile(file('second.key'), live.key);
+      await copyFile(file('second.pem'), live.cert);
+      await waitFor(port, 'second.scrubline.test');
+      assert.match(logs.text, /"reason":"file changed".*TLS certificate reloaded/);
+      // A certificate whose key is another's: refused, and the one in use stays.
+      await writeFile(live.cert, await readFile(file('third.pem')));
+      for (let i = 0; i < 100 && !logs.text.includes('TLS certificate not reloaded'); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(logs.text, /TLS certificate not reloaded/);
+      assert.equal(await presented(port), 'second.scrubline.test');
+      // Files replaced without a change the poll can see, then SIGHUP: read again at once.
+      await copyFile(file('third.key'), live.key);
+      process.kill(process.pid, 'SIGHUP');
+      await waitFor(port, 'third.scrubline.test');
+      assert.match(logs.text, /"reason":"SIGHUP".*TLS certificate reloaded/);
+      assert.doesNotMatch(logs.text, /BEGIN (RSA |)PRIVATE KEY/, 'no key material in the logs');
+    } finally {
+      await service.close();
+      await removeDir(dataDir);
     }
   });
 });

@@ -2,10 +2,11 @@
  * The service: read config once, build the parts, sweep what a previous run left in the temp
  * dir, listen, and shut down cleanly on SIGTERM/SIGINT.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -127,6 +128,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   // In transit: HTTPS when a certificate is configured; the files and tokens cross the network.
   const tlsOptions = config.tlsCertFile && config.tlsKeyFile ? { cert: readFileSync(config.tlsCertFile), key: readFileSync(config.tlsKeyFile) } : undefined;
   const server: Server = tlsOptions ? createHttpsServer(tlsOptions, app) : createHttpServer(app);
+  const tlsReload = tlsOptions && config.tlsCertFile && config.tlsKeyFile ? watchCertificate(server as HttpsServer, config.tlsCertFile, config.tlsKeyFile, logger) : undefined;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());
@@ -227,6 +229,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   const close = (): Promise<void> =>
     (closing ??= new Promise<void>((resolve) => {
       sweeper?.stop();
+      tlsReload?.stop();
       clearTimeout(idlePoolTrim);
       server.close(() => resolve());
       server.closeIdleConnections();
@@ -259,6 +262,42 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, current: 
     );
   }
   socket.destroy(err);
+}
+
+/**
+ * A renewed certificate is taken without a restart: when the certificate or key file changes
+ * (polled, so a Kubernetes secret's symlink swap is seen too) or on SIGHUP, both are read again,
+ * and used for new connections only if they form a valid pair; otherwise the old pair stays and
+ * the error is logged. Connections already open keep theirs.
+ */
+function watchCertificate(server: HttpsServer, certFile: string, keyFile: string, logger: Logger): { stop(): void } {
+  const reload = (reason: string): void => {
+    try {
+      const pair = { cert: readFileSync(certFile), key: readFileSync(keyFile) };
+      createSecureContext(pair); // throws on a key that does not match, or a file that is not PEM
+      server.setSecureContext(pair);
+      logger.info({ reason, certFile }, 'TLS certificate reloaded');
+    } catch (err) {
+      logger.error({ reason, certFile, err: err instanceof Error ? { type: err.name, message: err.message } : undefined }, 'TLS certificate not reloaded: the files do not form a valid pair; the previous certificate stays in use');
+    }
+  };
+  // A certificate and its key are rarely written at the same instant: wait for both to settle.
+  let pending: NodeJS.Timeout | undefined;
+  const changed = (current: Stats, previous: Stats): void => {
+    if (current.mtimeMs === previous.mtimeMs && current.ino === previous.ino && current.size === previous.size) return;
+    clearTimeout(pending);
+    pending = setTimeout(() => reload('file changed'), 500).unref();
+  };
+  for (const file of [certFile, keyFile]) watchFile(file, { interval: 1_000, persistent: false }, changed);
+  const onHangup = (): void => reload('SIGHUP');
+  process.on('SIGHUP', onHangup);
+  return {
+    stop: () => {
+      clearTimeout(pending);
+      for (const file of [certFile, keyFile]) unwatchFile(file, changed);
+      process.off('SIGHUP', onHangup);
+    },
+  };
 }
 
 /** The in-service purge: one sweep at a time, on an interval that never keeps the process alive. */
