@@ -272,6 +272,12 @@ const mutations: Mutation[] = [
     tests: ['test/tls.test.ts'],
   },
   {
+    name: 'Dockerfile: the schemas are not copied into the image',
+    file: 'Dockerfile',
+    edits: [['COPY schemas ./schemas\n', '']],
+    tests: ['test/dockerfile.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],
@@ -501,7 +507,7 @@ async function main(): Promise<number> {
   const chosen = mutations.filter((m) => values.only === undefined || m.name.includes(values.only));
   const scratch = await mkdtemp(path.join(tmpdir(), 'scrubline-mutations-'));
   try {
-    for (const part of ['src', 'test', 'fixtures', 'schemas', 'bin', 'scripts', 'package.json', 'tsconfig.json', 'tsconfig.build.json']) {
+    for (const part of ['src', 'test', 'fixtures', 'schemas', 'bin', 'scripts', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'Dockerfile']) {
       await cp(path.join(root, part), path.join(scratch, part), { recursive: true });
     }
     await symlink(path.join(root, 'node_modules'), path.join(scratch, 'node_modules'), 'dir');

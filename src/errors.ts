@@ -150,8 +150,9 @@ export function shuttingDown(): ScrubError {
 export function asScrubError(err: unknown): ScrubError {
   if (err instanceof ScrubError) return err;
   const code = (err as { code?: unknown } | null)?.code;
-  // SQLITE_FULL: the ledger's disk is full (better-sqlite3 reports SQLite's own code).
-  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') return diskFull({ cause: err });
+  // SQLite's SQLITE_FULL (13): the ledger's disk is full (node:sqlite gives the code as errcode).
+  const sqlite = code === 'ERR_SQLITE_ERROR' ? Number((err as { errcode?: unknown }).errcode) & 0xff : undefined;
+  if (code === 'ENOSPC' || code === 'EDQUOT' || sqlite === 13) return diskFull({ cause: err });
   return new ScrubError('internal', 'Internal error while processing the upload; it was not stored or forwarded. Retry later or report the request id.', {
     cause: err,
   });

@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:https';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { Agent } from 'undici';
+import { Agent, fetch } from 'undici';
 import { loadConfig } from '../src/config.js';
 import { ScrubError } from '../src/errors.js';
 import { createLogger } from '../src/log.js';
@@ -59,7 +59,7 @@ describe('encryption in transit', () => {
   it('the service listens on HTTPS with the configured certificate, and a client that does not trust it is refused', async () => {
     assert.match(service.url, /^https:\/\/127\.0\.0\.1:\d+$/);
     const trusting = new Agent({ connect: { ca: await readFile(file('ca.pem'), 'utf8') } });
-    const res = await fetch(`${service.url}/healthz`, { dispatcher: trusting } as RequestInit);
+    const res = await fetch(`${service.url}/healthz`, { dispatcher: trusting });
     assert.equal(res.status, 200);
     await assert.rejects(fetch(`${service.url}/healthz`), /fetch failed/);
     await assert.rejects(fetch(service.url.replace('https:', 'http:') + '/healthz'));

@@ -7,7 +7,7 @@
  */
 import { openAsBlob } from 'node:fs';
 import tls from 'node:tls';
-import type { Agent } from 'undici';
+import { Agent, fetch, FormData, type Response } from 'undici';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { CleanFile } from '../pipeline.js';
 import { ScrubError } from '../errors.js';
@@ -39,13 +39,14 @@ export class HttpForwarder implements Forwarder {
   ) {}
 
   /**
-   * undici's Agent carries a private CA to fetch (Node 20's own fetch has no option for it);
-   * loaded only when one is configured.
+   * The HTTP client: undici's own fetch, FormData and Agent, which carries a private CA (Node's
+   * built-in fetch has no option for one). All three from the one package: Node's fetch bundles
+   * an undici of its own version, which refuses another version's Agent (Node 26 does).
    */
-  private dispatcher: Promise<Agent | undefined> | undefined;
-  private agent(): Promise<Agent | undefined> {
+  private dispatcher: Agent | undefined;
+  private agent(): Agent | undefined {
     const ca = this.events.ca;
-    this.dispatcher ??= ca === undefined ? Promise.resolve(undefined) : import('undici').then(({ Agent }) => new Agent({ connect: { ca: [...tls.rootCertificates, ca] } }));
+    if (ca !== undefined) this.dispatcher ??= new Agent({ connect: { ca: [...tls.rootCertificates, ca] } });
     return this.dispatcher;
   }
 
@@ -64,7 +65,7 @@ export class HttpForwarder implements Forwarder {
     for (let attempt = 0; ; attempt++) {
       const last = attempt >= this.retries;
       let response: Response;
-      const dispatcher = await this.agent();
+      const dispatcher = this.agent();
       try {
         response = await fetch(this.url, {
           method: 'POST',
@@ -73,7 +74,7 @@ export class HttpForwarder implements Forwarder {
           signal: AbortSignal.timeout(this.timeoutMs),
           redirect: 'error',
           ...(dispatcher ? { dispatcher } : {}),
-        } as RequestInit);
+        });
       } catch (err) {
         // A timeout is not retried: the service may still be working on the job.
         if (err instanceof Error && (err.name === 'TimeoutError' || err.name === 'AbortError')) {

@@ -14,12 +14,12 @@
  * Times are ISO 8601 UTC strings with milliseconds ("2026-05-01T00:00:00.000Z") on both engines:
  * they sort as text, so "expired at T" is a plain string comparison.
  */
-import type Database from 'better-sqlite3';
 import { chmodSync, closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import { Kysely, PostgresDialect, SqliteDialect, sql, type Generated, type PostgresPool, type PostgresPoolClient, type Selectable, type Transaction } from 'kysely';
 import type { Retention } from '../context.js';
 import { jobDeleted, ledgerUnavailable } from '../errors.js';
+import { openSqlite } from './sqlite.js';
 import { optionalPeer } from './peers.js';
 
 interface ArtefactsTable {
@@ -180,10 +180,7 @@ function sqliteDb(dataDir: string): Kysely<Schema> {
   // files the database's mode when it creates them.
   closeSync(openSync(file, 'a', 0o600));
   chmodSync(file, 0o600);
-  const db = new (optionalPeer<typeof Database>('better-sqlite3', 'The SQLite ledger'))(file);
-  db.pragma('journal_mode = WAL');
-  db.pragma('busy_timeout = 5000');
-  return new Kysely<Schema>({ dialect: new SqliteDialect({ database: db }) });
+  return new Kysely<Schema>({ dialect: new SqliteDialect({ database: openSqlite(file) }) });
 }
 
 function postgresDb(databaseUrl: string, onOutage: LedgerTarget['onOutage']): Kysely<Schema> {
