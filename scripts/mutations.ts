@@ -278,6 +278,12 @@ const mutations: Mutation[] = [
     tests: ['test/dockerfile.test.ts'],
   },
   {
+    name: 'Kubernetes: a grace period shorter than the shutdown\'s drain',
+    file: 'deploy/kubernetes/deployment.yaml',
+    edits: [['terminationGracePeriodSeconds: 35', 'terminationGracePeriodSeconds: 20']],
+    tests: ['test/kubernetes.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],
@@ -507,7 +513,7 @@ async function main(): Promise<number> {
   const chosen = mutations.filter((m) => values.only === undefined || m.name.includes(values.only));
   const scratch = await mkdtemp(path.join(tmpdir(), 'scrubline-mutations-'));
   try {
-    for (const part of ['src', 'test', 'fixtures', 'schemas', 'bin', 'scripts', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'Dockerfile']) {
+    for (const part of ['src', 'test', 'fixtures', 'schemas', 'bin', 'scripts', 'package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'Dockerfile', 'docs', 'deploy']) {
       await cp(path.join(root, part), path.join(scratch, part), { recursive: true });
     }
     await symlink(path.join(root, 'node_modules'), path.join(scratch, 'node_modules'), 'dir');

@@ -18,11 +18,11 @@ import { filesUnder, findPlanted, fixture, removeDir, root, tempDir } from './he
 
 const run = promisify(execFile);
 
-/** The README's middleware example, as written there. */
+/** The middleware guide's example (docs/middleware.md), as written there. */
 async function readmeExample(): Promise<string> {
-  const readme = await readFile(path.join(root, 'README.md'), 'utf8');
+  const readme = await readFile(path.join(root, 'docs', 'middleware.md'), 'utf8');
   const marker = readme.indexOf('<!-- consumer-example');
-  assert.ok(marker >= 0, 'the README marks its middleware example');
+  assert.ok(marker >= 0, 'the middleware guide marks its example');
   const start = readme.indexOf('```ts\n', marker) + '```ts\n'.length;
   return readme.slice(start, readme.indexOf('\n```', start) + 1);
 }
