@@ -13,7 +13,7 @@ import { cp, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { fixture, removeDir, root, tempDir, testToken } from './helpers.js';
+import { fixture, removeDir, root, tempDir, testToken, watchServe } from './helpers.js';
 
 const run = promisify(execFile);
 
@@ -142,18 +142,10 @@ describe('the Dockerfile, step by step (issue 28)', { skip }, () => {
     };
     const cmd = JSON.parse(final.steps.find((s) => s.keyword === 'CMD')!.args) as string[];
     const child = spawn(cmd[0]!, cmd.slice(1), { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let logs = '';
-    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    const served = watchServe(child);
+    const { exited } = served;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stdout!.on('data', (chunk: Buffer) => {
-          logs += chunk.toString();
-          const line = logs.split('\n').find((l) => l.includes('"scrubline listening"'));
-          if (line) resolve((JSON.parse(line) as { url: string }).url);
-        });
-        child.stderr!.on('data', (chunk: Buffer) => (logs += chunk.toString()));
-        void exited.then((code) => reject(new Error(`the image's CMD exited ${code}: ${logs}`)));
-      });
+      const url = await served.url;
       const form = new FormData();
       form.append('file', new Blob([new Uint8Array(await readFile(fixture('media/jpeg-gps-exif-xmp-iptc.jpg')))], { type: 'image/jpeg' }), 'a.jpg');
       const upload = await fetch(`${url}/v1/uploads`, { method: 'POST', body: form, headers: { authorization: `Bearer ${testToken}` } });

@@ -238,3 +238,23 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     },
   };
 }
+
+/**
+ * A `scrubline serve` child's output, kept as it comes, and the URL its "scrubline listening" log
+ * line gives; rejects with the output if the child exits first.
+ */
+export function watchServe(child: import('node:child_process').ChildProcess): { output: () => string; exited: Promise<number | null>; url: Promise<string> } {
+  let output = '';
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const url = new Promise<string>((resolve, reject) => {
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      const line = output.split('\n').find((l) => l.includes('"scrubline listening"'));
+      if (line) resolve((JSON.parse(line) as { url: string }).url);
+    });
+    child.stderr?.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    void exited.then((code) => reject(new Error(`scrubline exited ${code} before it listened: ${output}`)));
+  });
+  url.catch(() => undefined);
+  return { output: () => output, exited, url };
+}

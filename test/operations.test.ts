@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import request from 'supertest';
 import { main } from '../src/cli/cli.js';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { filesUnder, fixture, removeDir, root, tempDir, testService, testToken } from './helpers.js';
+import { filesUnder, fixture, removeDir, root, tempDir, testService, testToken, watchServe } from './helpers.js';
 
 const run = promisify(execFile);
 const cli = path.join(root, 'bin', 'scrubline.js');
@@ -119,17 +119,10 @@ describe('graceful shutdown (issue 28)', () => {
       SCRUBLINE_SHUTDOWN_TIMEOUT_MS: '1500',
     };
     const child = spawn(process.execPath, [cli, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let logs = '';
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const served = watchServe(child);
+    const { exited } = served;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stdout!.on('data', (chunk: Buffer) => {
-          logs += chunk.toString();
-          const line = logs.split('\n').find((l) => l.includes('"scrubline listening"'));
-          if (line) resolve((JSON.parse(line) as { url: string }).url);
-        });
-        void exited.then((code) => reject(new Error(`exited ${code}: ${logs}`)));
-      });
+      const url = await served.url;
       const { port } = new URL(url);
       // An upload whose body stalls half way: it is in flight when the signal comes.
       const boundary = 'scrubline-shutdown';
@@ -146,7 +139,7 @@ describe('graceful shutdown (issue 28)', () => {
       assert.ok((await filesUnder(path.join(dataDir, 'tmp'))).length > 0, 'the stalled upload is being received');
 
       child.kill('SIGTERM');
-      for (let i = 0; i < 200 && !logs.includes('shutdown started'); i++) await new Promise((r) => setTimeout(r, 10));
+      for (let i = 0; i < 200 && !served.output().includes('shutdown started'); i++) await new Promise((r) => setTimeout(r, 10));
       const ready = await fetch(`${url}/readyz`);
       assert.equal(ready.status, 503, 'not ready at once');
       // Within the delay the listener still takes a whole upload: the load balancer may still send one.
@@ -158,7 +151,7 @@ describe('graceful shutdown (issue 28)', () => {
       assert.match(await stalledEnd, /^cut off/, 'the stalled upload is cut off at the limit');
       assert.equal(await exited, 0);
       assert.deepEqual(await filesUnder(path.join(dataDir, 'tmp')), [], 'nothing of the cut-off upload is left');
-      const lines = logs.split('\n').filter((l) => l.includes('shutdown')).map((l) => (JSON.parse(l) as { msg: string; cutOff?: number }));
+      const lines = served.output().split('\n').filter((l) => l.includes('shutdown') && l.startsWith('{')).map((l) => (JSON.parse(l) as { msg: string; cutOff?: number }));
       assert.deepEqual(lines.map((l) => l.msg), ['shutdown started: not ready, draining', 'shutdown: requests still in flight were cut off at the time limit', 'shutdown finished']);
       assert.equal(lines[1]!.cutOff, 1);
     } finally {

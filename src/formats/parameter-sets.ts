@@ -203,7 +203,11 @@ function h264Hrd(b: Bits): void {
   b.skip(20);
 }
 
-function h264Vui(b: Bits): void {
+/**
+ * The fields H.264's and HEVC's VUI begin alike with (E.1.1, E.2.1): aspect ratio, overscan,
+ * video signal type and colour description, chroma sample location.
+ */
+function vuiDisplayFields(b: Bits): void {
   if (b.flag() && b.u(8) === 255) b.skip(32);
   if (b.flag()) b.skip(1);
   if (b.flag()) {
@@ -214,6 +218,10 @@ function h264Vui(b: Bits): void {
     b.ue(5);
     b.ue(5);
   }
+}
+
+function h264Vui(b: Bits): void {
+  vuiDisplayFields(b);
   if (b.flag()) b.skip(65);
   const nal = b.flag();
   if (nal) h264Hrd(b);
@@ -402,16 +410,7 @@ function shortTermRefPicSet(b: Bits, index: number, sets: Array<{ negative: numb
 }
 
 function hevcVui(b: Bits, maxSubLayersMinus1: number): void {
-  if (b.flag() && b.u(8) === 255) b.skip(32);
-  if (b.flag()) b.skip(1);
-  if (b.flag()) {
-    b.skip(4);
-    if (b.flag()) b.skip(24);
-  }
-  if (b.flag()) {
-    b.ue(5);
-    b.ue(5);
-  }
+  vuiDisplayFields(b);
   b.skip(3);
   if (b.flag()) for (let i = 0; i < 4; i++) b.ue();
   if (b.flag()) {

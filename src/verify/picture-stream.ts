@@ -309,22 +309,12 @@ export async function proveNoUserData(tools: Ffmpeg, output: Side, container: 'i
     }
   }
   if (record && holdsUserData(record)) problems.push('video: user data in the decoder configuration');
-  const stop = new AbortController();
-  const stopIt = (): void => stop.abort();
-  signal?.addEventListener('abort', stopIt, { once: true });
-  const run = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
   const scanner = new UserDataScanner();
-  try {
-    for await (const chunk of run.stdout) {
-      scanner.push(chunk);
-      if (scanner.found) break;
-    }
-    if (!scanner.found && (await run.done).code !== 0) problems.push('video: the picture stream could not be read');
-  } finally {
-    stop.abort();
-    signal?.removeEventListener('abort', stopIt);
-    await run.done.catch(() => undefined);
-  }
+  const read = await eachPacketChunk(tools, output, signal, (chunk) => {
+    scanner.push(chunk);
+    return scanner.found;
+  });
+  if (!read) problems.push('video: the picture stream could not be read');
   // MPEG-4 Part 2 and MPEG-1 have no filter that removes it from the packets: such a file is refused.
   if (scanner.found) problems.push('video: user data (an encoder\'s or camera\'s text) in the picture stream, which a remux cannot remove from this codec');
   return problems;
@@ -335,23 +325,32 @@ export async function proveNoUserData(tools: Ffmpeg, output: Side, container: 'i
  * thumbnail) or AVI1 (its reserved bytes zero); any other APPn and every COM is refused.
  */
 export async function proveMjpegFrames(tools: Ffmpeg, output: Side, signal?: AbortSignal): Promise<string[]> {
+  const walker = new MjpegWalker();
+  const read = await eachPacketChunk(tools, output, signal, (chunk) => {
+    walker.push(chunk);
+    return walker.problem !== undefined;
+  });
+  if (!read) return ['video: the MJPEG frames could not be read'];
+  return walker.problem ? [`video: an MJPEG frame ${walker.problem}`] : walker.end();
+}
+
+/**
+ * Hands each chunk of the output's picture packets, as ffmpeg dumps them, to `push` until it
+ * returns true (a problem found: the dump is stopped). False when ffmpeg could not read them all.
+ */
+async function eachPacketChunk(tools: Ffmpeg, output: Side, signal: AbortSignal | undefined, push: (chunk: Buffer) => boolean): Promise<boolean> {
   const stop = new AbortController();
   const stopIt = (): void => stop.abort();
   signal?.addEventListener('abort', stopIt, { once: true });
   const run = streamTool(tools.ffmpeg.path, streamDumpArgs(output.path, output.demuxer, output.map), tools.timeoutMs, { signal: stop.signal });
-  const walker = new MjpegWalker();
   try {
-    for await (const chunk of run.stdout) {
-      walker.push(chunk);
-      if (walker.problem) break;
-    }
-    if (!walker.problem && (await run.done).code !== 0) return ['video: the MJPEG frames could not be read'];
+    for await (const chunk of run.stdout) if (push(chunk)) return true;
+    return (await run.done).code === 0;
   } finally {
     stop.abort();
     signal?.removeEventListener('abort', stopIt);
     await run.done.catch(() => undefined);
   }
-  return walker.problem ? [`video: an MJPEG frame ${walker.problem}`] : walker.end();
 }
 
 /**
