@@ -284,6 +284,12 @@ const mutations: Mutation[] = [
     tests: ['test/kubernetes.test.ts'],
   },
   {
+    name: 'shutdown: the drain limit\'s timer holds the process after the requests are done',
+    file: 'src/http/server.ts',
+    edits: [['sleep(config.shutdownTimeoutMs, false, { ref: false }),', 'sleep(config.shutdownTimeoutMs, false),']],
+    tests: ['test/operations.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

@@ -106,6 +106,25 @@ describe('graceful shutdown (issue 28)', () => {
     }
   });
 
+  it('SIGTERM with nothing in flight exits at once, however long the drain limit', async () => {
+    const dataDir = await tempDir();
+    const env = { ...process.env, SCRUBLINE_DATA_DIR: dataDir, SCRUBLINE_PORT: '0', SCRUBLINE_HOST: '127.0.0.1', SCRUBLINE_SWEEP_INTERVAL_MS: '0', SCRUBLINE_API_TOKEN: testToken, SCRUBLINE_SHUTDOWN_DELAY_MS: '0', SCRUBLINE_SHUTDOWN_TIMEOUT_MS: '3600000' };
+    const child = spawn(process.execPath, [cli, 'serve'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const served = watchServe(child);
+    try {
+      await served.url;
+      child.kill('SIGTERM');
+      // An hour's drain limit: only an idle timer left behind could keep it that long.
+      const code = await Promise.race([served.exited, new Promise((resolve) => setTimeout(resolve, 60_000, 'still running'))]);
+      assert.equal(code, 0);
+      assert.match(served.output(), /shutdown: requests in flight finished/);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+      await served.exited;
+      await removeDir(dataDir);
+    }
+  });
+
   it('SIGTERM: /readyz 503 at once, uploads still taken for the delay, then the one in flight is cut off at the limit and cleaned; exit 0', async () => {
     const dataDir = await tempDir();
     const env = {

@@ -184,14 +184,12 @@ export function buildApp(deps: AppDeps): express.Express {
   };
   // The ledger and the bucket likewise: one check answers every probe for a second or two, so a
   // probe flood is not a query flood, and an outage shows within that time.
-  let storageCheck: { at: number; result: Promise<[PromiseSettledResult<void>, PromiseSettledResult<void> | undefined]> } | undefined;
+  const answers = (check: Promise<void>): Promise<boolean> => check.then(() => true, () => false);
+  let storageCheck: { at: number; result: Promise<[ledger: boolean, bucket: boolean | undefined]> } | undefined;
   const checkStorage = () => {
     if (!storageCheck || performance.now() - storageCheck.at > storageCheckTtlMs) {
       const bucket = deps.stores.bucket?.ping?.();
-      storageCheck = {
-        at: performance.now(),
-        result: Promise.all([Promise.allSettled([deps.ledger.ping()]).then(([r]) => r!), bucket ? Promise.allSettled([bucket]).then(([r]) => r) : undefined]),
-      };
+      storageCheck = { at: performance.now(), result: Promise.all([answers(deps.ledger.ping()), bucket && answers(bucket)]) };
     }
     return storageCheck.result;
   };
@@ -209,12 +207,12 @@ export function buildApp(deps: AppDeps): express.Express {
       ffmpeg: tool(deps.tools.ffmpeg, ffmpeg),
       ffprobe: tool(deps.tools.ffprobe, ffprobe),
       dataDir: { ok: dataDir.status === 'fulfilled', writable: dataDir.status === 'fulfilled' },
-      ledger: { ok: ledger.status === 'fulfilled', engine: deps.ledger.engine, schemaVersion: deps.ledger.schemaVersion },
-      ...(bucket ? { bucket: { ok: bucket.status === 'fulfilled' } } : {}),
+      ledger: { ok: ledger, engine: deps.ledger.engine, schemaVersion: deps.ledger.schemaVersion },
+      ...(bucket === undefined ? {} : { bucket: { ok: bucket } }),
       // Optional: without it HEIC uploads are cleaned as ever, only without a preview.
       heifDecoder: deps.heifDecoder ? { present: true, path: deps.heifDecoder.path, source: deps.heifDecoder.source } : { present: false },
     };
-    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok && body.ledger.ok && (bucket === undefined || bucket.status === 'fulfilled');
+    const ready = body.ffmpeg.ok && body.ffprobe.ok && body.dataDir.ok && ledger && bucket !== false;
     if (!ready) res.setHeader('Retry-After', String(retryAfterSeconds));
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...body });
   });

@@ -216,7 +216,8 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
           drained = () => resolve(true);
           if (inFlight.size === 0) resolve(true);
         }),
-        sleep(config.shutdownTimeoutMs).then(() => false),
+        // Unreferenced: once the requests are done, this timer must not hold the process.
+        sleep(config.shutdownTimeoutMs, false, { ref: false }),
       ]);
       const cutOff = inFlight.size;
       if (!finished) server.closeAllConnections();
