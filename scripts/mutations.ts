@@ -290,6 +290,12 @@ const mutations: Mutation[] = [
     tests: ['test/operations.test.ts'],
   },
   {
+    name: 'HEIF: a JPEG item is copied with its own EXIF',
+    file: 'src/steps/strip-heif.ts',
+    edits: [["      : item.type === 'jpeg'", "      : item.type === 'jpeg' && process.pid < 0"]],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'WebP: a frame may hold any chunk',
     file: 'src/verify/structure-image.ts',
     edits: [["if (!['ALPH', 'VP8 ', 'VP8L'].includes(inner)) report.problems.push('webp: a frame holds a chunk other than image data');", '']],

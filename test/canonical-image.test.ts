@@ -394,7 +394,7 @@ const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
 const u32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
 
 /** A one-item HEIC: the given decoder configuration record and coded bytes, as heif-enc lays them out. */
-function heicOf(hvcC: Buffer, coded: Buffer, ispe: Buffer): Buffer {
+function heicOf(hvcC: Buffer, coded: Buffer, ispe: Buffer, itemType = 'hvc1'): Buffer {
   const ftyp = box('ftyp', Buffer.from('heic\0\0\0\0mif1heic', 'latin1'));
   const meta = (offset: number): Buffer =>
     fullBox(
@@ -402,8 +402,10 @@ function heicOf(hvcC: Buffer, coded: Buffer, ispe: Buffer): Buffer {
       0,
       fullBox('hdlr', 0, u32(0), Buffer.from('pict', 'latin1'), Buffer.alloc(13)),
       fullBox('pitm', 0, u16(1)),
-      fullBox('iinf', 0, u16(1), fullBox('infe', 2, u16(1), u16(0), Buffer.from('hvc1\0', 'latin1'))),
-      box('iprp', box('ipco', box('hvcC', hvcC), ispe), fullBox('ipma', 0, u32(1), u16(1), Buffer.from([2, 0x81, 0x02]))),
+      fullBox('iinf', 0, u16(1), fullBox('infe', 2, u16(1), u16(0), Buffer.from(`${itemType}\0`, 'latin1'))),
+      itemType === 'hvc1'
+        ? box('iprp', box('ipco', box('hvcC', hvcC), ispe), fullBox('ipma', 0, u32(1), u16(1), Buffer.from([2, 0x81, 0x02])))
+        : box('iprp', box('ipco', ispe), fullBox('ipma', 0, u32(1), u16(1), Buffer.from([1, 0x01]))),
       fullBox('iloc', 0, Buffer.from([0x44, 0x00]), u16(1), u16(1), u16(0), u16(1), u32(offset), u32(coded.length)),
     );
   const head = ftyp.length + meta(0).length + 8;
@@ -443,6 +445,22 @@ describe('issue 26: HEIF coded items and their records hold pictures and paramet
     const item = heifItems(bytes).find((i) => i.type === 'hvc1')!;
     assert.ok(item.data.equals(coded), 'the coded slices, byte for byte');
     assert.deepEqual(checkImageStructure('heif', bytes).problems, []);
+  });
+
+  it('a JPEG-coded item is cleaned as any JPEG is: its own EXIF goes, its scan stays', async () => {
+    const { ispe } = await heicParts();
+    const jpeg = await sharp({ create: { width: 32, height: 24, channels: 3, background: '#468' } })
+      .withExif({ IFD0: { Artist: planted.artist!, Copyright: `GPS ${planted.latitude}` } })
+      .jpeg()
+      .toBuffer();
+    const hostile = heicOf(Buffer.alloc(0), jpeg, ispe, 'jpeg');
+    assert.ok(hostile.includes(Buffer.from(planted.artist!)));
+    assert.ok(checkImageStructure('heif', hostile).problems.some((p) => p.startsWith('heif: a JPEG item: jpeg:')), checkImageStructure('heif', hostile).problems.join());
+    const { out, bytes } = await clean(hostile);
+    assert.ok(!bytes.includes(Buffer.from(planted.artist!)));
+    assert.ok((out.removed.exif ?? 0) >= 1);
+    const item = heifItems(bytes).find((i) => i.type === 'jpeg')!;
+    assert.ok((await pixels(item.data)).equals(await pixels(jpeg)), 'the picture is the same');
   });
 
   it('bytes after the fields of the record\'s SPS refuse the file', async () => {

@@ -22,6 +22,7 @@ import { reject, ScrubError } from '../errors.js';
 import { exifCategories } from '../formats/tiff-ifd.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult } from './strip-image.js';
+import { stripJpeg } from './strip-jpeg.js';
 
 const FORMAT = 'HEIF';
 
@@ -380,6 +381,12 @@ function codedItem(input: Buffer, codec: PictureCodec, data: Buffer, properties:
   }
 }
 
+function jpegItem(data: Buffer, limits: { maxInputPixels: number }, removed: Removed): Buffer {
+  const cleaned = stripJpeg(data, limits);
+  for (const [category, n] of Object.entries(cleaned.removed)) countRemoved(removed, category as RemovedCategory, n);
+  return Buffer.concat(cleaned.parts);
+}
+
 function extentBytes(input: Buffer, location: Location, extent: Extent, idat: Box | undefined): Buffer | undefined {
   if (location.method > 1) return undefined;
   const [from, to] = location.method === 0 ? [0, input.length] : idat ? [idat.body, idat.end] : [0, 0];
@@ -586,9 +593,14 @@ export function stripHeif(input: Buffer, limits: { maxInputPixels: number } = { 
       if (!data) throw reject.corrupt(FORMAT, 'item data outside the file');
       return data;
     });
-    // A coded item is rebuilt from its kept units, in one extent; others are copied as they are.
+    // A coded item is rebuilt from its kept units, a JPEG item as any JPEG is (its own APPn and COM
+    // segments, EXIF among them, go), each in one extent; others are copied as they are.
     const codec = itemCodecs[item.type];
-    const written = codec ? [codedItem(input, codec, Buffer.concat(pieces), propertiesOf(item.id), removed)] : pieces;
+    const written = codec
+      ? [codedItem(input, codec, Buffer.concat(pieces), propertiesOf(item.id), removed)]
+      : item.type === 'jpeg'
+        ? [jpegItem(Buffer.concat(pieces), limits, removed)]
+        : pieces;
     const extents = written.map((data) => {
       if (location.method === 0) {
         mdatParts.push(data);

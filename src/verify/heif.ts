@@ -11,6 +11,7 @@ import { isCanonicalIcc } from '../formats/icc.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
 import { keptUnitTypes, UnitSplitter, type PictureCodec } from '../formats/units.js';
 import { configProblems } from './picture-stream.js';
+import { checkImageStructure } from './structure-image.js';
 import { WorkBudget } from '../formats/work-budget.js';
 import type { ValueCollector } from './values.js';
 
@@ -239,6 +240,11 @@ export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: 
   for (const item of view.items) {
     const codec = itemCodecs[item.type];
     const location = view.locationOf.get(item.id);
+    if (item.type === 'jpeg' && location) {
+      // A JPEG item is held to every rule of a cleaned JPEG (verify/structure-image.ts).
+      const jpeg = Buffer.concat(itemRanges(out, view, location).map(([s, e]) => out.subarray(s, e)));
+      problems.push(...checkImageStructure('jpeg', jpeg).problems.map((p) => `heif: a JPEG item: ${p}`));
+    }
     if (!codec || !location) continue;
     const config = (view.associations.get(item.id) ?? []).map((i) => view.properties[i - 1]).find((p) => p?.type === configBoxOf[codec]);
     const lengthSize = config && lengthSizeOf(codec, out.subarray(config.data, config.end));
