@@ -3,6 +3,14 @@
 // it themselves). A package installed from a registry or a tarball ships it built.
 import { existsSync } from 'node:fs';
 
+// The ledger's driver is Node's own node:sqlite (22.16 and later). The npm scripts run on the
+// Node.js of the project's `node` dependency; a shell may have an older one first on its PATH.
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 22 || (major === 22 && minor < 16)) {
+  process.stderr.write(`scrubline needs Node.js 22.16 or later; this is ${process.version}. Run it through npm (npm start, npm test), or as node_modules/.bin/node bin/scrubline.js.\n`);
+  process.exit(1);
+}
+
 if (!existsSync(new URL('../dist/cli/cli.js', import.meta.url))) {
   process.stderr.write('scrubline is not built yet: run `npm run build` in its folder first.\n');
   process.exit(1);

@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import path from 'node:path';
@@ -75,6 +76,17 @@ describe('the command line (issue 28)', () => {
       assert.equal(await main([command, '--help'], out), 0, command);
       assert.match(text(), new RegExp(`^Usage:\\n  scrubline ${command}`), command);
     }
+  });
+
+  it('on a Node.js older than 22.16 the command says which it needs and how to run it, and exits 1', async (t) => {
+    // The machine's own Node.js, when it is older than the supported lines (Node 20 here).
+    const system = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => existsSync(p));
+    const version = system ? (await run(system, ['--version'])).stdout.trim() : '';
+    const [major, minor] = version.slice(1).split('.').map(Number);
+    if (!system || major! > 22 || (major === 22 && minor! >= 16)) return t.skip(`no Node.js older than 22.16 on this machine (${version || 'none'})`);
+    const result = await run(system, [cli, 'strip', '--help']).then(() => ({ code: 0, stderr: '' }), (err: { code: number; stderr: string }) => err);
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /scrubline needs Node\.js 22\.16 or later; this is v\d+.*node_modules\/\.bin\/node bin\/scrubline\.js/);
   });
 
   it('sweep --at without --dry-run is refused before the ledger is opened', async () => {
