@@ -18,7 +18,7 @@
  */
 import { open } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
-import { canonicalConfig, ConfigError, configBoxOf, lengthSizeOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
+import { canonicalConfig, ConfigError, configBoxOf, pictureCodecOfEntry, pictureCodecOfMatroska } from '../formats/codec-config.js';
 import { childElements, ebmlIds } from '../formats/ebml.js';
 import { canonicalEsds, holdsUserData, UserDataScanner } from '../formats/mpeg-headers.js';
 import { boxesIn, readAt, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
