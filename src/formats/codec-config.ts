@@ -206,6 +206,10 @@ export function lengthSizeOf(codec: PictureCodec, record: Buffer | undefined): 1
 /** The MP4 sample-entry child that holds each codec's record. */
 export const configBoxOf: Record<PictureCodec, string> = { h264: 'avcC', hevc: 'hvcC', av1: 'av1C' };
 
+/** HEIF coded item types, and the property that holds each codec's record (the inverse of configBoxOf). */
+export const itemCodecs: Readonly<Record<string, PictureCodec>> = { hvc1: 'hevc', avc1: 'h264', av01: 'av1' };
+export const configCodecs: Readonly<Record<string, PictureCodec>> = Object.fromEntries(Object.entries(configBoxOf).map(([codec, box]) => [box, codec as PictureCodec]));
+
 /** MP4 sample-entry types and Matroska codec ids of the three codecs. */
 export function pictureCodecOfEntry(fourcc: string): PictureCodec | undefined {
   if (fourcc === 'avc1' || fourcc === 'avc3') return 'h264';

@@ -14,7 +14,7 @@
  * items, unknown essential properties) is refused.
  */
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
-import { canonicalConfig, ConfigError, configBoxOf, lengthSizeOf } from '../formats/codec-config.js';
+import { canonicalConfig, ConfigError, configBoxOf, configCodecs, itemCodecs, lengthSizeOf } from '../formats/codec-config.js';
 import { canonicalIcc } from '../formats/icc.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
 import { keptItemUnits, UnitError, type PictureCodec } from '../formats/units.js';
@@ -348,10 +348,6 @@ function exifItemCategories(input: Buffer, location: Location | undefined, idat:
  * The bytes of one extent of an item: in the file (construction method 0) or in idat (1).
  * Undefined when it lies outside its container or the item is built another way.
  */
-/** The coded item types and their codecs; the property that holds each codec's record. */
-const itemCodecs: Record<string, PictureCodec> = { hvc1: 'hevc', avc1: 'h264', av01: 'av1' };
-const configCodecs: Record<string, PictureCodec> = { hvcC: 'hevc', avcC: 'h264', av1C: 'av1' };
-
 function canonicalRecord(codec: PictureCodec, record: Buffer, removed: Removed): Buffer {
   try {
     const rebuilt = canonicalConfig(codec, record);

@@ -6,7 +6,7 @@
  * an input), only on a file whose tables cost more than its work budget (THREATS 35).
  */
 import type { Span as Located } from './structure-image.js';
-import { configBoxOf, lengthSizeOf } from '../formats/codec-config.js';
+import { configBoxOf, configCodecs, itemCodecs, lengthSizeOf } from '../formats/codec-config.js';
 import { isCanonicalIcc } from '../formats/icc.js';
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../formats/parameter-sets.js';
 import { keptUnitTypes, UnitSplitter, type PictureCodec } from '../formats/units.js';
@@ -280,8 +280,6 @@ export function checkHeifStructure(out: Buffer, problems: string[], keptRanges: 
   if (view.idat && !covered(view.idat.data, view.idat.end, idatRanges)) problems.push('heif: idat holds bytes no kept item uses');
 }
 
-const itemCodecs: Record<string, PictureCodec> = { hvc1: 'hevc', avc1: 'h264', av01: 'av1' };
-const configCodecs: Record<string, PictureCodec> = { hvcC: 'hevc', avcC: 'h264', av1C: 'av1' };
 
 function codedItemProblems(codec: PictureCodec, data: Buffer, lengthSize: 1 | 2 | 4): string[] {
   const splitter = new UnitSplitter(codec, lengthSize);
