@@ -70,6 +70,14 @@ export interface Config {
   shutdownTimeoutMs: number;
   /** After SIGTERM: how long /readyz says "not ready" before new uploads are refused. */
   shutdownDelayMs: number;
+  /** How long a resumable upload may take from its creation; then it is refused and swept. */
+  resumableTtlMs: number;
+  /** Resumable uploads open at once, across replicas; more are refused until some end. */
+  resumableMaxOpen: number;
+  /** Bytes the open resumable uploads may declare in all, across replicas. */
+  resumableMaxBytes: number;
+  /** Free space in the temp dir's file system that uploads never reserve. */
+  tempHeadroomBytes: number;
 }
 
 export const defaults = {
@@ -100,7 +108,16 @@ export const defaults = {
   // fail, 20 s to drain, 5 s to spare for clean-up and exit.
   shutdownDelayMs: 5_000,
   shutdownTimeoutMs: 20_000,
+  // A phone on a bad link finishes a large video in well under an hour, or not at all that day;
+  // the cap keeps originals from waiting in the store for days.
+  resumableTtlMs: 60 * 60_000,
+  resumableMaxOpen: 100,
+  resumableMaxBytes: 50 * 1024 ** 3,
+  tempHeadroomBytes: 256 * 1024 ** 2,
 } as const satisfies Partial<Config>;
+
+/** Originals in pieces wait at most a day, whatever is configured. */
+const maxResumableTtlMs = 24 * 3_600_000;
 
 const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -254,6 +271,10 @@ export function loadConfig(env: Env = process.env): Config {
     metricsHost: read('METRICS_HOST') ?? defaults.metricsHost,
     shutdownDelayMs: integer('SHUTDOWN_DELAY_MS', defaults.shutdownDelayMs, 0, 3_600_000),
     shutdownTimeoutMs: integer('SHUTDOWN_TIMEOUT_MS', defaults.shutdownTimeoutMs, 0, 24 * 3_600_000),
+    resumableTtlMs: integer('RESUMABLE_TTL_MS', defaults.resumableTtlMs, 60_000, maxResumableTtlMs),
+    resumableMaxOpen: integer('RESUMABLE_MAX_OPEN', defaults.resumableMaxOpen, 1, 100_000),
+    resumableMaxBytes: integer('RESUMABLE_MAX_BYTES', defaults.resumableMaxBytes, 1, Number.MAX_SAFE_INTEGER),
+    tempHeadroomBytes: integer('TEMP_HEADROOM_BYTES', defaults.tempHeadroomBytes, 0, Number.MAX_SAFE_INTEGER),
   };
   if (problems.length > 0) throw new ConfigError(problems);
   return config;
@@ -308,6 +329,10 @@ export const configVariables: ReadonlyArray<[name: string, meaning: string]> = [
   ['SCRUBLINE_METRICS_HOST', `address the metrics listener binds (default ${defaults.metricsHost}; 0.0.0.0 for a scraper in another pod)`],
   ['SCRUBLINE_SHUTDOWN_DELAY_MS', `after SIGTERM, how long /readyz answers 503 while uploads are still taken, so the load balancer stops sending (default ${defaults.shutdownDelayMs})`],
   ['SCRUBLINE_SHUTDOWN_TIMEOUT_MS', `after that, how long requests in flight may finish before they are cut off and cleaned up (default ${defaults.shutdownTimeoutMs}); delay + timeout must fit the orchestrator's grace period`],
+  ['SCRUBLINE_RESUMABLE_TTL_MS', `how long a resumable upload (/v1/resumable) may take from its creation; then its pieces are refused and swept (default ${defaults.resumableTtlMs}, at most ${maxResumableTtlMs})`],
+  ['SCRUBLINE_RESUMABLE_MAX_OPEN', `resumable uploads open at once across replicas; more get 503 + Retry-After (default ${defaults.resumableMaxOpen})`],
+  ['SCRUBLINE_RESUMABLE_MAX_BYTES', `bytes the open resumable uploads may declare in all, across replicas; more get 503 + Retry-After (default ${defaults.resumableMaxBytes})`],
+  ['SCRUBLINE_TEMP_HEADROOM_BYTES', `free space in the temp dir's file system that uploads never reserve; an upload needs twice its size there, else 507 before its body is read (default ${defaults.tempHeadroomBytes})`],
   ['SCRUBLINE_LOG_LEVEL', `pino level: ${logLevels.join(', ')} (default ${defaults.logLevel})`],
 ];
 

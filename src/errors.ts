@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'client_closed'
   | 'job_deleted'
   | 'gone'
+  | 'offset_mismatch'
   | 'overloaded'
   | 'insufficient_storage'
   | 'upstream_unreachable'
@@ -51,6 +52,7 @@ const statusByCode: Record<ErrorCode, number> = {
   client_closed: 499,
   job_deleted: 410,
   gone: 410,
+  offset_mismatch: 409,
   overloaded: 503,
   insufficient_storage: 507,
   upstream_unreachable: 502,

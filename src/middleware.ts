@@ -27,7 +27,7 @@ import type { Retention } from './context.js';
 import { asScrubError, clientClosed, ScrubError } from './errors.js';
 import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
-import { emptyTempDir, receiver, removeUploadDir, type FieldRule } from './steps/receive.js';
+import { emptyTempDir, receiver, removeUploadDir, type FieldRule, type ReceivedUpload } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
 import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
 
@@ -228,6 +228,28 @@ async function keepOnlyCleaned(files: Array<{ inputPath: string; workDir: string
 }
 
 export function scrubline(options: ScrublineOptions): RequestHandler {
+  return scrublineParts(options).middleware;
+}
+
+/**
+ * What the middleware is made of, for the service's other door to the same pipeline (the
+ * resumable endpoint, whose file arrives in pieces rather than in a multipart body).
+ */
+export interface ScrublineParts {
+  middleware: RequestHandler;
+  tmpDir: string;
+  /** The mode of an upload's directories. */
+  dirMode: number;
+  /**
+   * Registers an upload directory (named `uploadId` in tmpDir) as in use, so the abandoned-upload
+   * sweep leaves it; the returned function ends that.
+   */
+  hold(uploadId: string): () => void;
+  /** Steps 2–6 for every file of a received upload; the originals and intermediates are deleted after. */
+  cleanUpload(upload: ReceivedUpload): Promise<CleanFile[]>;
+}
+
+export function scrublineParts(options: ScrublineOptions): ScrublineParts {
   if (options === null || typeof options !== 'object') throw new TypeError('scrubline: expected an options object, e.g. scrubline({ tmpDir, fingerprintKey })');
   const unknown = Object.keys(options).filter((name) => !knownOptions.has(name));
   if (unknown.length > 0) {
@@ -277,7 +299,26 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
     return ffmpeg;
   };
 
-  return async function scrublineMiddleware(req: Request, res: Response, next: NextFunction): Promise<void> {
+  async function cleanUpload(upload: ReceivedUpload): Promise<CleanFile[]> {
+    const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
+    const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;
+    const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
+    const files: CleanFile[] = [];
+    // One file at a time: the concurrency that matters is across requests.
+    for (const [index, file] of upload.files.entries()) {
+      files.push(await cleanFile(file, upload.retention, deps).catch((err: unknown) => Promise.reject(aboutFile(asScrubError(err), index, upload.files.length))));
+    }
+    await keepOnlyCleaned(upload.files, files);
+    if (fileMode !== 0o600) await Promise.all(files.map((f) => chmod(f.path, fileMode)));
+    return files;
+  }
+
+  const hold = (uploadId: string): (() => void) => {
+    live.add(uploadId);
+    return () => void live.delete(uploadId);
+  };
+
+  const middleware = async function scrublineMiddleware(req: Request, res: Response, next: NextFunction): Promise<void> {
     // The upload's directory is named before a byte is received, so that a client going away at
     // any moment (even before receive has made the directory) removes whatever is in it (issue
     // 19: a close before receive returned cached a no-op and left the original behind).
@@ -306,16 +347,7 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       const upload = await receive(req, res, uploadDir);
       options.observe?.('receive', (performance.now() - receiving) / 1000);
       if (closed || res.writableEnded) return await dropClosed();
-      const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
-      const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;
-      const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
-      const files: CleanFile[] = [];
-      // One file at a time: the concurrency that matters is across requests.
-      for (const [index, file] of upload.files.entries()) {
-        files.push(await cleanFile(file, upload.retention, deps).catch((err: unknown) => Promise.reject(aboutFile(asScrubError(err), index, upload.files.length))));
-      }
-      await keepOnlyCleaned(upload.files, files);
-      if (fileMode !== 0o600) await Promise.all(files.map((f) => chmod(f.path, fileMode)));
+      const files = await cleanUpload(upload);
       if (closed) return await dropClosed();
       req.body = upload.fields;
       req.scrubline = { uploadId, jobId: upload.jobId, retention: upload.retention, files, release };
@@ -325,4 +357,5 @@ export function scrubline(options: ScrublineOptions): RequestHandler {
       next(closed ? clientClosed(err) : asScrubError(err));
     }
   };
+  return { middleware, tmpDir: options.tmpDir, dirMode, hold, cleanUpload };
 }

@@ -83,10 +83,10 @@ for (const engine of engines) {
       const more = await Promise.all([target.open(), target.open(), target.open()]);
       assert.deepEqual(
         more.map((l) => l.schemaVersion),
-        [4, 4, 4],
+        [5, 5, 5],
       );
       await Promise.all(more.map((l) => l.close()));
-      assert.equal(ledger.schemaVersion, 4);
+      assert.equal(ledger.schemaVersion, 5);
       await ledger.ping();
     });
 

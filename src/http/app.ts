@@ -23,7 +23,10 @@ import { Metrics } from './metrics.js';
 import { openApiDocument } from './openapi.js';
 import { Previews, type PreviewState } from './previews.js';
 import { openObject, TamperedObject, unseal, verifyObject, type Keyring } from '../storage/envelope.js';
-import { scrubline, type ScrublineOptions } from '../middleware.js';
+import { scrublineParts, type ScrublineOptions, type ScrublineUpload } from '../middleware.js';
+import { PartialStore, removePartials } from '../storage/partials.js';
+import { resumableHandler, resumablePath } from './resumable.js';
+import { TempSpace, tempBytesFor } from './temp-space.js';
 import { publicReport } from '../pipeline.js';
 import type { Forwarder } from '../steps/forward.js';
 import { expiresAt, systemClock } from '../steps/tag-expiry.js';
@@ -52,6 +55,12 @@ export interface AppDeps {
   /** Uploads processed at once; more get 503 with Retry-After before their body is read. */
   maxConcurrentUploads?: number;
   metrics?: Metrics;
+  /** Resumable uploads: how long one may take, and how many (and how many bytes) may be open at once. */
+  resumableTtlMs?: number;
+  resumableMaxOpen?: number;
+  resumableMaxBytes?: number;
+  /** Free temp-dir space uploads never reserve. */
+  tempHeadroomBytes?: number;
   /** Whether /metrics answers on this app (default true); false when it has a listener of its own. */
   serveMetrics?: boolean;
 }
@@ -62,7 +71,7 @@ const readyCheckTtlMs = 5_000;
 const storageCheckTtlMs = 2_000;
 const requestIdPattern = /^[A-Za-z0-9._-]{1,64}$/;
 const routes =
-  'GET /openapi.json, POST /v1/uploads, GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
+  'GET /openapi.json, POST /v1/uploads, POST|HEAD|PATCH|DELETE /v1/resumable[/:id] (tus 1.0), GET /v1/files/:id, GET /v1/files/:id/content, GET /v1/files/:id/thumbnail, POST /v1/jobs/:jobId/finished, DELETE /v1/jobs/:jobId, POST /v1/crashes, GET /v1/crashes/:id, GET /v1/fingerprints/:id, GET /healthz, GET /readyz';
 
 
 /** Unknown, purged-by-request or foreign ids all answer the same 404. */
@@ -251,64 +260,120 @@ export function buildApp(deps: AppDeps): express.Express {
     next();
   };
 
-  app.post(
-    '/v1/uploads',
-    gate,
-    scrubline({
-      ...deps.scrubline,
-      jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
-      unfinishedJobCapHours: deps.unfinishedJobCapHours,
-      observe: (stage, seconds) => metrics.observe(stage, seconds),
-    }),
-    async function forwardUpload(req: Request, res: Response) {
-      const upload = req.scrubline!;
-      // A deleted job takes nothing more, in flight or later (THREATS 41).
-      if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();
-      const fields = { jobId: upload.jobId, retention: upload.retention };
-      const forwardStarted = performance.now();
-      const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
-      metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
-      const createdAt = clock().toISOString();
-      const records: ArtefactRecord[] = [];
-      const fileRecords: ArtefactRecord[] = [];
-      for (const f of upload.files) {
-        const file: ArtefactRecord = {
-          id: f.id,
-          kind: 'file',
-          jobId: upload.jobId,
-          mime: f.mime,
-          bytes: f.bytes,
-          fingerprintId: f.fingerprint.id,
-          destination: result.destination,
-          retention: f.retention,
-          createdAt,
-          expiresAt: f.expiresAt,
-          paths: result.stored?.[f.id] ?? [],
-        };
-        fileRecords.push(file);
-        records.push(file, fingerprintRecord(file, f.fingerprint, recordRetentionDays));
-      }
-      try {
-        // A finish report that landed on any replica since the clock was read re-dates the files.
-        await deps.ledger.record(records, jobExpiry);
-      } catch (err) {
-        // The job was deleted while this upload was being forwarded (or the ledger failed): what
-        // it stored goes too.
-        await Promise.allSettled(records.map((r) => removeArtefactObjects(deps.stores, r)));
-        throw err;
-      }
-      for (const f of upload.files) {
-        metrics.uploads.inc({ outcome: 'forwarded', family: f.kind.family });
-        metrics.bytes.inc({ direction: 'out' }, f.bytes);
-        req.log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
-      }
-      // What the previews need is held past the clean-up; they are made after the answer.
-      const held = await Promise.all(upload.files.map((f) => previews.hold(f)));
-      await upload.release();
-      res.status(201).json({ files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } });
-      held.forEach((h, i) => h && previews.start(fileRecords[i]!, h));
-    },
-  );
+  /**
+   * After the pipeline, for both doors (POST /v1/uploads and the resumable endpoint): forward the
+   * cleaned files, record them, release them, and say what to answer. `after` starts the previews
+   * once the answer is on its way.
+   */
+  async function deliver(upload: ScrublineUpload, log: Logger): Promise<{ body: unknown; after: () => void }> {
+    // A deleted job takes nothing more, in flight or later (THREATS 41).
+    if (upload.jobId !== undefined && (await deps.ledger.jobDeletedAt(upload.jobId)) !== undefined) throw jobDeleted();
+    const fields = { jobId: upload.jobId, retention: upload.retention };
+    const forwardStarted = performance.now();
+    const result = await deps.forwarder.forward(upload.files, fields, upload.uploadId);
+    metrics.observe('forward', (performance.now() - forwardStarted) / 1000);
+    const createdAt = clock().toISOString();
+    const records: ArtefactRecord[] = [];
+    const fileRecords: ArtefactRecord[] = [];
+    for (const f of upload.files) {
+      const file: ArtefactRecord = {
+        id: f.id,
+        kind: 'file',
+        jobId: upload.jobId,
+        mime: f.mime,
+        bytes: f.bytes,
+        fingerprintId: f.fingerprint.id,
+        destination: result.destination,
+        retention: f.retention,
+        createdAt,
+        expiresAt: f.expiresAt,
+        paths: result.stored?.[f.id] ?? [],
+      };
+      fileRecords.push(file);
+      records.push(file, fingerprintRecord(file, f.fingerprint, recordRetentionDays));
+    }
+    try {
+      // A finish report that landed on any replica since the clock was read re-dates the files.
+      await deps.ledger.record(records, jobExpiry);
+    } catch (err) {
+      // The job was deleted while this upload was being forwarded (or the ledger failed): what
+      // it stored goes too.
+      await Promise.allSettled(records.map((r) => removeArtefactObjects(deps.stores, r)));
+      throw err;
+    }
+    for (const f of upload.files) {
+      metrics.uploads.inc({ outcome: 'forwarded', family: f.kind.family });
+      metrics.bytes.inc({ direction: 'out' }, f.bytes);
+      log.info({ fileId: f.id, family: f.fingerprint.family, mime: f.mime, bytes: f.bytes, removed: f.removed, fingerprintId: f.fingerprint.id }, 'file cleaned');
+    }
+    // What the previews need is held past the clean-up; they are made after the answer.
+    const held = await Promise.all(upload.files.map((f) => previews.hold(f)));
+    await upload.release();
+    return {
+      body: { files: upload.files.map(publicReport), upstream: { status: result.status, destination: result.destination } },
+      after: () => held.forEach((h, i) => h && previews.start(fileRecords[i]!, h)),
+    };
+  }
+
+  const parts = scrublineParts({
+    ...deps.scrubline,
+    jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
+    unfinishedJobCapHours: deps.unfinishedJobCapHours,
+    observe: (stage, seconds) => metrics.observe(stage, seconds),
+  });
+  const maxUploadBytes = deps.scrubline.maxUploadBytes ?? defaults.maxUploadBytes;
+  const tempSpace = new TempSpace(deps.scrubline.tmpDir, deps.tempHeadroomBytes ?? defaults.tempHeadroomBytes);
+  metrics.onScrape(async () => {
+    metrics.tempFree.set(await tempSpace.free());
+    metrics.tempReserved.set(tempSpace.reserved);
+  });
+
+  // Room in the temp dir for the original and its cleaned copy, reserved before the body is read
+  // (its Content-Length, or the largest file when the client does not say) and held until the
+  // answer is gone.
+  const reserveTemp: RequestHandler = async function reserveTempSpace(req, res, next) {
+    const declared = Number(req.headers['content-length']);
+    const release = await tempSpace.reserve(tempBytesFor(Number.isSafeInteger(declared) && declared > 0 ? declared : maxUploadBytes));
+    res.once('close', release);
+    next();
+  };
+
+  app.post('/v1/uploads', gate, reserveTemp, parts.middleware, async function forwardUpload(req: Request, res: Response) {
+    const { body, after } = await deliver(req.scrubline!, req.log);
+    res.status(201).json(body);
+    after();
+  });
+
+  const partials = new PartialStore({
+    ledger: deps.ledger,
+    stores: deps.stores,
+    store: keepingStore(deps.stores),
+    storage: deps.storage,
+    ttlMs: deps.resumableTtlMs ?? defaults.resumableTtlMs,
+    now: clock,
+  });
+  const resumable = resumableHandler({
+    parts,
+    partials,
+    ledger: deps.ledger,
+    tempSpace,
+    metrics,
+    maxUploadBytes,
+    maxOpen: deps.resumableMaxOpen ?? defaults.resumableMaxOpen,
+    maxBytes: deps.resumableMaxBytes ?? defaults.resumableMaxBytes,
+    bodyIdleTimeoutMs: deps.scrubline.bodyIdleTimeoutMs ?? defaults.bodyIdleTimeoutMs,
+    deliver,
+    now: clock,
+  });
+  metrics.onScrape(async () => {
+    const totals = await deps.ledger.partialTotals(clock().toISOString());
+    metrics.resumableOpen.set(totals.open);
+    metrics.resumableBytes.set(totals.bytes);
+  });
+  // A request that sends bytes holds a processing slot, as a multipart upload does: the one that
+  // sends the last byte runs the pipeline.
+  const gateSending: RequestHandler = (req, res, next) => (req.method === 'PATCH' || req.method === 'POST' ? gate(req, res, next) : next());
+  app.all([resumablePath, `${resumablePath}/:uploadId`], gateSending, resumable);
 
   app.use('/v1', crashRoutes({ ledger: deps.ledger, clock, retentionDays: recordRetentionDays }));
 
@@ -374,12 +439,14 @@ export function buildApp(deps: AppDeps): express.Express {
     // The job is marked deleted in the same transaction that lists its artefacts: an upload
     // recorded before is in the list, one after is refused (410 job_deleted).
     const records = await deps.ledger.deleteJob(jobId, at);
+    // Its resumable uploads in progress go too (a new one is refused from now: 410).
+    const partialUploads = await removePartials(deps.ledger, deps.stores, await deps.ledger.partialIds({ jobId }));
     const { purged, skipped } = await purgeRecords(deps.ledger, deps.stores, records, at);
     const counts = countByKind(purged);
     await deps.ledger.recordDeletion(jobId, at, counts, purged.map((r) => r.id));
     if (skipped.length > 0) req.log.error({ jobId, skipped }, 'job deletion skipped ledger rows that name objects scrubline does not store');
-    req.log.info({ jobId, purged: counts }, 'job deleted on request');
-    res.json({ jobId, deletedAt: at, purged: counts, ...(skipped.length > 0 ? { skipped: skipped.length } : {}) });
+    req.log.info({ jobId, purged: counts, partialUploads }, 'job deleted on request');
+    res.json({ jobId, deletedAt: at, purged: counts, partialUploads, ...(skipped.length > 0 ? { skipped: skipped.length } : {}) });
   });
 
   app.use((_req, _res, next) => next(new ScrubError('not_found', `No such route. See the README for the API: ${routes}.`)));

@@ -70,6 +70,11 @@ export class Metrics {
     buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600],
     registers: [this.registry],
   });
+  /** Set by the app from its TempSpace (free space is read at each scrape). */
+  readonly tempFree = new Gauge({ name: 'scrubline_temp_free_bytes', help: 'Free bytes on the file system of the temp dir, as this process may use them', registers: [this.registry] });
+  readonly tempReserved = new Gauge({ name: 'scrubline_temp_reserved_bytes', help: 'Temp-dir bytes reserved by uploads in flight (twice each upload\'s size)', registers: [this.registry] });
+  readonly resumableOpen = new Gauge({ name: 'scrubline_resumable_uploads_open', help: 'Resumable uploads started and not yet finished, terminated or expired (all replicas)', registers: [this.registry] });
+  readonly resumableBytes = new Gauge({ name: 'scrubline_resumable_declared_bytes', help: 'Bytes the open resumable uploads declared (all replicas)', registers: [this.registry] });
   readonly buildInfo = new Gauge({ name: 'scrubline_build_info', help: 'Always 1: the version running, and the Node.js it runs on', labelNames: ['version', 'node'] as const, registers: [this.registry] });
 
   constructor(version = 'unknown') {
@@ -98,6 +103,19 @@ export class Metrics {
     };
   }
 
+  /** Reads run before each scrape (free temp space, open resumable uploads); a failing one leaves its gauge as it was. */
+  private readonly scrapeReads: Array<() => Promise<void>> = [];
+
+  onScrape(read: () => Promise<void>): void {
+    this.scrapeReads.push(read);
+  }
+
+  /** The exposition text, after the scrape-time reads. */
+  async text(): Promise<string> {
+    await Promise.allSettled(this.scrapeReads.map((read) => read()));
+    return this.registry.metrics();
+  }
+
   observe(stage: Stage, seconds: number): void {
     this.stageSeconds.observe({ stage }, seconds);
   }
@@ -105,8 +123,8 @@ export class Metrics {
   /** GET /metrics as an Express route. */
   handler(): RequestHandler {
     const { registry } = this;
-    return async function metrics(_req, res) {
-      res.type(registry.contentType).send(await registry.metrics());
+    return async (_req, res) => {
+      res.type(registry.contentType).send(await this.text());
     };
   }
 
@@ -122,7 +140,7 @@ export class Metrics {
         res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"not_found","message":"This listener serves GET /metrics only."}}');
         return;
       }
-      registry.metrics().then(
+      this.text().then(
         (text) => res.writeHead(200, { 'content-type': registry.contentType }).end(text),
         () => res.writeHead(500).end(),
       );

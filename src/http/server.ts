@@ -109,6 +109,10 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
     unfinishedJobCapHours: config.unfinishedJobCapHours,
     recordRetentionDays: config.recordRetentionDays,
     maxConcurrentUploads: config.maxConcurrentUploads,
+    resumableTtlMs: config.resumableTtlMs,
+    resumableMaxOpen: config.resumableMaxOpen,
+    resumableMaxBytes: config.resumableMaxBytes,
+    tempHeadroomBytes: config.tempHeadroomBytes,
     metrics,
     serveMetrics: config.metricsPort === undefined,
     scrubline: {
@@ -312,7 +316,10 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
       metrics.sweepSuccess.set(Date.now() / 1000);
       for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
       metrics.orphans.inc(report.orphans);
-      if (report.ids.length > 0 || report.orphans > 0) logger.info({ purged: report.purged, orphans: report.orphans }, 'sweep purged expired artefacts');
+      if (report.ids.length > 0 || report.orphans > 0 || report.partialUploads > 0) {
+        logger.info({ purged: report.purged, orphans: report.orphans, partialUploads: report.partialUploads }, 'sweep purged expired artefacts');
+      }
+      if (report.partialUploads > 0) metrics.swept.inc({ kind: 'partial' }, report.partialUploads);
       if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows that name objects scrubline does not store (or a store not configured here); fix or remove those rows');
     } catch (err) {
       metrics.sweepFailures.inc();

@@ -11,6 +11,7 @@
  * never names.
  */
 import type { ArtefactKind, ArtefactRecord, Ledger } from '../storage/ledger.js';
+import { removePartials } from '../storage/partials.js';
 import { ForeignName, storeOf, storesFor, type ObjectStore, type Stores } from '../storage/objects.js';
 
 /** A file younger than this may belong to an upload still being recorded: not yet an orphan. */
@@ -39,6 +40,8 @@ export interface SweepReport {
   /** Ids of rows skipped as bad (a name that is not one of ours, or a store not configured). */
   skipped: string[];
   orphans: number;
+  /** Resumable uploads removed because they expired before their last byte came. */
+  partialUploads: number;
 }
 
 /**
@@ -118,9 +121,13 @@ export async function sweep(options: SweepOptions): Promise<SweepReport> {
     }
   }
 
+  // Resumable uploads that did not finish in time: their pieces are originals.
+  const expiredPartials = await ledger.partialIds({ expiredAt: at });
+  if (!dryRun) await removePartials(ledger, stores, expiredPartials);
+
   // Orphans: a crash between writing an object and recording it, or a row purged by hand.
   const grace = options.orphanGraceMs ?? defaultOrphanGraceMs;
   let orphans = await removeOrphans(ledger, stores.local, options.at, grace, dryRun);
   if (stores.bucket) orphans += await removeOrphans(ledger, stores.bucket, options.at, grace, dryRun);
-  return { at, dryRun, purged: countByKind(purged), ids: purged.map((r) => r.id), skipped, orphans };
+  return { at, dryRun, purged: countByKind(purged), ids: purged.map((r) => r.id), skipped, orphans, partialUploads: expiredPartials.length };
 }

@@ -59,6 +59,8 @@ export function parseBucketUrl(url: URL): { bucket: string; prefix: string } {
 
 /** Where a job-less upload's objects go, beside the job folders. */
 const noJob = '_nojob';
+/** Where resumable uploads' encrypted pieces wait, whatever their job, until the upload ends. */
+const partials = '_partials';
 
 export class BucketStore implements ObjectStore {
   readonly destination = 'bucket';
@@ -83,6 +85,7 @@ export class BucketStore implements ObjectStore {
     // Keys are built from checked parts only (THREATS 52): the routes refuse such a job id first.
     if (jobId !== undefined && !isJobId(jobId)) throw new ForeignName('a job id that is not a single path segment');
     if (!/^[A-Za-z0-9_-]+$/.test(id) || !/^[a-z0-9]+$/.test(ext)) throw new ForeignName('an object id or extension scrubline does not make');
+    if (role === 'partial') return this.key(partials, `${id}.part`);
     const folder = jobId ?? noJob;
     if (role === 'file') return this.key(folder, `${id}.${ext}`);
     if (role === 'report') return this.key(folder, `${id}.json`);

@@ -46,6 +46,19 @@ interface Schema {
   jobs: { job_id: string; finished_at: string };
   deletions: { id: Generated<number>; job_id: string; requested_at: string; counts: string; artefact_ids: string };
   deleted_jobs: { job_id: string; deleted_at: string };
+  partial_uploads: PartialUploadsTable;
+  partial_pieces: { upload_id: string; start: number | string; length: number | string; name: string; destination: string };
+}
+
+interface PartialUploadsTable {
+  id: string;
+  job_id: string | null;
+  retention: string;
+  /** bigint on PostgreSQL, which its driver returns as a string. */
+  size: number | string;
+  received: number | string;
+  created_at: string;
+  expires_at: string;
 }
 
 type Db = Kysely<Schema> | Transaction<Schema>;
@@ -110,6 +123,31 @@ const migrations: Migration[] = [
       .addColumn('deleted_at', 'text', (c) => c.notNull())
       .execute();
   },
+  // v5, resumable uploads (issue 29): an upload in progress and the encrypted pieces it has so
+  // far, shared by every replica so that a resume may land on any of them.
+  async (db, engine) => {
+    const bigint = engine === 'postgres' ? 'bigint' : 'integer';
+    await db.schema
+      .createTable('partial_uploads')
+      .addColumn('id', 'text', (c) => c.primaryKey())
+      .addColumn('job_id', 'text')
+      .addColumn('retention', 'text', (c) => c.notNull().check(sql`retention IN ('standard', 'extended')`))
+      .addColumn('size', bigint, (c) => c.notNull())
+      .addColumn('received', bigint, (c) => c.notNull())
+      .addColumn('created_at', 'text', (c) => c.notNull())
+      .addColumn('expires_at', 'text', (c) => c.notNull())
+      .execute();
+    await db.schema.createIndex('partial_uploads_job_id').on('partial_uploads').column('job_id').execute();
+    await db.schema
+      .createTable('partial_pieces')
+      .addColumn('upload_id', 'text', (c) => c.notNull())
+      .addColumn('start', bigint, (c) => c.notNull())
+      .addColumn('length', bigint, (c) => c.notNull())
+      .addColumn('name', 'text', (c) => c.notNull())
+      .addColumn('destination', 'text', (c) => c.notNull())
+      .addPrimaryKeyConstraint('partial_pieces_pk', ['upload_id', 'start'])
+      .execute();
+  },
 ];
 
 export type ArtefactKind = 'file' | 'thumbnail' | 'fingerprint' | 'crash';
@@ -137,6 +175,40 @@ export interface ArtefactRecord {
   /** JSON of a fingerprint or crash record (never of a file); gone once purged. */
   body?: string | undefined;
 }
+
+/** A resumable upload in progress: what it is for and how far it has come. Never a name or a value. */
+export interface PartialUpload {
+  id: string;
+  jobId: string | undefined;
+  retention: Retention;
+  /** The length the client declared (Upload-Length). */
+  size: number;
+  /** Bytes received and stored so far: the tus Upload-Offset. */
+  received: number;
+  createdAt: string;
+  expiresAt: string;
+}
+
+/** One encrypted piece of a partial upload: bytes start…start+length, in the object `name`. */
+export interface PartialPiece {
+  start: number;
+  length: number;
+  name: string;
+  destination: Destination;
+}
+
+/** Another request appended to the upload first (on this replica or another): nothing was recorded. */
+export class OffsetConflict extends Error {}
+
+const partialFromRow = (row: Selectable<PartialUploadsTable>): PartialUpload => ({
+  id: row.id,
+  jobId: optional(row.job_id),
+  retention: row.retention as Retention,
+  size: Number(row.size),
+  received: Number(row.received),
+  createdAt: row.created_at,
+  expiresAt: row.expires_at,
+});
 
 /** A file's expiry once its job finished: finish time + its retention. */
 export type JobExpiry = (retention: Retention, finishedAt: string) => string;
@@ -486,10 +558,84 @@ export class Ledger {
     });
   }
 
-  /** Every name a live artefact of this destination occupies (the orphan sweep's "known" set). */
+  /** Every name a live artefact or a partial upload's piece occupies in this destination (the orphan sweep's "known" set). */
   async livePaths(destination: Destination = 'local'): Promise<Set<string>> {
     const rows = await this.db.selectFrom('artefacts').select('paths').where('purged_at', 'is', null).where('destination', '=', destination).where('paths', '!=', '[]').execute();
-    return new Set(rows.flatMap((row) => JSON.parse(row.paths) as string[]));
+    const pieces = await this.db.selectFrom('partial_pieces').select('name').where('destination', '=', destination).execute();
+    return new Set([...rows.flatMap((row) => JSON.parse(row.paths) as string[]), ...pieces.map((p) => p.name)]);
+  }
+
+  /**
+   * Opens a resumable upload. Refused (410 job_deleted, nothing recorded) for a deleted job, under
+   * the job's lock, as `record` refuses an upload's files.
+   */
+  async openPartial(upload: Omit<PartialUpload, 'received'>): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      if (upload.jobId !== undefined) {
+        await this.lockJob(trx, upload.jobId);
+        if ((await this.jobDeletedAt(upload.jobId, trx)) !== undefined) throw jobDeleted();
+      }
+      await trx
+        .insertInto('partial_uploads')
+        .values({ id: upload.id, job_id: upload.jobId ?? null, retention: upload.retention, size: upload.size, received: 0, created_at: upload.createdAt, expires_at: upload.expiresAt })
+        .execute();
+    });
+  }
+
+  async partial(id: string): Promise<PartialUpload | undefined> {
+    const row = await this.db.selectFrom('partial_uploads').selectAll().where('id', '=', id).executeTakeFirst();
+    return row ? partialFromRow(row) : undefined;
+  }
+
+  /**
+   * Records a stored piece and moves the upload's offset past it, only if the offset is still
+   * where the piece starts: two requests appending at once (on two replicas) cannot both land,
+   * and the loser's piece is not recorded (OffsetConflict; its object is the caller's to remove).
+   */
+  async appendPiece(id: string, piece: PartialPiece): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      const moved = await trx
+        .updateTable('partial_uploads')
+        .set({ received: sql`received + ${piece.length}` })
+        .where('id', '=', id)
+        .where('received', '=', piece.start)
+        .where(sql<boolean>`received + ${piece.length} <= size`)
+        .executeTakeFirst();
+      if (Number(moved.numUpdatedRows) !== 1) throw new OffsetConflict('the upload moved on, or is gone');
+      await trx.insertInto('partial_pieces').values({ upload_id: id, start: piece.start, length: piece.length, name: piece.name, destination: piece.destination }).execute();
+    });
+  }
+
+  async piecesOf(id: string): Promise<PartialPiece[]> {
+    const rows = await this.db.selectFrom('partial_pieces').selectAll().where('upload_id', '=', id).orderBy('start').execute();
+    return rows.map((r) => ({ start: Number(r.start), length: Number(r.length), name: r.name, destination: r.destination as Destination }));
+  }
+
+  /** Forgets a partial upload; returns the pieces whose objects the caller removes. */
+  async closePartial(id: string): Promise<PartialPiece[]> {
+    return this.db.transaction().execute(async (trx) => {
+      const rows = await trx.selectFrom('partial_pieces').selectAll().where('upload_id', '=', id).execute();
+      await trx.deleteFrom('partial_pieces').where('upload_id', '=', id).execute();
+      await trx.deleteFrom('partial_uploads').where('id', '=', id).execute();
+      return rows.map((r) => ({ start: Number(r.start), length: Number(r.length), name: r.name, destination: r.destination as Destination }));
+    });
+  }
+
+  /** Ids of partial uploads that expired at `at`, or (with `jobId`) every one of that job. */
+  async partialIds(filter: { expiredAt: string } | { jobId: string }): Promise<string[]> {
+    const query = this.db.selectFrom('partial_uploads').select('id');
+    const rows = await ('jobId' in filter ? query.where('job_id', '=', filter.jobId) : query.where('expires_at', '<=', filter.expiredAt)).orderBy('id').execute();
+    return rows.map((r) => r.id);
+  }
+
+  /** How many partial uploads are open and how many bytes they declared: what the limits count. */
+  async partialTotals(at: string): Promise<{ open: number; bytes: number }> {
+    const row = await this.db
+      .selectFrom('partial_uploads')
+      .select((eb) => [eb.fn.countAll<number | string>().as('open'), eb.fn.sum<number | string | null>('size').as('bytes')])
+      .where('expires_at', '>', at)
+      .executeTakeFirst();
+    return { open: Number(row?.open ?? 0), bytes: Number(row?.bytes ?? 0) };
   }
 
   async markPurged(ids: string[], at: string, db: Db = this.db): Promise<number> {

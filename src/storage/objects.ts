@@ -16,7 +16,7 @@ import type { Retention } from '../context.js';
 import type { Destination } from './ledger.js';
 
 /** What an object is, for the names a store gives it and the tags it carries. */
-export type ObjectRole = 'file' | 'report' | 'thumbnail';
+export type ObjectRole = 'file' | 'report' | 'thumbnail' | 'partial';
 
 export interface ObjectInfo {
   /** Its retention class, which a bucket tags the object with (a lifecycle rule's backstop). */
@@ -66,10 +66,13 @@ export function storeOf(stores: Stores, destination: Destination): ObjectStore |
  * The data-dir folders a local store writes. Every plain file in them is the store's: an object,
  * or what a crash left half written (`*.partial`), which the orphan sweep removes.
  */
-export const storedDirs = ['clean', 'reports', 'thumbnails'];
+export const storedDirs = ['clean', 'reports', 'thumbnails', 'partials'];
 const localName = new RegExp(`^(?:${storedDirs.join('|')})/[A-Za-z0-9_-][A-Za-z0-9._-]*$`);
 
-/** Objects as files in the data dir: `clean/<id>.<ext>.enc`, `reports/<id>.json.enc`, `thumbnails/<id>.jpg.enc`. */
+/**
+ * Objects as files in the data dir: `clean/<id>.<ext>.enc`, `reports/<id>.json.enc`,
+ * `thumbnails/<id>.jpg.enc`, and a resumable upload's pieces, `partials/<upload>_<start>.part.enc`.
+ */
 export class LocalStore implements ObjectStore {
   readonly destination = 'local';
 
@@ -78,6 +81,7 @@ export class LocalStore implements ObjectStore {
   nameFor(role: ObjectRole, id: string, ext: string): string {
     if (role === 'file') return `clean/${id}.${ext}.enc`;
     if (role === 'report') return `reports/${id}.json.enc`;
+    if (role === 'partial') return `partials/${id}.part.enc`;
     return `thumbnails/${id}.jpg.enc`;
   }
 
