@@ -7,7 +7,7 @@ import { crc32 } from 'node:zlib';
 import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import request from 'supertest';
-import { buildApp } from '../src/http/app.js';
+import { buildApp, type AppDeps } from '../src/http/app.js';
 import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
 import { cleanFile, type CleanFile, type LoadedPipelineDeps } from '../src/pipeline.js';
@@ -202,7 +202,7 @@ export function multipartParts(body: Buffer, contentType: string): Array<{ name:
  * The HTTP service built with real parts on a temp data dir and the local sink (or a bucket), with an agent
  * that carries the API token. `clock.now` can be moved by the test.
  */
-export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder; bucket?: ObjectStore; apiTokens?: string[] } = {}) {
+export async function testService(options: { logs?: LogCapture; now?: Date; recordRetentionDays?: number; heifDecoder?: HeifDecoder; bucket?: ObjectStore; apiTokens?: string[]; app?: Partial<AppDeps> } = {}) {
   const dataDir = await tempDir();
   const ledger = await Ledger.open(dataDir);
   const stores = storesFor(dataDir, options.bucket);
@@ -221,6 +221,7 @@ export async function testService(options: { logs?: LogCapture; now?: Date; reco
     unfinishedJobCapHours: 168,
     recordRetentionDays: options.recordRetentionDays ?? 30,
     scrubline: { tmpDir: path.join(dataDir, 'tmp'), fingerprintKey: testKey, ffmpegPath: tools.ffmpeg.path, ffprobePath: tools.ffprobe.path, clock: () => clock.now },
+    ...options.app,
   });
   const api = request.agent(app).set('authorization', `Bearer ${testToken}`);
   return {

@@ -179,6 +179,7 @@ describe('resumable uploads (tus 1.0 at /v1/resumable)', () => {
     const wrong = await tusRequest(location, 'PATCH', { 'Upload-Offset': '100', 'Content-Type': 'application/offset+octet-stream' }, video.subarray(0, 10));
     assert.equal(wrong.status, 409);
     assert.equal((JSON.parse(wrong.text) as { error: { code: string } }).error.code, 'offset_mismatch');
+    assert.match(wrong.headers.get('content-type') ?? '', /^application\/json/);
     assert.equal((await tusRequest(location, 'DELETE')).status, 204);
     assert.equal((await tusRequest(location, 'HEAD')).status, 404);
     const huge = await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': String(3 * 1024 ** 3) });
@@ -230,6 +231,52 @@ describe('resumable uploads (tus 1.0 at /v1/resumable)', () => {
       assert.equal((await tusRequest(location, 'HEAD')).status, 404);
     } finally {
       svc.clock.now = started;
+    }
+  });
+});
+
+describe('limits of resumable uploads and of temp space', () => {
+  it('refuses an upload beyond the open-upload count or the declared-bytes total with 503 and Retry-After, before storing a byte', async () => {
+    const svc = await testService({ app: { resumableMaxOpen: 1, resumableMaxBytes: 50_000 } });
+    const server = await listen(svc.app);
+    try {
+      const first = await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': '20000' });
+      assert.equal(first.status, 201);
+      const second = await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': '20000' });
+      assert.equal(second.status, 503);
+      assert.equal(second.headers.get('retry-after'), '5');
+      assert.equal((JSON.parse(second.text) as { error: { code: string } }).error.code, 'overloaded');
+      // The first one ended: room again, but not for more bytes than the total allows.
+      assert.equal((await tusRequest(new URL(first.headers.get('location')!, server.url).href, 'DELETE')).status, 204);
+      assert.equal((await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': '60000' })).status, 503);
+      assert.equal((await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': '40000' })).status, 201);
+      const metrics = await svc.api.get('/metrics');
+      assert.match(metrics.text, /^scrubline_resumable_uploads_open 1$/m);
+      assert.match(metrics.text, /^scrubline_resumable_declared_bytes 40000$/m);
+    } finally {
+      await server.close();
+      await svc.close();
+    }
+  });
+
+  it('answers 507 before reading a body when the temp dir cannot hold the upload twice over, on both doors, and exports the free space', async () => {
+    const svc = await testService({ app: { tempHeadroomBytes: Number.MAX_SAFE_INTEGER } });
+    const server = await listen(svc.app);
+    try {
+      const plain = await svc.api.post('/v1/uploads').attach('file', await readFile(fixture('media/jpeg-gps-exif-xmp-iptc.jpg')), 'a.jpg');
+      assert.equal(plain.status, 507);
+      assert.equal(plain.body.error.code, 'insufficient_storage');
+      const resumable = await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': '20000' });
+      assert.equal(resumable.status, 507);
+      assert.equal((JSON.parse(resumable.text) as { error: { code: string } }).error.code, 'insufficient_storage');
+      assert.deepEqual(await leftovers(svc.dataDir), []);
+      const metrics = await svc.api.get('/metrics');
+      const free = Number(/^scrubline_temp_free_bytes (\d+)$/m.exec(metrics.text)?.[1]);
+      assert.ok(free > 0, 'free temp space is exported');
+      assert.match(metrics.text, /^scrubline_temp_reserved_bytes 0$/m);
+    } finally {
+      await server.close();
+      await svc.close();
     }
   });
 });

@@ -219,15 +219,19 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
   };
 }
 
-/** Writes a web Response to Node's response; a JSON error body gets its type. */
+/**
+ * Writes a web Response to Node's response. An error in our JSON gets its type (tus answers its
+ * bodies as text) and, for a code the client should retry, Retry-After.
+ */
 async function send(answer: Response, res: ServerResponse): Promise<void> {
   if (res.headersSent || res.destroyed) return;
   const body = Buffer.from(await answer.arrayBuffer());
   res.statusCode = answer.status;
   answer.headers.forEach((value, name) => res.setHeader(name, value));
-  if (answer.status >= 400 && body[0] === 0x7b && !answer.headers.has('content-type')) {
-    res.setHeader('Content-Type', 'application/json; charset=utf-8');
-    if (answer.status === 503) res.setHeader('Retry-After', String(retryAfterSeconds));
+  if (answer.status >= 400 && body[0] === 0x7b) {
+    const code = (JSON.parse(body.toString('utf8')) as { error?: { code?: ErrorCode } }).error?.code;
+    if (code !== undefined) res.setHeader('Content-Type', 'application/json; charset=utf-8');
+    if (code !== undefined && retryableCodes.has(code)) res.setHeader('Retry-After', String(retryAfterSeconds));
   }
   res.end(body);
 }
