@@ -12,10 +12,10 @@ COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY src ./src
 RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json
-# The ledger's PostgreSQL driver and the bucket's SDK are optional peers of the library (development
+# The ledger's PostgreSQL driver and the bucket's SDK (its client, and lib-storage for multipart writes) are optional peers of the library (development
 # dependencies here); the service needs both: made its dependencies, at the versions
 # package-lock.json pins, before everything else that is only for development goes.
-RUN for pkg in pg @aws-sdk/client-s3; do \
+RUN for pkg in pg @aws-sdk/client-s3 @aws-sdk/lib-storage; do \
       npm pkg set "dependencies.$pkg=$(node -p "require('./package-lock.json').packages['node_modules/$pkg'].version")" && npm pkg delete "devDependencies.$pkg"; \
     done \
  && npm install --omit=dev --ignore-scripts --no-audit --no-fund \

@@ -5,7 +5,9 @@
  * encryption and carries its retention tag; the sweeper empties the bucket on the job clock.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import request from 'supertest';
 import { sweep } from '../src/retention/sweeper.js';
@@ -206,5 +208,75 @@ describe('the bucket away and back (issue 28)', () => {
     assert.equal((await probe()).status, 200);
     const after = await svc.api.post('/v1/uploads').attach('file', fixture('media/jpeg-orientation-6.jpg'));
     assert.equal(after.status, 201, JSON.stringify(after.body));
+  });
+});
+
+describe('large objects go to the bucket in parts (issue 29)', () => {
+  let s3: S3Server;
+  let bucket: BucketStore;
+  before(async () => {
+    s3 = await startS3();
+    bucket = new BucketStore({ bucket: s3.bucket, prefix: 'big', sse: 'AES256', client: await s3.client() });
+  });
+  after(async () => {
+    bucket.close();
+    await s3.stop();
+  });
+
+  /** `bytes` random bytes, in 1 MiB chunks, failing after `failAfter` bytes when given. */
+  function source(bytes: number, failAfter?: number): Readable {
+    let sent = 0;
+    return new Readable({
+      read() {
+        if (failAfter !== undefined && sent >= failAfter) return void this.destroy(new Error('the source failed midway'));
+        if (sent >= bytes) return void this.push(null);
+        const chunk = randomBytes(Math.min(1024 * 1024, bytes - sent));
+        sent += chunk.length;
+        this.push(chunk);
+      },
+    });
+  }
+
+  it('writes an object larger than several parts as a multipart upload, with SSE and the retention tag, and reads it back whole', async () => {
+    const body = randomBytes(21 * 1024 * 1024);
+    const name = bucket.nameFor('file', 'bigvideo1', 'mp4', 'job-big');
+    s3.requests.length = 0;
+    await bucket.put(name, Readable.from([body.subarray(0, 7_000_000), body.subarray(7_000_000)]), body.length, { retention: 'extended' });
+    const mine = s3.requests.filter((r) => r.key === name);
+    const query = (r: { query: string }): string[] => r.query.split('&').map((p) => p.split('=')[0]!);
+    const create = mine.filter((r) => r.method === 'POST' && query(r).includes('uploads'));
+    assert.equal(create.length, 1, 'one multipart upload was started');
+    assert.equal(create[0]!.headers['x-amz-server-side-encryption'], 'AES256');
+    assert.equal(create[0]!.headers['x-amz-tagging'], 'scrubline-retention=extended');
+    assert.equal(mine.filter((r) => r.method === 'PUT' && /partNumber=\d+/.test(r.query)).length, 3, '21 MiB in 8 MiB parts');
+    assert.equal(mine.filter((r) => r.method === 'PUT' && !query(r).includes('partNumber')).length, 0, 'no single PUT');
+    assert.ok(mine.some((r) => r.method === 'POST' && r.query.startsWith('uploadId=')), 'the upload was completed');
+    const chunks: Buffer[] = [];
+    for await (const chunk of await bucket.get(name)) chunks.push(Buffer.from(chunk));
+    assert.ok(Buffer.concat(chunks).equals(body));
+  });
+
+  it('aborts a multipart upload whose source fails midway, and leaves no object', async () => {
+    const name = bucket.nameFor('file', 'bigvideo2', 'mp4', 'job-big');
+    s3.requests.length = 0;
+    await assert.rejects(bucket.put(name, source(30 * 1024 * 1024, 18 * 1024 * 1024), 30 * 1024 * 1024, { retention: 'standard' }));
+    const mine = s3.requests.filter((r) => r.key === name);
+    assert.ok(mine.some((r) => r.method === 'PUT' && /partNumber=1/.test(r.query)), 'parts went up before the failure');
+    assert.ok(mine.some((r) => r.method === 'DELETE' && r.query.startsWith('uploadId=')), 'the upload was aborted (AbortMultipartUpload)');
+    assert.equal(mine.some((r) => r.method === 'POST' && r.query.startsWith('uploadId=')), false, 'never completed');
+    assert.equal((await s3.keys()).includes(name), false);
+  });
+
+  it('keeps small objects to one PUT', async () => {
+    const name = bucket.nameFor('report', 'small1', 'json', 'job-big');
+    s3.requests.length = 0;
+    await bucket.put(name, Buffer.from('{}'), 2, { retention: 'standard' });
+    assert.deepEqual(s3.requests.filter((r) => r.key === name).map((r) => `${r.method} ${r.query}`), ['PUT x-id=PutObject']);
+  });
+
+  it('asks the bucket for stale multipart uploads in the sweep (s3rver cannot list them: counted as none)', async () => {
+    s3.requests.length = 0;
+    assert.equal(await bucket.abortStaleUploads(new Date(), 0), 0);
+    assert.ok(s3.requests.some((r) => r.method === 'GET' && /(^|&)uploads(=|&|$)/.test(r.query) && r.query.includes('prefix=big%2F')), `ListMultipartUploads under the prefix: ${s3.requests.map((r) => r.query).join(' | ')}`);
   });
 });

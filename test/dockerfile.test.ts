@@ -127,7 +127,7 @@ describe('the Dockerfile, step by step (issue 28)', { skip }, () => {
     const user = final.steps.filter((s) => s.keyword === 'USER').at(-1)?.args;
     assert.ok(user !== undefined && user !== 'root' && user !== '0', 'the image runs as a non-root user');
     // The service's drivers, which the library leaves optional, are in the image.
-    await run(path.join(bin, 'node'), ['--input-type=module', '-e', "await import('pg'); await import('@aws-sdk/client-s3');"], { cwd: app });
+    await run(path.join(bin, 'node'), ['--input-type=module', '-e', "await import('pg'); await import('@aws-sdk/client-s3'); await import('@aws-sdk/lib-storage');"], { cwd: app });
 
     const dataDir = path.join(work, 'data');
     const env: Record<string, string> = {

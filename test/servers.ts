@@ -99,7 +99,7 @@ export interface S3Server {
   /** Environment a scrubline process reads its bucket settings from, as the AWS SDK takes them. */
   env: Record<string, string>;
   /** The method, key and headers of every request the server received. */
-  requests: Array<{ method: string; key: string; headers: Record<string, string | string[] | undefined> }>;
+  requests: Array<{ method: string; key: string; query: string; headers: Record<string, string | string[] | undefined> }>;
   client(): Promise<import('@aws-sdk/client-s3').S3Client>;
   /** Every key in the bucket. */
   keys(): Promise<string[]>;
@@ -119,9 +119,9 @@ export async function startS3(bucket = 'scrubline-test'): Promise<S3Server> {
   const launch = async (port: number): Promise<{ server: InstanceType<typeof S3rver>; port: number }> => {
     const server = new S3rver({ port, address: '127.0.0.1', silent: true, directory: dir, configureBuckets: [{ name: bucket }] });
     // s3rver is a Koa app: a middleware put first sees every request as it arrived.
-    (server as unknown as { middleware: Array<(ctx: { method: string; path: string; headers: Record<string, string> }, next: () => Promise<void>) => Promise<void>> }).middleware.unshift(
+    (server as unknown as { middleware: Array<(ctx: { method: string; path: string; querystring: string; headers: Record<string, string> }, next: () => Promise<void>) => Promise<void>> }).middleware.unshift(
       async (ctx, next) => {
-        requests.push({ method: ctx.method, key: decodeURIComponent(ctx.path.replace(`/${bucket}/`, '')), headers: { ...ctx.headers } });
+        requests.push({ method: ctx.method, key: decodeURIComponent(ctx.path.replace(`/${bucket}/`, '')), query: ctx.querystring, headers: { ...ctx.headers } });
         await next();
       },
     );

@@ -159,7 +159,7 @@ async function sweepCommand(args: string[], config: Config, out: Out): Promise<n
     else {
       const verb = report.dryRun ? 'would purge' : 'purged';
       const counts = Object.entries(report.purged).map(([kind, n]) => `${n} ${kind}${n === 1 ? '' : 's'}`).join(', ');
-      out.stdout(`${report.at}: ${verb} ${counts}; ${report.orphans} orphan file(s) ${report.dryRun ? 'found' : 'removed'}\n`);
+      out.stdout(`${report.at}: ${verb} ${counts}; ${report.orphans} orphan file(s) ${report.dryRun ? 'found' : 'removed'}; ${report.partialUploads} expired resumable upload(s)${report.staleMultipartUploads > 0 ? `; ${report.staleMultipartUploads} stale multipart upload(s) aborted` : ''}\n`);
       if (report.dryRun) for (const id of report.ids) out.stdout(`${id}\n`);
       if (report.skipped.length > 0) out.stderr(`skipped ${report.skipped.length} bad ledger row(s) (naming an object scrubline does not store, or a store not configured here): ${report.skipped.join(' ')}\n`);
     }

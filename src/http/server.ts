@@ -316,8 +316,9 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
       metrics.sweepSuccess.set(Date.now() / 1000);
       for (const [kind, n] of Object.entries(report.purged)) if (n > 0) metrics.swept.inc({ kind }, n);
       metrics.orphans.inc(report.orphans);
-      if (report.ids.length > 0 || report.orphans > 0 || report.partialUploads > 0) {
-        logger.info({ purged: report.purged, orphans: report.orphans, partialUploads: report.partialUploads }, 'sweep purged expired artefacts');
+      if (report.ids.length > 0 || report.orphans > 0 || report.partialUploads > 0 || report.staleMultipartUploads > 0) {
+        const { purged, orphans, partialUploads, staleMultipartUploads } = report;
+        logger.info({ purged, orphans, partialUploads, staleMultipartUploads }, 'sweep purged expired artefacts');
       }
       if (report.partialUploads > 0) metrics.swept.inc({ kind: 'partial' }, report.partialUploads);
       if (report.skipped.length > 0) logger.error({ skipped: report.skipped }, 'sweep skipped ledger rows that name objects scrubline does not store (or a store not configured here); fix or remove those rows');

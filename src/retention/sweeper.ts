@@ -42,6 +42,8 @@ export interface SweepReport {
   orphans: number;
   /** Resumable uploads removed because they expired before their last byte came. */
   partialUploads: number;
+  /** Multipart uploads to the bucket aborted because their write died (0 in a dry run). */
+  staleMultipartUploads: number;
 }
 
 /**
@@ -129,5 +131,6 @@ export async function sweep(options: SweepOptions): Promise<SweepReport> {
   const grace = options.orphanGraceMs ?? defaultOrphanGraceMs;
   let orphans = await removeOrphans(ledger, stores.local, options.at, grace, dryRun);
   if (stores.bucket) orphans += await removeOrphans(ledger, stores.bucket, options.at, grace, dryRun);
-  return { at, dryRun, purged: countByKind(purged), ids: purged.map((r) => r.id), skipped, orphans, partialUploads: expiredPartials.length };
+  const staleMultipartUploads = dryRun ? 0 : ((await stores.bucket?.abortStaleUploads?.(options.at, grace)) ?? 0);
+  return { at, dryRun, purged: countByKind(purged), ids: purged.map((r) => r.id), skipped, orphans, partialUploads: expiredPartials.length, staleMultipartUploads };
 }

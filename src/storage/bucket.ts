@@ -30,6 +30,10 @@ export interface BucketOptions {
   client?: S3Client;
   /** Told of each failed request, by operation (for the error metric). */
   onError?: ((operation: BucketOperation) => void) | undefined;
+  /** Objects larger than this go up as multipart uploads (default 16 MiB). */
+  multipartFromBytes?: number;
+  /** The size of each part (default 8 MiB; S3's least is 5 MiB). */
+  partBytes?: number;
 }
 
 export type BucketOperation = 'put' | 'get' | 'delete' | 'list';
@@ -68,8 +72,12 @@ export class BucketStore implements ObjectStore {
   private readonly s3: Sdk;
   /** The names this store builds, and no other: `<prefix>/<job>/<id>.<ext>`, `.json`, `.thumb.jpg`. */
   private readonly ours: RegExp;
+  private readonly multipartFrom: number;
+  private readonly partBytes: number;
 
   constructor(private readonly options: BucketOptions) {
+    this.multipartFrom = options.multipartFromBytes ?? 16 * 1024 * 1024;
+    this.partBytes = options.partBytes ?? 8 * 1024 * 1024;
     if (options.prefix === '') throw new Error('a bucket store needs a prefix of its own');
     this.s3 = optionalPeer<Sdk>('@aws-sdk/client-s3', 'An s3:// destination');
     this.client = options.client ?? new this.s3.S3Client({ forcePathStyle: options.forcePathStyle ?? false });
@@ -97,7 +105,9 @@ export class BucketStore implements ObjectStore {
     try {
       return await request();
     } catch (err) {
-      if (err instanceof this.s3.NoSuchKey || (err as { name?: string }).name === 'NotFound') throw err;
+      const name = (err as { name?: string }).name;
+      // A missing key is an answer; so is a request the server does not implement (s3rver lists no multipart uploads).
+      if (err instanceof this.s3.NoSuchKey || name === 'NotFound' || name === 'NotImplemented') throw err;
       this.options.onError?.(operation);
       throw isBucketOutage(err) ? storageUnavailable(err) : err;
     }
@@ -118,21 +128,60 @@ export class BucketStore implements ObjectStore {
 
   async put(name: string, body: Readable | Buffer, length: number, info: ObjectInfo): Promise<void> {
     const key = this.checked(name);
-    await this.send('put', () => this.client.send(
-      new this.s3.PutObjectCommand({
-        Bucket: this.options.bucket,
-        Key: key,
-        Body: body,
-        ContentLength: length,
-        ContentType: 'application/octet-stream',
-        ServerSideEncryption: this.options.sse,
-        ...(this.options.sse === 'aws:kms' && this.options.kmsKeyId !== undefined ? { SSEKMSKeyId: this.options.kmsKeyId } : {}),
-        // What a bucket lifecycle rule can act on as a backstop (README): the class, not a date,
-        // since a job's finish report moves the date after the write.
-        Tagging: `scrubline-retention=${info.retention}`,
-        Metadata: { 'scrubline-envelope': '1' },
-      }),
-    ));
+    const params = {
+      Bucket: this.options.bucket,
+      Key: key,
+      Body: body,
+      ContentType: 'application/octet-stream',
+      ServerSideEncryption: this.options.sse,
+      ...(this.options.sse === 'aws:kms' && this.options.kmsKeyId !== undefined ? { SSEKMSKeyId: this.options.kmsKeyId } : {}),
+      // What a bucket lifecycle rule can act on as a backstop (README): the class, not a date,
+      // since a job's finish report moves the date after the write.
+      Tagging: `scrubline-retention=${info.retention}`,
+      Metadata: { 'scrubline-envelope': '1' },
+    };
+    if (length <= this.multipartFrom) {
+      await this.send('put', () => this.client.send(new this.s3.PutObjectCommand({ ...params, ContentLength: length })));
+      return;
+    }
+    // A large object goes up in parts (S3 takes at most 5 GiB in one PUT), two at a time, so at
+    // most two parts are held in memory. A failed upload is aborted by lib-storage, leaving no
+    // parts; what an abort cannot reach (the process killed) the orphan sweep aborts later.
+    const { Upload } = optionalPeer<typeof import('@aws-sdk/lib-storage')>('@aws-sdk/lib-storage', 'A large object in an s3:// destination');
+    const upload = new Upload({ client: this.client, params, partSize: this.partBytes, queueSize: 2, leavePartsOnError: false });
+    await this.send('put', () => upload.done());
+  }
+
+  /**
+   * Aborts multipart uploads under the prefix started more than `graceMs` before `at`: parts of a
+   * write that died with its process, which S3 keeps (and bills) until aborted. Returns how many;
+   * 0 on a server that cannot list them (s3rver), where the bucket's lifecycle rule
+   * (AbortIncompleteMultipartUpload, docs/operations.md) is the only backstop.
+   */
+  async abortStaleUploads(at: Date, graceMs: number): Promise<number> {
+    let aborted = 0;
+    let keyMarker: string | undefined;
+    let uploadIdMarker: string | undefined;
+    do {
+      let page: import('@aws-sdk/client-s3').ListMultipartUploadsCommandOutput;
+      try {
+        page = await this.send('list', () =>
+          this.client.send(new this.s3.ListMultipartUploadsCommand({ Bucket: this.options.bucket, Prefix: `${this.options.prefix}/`, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker })),
+        );
+      } catch (err) {
+        if ((err as { name?: string }).name === 'NotImplemented') return aborted;
+        throw err;
+      }
+      for (const upload of page.Uploads ?? []) {
+        if (upload.Key === undefined || upload.UploadId === undefined || !this.ours.test(upload.Key)) continue;
+        if (at.getTime() - (upload.Initiated?.getTime() ?? at.getTime()) < graceMs) continue;
+        await this.send('delete', () => this.client.send(new this.s3.AbortMultipartUploadCommand({ Bucket: this.options.bucket, Key: upload.Key, UploadId: upload.UploadId })));
+        aborted++;
+      }
+      ({ NextKeyMarker: keyMarker, NextUploadIdMarker: uploadIdMarker } = page);
+      if (!page.IsTruncated) keyMarker = undefined;
+    } while (keyMarker !== undefined);
+    return aborted;
   }
 
   async get(name: string): Promise<AsyncIterable<Uint8Array>> {

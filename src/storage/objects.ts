@@ -44,6 +44,8 @@ export interface ObjectStore {
   list(): AsyncIterable<{ name: string; modifiedMs: number }>;
   /** A cheap request that fails when the store cannot be reached (for /readyz); a local store has none. */
   ping?(): Promise<void>;
+  /** A bucket: aborts multipart uploads older than the grace period (parts of a write that died); how many. */
+  abortStaleUploads?(at: Date, graceMs: number): Promise<number>;
 }
 
 /** The stores artefacts can lie in: the data dir always, a bucket when one is configured. */

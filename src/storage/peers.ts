@@ -1,5 +1,5 @@
 /**
- * The storage drivers are optional peer dependencies (better-sqlite3, pg, @aws-sdk/client-s3),
+ * The storage drivers are optional peer dependencies (pg, @aws-sdk/client-s3 and lib-storage),
  * loaded when a ledger or a bucket is opened: an app that only mounts the middleware installs
  * and compiles none of them (issue 19). The service and the CLI's sweep need the ones they use.
  */
