@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { readFile } from 'node:fs/promises';
+import * as tus from 'tus-js-client';
 import { findPlanted, fixture, removeDir, tempDir } from './helpers.js';
 import { postgresMissing, startPostgres, startS3, type Postgres, type S3Server } from './servers.js';
 import { service, stop } from './threat-helpers.js';
@@ -102,6 +103,43 @@ describe('two replicas on one PostgreSQL ledger and one bucket', { skip }, () =>
     assert.equal(res.status, 201, await res.clone().text());
     return ((await res.json()) as { files: Array<{ id: string }> }).files[0]!.id;
   }
+
+  it('resumes a tus upload through the other replica: its pieces wait in the bucket, sealed, and go once it is cleaned', async () => {
+    const video = await readFile(fixture('media/mov-location.mov'));
+    const options = { headers: { Authorization: `Bearer ${token}` }, chunkSize: 4096, retryDelays: null, metadata: { jobId: 'job-tus' } };
+    const first = new tus.Upload(video, { ...options, endpoint: `${a.url}/v1/resumable` });
+    let chunks = 0;
+    await new Promise<void>((resolve, reject) => {
+      first.options.onChunkComplete = () => void (++chunks === 2 && first.abort().then(resolve, reject));
+      first.options.onError = reject;
+      first.start();
+    });
+    const pieces = (await s3.keys()).filter((k) => k.startsWith('replicas/_partials/'));
+    assert.equal(pieces.length, 2, 'two pieces in the bucket');
+    for (const key of pieces) {
+      const atRest = await s3.raw(key);
+      assert.ok(atRest.subarray(0, 9).equals(Buffer.from('SCRUBENC1')), `${key} is an envelope`);
+      assert.equal(atRest.includes(Buffer.from('ftyp')), false);
+      assert.deepEqual(findPlanted(atRest), []);
+    }
+    // The same upload, resumed through B: B finds its offset in the shared ledger.
+    const uploadPath = new URL(first.url!).pathname;
+    const resumed = new tus.Upload(video, { ...options, uploadUrl: `${b.url}${uploadPath}` });
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      resumed.options.onSuccess = ({ lastResponse }) => resolve({ status: lastResponse.getStatus(), body: lastResponse.getBody() });
+      resumed.options.onError = reject;
+      resumed.start();
+    });
+    assert.equal(answer.status, 201, answer.body);
+    const { id } = (JSON.parse(answer.body) as { files: Array<{ id: string }> }).files[0]!;
+    const content = await a.api('GET', `/v1/files/${id}/content`);
+    assert.equal(content.status, 200);
+    assert.deepEqual(findPlanted(Buffer.from(await content.arrayBuffer())), []);
+    assert.deepEqual((await s3.keys()).filter((k) => k.startsWith('replicas/_partials/')), [], 'the pieces are gone');
+    // Leave the bucket as found: once its preview is made, the job goes.
+    for (let i = 0; i < 100 && ((await (await b.api('GET', `/v1/files/${id}`)).json()) as { preview: string }).preview === 'pending'; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await b.api('DELETE', '/v1/jobs/job-tus')).status, 200);
+  });
 
   it('a replica on the shared ledger with generated keys and no bucket says so at start, naming the variables', async () => {
     const lone = await service({ SCRUBLINE_DATABASE_URL: await postgres.database('warnings') });
