@@ -118,6 +118,22 @@ describe('OpenAPI 3.1 description', () => {
     await sweep({ ledger: svc.ledger, dataDir: svc.dataDir, at: new Date('2030-01-01T00:00:00.000Z') });
     conforms('get', '/v1/files/{id}/content', await api.get(`/v1/files/${kept.body.files[0].id}/content`));
 
+    // The resumable endpoint: creation, a wrong offset, the finishing PATCH, termination.
+    const tus = { 'Tus-Resumable': '1.0.0' };
+    const png = readFileSync(fixture('media/png-text-exif-xmp.png'));
+    const created = await api.post('/v1/resumable').set({ ...tus, 'Upload-Length': String(png.length) });
+    conforms('post', '/v1/resumable', created);
+    const location = created.headers.location!;
+    const patch = (offset: number, body: Buffer) => api.patch(location).set({ ...tus, 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' }).send(body);
+    conforms('patch', '/v1/resumable/{id}', await patch(7, png));
+    conforms('patch', '/v1/resumable/{id}', await patch(0, png.subarray(0, 100)));
+    conforms('head', '/v1/resumable/{id}', await api.head(location).set(tus));
+    conforms('patch', '/v1/resumable/{id}', await patch(100, png.subarray(100)));
+    conforms('head', '/v1/resumable/{id}', await api.head(location).set(tus));
+    const abandoned = await api.post('/v1/resumable').set({ ...tus, 'Upload-Length': '10' });
+    conforms('delete', '/v1/resumable/{id}', await api.delete(abandoned.headers.location!).set(tus));
+    conforms('post', '/v1/resumable', await api.post('/v1/resumable').set({ ...tus, 'Upload-Length': '0' }));
+
     for (const status of ['201', '400', '401', '404', '410', '415']) assert.ok([...checked].some((c) => c.endsWith(` ${status}`)), `a ${status} was checked`);
   });
 });

@@ -381,29 +381,50 @@ describe('THREATS: load and faults', () => {
       await removeDir(dataDir);
       return t.skip('mounting a tmpfs needs root');
     }
-    const svc = await service({ SCRUBLINE_MAX_UPLOAD_BYTES: String(8 * 1024 * 1024) }, dataDir);
+    // No headroom: the disk's 2 MiB are all the uploads'.
+    const svc = await service({ SCRUBLINE_MAX_UPLOAD_BYTES: String(8 * 1024 * 1024), SCRUBLINE_TEMP_HEADROOM_BYTES: '0' }, dataDir);
     const filler = path.join(dataDir, 'filler');
     try {
-      // Receiving: a 3 MiB upload cannot land on a 2 MiB disk.
+      // Before a byte is read: a 3 MiB upload cannot land on a 2 MiB disk (issue 29: refused from its Content-Length).
       const big = Buffer.concat([await jpeg(), Buffer.alloc(3 * 1024 * 1024, 7)]);
       const received = await post(svc, [{ name: 'file', filename: 'a.jpg', data: big }]);
       assert.equal(received.status, 507, received.body);
       assert.equal(received.json.error?.code, 'insufficient_storage');
       await baseline(svc, 0);
 
-      // Processing: room for the upload but not for its cleaned copy beside it.
       const photo = await sharp({ create: { width: 700, height: 700, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
         .jpeg({ quality: 95 })
         .toBuffer();
-      const { bavail, bsize } = await statfs(dataDir);
-      await writeFile(filler, Buffer.alloc(Math.max(0, bavail * bsize - Math.round(1.5 * photo.length))));
-      const processed = await post(svc, [{ name: 'file', filename: 'a.jpg', data: photo }]);
-      assert.equal(processed.status, 507, processed.body);
-      assert.equal(processed.json.error?.code, 'insufficient_storage');
+      const boundary = 'diskfullboundary';
+      const body = multipart(boundary, [{ name: 'file', filename: 'a.jpg', data: photo }]);
+      /**
+       * The upload passes the space check, then another writer fills the disk while its body
+       * arrives, leaving `left(rest)` bytes free for the rest of the body and what follows.
+       */
+      const fillMidway = async (left: (rest: number) => number) => {
+        const first = body.subarray(0, 4096);
+        const answer = raw(svc.port, uploadHead(svc.port, boundary, body.length), [first, body.subarray(4096)], { gapMs: 1500 });
+        await delay(500);
+        const { bavail, bsize } = await statfs(dataDir);
+        await writeFile(filler, Buffer.alloc(Math.max(0, bavail * bsize - left(body.length - first.length))));
+        const res = await answer;
+        await rm(filler);
+        return res;
+      };
+      // Receiving: not even the rest of the body fits.
+      const whileReceiving = await fillMidway(() => 64 * 1024);
+      assert.equal(whileReceiving.status, 507, whileReceiving.body);
+      assert.match(whileReceiving.body, /insufficient_storage/);
+      await baseline(svc, 0);
+
+      // Processing: room for the upload but not for its cleaned copy beside it.
+      const whileProcessing = await fillMidway((rest) => rest + Math.round(0.3 * photo.length));
+      assert.equal(whileProcessing.status, 507, whileProcessing.body);
+      assert.match(whileProcessing.body, /insufficient_storage/);
       await baseline(svc, 0);
 
       // Space back: the same upload goes through.
-      await rm(filler);
+      await rm(filler, { force: true });
       const again = await post(svc, [{ name: 'file', filename: 'a.jpg', data: photo }]);
       assert.equal(again.status, 201, again.body);
       await baseline(svc, 1);

@@ -372,8 +372,11 @@ export function buildApp(deps: AppDeps): express.Express {
   });
   // A request that sends bytes holds a processing slot, as a multipart upload does: the one that
   // sends the last byte runs the pipeline.
-  const gateSending: RequestHandler = (req, res, next) => (req.method === 'PATCH' || req.method === 'POST' ? gate(req, res, next) : next());
-  app.all([resumablePath, `${resumablePath}/:uploadId`], gateSending, resumable);
+  const gateSending = gate;
+  app.post(resumablePath, gateSending, resumable);
+  app.head(`${resumablePath}/:id`, resumable);
+  app.patch(`${resumablePath}/:id`, gateSending, resumable);
+  app.delete(`${resumablePath}/:id`, resumable);
 
   app.use('/v1', crashRoutes({ ledger: deps.ledger, clock, retentionDays: recordRetentionDays }));
 
