@@ -496,6 +496,73 @@ const mutations: Mutation[] = [
     edits: [['    if (!(pixels <= maxHeifPreviewPixels)) return undefined;\n', '']],
     tests: ['test/threats-redteam.test.ts'],
   },
+  // --- resumable uploads, temp space and multipart writes (issue 29) ------------------------------
+  {
+    name: 'resumable: partial pieces stored as plaintext',
+    file: 'src/storage/partials.ts',
+    edits: [
+      ['const sealed = seal(storage, name, bytes);', 'const sealed = Buffer.from(bytes);'],
+      ['for await (const chunk of openObject(storage, piece.name, await store.get(piece.name))) {', 'for await (const chunk of await store.get(piece.name)) {'],
+    ],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: the pieces kept after the finishing request',
+    file: 'src/http/resumable.ts',
+    edits: [
+      ['        await deps.partials.remove(partial.id);\n', ''],
+      ['        await deps.partials.remove(partial.id).catch(() => undefined);\n', ''],
+    ],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: a deleted job keeps its uploads in progress',
+    file: 'src/http/app.ts',
+    edits: [['const partialUploads = await removePartials(deps.ledger, deps.stores, await deps.ledger.partialIds({ jobId }));', 'const partialUploads = 0;']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: a deleted job takes new uploads',
+    file: 'src/http/resumable.ts',
+    edits: [['if (fields.jobId !== undefined && (await deps.ledger.jobDeletedAt(fields.jobId)) !== undefined) throw jobDeleted();', '']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: "resumable: the ledger opens a deleted job's upload (the check under the job lock)",
+    file: 'src/storage/ledger.ts',
+    edits: [["        if ((await this.jobDeletedAt(upload.jobId, trx)) !== undefined) throw jobDeleted();\n      }\n      await trx\n        .insertInto('partial_uploads')", "      }\n      await trx\n        .insertInto('partial_uploads')"]],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: expired uploads left by the sweeper',
+    file: 'src/retention/sweeper.ts',
+    edits: [['if (!dryRun) await removePartials(ledger, stores, expiredPartials);', 'if (!dryRun && process.pid < 0) await removePartials(ledger, stores, expiredPartials);']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: a piece recorded at any offset (two replicas appending at once)',
+    file: 'src/storage/ledger.ts',
+    edits: [[".where('received', '=', piece.start)\n", '']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'resumable: no limit on open uploads or declared bytes',
+    file: 'src/http/resumable.ts',
+    edits: [['if (totals.open >= deps.maxOpen || totals.bytes + size > deps.maxBytes) {', 'if ((totals.open >= deps.maxOpen || totals.bytes + size > deps.maxBytes) && process.pid < 0) {']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'temp space: uploads accepted whatever the free space',
+    file: 'src/http/temp-space.ts',
+    edits: [['if (free - this.reserved - this.headroomBytes < bytes) {', 'if (free - this.reserved - this.headroomBytes < bytes && process.pid < 0) {']],
+    tests: ['test/resumable.test.ts', 'test/threats.test.ts'],
+  },
+  {
+    name: 'multipart: a failed bucket upload left with its parts',
+    file: 'src/storage/bucket.ts',
+    edits: [['partSize: this.partBytes, queueSize: 2, leavePartsOnError: false', 'partSize: this.partBytes, queueSize: 2, leavePartsOnError: true']],
+    tests: ['test/bucket.test.ts'],
+  },
 ];
 
 const { values } = scriptArgs(

@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import * as tus from 'tus-js-client';
 import { fixture, filesUnder, findPlanted, testToken, testService } from './helpers.js';
 import { sweep } from '../src/retention/sweeper.js';
+import { OffsetConflict } from '../src/storage/ledger.js';
 
 type Service = Awaited<ReturnType<typeof testService>>;
 
@@ -276,6 +277,26 @@ describe('limits of resumable uploads and of temp space', () => {
       assert.match(metrics.text, /^scrubline_temp_reserved_bytes 0$/m);
     } finally {
       await server.close();
+      await svc.close();
+    }
+  });
+});
+
+describe('the ledger keeps one order of pieces, however many replicas append', () => {
+  it('records a piece only at the offset the upload stands at, and never past its length', async () => {
+    const svc = await testService();
+    try {
+      const at = '2026-06-01T08:00:00.000Z';
+      await svc.ledger.openPartial({ id: 'raceupload000001', jobId: undefined, retention: 'standard', size: 100, createdAt: at, expiresAt: '2026-06-01T09:00:00.000Z' });
+      const piece = (start: number, length: number) => ({ start, length, name: `partials/raceupload000001_${start}.part.enc`, destination: 'local' as const });
+      await svc.ledger.appendPiece('raceupload000001', piece(0, 40));
+      // A second request that also read offset 0 (on another replica) loses: nothing recorded.
+      await assert.rejects(svc.ledger.appendPiece('raceupload000001', piece(0, 40)), OffsetConflict);
+      await assert.rejects(svc.ledger.appendPiece('raceupload000001', piece(40, 61)), OffsetConflict, 'past the declared length');
+      await svc.ledger.appendPiece('raceupload000001', piece(40, 60));
+      assert.deepEqual((await svc.ledger.piecesOf('raceupload000001')).map((p) => [p.start, p.length]), [[0, 40], [40, 60]]);
+      assert.equal((await svc.ledger.partial('raceupload000001'))?.received, 100);
+    } finally {
       await svc.close();
     }
   });
