@@ -171,6 +171,16 @@ describe('resumable uploads (tus 1.0 at /v1/resumable)', () => {
     assert.deepEqual(await leftovers(svc.dataDir), []);
   });
 
+  it('takes a whole small file in its creation request (creation-with-upload) and answers with the cleaned file', async () => {
+    const photo = await readFile(fixture('media/jpeg-gps-exif-xmp-iptc.jpg'));
+    const created = await tusRequest(`${server.url}/v1/resumable`, 'POST', { 'Upload-Length': String(photo.length), 'Content-Type': 'application/offset+octet-stream' }, photo);
+    assert.equal(created.status, 201, created.text);
+    const body = JSON.parse(created.text) as { files: Array<{ mime: string; removed: Record<string, number> }> };
+    assert.equal(body.files[0]!.mime, 'image/jpeg');
+    assert.ok(body.files[0]!.removed.gps, 'GPS was removed');
+    assert.deepEqual(await leftovers(svc.dataDir), []);
+  });
+
   it('answers the library\'s refusals in JSON: 404 unknown, 409 wrong offset, 413 too large, 401 without the token', async () => {
     const unknown = await tusRequest(`${server.url}/v1/resumable/nosuchupload000`, 'HEAD');
     assert.equal(unknown.status, 404);

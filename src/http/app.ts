@@ -372,10 +372,9 @@ export function buildApp(deps: AppDeps): express.Express {
   });
   // A request that sends bytes holds a processing slot, as a multipart upload does: the one that
   // sends the last byte runs the pipeline.
-  const gateSending = gate;
-  app.post(resumablePath, gateSending, resumable);
+  app.post(resumablePath, gate, resumable);
   app.head(`${resumablePath}/:id`, resumable);
-  app.patch(`${resumablePath}/:id`, gateSending, resumable);
+  app.patch(`${resumablePath}/:id`, gate, resumable);
   app.delete(`${resumablePath}/:id`, resumable);
 
   app.use('/v1', crashRoutes({ ledger: deps.ledger, clock, retentionDays: recordRetentionDays }));

@@ -106,6 +106,8 @@ function watchIdle(req: IncomingMessage, idleMs: number): () => void {
 export function resumableHandler(deps: ResumableDeps): RequestHandler {
   /** The Express request behind each web Request handed to tus (for its logger). */
   const origin = new WeakMap<Request, ExpressRequest>();
+  /** The upload a request finished, to forget once it is answered. */
+  const finishedBy = new WeakMap<Request, string>();
   const logOf = (req: Request): Logger | undefined => (origin.get(req) as (ExpressRequest & { log?: Logger }) | undefined)?.log;
 
   const refusal = (req: Request, error: ScrubError): TusAnswer => {
@@ -140,6 +142,8 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
    * answer is the same JSON, or the same error (returned, not thrown, so it keeps its JSON type).
    */
   async function onUploadFinish(req: Request, upload: Upload): Promise<{ status_code: number; body: string; headers: Record<string, string> }> {
+    deps.partials.finishing.set(upload.id, upload.size ?? 0);
+    finishedBy.set(req, upload.id);
     const uploadId = randomId();
     const uploadDir = path.join(deps.parts.tmpDir, uploadId);
     const unhold = deps.parts.hold(uploadId);
@@ -209,8 +213,12 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
         duplex: 'half',
       } as RequestInit & { duplex: 'half' });
       origin.set(web, req);
-      const answer = await tus.handleWeb(web);
-      await send(answer, res);
+      try {
+        await send(await tus.handleWeb(web), res);
+      } finally {
+        const finished = finishedBy.get(web);
+        if (finished !== undefined) deps.partials.finishing.delete(finished);
+      }
     } catch (err) {
       next(err);
     } finally {

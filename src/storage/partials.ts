@@ -47,6 +47,12 @@ export interface PartialFields {
 export class PartialStore extends DataStore {
   /** Checked fields of uploads being created, by id: set by the endpoint's creation hook. */
   readonly creating = new Map<string, PartialFields>();
+  /**
+   * Uploads whose last byte arrived and whose request is still being answered, by id, with their
+   * length: complete, though their row and pieces are gone. The tus library reads the upload back
+   * after a creation request that carried the whole file; it finds it complete, not missing.
+   */
+  readonly finishing = new Map<string, number>();
 
   constructor(private readonly options: PartialStoreOptions) {
     super();
@@ -85,6 +91,8 @@ export class PartialStore extends DataStore {
   }
 
   override async getUpload(id: string): Promise<Upload> {
+    const finished = this.finishing.get(id);
+    if (finished !== undefined) return new Upload({ id, size: finished, offset: finished });
     const partial = await this.live(id);
     // tus measures an upload's age against the system clock; given here is the creation date with
     // the age the upload has on ours (the same date, unless a clock was injected).
