@@ -522,13 +522,7 @@ const mutations: Mutation[] = [
     tests: ['test/resumable.test.ts'],
   },
   {
-    name: 'resumable: a deleted job takes new uploads',
-    file: 'src/http/resumable.ts',
-    edits: [['if (fields.jobId !== undefined && (await deps.ledger.jobDeletedAt(fields.jobId)) !== undefined) throw jobDeleted();', '']],
-    tests: ['test/resumable.test.ts'],
-  },
-  {
-    name: "resumable: the ledger opens a deleted job's upload (the check under the job lock)",
+    name: "resumable: a deleted job's new upload opened (the check under the job lock)",
     file: 'src/storage/ledger.ts',
     edits: [["        if ((await this.jobDeletedAt(upload.jobId, trx)) !== undefined) throw jobDeleted();\n      }\n      await trx\n        .insertInto('partial_uploads')", "      }\n      await trx\n        .insertInto('partial_uploads')"]],
     tests: ['test/resumable.test.ts'],

@@ -19,7 +19,7 @@ import type { Upload } from '@tus/utils';
 import type { Request as ExpressRequest, RequestHandler } from 'express';
 import type { Logger } from 'pino';
 import type { Retention } from '../context.js';
-import { asScrubError, jobDeleted, retryableCodes, ScrubError, type ErrorCode } from '../errors.js';
+import { asScrubError, retryableCodes, ScrubError, type ErrorCode } from '../errors.js';
 import { isJobId, jobIdRule, randomId } from '../ids.js';
 import type { ScrublineParts, ScrublineUpload } from '../middleware.js';
 import { removeUploadDir } from '../steps/receive.js';
@@ -121,7 +121,6 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
       const fields = readFields(upload.metadata);
       if (upload.size === 0) throw new ScrubError('no_file', 'The upload is empty (Upload-Length: 0). Send the file itself.');
       const size = upload.size ?? 0;
-      if (fields.jobId !== undefined && (await deps.ledger.jobDeletedAt(fields.jobId)) !== undefined) throw jobDeleted();
       const totals = await deps.ledger.partialTotals(deps.now().toISOString());
       if (totals.open >= deps.maxOpen || totals.bytes + size > deps.maxBytes) {
         throw new ScrubError('overloaded', `scrubline holds as many resumable uploads as it takes (${deps.maxOpen} at once, ${deps.maxBytes} bytes in all). Retry after ${retryAfterSeconds} seconds.`);
