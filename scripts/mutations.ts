@@ -501,7 +501,7 @@ const mutations: Mutation[] = [
     name: 'resumable: partial pieces stored as plaintext',
     file: 'src/storage/partials.ts',
     edits: [
-      ['const sealed = seal(storage, name, bytes);', 'const sealed = Buffer.from(bytes);'],
+      ['const sealed = sealedParts(storage, name, bytes);', 'const sealed = [Buffer.from(bytes)];'],
       ['for await (const chunk of openObject(storage, piece.name, await store.get(piece.name))) {', 'for await (const chunk of await store.get(piece.name)) {'],
     ],
     tests: ['test/resumable.test.ts'],

@@ -89,9 +89,14 @@ function header(ring: Keyring, name: string, dataKey: Buffer, prefix: Buffer): B
 
 /** An encrypted object holding `plaintext`, to be stored under `name`. */
 export function seal(ring: Keyring, name: string, plaintext: Buffer): Buffer {
+  return Buffer.concat(sealedParts(ring, name, plaintext));
+}
+
+/** `seal`'s object as its header and segments, not joined: what a stream writes without one more copy. */
+export function sealedParts(ring: Keyring, name: string, plaintext: Buffer): Buffer[] {
   const dataKey = randomBytes(32);
   const prefix = randomBytes(noncePrefixBytes);
-  return Buffer.concat([header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)]);
+  return [header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)];
 }
 
 /** The size of the object that `seal` makes of `plaintextBytes` bytes. */
