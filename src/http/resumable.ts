@@ -110,9 +110,14 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
   const finishedBy = new WeakMap<Request, string>();
   const logOf = (req: Request): Logger | undefined => (origin.get(req) as (ExpressRequest & { log?: Logger }) | undefined)?.log;
 
-  const refusal = (req: Request, error: ScrubError): TusAnswer => {
+  /** Counted and logged as the service's error handler does for every other route: faults as errors, refusals as facts. */
+  const refusal = (req: Request | undefined, error: ScrubError): TusAnswer => {
     deps.metrics.rejections.inc({ reason: error.code });
-    logOf(req)?.info({ code: error.code, status: error.status, internal: error.message }, 'resumable upload refused');
+    const log = req && logOf(req);
+    const fields = { code: error.code, status: error.status, internal: error.message };
+    if (error.status >= 500 && error.code !== 'overloaded' && error.code !== 'upstream_rejected') {
+      log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'resumable upload failed');
+    } else log?.info(fields, 'resumable upload refused');
     return asTusAnswer(error);
   };
 
@@ -197,7 +202,7 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
     onUploadFinish,
     // The library's own refusals (404, 409, 410, 413, …) in the JSON every route answers.
     // A hook's own refusal is already ours (JSON): passed on as it is.
-    onResponseError: (_req, err) => ('status_code' in err && err.body.startsWith('{') ? err : asTusAnswer(fromTus(err))),
+    onResponseError: (req, err) => ('status_code' in err && err.body.startsWith('{') ? err : refusal(req, fromTus(err))),
   });
 
   return async function resumable(req, res, next) {
