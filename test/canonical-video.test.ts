@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
@@ -19,7 +19,11 @@ import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../sr
 import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
 import type { CleanFile } from '../src/pipeline.js';
 import { configProblems, MjpegWalker, proveNoUserData, provePictureStream } from '../src/verify/picture-stream.js';
-import { cleanBytes, ffmpegTools, findPlanted, manifest, removeDir, tempDir } from './helpers.js';
+import { sampleLayout, unownedBytesProblems } from '../src/verify/isobmff-samples.js';
+import { sniff } from '../src/steps/sniff.js';
+import { strip } from '../src/steps/strip.js';
+import { verify } from '../src/steps/verify.js';
+import { cleanBytes, ffmpegTools, findPlanted, manifest, pipelineDeps, removeDir, tempDir } from './helpers.js';
 
 const run = promisify(execFile);
 const planted = manifest.planted as Record<string, string>;
@@ -328,6 +332,50 @@ describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gon
     const side = (file: string) => ({ path: file, demuxer: 'mov' as const, map: '0:V:0', lengthSize: 4 as const });
     const proof = await provePictureStream(tools, 'h264', side(hostile), side(hostile));
     assert.deepEqual(proof.problems, ['video: a parameter set in the picture stream: bytes follow its fields']);
+  });
+});
+
+describe('issue 26: an MP4\'s units dropped in the written file, and the holes proven empty', () => {
+  /** Strips `file` for real, lets `tamper` change the cleaned file, then verifies it: 'verified' or the refusal. */
+  async function verifyTampered(file: string, tamper: (cleaned: string) => Promise<void>): Promise<string> {
+    const workDir = await tempDir();
+    try {
+      const inputPath = path.join(workDir, 'original');
+      await writeFile(inputPath, await readFile(file));
+      const deps = await pipelineDeps();
+      const stripped = await strip(await sniff({ id: 'test', inputPath, inputBytes: (await stat(inputPath)).size, workDir }), deps);
+      await tamper(stripped.cleanPath);
+      await verify(stripped, deps);
+      return 'verified';
+    } catch (err) {
+      return err instanceof ScrubError ? `${err.code}: ${err.message}` : String(err);
+    } finally {
+      await removeDir(workDir);
+    }
+  }
+
+  it('drops SEI from the samples in place: sizes rewritten, the holes zero, no remux filter run', async () => {
+    const file = await clipWithUnits('h264', 'mp4', () => [sei('h264', 5, mdpm(planted.artist!))]);
+    const { out, bytes } = await clean(file);
+    assert.deepEqual((await traced(out.path)).packets, ['1', '5', '7', '8']);
+    assert.equal(await pictureMd5s(out.path), await pictureMd5s(file));
+    assert.deepEqual(findPlanted(bytes), []);
+    // The holes where the SEI were: mdat bytes no sample owns, all zero (a remux with the filter leaves none).
+    const holes = (await sampleLayout(out.path)).metadataRanges;
+    assert.ok(holes.length > 0, 'the units were dropped in the written file');
+    assert.deepEqual(await unownedBytesProblems(out.path), []);
+  });
+
+  it('refuses a cleaned MP4 with a byte planted where no sample looks, and passes it untouched', async () => {
+    const file = await clipWithUnits('h264', 'mp4', () => [sei('h264', 5, mdpm('X'))]);
+    assert.equal(await verifyTampered(file, async () => undefined), 'verified');
+    const planting = async (cleaned: string): Promise<void> => {
+      const hole = (await sampleLayout(cleaned)).metadataRanges[0]!;
+      const handle = await open(cleaned, 'r+');
+      await handle.write(Buffer.from('G'), 0, 1, hole.start);
+      await handle.close();
+    };
+    assert.match(await verifyTampered(file, planting), /verification_failed: .*media-data bytes no sample owns are not zero/);
   });
 });
 

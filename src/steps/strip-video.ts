@@ -4,8 +4,9 @@
  * Matroska). What goes: container and stream tags, chapters, data/timed-metadata tracks (GoPro
  * GPMF, Apple mebx, camm, tmcd), subtitles (drone GPS), attachments and cover art. Inside an
  * H.264, HEVC or AV1 picture stream, everything but the coded pictures and their parameter sets
- * goes too (SEI, Dolby Vision RPUs, AV1 metadata: issue 26), from the packets by the remux's
- * `filter_units` and from the decoder configuration record by strip-video-config.ts.
+ * goes too (SEI, Dolby Vision RPUs, AV1 metadata: issue 26): from an MP4/MOV's samples in the
+ * written file (strip-video-units.ts), from Matroska's packets by the remux's `filter_units`, and
+ * from the decoder configuration record by strip-video-config.ts.
  */
 import { chmod, writeFile } from 'node:fs/promises';
 import { countRemoved, type Removed } from '../context.js';
@@ -13,6 +14,7 @@ import { ScrubError } from '../errors.js';
 import { outputKind, type MediaKind } from '../media.js';
 import { keepUnitsFilter, type PictureCodec } from '../formats/units.js';
 import { pictureCodecIn, rewriteCodecConfig } from './strip-video-config.js';
+import { dropUnitsInPlace, NotHandled } from './strip-video-units.js';
 import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
 import { remuxArgs, type RemuxPlan } from '../tools/ffmpeg-args.js';
 import { probe, rotationOf, runTool, type Ffmpeg, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
@@ -101,7 +103,7 @@ export async function stripVideo(
   // The remux is spawned first: it is the long run, and each spawn holds this thread for a while
   // (fork copies the page tables: ~6 ms per 100 MB of this process). Settle both before acting: a
   // failed probe must not leave ffmpeg writing into a work dir that is being removed.
-  const remuxing = speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true, videoFilter: guessed && keepUnitsFilter(guessed) }), tools.timeoutMs) : undefined;
+  const remuxing = speculate ? runTool(tools.ffmpeg.path, remuxArgs({ ...base, streams: 'usual', decodeAudio: true, videoFilter: remuxFilter(guessed, container) }), tools.timeoutMs) : undefined;
   const [probed, remuxed] = await Promise.allSettled([probe(tools, input, kind.demuxer), remuxing]);
   if (probed.status === 'rejected') throw probed.reason;
   if (remuxed.status === 'rejected') throw remuxed.reason;
@@ -115,24 +117,22 @@ export async function stripVideo(
     throw new ScrubError('unsupported_structure', 'The file has no video or audio stream in a codec scrubline can keep. It was not forwarded.');
   }
   const codec = pictureCodecOf(video);
-  const filter = videoFilterOf(video);
-  const planned = streams.join() === usualStreams(info).join() && filter === (guessed && keepUnitsFilter(guessed));
+  const filter = codec ? remuxFilter(codec, container) : videoFilterOf(video);
+  const planned = streams.join() === usualStreams(info).join() && filter === remuxFilter(guessed, container);
   const inputAudioDecodes = early?.code === 0;
   const written = outputKind(kind, streams.map((i) => info.streams.find((s) => s.index === i)?.codec_name ?? ''));
   let result = written === kind ? early : undefined;
-  if (!planned || result === undefined || result.code !== 0) {
-    const rotation = rotationOf(video);
-    const plan: RemuxPlan = {
-      ...base,
-      muxer: written.muxer,
-      streams,
-      // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
-      // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
-      legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
-      videoFilter: filter,
-    };
-    result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
-  }
+  const rotation = rotationOf(video);
+  const plan: RemuxPlan = {
+    ...base,
+    muxer: written.muxer,
+    streams,
+    // Measured with the 2018 npm build: its `rotate` tag turns the picture the other way from the
+    // clockwise figure we keep, so the tag is the complement. verify() re-checks the result.
+    legacyRotateDegrees: tools.legacyRotateTag && rotation !== 0 ? (360 - rotation) % 360 : undefined,
+    videoFilter: filter,
+  };
+  if (!planned || result === undefined || result.code !== 0) result = await runTool(tools.ffmpeg.path, remuxArgs(plan), tools.timeoutMs);
   if (result.code !== 0) {
     throw new ScrubError('corrupt_media', 'The video could not be remuxed without re-encoding (damaged, or a codec its container cannot hold). It was not forwarded.', {
       internal: `ffmpeg exited ${result.code}`,
@@ -140,6 +140,16 @@ export async function stripVideo(
   }
   // ffmpeg creates its output with the process umask; cleaned files are private like originals.
   await chmod(output, 0o600);
+  // The picture stream's units, filtered in the file (strip-video-units.ts); a file that pass
+  // does not handle is remuxed again with ffmpeg's filter instead.
+  if (codec && filter === undefined) {
+    await dropUnitsInPlace(output, codec).catch(async (err: unknown) => {
+      if (!(err instanceof NotHandled)) throw err;
+      const again = await runTool(tools.ffmpeg.path, remuxArgs({ ...plan, videoFilter: keepUnitsFilter(codec) }), tools.timeoutMs);
+      if (again.code !== 0) throw new ScrubError('corrupt_media', 'The video could not be remuxed without re-encoding (damaged, or a codec its container cannot hold). It was not forwarded.', { internal: `ffmpeg exited ${again.code}` });
+      await chmod(output, 0o600);
+    });
+  }
   // The records of the three filtered codecs, and the MPEG-1/2/4 headers an esds or CodecPrivate holds.
   if (codec || mpegHeaderCodecs.has(video?.codec_name ?? '')) for (const [category, n] of Object.entries(await rewriteCodecConfig(output, container))) countRemoved(removed, category as keyof Removed, n);
   return { removed, inputProbe: info, inputAudioDecodes, kind: written };
@@ -153,6 +163,15 @@ export async function stripVideo(
  * cuts, when the container holds the same headers. User data left (MPEG-1, or MPEG-4 elsewhere in
  * a packet) is refused by the verifier.
  */
+/**
+ * The filter the remux applies to a stream of one of the three unit-filtered codecs: none for an
+ * MP4/MOV, whose units are filtered in the written file (strip-video-units.ts), `filter_units`
+ * for Matroska. Pure.
+ */
+function remuxFilter(codec: PictureCodec | undefined, container: 'isobmff' | 'matroska'): string | undefined {
+  return codec && container === 'matroska' ? keepUnitsFilter(codec) : undefined;
+}
+
 function videoFilterOf(video: ProbeStream | undefined): string | undefined {
   const codec = pictureCodecOf(video);
   if (codec) return keepUnitsFilter(codec);

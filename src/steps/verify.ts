@@ -15,7 +15,7 @@ import { countRemoved, type Removed, type Sniffed, type Stripped, type Verified 
 import { ScrubError } from '../errors.js';
 import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
-import { readRanges, sampleLayout, videoSampleRanges, type SampleLayout } from '../verify/isobmff-samples.js';
+import { readRanges, sampleLayout, unownedBytesProblems, videoSampleRanges, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
 import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
@@ -212,7 +212,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       problems.push(...(await collectVideoInputValues(ffmpeg, file, before, container, values, early)));
       const reads = [
         probed,
-        checkVideoStructure(container, file.cleanPath),
+        checkVideoStructure(container, file.cleanPath).then(async (found) => (container === 'isobmff' ? [...found, ...(await unownedBytesProblems(file.cleanPath))] : found)),
         values.values.length === 0 ? 0 : matchedPatterns(fileChunks(file.cleanPath), values.values, () => false).then((found) => found.size),
         pictureProof(ffmpeg, file, before, container, audioCheck.signal),
       ] as const;

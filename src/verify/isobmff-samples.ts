@@ -1,6 +1,7 @@
 /**
- * Where each track's samples lie in an ISOBMFF *input* (stsc + stco/co64 + stsz), for the
- * verifier. A remux copies the audio/video samples as the sample tables point at them, so a
+ * Where each track's samples lie in an ISOBMFF file (stsc + stco/co64 + stsz), for the verifier:
+ * of an output, that the bytes no sample owns are zero (`unownedBytesProblems`); of an *input*,
+ * the following. A remux copies the audio/video samples as the sample tables point at them, so a
  * hostile or corrupted table that points an audio sample at a subtitle track's text, at the
  * `udta` box or at bytes no track owns would carry metadata into the output inside "audio".
  * This finds that case (kept samples overlapping anything but media data) and returns the bytes
@@ -236,4 +237,30 @@ export async function readRanges(path: string, ranges: Range[], limit: number): 
     await file.close();
   }
   return out;
+}
+
+/** The most bytes an output's mdat may hold outside every sample (units dropped in place: a few per frame). */
+const maxUnownedBytes = 16 * 1024 * 1024;
+
+/**
+ * The output's side: every byte of its mdat that no audio or video sample owns must be zero.
+ * ffmpeg's muxer writes samples alone; the stripper's in-place unit filter (strip-video-units.ts)
+ * leaves zeros where it closed the holes of dropped units. Anything else there (a unit's bytes
+ * left behind, data put between samples) would reach the render service in no structure that
+ * any other check reads, so it is refused.
+ */
+export async function unownedBytesProblems(path: string): Promise<string[]> {
+  const layout = await sampleLayout(path);
+  if (layout.fragmented) return [];
+  if (layout.problems.length > 0) return layout.problems.map((p) => p.replace('isobmff input', 'isobmff output'));
+  const total = layout.metadataRanges.reduce((n, r) => n + r.end - r.start, 0);
+  if (total > maxUnownedBytes) return ['isobmff output: too many media-data bytes no sample owns'];
+  const zeros = Buffer.alloc(64 * 1024);
+  for (const bytes of await readRanges(path, layout.metadataRanges, maxUnownedBytes)) {
+    for (let at = 0; at < bytes.length; at += zeros.length) {
+      const slice = bytes.subarray(at, at + zeros.length);
+      if (!slice.equals(zeros.subarray(0, slice.length))) return ['isobmff output: media-data bytes no sample owns are not zero'];
+    }
+  }
+  return [];
 }
