@@ -93,8 +93,9 @@ export async function stripVideo(
   output: string,
 ): Promise<{ removed: Removed; inputProbe: ProbeResult; inputAudioDecodes: boolean; kind: Extract<MediaKind, { family: 'video' }> }> {
   const container = kind.demuxer === 'mov' ? 'isobmff' : 'matroska';
-  // The picture codec, from the container itself: the remux starts with its filter at once.
-  const guessed = await pictureCodecIn(input, container).catch(() => undefined);
+  // The picture codec, from the container itself: a Matroska remux starts with its filter at
+  // once. An MP4/MOV's remux has none (its units are dropped after), so it waits for nothing.
+  const guessed = container === 'matroska' ? await pictureCodecIn(input, container).catch(() => undefined) : undefined;
   const base = { input, demuxer: kind.demuxer, output, muxer: kind.muxer, legacyRotateDegrees: undefined };
   const speculate = !tools.legacyRotateTag;
   // ffmpeg creates its output with the process umask; made here first, it is private from its
