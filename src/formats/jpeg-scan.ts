@@ -55,6 +55,13 @@ export function readFrame(marker: number, payload: Buffer): JpegFrame {
  */
 export interface HuffmanTable {
   fast: Uint16Array;
+  /**
+   * The sequential walk's shortcut: for the next `skipBits` bits, when a code and its extra bits
+   * fit in them, how many bits they take (low 5 bits), an AC code's zero run (next 4) and whether
+   * it ends the block (`endOfBlock`); 0 when they do not fit. The walk needs where each
+   * coefficient ends, never its value, so it takes both in one step.
+   */
+  skip: Uint16Array;
   maxCode: Int32Array;
   /** Per length, the index in `symbols` of its first code, less that code. */
   offset: Int32Array;
@@ -62,10 +69,15 @@ export interface HuffmanTable {
 }
 
 const fastBits = 9;
+const skipBits = 12;
+const skipMask = (1 << skipBits) - 1;
+const endOfBlock = 1 << 9;
 
 /** The decoding tables of a DHT table: its class/id byte, 16 counts, then its symbols. */
 export function huffmanLookup(table: Buffer): HuffmanTable {
   const fast = new Uint16Array(1 << fastBits);
+  const skip = new Uint16Array(1 << skipBits);
+  const isAc = table[0]! >> 4 === 1;
   const maxCode = new Int32Array(17).fill(-1);
   const offset = new Int32Array(17);
   const symbols = table.subarray(17);
@@ -76,12 +88,18 @@ export function huffmanLookup(table: Buffer): HuffmanTable {
     offset[length] = at - code;
     for (let n = 0; n < count; n++, code++, at++) {
       if (code >= 1 << length) throw reject.corrupt('JPEG', 'a Huffman table with more codes than its lengths allow');
-      if (length <= fastBits) fast.fill((length << 8) | symbols[at]!, code << (fastBits - length), (code + 1) << (fastBits - length));
+      const symbol = symbols[at]!;
+      if (length <= fastBits) fast.fill((length << 8) | symbol, code << (fastBits - length), (code + 1) << (fastBits - length));
+      // DC: the symbol is the number of extra bits (16: none, lossless's 32768; above: invalid,
+      // left to the slow path, which refuses it). AC: run and size, EOB for a size of 0 but ZRL.
+      const extra = isAc ? symbol & 15 : symbol === 16 ? 0 : symbol;
+      const entry = isAc ? (length + extra) | ((symbol >> 4) << 5) | (extra === 0 && symbol !== 0xf0 ? endOfBlock : 0) : length + extra;
+      if (length + extra <= skipBits && (isAc || symbol <= 16)) skip.fill(entry, code << (skipBits - length), (code + 1) << (skipBits - length));
     }
     if (count > 0) maxCode[length] = code - 1;
     code <<= 1;
   }
-  return { fast, maxCode, offset, symbols };
+  return { fast, skip, maxCode, offset, symbols };
 }
 
 /** What the walk of a frame's scans carries from one scan to the next. */
@@ -455,6 +473,7 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
       const ac = unit.ac;
       for (let b = 0; b < unit.blocksPerMcu; b++) {
         let fast = dc.fast;
+        let skip = dc.skip;
         let table = dc;
         for (let k = 0; k < 64; k++) {
           // Two rounds at most: a code, then (rarely) a refill for a long code's extra bits.
@@ -477,6 +496,14 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
               bits += 8;
             }
             if (extra >= 0) break;
+            // Most codes and their extra bits fit in the next 12 bits: one step for both.
+            const quick = skip[(acc >> (bits - skipBits)) & skipMask]!;
+            if (quick !== 0) {
+              bits -= quick & 31;
+              if (k !== 0) k = quick & endOfBlock ? 64 : k + ((quick >> 5) & 15);
+              extra = 0;
+              break;
+            }
             let codeLength: number;
             let symbol: number;
             const entry = fast[(acc >> (bits - fastBits)) & ((1 << fastBits) - 1)]!;
@@ -511,6 +538,7 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
             if (!ac) break;
             table = ac;
             fast = ac.fast;
+            skip = ac.skip;
           }
         }
       }
