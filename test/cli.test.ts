@@ -48,7 +48,7 @@ describe('scrubline CLI', () => {
     assert.equal(reports.length, inputs.length);
     assert.equal(reports.filter((r) => r.error?.code === 'unsupported_type').length, 1);
     const cleaned = reports.filter((r) => r.output);
-    assert.equal(cleaned.length, inputs.length - 1);
+    assert.equal(cleaned.length, inputs.length - 1, JSON.stringify(reports.filter((r) => !r.output)));
     for (const report of cleaned) assert.deepEqual(findPlanted(await readFile(report.output)), []);
     assert.deepEqual(await readdir(path.join(dir, 'data', 'tmp')), [], 'no work dir left behind');
   });

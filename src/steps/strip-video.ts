@@ -157,14 +157,6 @@ export async function stripVideo(
 }
 
 /**
- * The remux's filter of the picture stream: the three unit-filtered codecs keep their kept units;
- * MPEG-2's user data (start code 0xB2 = 178) is removed by the same filter, which reads MPEG-2
- * too. MPEG-4 Part 2 has no such filter, but an encoder that repeats its headers in the packets
- * (VOL, then its name as user data) puts them before the first GOV or VOP, where `remove_extra`
- * cuts, when the container holds the same headers. User data left (MPEG-1, or MPEG-4 elsewhere in
- * a packet) is refused by the verifier.
- */
-/**
  * The filter the remux applies to a stream of one of the three unit-filtered codecs: none for an
  * MP4/MOV, whose units are filtered in the written file (strip-video-units.ts), `filter_units`
  * for Matroska. Pure.
@@ -173,9 +165,14 @@ function remuxFilter(codec: PictureCodec | undefined, container: 'isobmff' | 'ma
   return codec && container === 'matroska' ? keepUnitsFilter(codec) : undefined;
 }
 
+/**
+ * The remux's filter of any other picture stream: MPEG-2's user data (start code 0xB2 = 178) is
+ * removed by `filter_units`, which reads MPEG-2 too. MPEG-4 Part 2 has no such filter, but an
+ * encoder that repeats its headers in the packets (VOL, then its name as user data) puts them
+ * before the first GOV or VOP, where `remove_extra` cuts, when the container holds the same
+ * headers. User data left (MPEG-1, or MPEG-4 elsewhere in a packet) is refused by the verifier.
+ */
 function videoFilterOf(video: ProbeStream | undefined): string | undefined {
-  const codec = pictureCodecOf(video);
-  if (codec) return keepUnitsFilter(codec);
   if (video?.codec_name === 'mpeg2video') return 'filter_units=remove_types=178';
   if (video?.codec_name === 'mpeg4' && (video.extradata_size ?? 0) > 0) return 'remove_extra=freq=all';
   return undefined;
