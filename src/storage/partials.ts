@@ -83,8 +83,8 @@ export class PartialStore extends DataStore {
       createdAt: created.toISOString(),
       expiresAt: new Date(created.getTime() + this.options.ttlMs).toISOString(),
     });
-    // The tus Upload is returned as given (no creation date): the POST answer then carries no
-    // Upload-Expires, and a POST that also finished the upload reads nothing back from it.
+    // Returned as given. A POST that carried the whole file is finished before the library reads
+    // the upload back, and finds it complete (`finishing`).
     return upload;
   }
 
