@@ -13,14 +13,20 @@ export const retryAfterSeconds = 5;
 
 type OnError = (error: ScrubError, req: Request) => void;
 
+/**
+ * Logs an error answer: faults as errors (with the cause's stack), refusals (the cap's deliberate
+ * 503s included) as facts about a request. Code, status and the internal message, never a value.
+ */
+export function logOutcome(log: Logger | undefined, error: ScrubError, messages = { failed: 'request failed', refused: 'request refused' }): void {
+  const fields = { code: error.code, status: error.status, internal: error.message };
+  if (error.status >= 500 && error.code !== 'upstream_rejected' && error.code !== 'overloaded') {
+    log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, messages.failed);
+  } else log?.info(fields, messages.refused);
+}
+
 async function answer(error: ScrubError, req: Request, res: Response, onError: OnError | undefined): Promise<void> {
   onError?.(error, req);
-  const log = (req as Request & { log?: Logger }).log;
-  const fields = { code: error.code, status: error.status, internal: error.message };
-  // Faults are errors; refusals (including the cap's deliberate 503s) are facts about a request.
-  if (error.status >= 500 && error.code !== 'upstream_rejected' && error.code !== 'overloaded') {
-    log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'request failed');
-  } else log?.info(fields, 'request refused');
+  logOutcome((req as Request & { log?: Logger }).log, error);
   if (res.headersSent || res.destroyed) return;
   if (retryableCodes.has(error.code)) res.setHeader('Retry-After', String(retryAfterSeconds));
   res.status(error.status).json(error.toJSON());

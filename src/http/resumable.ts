@@ -25,7 +25,7 @@ import type { ScrublineParts, ScrublineUpload } from '../middleware.js';
 import { removeUploadDir } from '../steps/receive.js';
 import type { Ledger } from '../storage/ledger.js';
 import type { PartialFields, PartialStore } from '../storage/partials.js';
-import { retryAfterSeconds } from './errors.js';
+import { logOutcome, retryAfterSeconds } from './errors.js';
 import type { Metrics } from './metrics.js';
 import { tempBytesFor, type TempSpace } from './temp-space.js';
 
@@ -108,16 +108,12 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
   const origin = new WeakMap<Request, ExpressRequest>();
   /** The upload a request finished, to forget once it is answered. */
   const finishedBy = new WeakMap<Request, string>();
-  const logOf = (req: Request): Logger | undefined => (origin.get(req) as (ExpressRequest & { log?: Logger }) | undefined)?.log;
+  const logOf = (req: Request): Logger => origin.get(req)!.log;
 
   /** Counted and logged as the service's error handler does for every other route: faults as errors, refusals as facts. */
-  const refusal = (req: Request | undefined, error: ScrubError): TusAnswer => {
+  const refusal = (req: Request, error: ScrubError): TusAnswer => {
     deps.metrics.rejections.inc({ reason: error.code });
-    const log = req && logOf(req);
-    const fields = { code: error.code, status: error.status, internal: error.message };
-    if (error.status >= 500 && error.code !== 'overloaded' && error.code !== 'upstream_rejected') {
-      log?.error({ ...fields, err: error.cause instanceof Error ? { type: error.cause.name, stack: error.cause.stack } : undefined }, 'resumable upload failed');
-    } else log?.info(fields, 'resumable upload refused');
+    logOutcome(logOf(req), error, { failed: 'resumable upload failed', refused: 'resumable upload refused' });
     return asTusAnswer(error);
   };
 
@@ -169,7 +165,7 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
         // The original leaves the store before the verdict: it is in the temp dir alone from here.
         await deps.partials.remove(partial.id);
         const cleaned = await deps.parts.cleanUpload({ files, jobId: partial.jobId, retention: partial.retention, fields: {} });
-        const { body, after } = await deps.deliver({ uploadId, jobId: partial.jobId, retention: partial.retention, files: cleaned, release: () => removeUploadDir(uploadDir) }, log ?? silent);
+        const { body, after } = await deps.deliver({ uploadId, jobId: partial.jobId, retention: partial.retention, files: cleaned, release: () => removeUploadDir(uploadDir) }, log);
         after();
         return { status_code: 201, body: JSON.stringify(body), headers: { 'Content-Type': 'application/json; charset=utf-8' } };
       } finally {
@@ -247,5 +243,3 @@ async function send(answer: Response, res: ServerResponse): Promise<void> {
   }
   res.end(body);
 }
-
-const silent = { info: () => undefined, error: () => undefined, warn: () => undefined } as unknown as Logger;

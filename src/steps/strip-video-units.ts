@@ -18,7 +18,7 @@
  * overruns its sample, a sample with no unit to keep) it says so, and the caller remuxes again
  * with the bitstream filter, overwriting whatever this pass wrote.
  */
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { lengthSizeOf, configBoxOf } from '../formats/codec-config.js';
 import { boxesIn, childBox, readAt, topLevelBoxes, videoTracks, type BoxRange } from '../formats/isobmff.js';
 import { keptUnitTypes, leb128, nalType, type PictureCodec } from '../formats/units.js';
@@ -82,7 +82,7 @@ class ReadWindow {
   private start = 0;
 
   constructor(
-    private readonly file: import('node:fs/promises').FileHandle,
+    private readonly file: FileHandle,
     private readonly size: number,
   ) {}
 
@@ -100,7 +100,7 @@ class ReadWindow {
 }
 
 /** The sample tables of the first video track, read from a moov held in `moov` (box header included). */
-function tablesOf(moov: Buffer): { stbl: BoxRange; stsz: BoxRange; stsc: BoxRange; stco: BoxRange; wide: boolean; entry: BoxRange | undefined } {
+function tablesOf(moov: Buffer): { stsz: BoxRange; stsc: BoxRange; stco: BoxRange; wide: boolean; entry: BoxRange | undefined } {
   const trak = videoTracks(moov, 8, moov.length)[0];
   if (!trak) throw new NotHandled('no video track');
   const stbl = ['mdia', 'minf', 'stbl'].reduce<BoxRange | undefined>((parent, type) => parent && childBox(moov, parent, type), trak);
@@ -112,7 +112,7 @@ function tablesOf(moov: Buffer): { stbl: BoxRange; stsz: BoxRange; stsc: BoxRang
   if (!stsz || !stsc || !stco) throw new NotHandled('no stsz, stsc or chunk offsets');
   const stsd = childBox(moov, stbl, 'stsd');
   const entry = stsd && boxesIn(moov, stsd.start + 8, stsd.end)[0];
-  return { stbl, stsz, stsc, stco, wide: stco === co64, entry };
+  return { stsz, stsc, stco, wide: stco === co64, entry };
 }
 
 /**
