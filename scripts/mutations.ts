@@ -50,6 +50,12 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'JPEG walk: several AC codes taken in one step even past the block\'s last coefficient',
+    file: 'src/formats/jpeg-scan.ts',
+    edits: [['if (run !== 0 && (run & runEnds ? to <= 63 : to <= 64)) {', 'if (run !== 0) {']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'value scan budget (THREATS 48)',
     file: 'src/verify/scan.ts',
     edits: [['if (counter.work > scanWorkPerByte * offset + scanWorkAllowance) throw new ScanBudgetExceeded();', '']],

@@ -211,6 +211,30 @@ describe('issue 26: a JPEG scan ends where its last MCU does (THREATS 37)', () =
     }
   });
 
+  it('the walk takes several codes a step and still finds the exact end, whether blocks end on an end of block or on their 64th coefficient', async () => {
+    // Noise at quality 100 fills most blocks to their last coefficient (no end-of-block code);
+    // flat colour at 50 ends every block at once; the 4:2:0 and 4:4:4 frames interleave differently.
+    const images = [
+      { background: '#3a7', noise: 60, quality: 100, subsampling: '4:4:4' },
+      { background: '#3a7', noise: 60, quality: 100, subsampling: '4:2:0' },
+      { background: '#3a7', noise: 8, quality: 90, subsampling: '4:2:0' },
+      { background: '#b52', noise: 0, quality: 50, subsampling: '4:2:0' },
+    ] as const;
+    for (const { background, noise, quality, subsampling } of images) {
+      const create = { width: 200, height: 120, channels: 3 as const, background, ...(noise ? { noise: { type: 'gaussian' as const, mean: 128, sigma: noise } } : {}) };
+      const jpeg = await sharp({ create }).jpeg({ quality, chromaSubsampling: subsampling }).toBuffer();
+      const what = `${subsampling} q${quality} noise ${noise}`;
+      const report = checkImageStructure('jpeg', jpeg);
+      assert.deepEqual(report.problems, [], what);
+      assert.equal(report.codedDataProven, true, what);
+      // One byte more, and the data runs past the last MCU; one less, and it stops before it.
+      const longer = Buffer.concat([jpeg.subarray(0, -2), Buffer.from([0x00]), jpeg.subarray(-2)]);
+      assert.ok(problemsOf(longer).includes('jpeg: scan data runs past its last MCU'), what);
+      const shorter = Buffer.concat([jpeg.subarray(0, -3), jpeg.subarray(-2)]);
+      assert.ok(problemsOf(shorter).some((p) => /before its last MCU/.test(p)), what);
+    }
+  });
+
   it('text the stripper\'s hint misses (it ends in a 1 bit) is refused by the verifier\'s walk, with or without a preview', async () => {
     const jpeg = await photo();
     const hostile = Buffer.concat([jpeg.subarray(0, -2), secret, Buffer.from('u'), jpeg.subarray(-2)]);
