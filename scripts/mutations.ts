@@ -56,6 +56,12 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'structure thread: the problems it found are not answered',
+    file: 'src/verify/structure-worker.ts',
+    edits: [['answer = { id, report: checkImageStructure(format, bytes) };', 'answer = { id, report: { ...checkImageStructure(format, bytes), problems: [] } };']],
+    tests: ['test/structure-thread.test.ts', 'test/canonical-image.test.ts'],
+  },
+  {
     name: 'value scan budget (THREATS 48)',
     file: 'src/verify/scan.ts',
     edits: [['if (counter.work > scanWorkPerByte * offset + scanWorkAllowance) throw new ScanBudgetExceeded();', '']],

@@ -25,6 +25,7 @@ import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
 import { configProblems, configRecord, proveMjpegFrames, proveNoUserData, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
 import { checkImageStructure, pngOrientation, tiffImageData } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
+import { structureOnThread } from '../verify/structure-thread.js';
 import { ValueCollector } from '../verify/values.js';
 import { cleanPathOf } from './strip.js';
 
@@ -105,79 +106,90 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
   if (file.kind.family === 'image') {
     const format = file.kind.format;
-    // The input first: its header, its way up and every value it carried (copied out). Then its
-    // buffer is handed back and serves the output's read, so an upload holds one whole image in
-    // memory at a time, not two (server RSS under load, issue 18).
-    const input = file.original ?? (await readFile(file.inputPath));
-    const [headerBefore] = await Promise.all([readImageInfo(input, deps.maxInputPixels), collectImageValues(format, input, values)]);
-    // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
-    // libvips looks (before IDAT).
-    const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
-    // The input's coded picture data (JPEG scans, TIFF strips), as digests: the output's must be
-    // the same, in order, before a value match inside it can be excused.
-    const inputCoded = codedDigests(format, input);
-    giveBack(file.original);
-    // The output is read from disk: what is proven clean is what will be forwarded.
-    const output = await readWhole(file.cleanPath);
-    const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
-    const headerAfter = readImageInfo(output, deps.maxInputPixels);
-    headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws
-    // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
-    // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
-    // coded items are copied byte for byte and not decoded here.
-    const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
-    const decode = (): Promise<Buffer> => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' });
-    // A JPEG with no preview wanted is decoded only if the structure walk below leaves its coded
-    // data unproven (12-bit, lossless): walking every scan is the same proof, at the same cost.
-    const walkProves = format === 'jpeg' && deps.previews === false;
-    let preview: Promise<Buffer | undefined> = decodable && !walkProves ? headerAfter.then(decode) : Promise.resolve(undefined);
-    preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
-    // The structure walk (for JPEG a walk of every scan, as costly as the decode) runs once the
-    // decode has started on libvips' threads, beside it rather than before it.
-    await headerAfter.catch(() => undefined);
-    const structure = checkImageStructure(format, output);
-    problems.push(...structure.problems);
-    if (walkProves && !structure.codedDataProven && structure.problems.length === 0) {
-      preview = headerAfter.then(decode).then(() => undefined);
-      preview.catch(() => undefined);
-    }
-    // One pass over the output for both the input's values and the structure's forbidden signatures.
-    const { forbidden, keptRanges } = structure;
-    const patterns = [...forbidden.map((f) => f.bytes), ...values.values];
-    // Coded picture data of the output proven to be the input's, byte for byte (issue 26): a
-    // value of the input that is also a run of its pictures (a C2PA ingredient thumbnail of the
-    // same picture, FLIR's raw thermal copy of its strips) is found there, and is not a leak.
-    let proven: Array<{ start: number; end: number }> | undefined;
-    // A forbidden signature is excused only inside a colour profile; a value, inside a kept
-    // structure written from fields, or inside proven coded data (proven when first needed).
-    const excused = (pattern: number, start: number): boolean => {
-      const end = start + patterns[pattern]!.length;
-      if (pattern >= forbidden.length && inputCoded.length > 0) {
-        proven ??= provenCoded(format, output, structure.structures, inputCoded);
-        if (proven.some((r) => start >= r.start && end <= r.end)) return true;
+    // The structure check (for JPEG a walk of every scan, as costly as a decode) starts first, on
+    // a thread of its own where there is one (verify/structure-thread.ts): it reads the cleaned
+    // file itself and runs beside everything below. A failure here waits for it before the work
+    // dir can go.
+    const threaded = structureOnThread(format, file.cleanPath);
+    threaded?.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+    try {
+      // The input first: its header, its way up and every value it carried (copied out). Then its
+      // buffer is handed back and serves the output's read, so an upload holds one whole image in
+      // memory at a time, not two (server RSS under load, issue 18).
+      const input = file.original ?? (await readFile(file.inputPath));
+      const [headerBefore] = await Promise.all([readImageInfo(input, deps.maxInputPixels), collectImageValues(format, input, values)]);
+      // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
+      // libvips looks (before IDAT).
+      const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
+      // The input's coded picture data (JPEG scans, TIFF strips), as digests: the output's must be
+      // the same, in order, before a value match inside it can be excused.
+      const inputCoded = codedDigests(format, input);
+      giveBack(file.original);
+      // The output is read from disk: what is proven clean is what will be forwarded.
+      const output = await readWhole(file.cleanPath);
+      const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
+      const headerAfter = readImageInfo(output, deps.maxInputPixels);
+      headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+      // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
+      // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
+      // coded items are copied byte for byte and not decoded here.
+      const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
+      const decode = (): Promise<Buffer> => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' });
+      // A JPEG with no preview wanted is decoded only if the structure walk below leaves its coded
+      // data unproven (12-bit, lossless): walking every scan is the same proof, at the same cost.
+      const walkProves = format === 'jpeg' && deps.previews === false;
+      let preview: Promise<Buffer | undefined> = decodable && !walkProves ? headerAfter.then(decode) : Promise.resolve(undefined);
+      preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+      // In line (a batch worker), the structure check runs once the decode has started on
+      // libvips' threads, beside it rather than before it.
+      await headerAfter.catch(() => undefined);
+      const structure = threaded ? await threaded : checkImageStructure(format, output);
+      problems.push(...structure.problems);
+      if (walkProves && !structure.codedDataProven && structure.problems.length === 0) {
+        preview = headerAfter.then(decode).then(() => undefined);
+        preview.catch(() => undefined);
       }
-      return keptRanges.some((r) => start >= r.start && end <= r.end && (pattern >= forbidden.length || r.what === 'icc'));
-    };
-    const found = await matchedPatterns([output], patterns, excused);
-    problems.push(...new Set([...found.keys()].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
-    const leakAt = [...found].filter(([i]) => i >= forbidden.length).map(([, at]) => at);
-    const leaks = leakAt.length;
-    if (leaks > 0) whereLeaks = leakAt.slice(0, 8).map((at) => `${structure.structures.find((s) => at >= s.start && at < s.end)?.what ?? 'bytes'} at ${at}`);
+      // One pass over the output for both the input's values and the structure's forbidden signatures.
+      const { forbidden, keptRanges } = structure;
+      const patterns = [...forbidden.map((f) => f.bytes), ...values.values];
+      // Coded picture data of the output proven to be the input's, byte for byte (issue 26): a
+      // value of the input that is also a run of its pictures (a C2PA ingredient thumbnail of the
+      // same picture, FLIR's raw thermal copy of its strips) is found there, and is not a leak.
+      let proven: Array<{ start: number; end: number }> | undefined;
+      // A forbidden signature is excused only inside a colour profile; a value, inside a kept
+      // structure written from fields, or inside proven coded data (proven when first needed).
+      const excused = (pattern: number, start: number): boolean => {
+        const end = start + patterns[pattern]!.length;
+        if (pattern >= forbidden.length && inputCoded.length > 0) {
+          proven ??= provenCoded(format, output, structure.structures, inputCoded);
+          if (proven.some((r) => start >= r.start && end <= r.end)) return true;
+        }
+        return keptRanges.some((r) => start >= r.start && end <= r.end && (pattern >= forbidden.length || r.what === 'icc'));
+      };
+      const found = await matchedPatterns([output], patterns, excused);
+      problems.push(...new Set([...found.keys()].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
+      const leakAt = [...found].filter(([i]) => i >= forbidden.length).map(([, at]) => at);
+      const leaks = leakAt.length;
+      if (leaks > 0) whereLeaks = leakAt.slice(0, 8).map((at) => `${structure.structures.find((s) => at >= s.start && at < s.end)?.what ?? 'bytes'} at ${at}`);
 
-    for (const [block, tags] of Object.entries(await tagBlocks)) {
-      const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
-      if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
+      for (const [block, tags] of Object.entries(await tagBlocks)) {
+        const onlyOrientation = block === 'ifd0' && Object.keys(tags).every((key) => key === 'Orientation');
+        if (!onlyOrientation) problems.push(`tag reader: ${block} metadata present`);
+      }
+      // The output's eXIf must also be where libvips finds it.
+      const libvipsAfter = await headerAfter;
+      const after = format === 'png' ? { ...libvipsAfter, orientation: pngOrientation(output) } : libvipsAfter;
+      if (after.orientation !== libvipsAfter.orientation) problems.push('image: orientation not where decoders read it');
+      if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
+      // The way up, for the turns that keep the size (180°, mirrors).
+      else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
+      if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
+      facts = { imageInfo: after, bytes: output, preview: await preview };
+      if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
+    } catch (err) {
+      await threaded?.catch(() => undefined);
+      throw err;
     }
-    // The output's eXIf must also be where libvips finds it.
-    const libvipsAfter = await headerAfter;
-    const after = format === 'png' ? { ...libvipsAfter, orientation: pngOrientation(output) } : libvipsAfter;
-    if (after.orientation !== libvipsAfter.orientation) problems.push('image: orientation not where decoders read it');
-    if (displaySize(before) !== displaySize(after)) problems.push('image: displayed size changed');
-    // The way up, for the turns that keep the size (180°, mirrors).
-    else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
-    if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-    facts = { imageInfo: after, bytes: output, preview: await preview };
-    if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
   } else {
     const { demuxer } = file.kind;
     const ffmpeg = videoTools(deps);

@@ -1,0 +1,54 @@
+/**
+ * Issue 30: the verifier's structure check of a cleaned image runs on a thread of its own in the
+ * service (verify/structure-thread.ts), beside the rest of verify. It must answer exactly what the
+ * same check answers in line (a batch worker's way), problems and spans alike, and fail closed.
+ */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import sharp from 'sharp';
+import type { ImageFormat } from '../src/media.js';
+import { checkImageStructure } from '../src/verify/structure-image.js';
+import { structureOnThread } from '../src/verify/structure-thread.js';
+import { removeDir, tempDir } from './helpers.js';
+
+let work: string;
+before(async () => (work = await tempDir()));
+after(() => removeDir(work));
+
+describe('issue 30: the structure check on its own thread', () => {
+  it('answers what the check answers in line, for clean and refused images of every format it walks', async () => {
+    const base = sharp({ create: { width: 160, height: 96, channels: 3, background: '#468', noise: { type: 'gaussian', mean: 128, sigma: 20 } } });
+    const jpeg = await base.clone().jpeg({ quality: 85 }).toBuffer();
+    const images: Array<[string, ImageFormat, Buffer]> = [
+      ['baseline JPEG', 'jpeg', jpeg],
+      ['progressive JPEG', 'jpeg', await base.clone().jpeg({ progressive: true }).toBuffer()],
+      ['JPEG with text after its last MCU', 'jpeg', Buffer.concat([jpeg.subarray(0, -2), Buffer.from('Jane Doe, 51.5072 N'), jpeg.subarray(-2)])],
+      ['JPEG cut short', 'jpeg', jpeg.subarray(0, jpeg.length >> 1)],
+      ['PNG', 'png', await base.clone().png().toBuffer()],
+      ['WebP', 'webp', await base.clone().webp({ lossless: true }).toBuffer()],
+      ['GIF', 'gif', await base.clone().gif().toBuffer()],
+      ['TIFF', 'tiff', await base.clone().tiff().toBuffer()],
+      ['JPEG with EXIF', 'jpeg', await base.clone().withExif({ IFD0: { Artist: 'Jane Doe' } }).jpeg().toBuffer()],
+    ];
+    let refused = 0;
+    for (const [what, format, bytes] of images) {
+      const file = path.join(work, `${what.replace(/\W+/g, '-')}.${format}`);
+      await writeFile(file, bytes);
+      const inline = checkImageStructure(format, bytes);
+      const threaded = await structureOnThread(format, file);
+      assert.ok(threaded, 'the test runs on the main thread, where a thread is used');
+      assert.deepEqual(threaded, inline, what);
+      if (inline.problems.length > 0) refused++;
+    }
+    assert.ok(refused >= 3, 'the refused images were refused on the thread too');
+  });
+
+  it('a file it cannot read fails the check (closed), and the thread serves the next', async () => {
+    await assert.rejects(structureOnThread('jpeg', path.join(work, 'gone.jpg'))!, (err: NodeJS.ErrnoException) => err.code === 'ENOENT');
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).png().toBuffer();
+    await writeFile(path.join(work, 'next.png'), png);
+    assert.deepEqual(await structureOnThread('png', path.join(work, 'next.png')), checkImageStructure('png', png));
+  });
+});
