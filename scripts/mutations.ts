@@ -62,6 +62,12 @@ const mutations: Mutation[] = [
     tests: ['test/structure-thread.test.ts', 'test/canonical-image.test.ts'],
   },
   {
+    name: 'store sink: an image\'s sealed copy stored before its verdict, not staged in its work dir',
+    file: 'src/steps/forward-store.ts',
+    edits: [[".then((sealed) => pipeline(sealed.body, createWriteStream(staged, { mode: 0o600, flags: 'wx', flush: true })))", ".then((sealed) => this.store.put(name, sealed.body, sealed.length, { retention: 'standard' }))"]],
+    tests: ['test/http.test.ts'],
+  },
+  {
     name: 'value scan budget (THREATS 48)',
     file: 'src/verify/scan.ts',
     edits: [['if (counter.work > scanWorkPerByte * offset + scanWorkAllowance) throw new ScanBudgetExceeded();', '']],

@@ -23,7 +23,8 @@ import { chmod, lstat, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { defaults } from './config.js';
-import type { Retention } from './context.js';
+import type { Retention, Stripped } from './context.js';
+import type { Forwarder } from './steps/forward.js';
 import { asScrubError, clientClosed, ScrubError } from './errors.js';
 import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
@@ -73,6 +74,13 @@ export interface ScrublineOptions {
   unfinishedJobCapHours?: number;
   /** Told how long each pipeline stage took for each file (e.g. for metrics). */
   observe?: PipelineDeps['observe'];
+  /**
+   * Whether each cleaned image comes with its `preview`. Default true. With false, an image whose
+   * proof needs no decode of its pixels (a JPEG: the verifier walks every scan) is not decoded
+   * and has none, and its upload is answered sooner; the service makes those previews after its
+   * answer. Other images are decoded either way, and keep theirs.
+   */
+  previews?: boolean;
   /**
    * Text fields the route accepts beside jobId and retention, by name, each with its limits
    * (default at most 256 characters). They reach the route in `req.body` as strings; any other
@@ -138,6 +146,7 @@ const knownOptions: ReadonlySet<string> = new Set([
   'jobFinishedAt',
   'unfinishedJobCapHours',
   'observe',
+  'previews',
   'fields',
   'fileMode',
 ] satisfies Array<keyof ScrublineOptions>);
@@ -213,9 +222,12 @@ function aboutFile(err: ScrubError, index: number, count: number): ScrubError {
   return new ScrubError(err.code, message, { cause: err.cause, internal: err.message, details: { ...err.details, fileIndex: index } });
 }
 
-/** Deletes the originals and intermediates: what the route gets is the cleaned files alone. */
-async function keepOnlyCleaned(files: Array<{ inputPath: string; workDir: string }>, cleaned: CleanFile[]): Promise<void> {
-  const keep = new Set(cleaned.map((f) => f.path));
+/**
+ * Deletes the originals and intermediates: what the route gets is the cleaned files alone (and
+ * `staged`, the forwarder's sealed copies of them).
+ */
+async function keepOnlyCleaned(files: Array<{ inputPath: string; workDir: string }>, cleaned: CleanFile[], staged: string[]): Promise<void> {
+  const keep = new Set([...cleaned.map((f) => f.path), ...staged]);
   await Promise.all(
     files.map(async (f) => {
       await rm(f.inputPath, { force: true });
@@ -249,7 +261,13 @@ export interface ScrublineParts {
   cleanUpload(upload: ReceivedUpload): Promise<CleanFile[]>;
 }
 
-export function scrublineParts(options: ScrublineOptions): ScrublineParts {
+/** What only the service gives the parts: not options of the public middleware. */
+export interface ServiceHooks {
+  /** The forwarder's work that may start before a file's verdict (Forwarder.stage). */
+  stage?: Forwarder['stage'];
+}
+
+export function scrublineParts(options: ScrublineOptions, hooks: ServiceHooks = {}): ScrublineParts {
   if (options === null || typeof options !== 'object') throw new TypeError('scrubline: expected an options object, e.g. scrubline({ tmpDir, fingerprintKey })');
   const unknown = Object.keys(options).filter((name) => !knownOptions.has(name));
   if (unknown.length > 0) {
@@ -302,13 +320,21 @@ export function scrublineParts(options: ScrublineOptions): ScrublineParts {
   async function cleanUpload(upload: ReceivedUpload): Promise<CleanFile[]> {
     const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
     const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;
-    const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe };
+    const stage = hooks.stage && ((file: Stripped) => hooks.stage!(file, upload.jobId));
+    const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe, previews: options.previews, stage };
     const files: CleanFile[] = [];
+    // What the forwarder stages is written into the work dirs: all of it is done before they are
+    // emptied or removed, whatever happens.
+    const stagedPaths = async (): Promise<string[]> => (await Promise.all(files.map((f) => f.staged?.catch(() => undefined)))).flatMap((s) => (s ? [s.path] : []));
     // One file at a time: the concurrency that matters is across requests.
     for (const [index, file] of upload.files.entries()) {
-      files.push(await cleanFile(file, upload.retention, deps).catch((err: unknown) => Promise.reject(aboutFile(asScrubError(err), index, upload.files.length))));
+      const cleaned = await cleanFile(file, upload.retention, deps).catch(async (err: unknown) => {
+        await stagedPaths();
+        throw aboutFile(asScrubError(err), index, upload.files.length);
+      });
+      files.push(cleaned);
     }
-    await keepOnlyCleaned(upload.files, files);
+    await keepOnlyCleaned(upload.files, files, await stagedPaths());
     if (fileMode !== 0o600) await Promise.all(files.map((f) => chmod(f.path, fileMode)));
     return files;
   }

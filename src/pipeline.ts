@@ -13,7 +13,8 @@
  * follows them (http/app.ts). No step does face detection, saliency crops or perceptual hashing.
  */
 import { giveBack } from './buffers.js';
-import type { Received, Removed, Retention } from './context.js';
+import type { Received, Removed, Retention, Stripped } from './context.js';
+import type { StagedObject } from './steps/forward.js';
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import { fingerprint } from './steps/fingerprint.js';
@@ -36,6 +37,8 @@ export interface PipelineDeps {
   expiry?: Expiry | undefined;
   /** Told how long each stage took (metrics); receive is timed by the middleware, per request. */
   observe?: ((stage: TimedStage, seconds: number) => void) | undefined;
+  /** The forwarder's work that may start before the verdict (`Forwarder.stage`), per stripped file. */
+  stage?: ((file: Stripped) => Promise<StagedObject> | undefined) | undefined;
 }
 
 /** The stages timed for the metrics, in order (forward is timed by the route, per upload). */
@@ -64,6 +67,8 @@ export interface CleanFile {
    * sRGB); undefined for video (its preview is a frame, made later) and for HEIC.
    */
   preview?: Buffer | undefined;
+  /** What the forwarder staged of the file beside its verification, for it alone to use. */
+  staged?: Promise<StagedObject> | undefined;
 }
 
 /** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
@@ -95,11 +100,22 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   // (no read of a removed file).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
   contentHmac?.catch(() => undefined); // awaited by fingerprint; marked handled in case it fails first
-  const verified = await timed('verify', () => verify(stripped, stepDeps, early)).catch(async (err: unknown) => {
-    await Promise.allSettled([contentHmac, early?.abandon()]);
+  // The forwarder's sealed copy is written into the work dir beside verify, and used only after
+  // the verdict (Forwarder.stage). A failure waits for it, so nothing writes there once it goes.
+  const staged = deps.stage?.(stripped);
+  staged?.catch(() => undefined); // awaited by the forwarder; marked handled in case it is never
+  let verified: Awaited<ReturnType<typeof verify>>;
+  let fingerprinted: Awaited<ReturnType<typeof fingerprint>>;
+  try {
+    verified = await timed('verify', () => verify(stripped, stepDeps, early)).catch(async (err: unknown) => {
+      await Promise.allSettled([contentHmac, early?.abandon()]);
+      throw err;
+    });
+    fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
+  } catch (err) {
+    await Promise.allSettled([staged]);
     throw err;
-  });
-  const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
+  }
   // Every reader of the cleaned image's bytes is done: its buffer serves the next upload (verify
   // handed the original's back before reading the output).
   giveBack(verified.facts.bytes);
@@ -116,11 +132,12 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     retention: tagged.retention,
     expiresAt: tagged.expiresAt,
     preview: verified.facts.preview,
+    staged,
   };
 }
 
 /** The per-file report callers see: categories and counts, never a value or a file name. */
-export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind' | 'preview'> {
+export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind' | 'preview' | 'staged'> {
   return {
     id: file.id,
     mime: file.mime,

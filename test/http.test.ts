@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import request from 'supertest';
+import sharp from 'sharp';
 import { buildApp } from '../src/http/app.js';
 import { Ledger } from '../src/storage/ledger.js';
 import { createLogger } from '../src/log.js';
@@ -251,6 +252,39 @@ describe('embedded local sink', () => {
       const report = JSON.parse(unseal(testStorage, `reports/${id}.json.enc`, await readFile(path.join(svc.dataDir, 'reports', `${id}.json.enc`))).toString('utf8'));
       assert.equal(report.id, id);
       assert.deepEqual(findPlanted(Buffer.from(JSON.stringify(report))), []);
+      assert.deepEqual(await svc.tmpFiles(), []);
+    } finally {
+      await svc.cleanup();
+    }
+  });
+
+  it('seals a JPEG while it is verified, but stores it only once it passed: a refused one, alone or after a clean one, leaves nothing', async () => {
+    const svc = await makeApp((dataDir) => new StoreSink(storesFor(dataDir).local, testStorage));
+    try {
+      // Text after the scan's last MCU that ends in a 1 bit: the stripper's hint misses it, so
+      // the file is stripped (and its sealed copy started) and then refused by the verifier.
+      const photo = await sharp({ create: { width: 640, height: 480, channels: 3, background: '#456', noise: { type: 'gaussian', mean: 120, sigma: 30 } } }).jpeg().toBuffer();
+      const hostile = Buffer.concat([photo.subarray(0, -2), Buffer.from('Owner Jane Doe u'), photo.subarray(-2)]);
+      const stored = async (): Promise<string[]> => (await filesUnder(svc.dataDir)).filter((f) => /^(clean|reports)\//.test(path.relative(svc.dataDir, f)));
+      for (const files of [[hostile], [photo, hostile]]) {
+        const post = svc.api.post('/v1/uploads');
+        files.forEach((bytes, i) => post.attach('file', bytes, `f${i}.jpg`));
+        const res = await post;
+        assert.equal(res.status, 422, JSON.stringify(res.body));
+        assert.equal(res.body.error.code, 'verification_failed');
+        assert.deepEqual(await stored(), [], `${files.length} file(s): nothing stored`);
+        assert.deepEqual(await svc.tmpFiles(), [], 'no sealed copy left behind');
+      }
+      // The clean one alone: stored from its sealed copy, and reads back as the cleaned file.
+      const res = await svc.api.post('/v1/uploads').attach('file', photo, 'f.jpg');
+      assert.equal(res.status, 201);
+      const { id } = res.body.files[0];
+      const content = await svc.api.get(`/v1/files/${id}/content`).buffer(true).parse((r, done) => {
+        const chunks: Buffer[] = [];
+        r.on('data', (c: Buffer) => chunks.push(c)).on('end', () => done(null, Buffer.concat(chunks)));
+      });
+      assert.equal(content.status, 200);
+      assert.ok((await sharp(content.body as Buffer).raw().toBuffer()).equals(await sharp(photo).raw().toBuffer()), 'the same pixels');
       assert.deepEqual(await svc.tmpFiles(), []);
     } finally {
       await svc.cleanup();

@@ -88,6 +88,23 @@ describe('middleware: what the route after it finds', () => {
     }
   });
 
+  it('each image comes with its preview; with previews: false a JPEG (proven by its walk) is not decoded for one, other images keep theirs', async () => {
+    const route: RequestHandler = (req, res) => void res.status(201).json({ previews: req.scrubline!.files.map((f) => f.preview?.subarray(0, 2).toString('hex') ?? null) });
+    for (const [previews, expected] of [
+      [undefined, ['ffd8', 'ffd8', 'ffd8']],
+      [false, [null, null, 'ffd8']],
+    ] as const) {
+      const target = await app(previews === undefined ? {} : { previews }, route);
+      try {
+        const { status, json } = await send(target, await form([jpeg, 'media/jpeg-orientation-6.jpg', 'media/png-text-exif-xmp.png']));
+        assert.equal(status, 201, JSON.stringify(json));
+        assert.deepEqual(json.previews, expected, `previews: ${previews}`);
+      } finally {
+        await target.close();
+      }
+    }
+  });
+
   it('while an upload is processed, its directory is 0700 and its original 0600', async () => {
     // An ffmpeg that lists the modes of everything in the temp dir, then runs the real one: the
     // original is on disk for as long as the remux runs.

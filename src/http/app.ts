@@ -315,12 +315,19 @@ export function buildApp(deps: AppDeps): express.Express {
     };
   }
 
-  const parts = scrublineParts({
-    ...deps.scrubline,
-    jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
-    unfinishedJobCapHours: deps.unfinishedJobCapHours,
-    observe: (stage, seconds) => metrics.observe(stage, seconds),
-  });
+  const parts = scrublineParts(
+    {
+      ...deps.scrubline,
+      jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
+      unfinishedJobCapHours: deps.unfinishedJobCapHours,
+      observe: (stage, seconds) => metrics.observe(stage, seconds),
+      // A JPEG's preview is made after the answer (http/previews.ts), as a video's is: the
+      // verifier walks its scans, so its upload need not wait for a decode as well.
+      previews: false,
+    },
+    // The store sink seals an image into its work dir while it is verified (issue 30).
+    { stage: deps.forwarder.stage?.bind(deps.forwarder) },
+  );
   const maxUploadBytes = deps.scrubline.maxUploadBytes ?? defaults.maxUploadBytes;
   const tempSpace = new TempSpace(deps.scrubline.tmpDir, deps.tempHeadroomBytes ?? defaults.tempHeadroomBytes);
   metrics.onScrape(async () => {

@@ -6,10 +6,14 @@
  * (storage/envelope.ts). Only verified files ever arrive here; the render service reads them back
  * with `GET /v1/files/:id/content`.
  */
+import { createWriteStream } from 'node:fs';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import type { Stripped } from '../context.js';
 import { publicReport, type CleanFile } from '../pipeline.js';
 import { seal, sealedFile, type Keyring } from '../storage/envelope.js';
 import type { ObjectStore } from '../storage/objects.js';
-import type { ForwardResult, Forwarder, UploadFields } from './forward.js';
+import type { ForwardResult, Forwarder, StagedObject, UploadFields } from './forward.js';
 
 export class StoreSink implements Forwarder {
   constructor(
@@ -30,9 +34,15 @@ export class StoreSink implements Forwarder {
         const report = seal(this.keys, names.report, Buffer.from(JSON.stringify({ ...publicReport(file), jobId: fields.jobId }, null, 2)));
         written.push(names.report);
         await this.store.put(names.report, report, report.length, info);
-        const sealed = await sealedFile(this.keys, names.file, file.path);
         written.push(names.file);
-        await this.store.put(names.file, sealed.body, sealed.length, info);
+        // Sealed beside verify when the store can adopt a local file (stage below); else now.
+        const staged = await file.staged?.catch(() => undefined);
+        if (staged?.name === names.file && this.store.adopt) {
+          await this.store.adopt(names.file, staged.path);
+        } else {
+          const sealed = await sealedFile(this.keys, names.file, file.path);
+          await this.store.put(names.file, sealed.body, sealed.length, info);
+        }
       }
     } catch (err) {
       // Nothing half-kept: what this upload stored goes with the failure.
@@ -40,5 +50,21 @@ export class StoreSink implements Forwarder {
       throw err;
     }
     return { status: 201, destination: this.store.destination, stored };
+  }
+
+  /**
+   * An image's sealed copy, written while it is verified (issue 30: its upload's answer no longer
+   * waits for the encryption and the write after the verdict), into its work dir, where it is
+   * neither stored nor readable, and goes with the request. `forward` moves it into the store
+   * once the file is proven clean. Only a store on this file system can adopt it (the data dir,
+   * whose tmp/ holds the work dirs); a video's copy would be a third copy in the temp dir.
+   */
+  stage(file: Stripped, jobId: string | undefined): Promise<StagedObject> | undefined {
+    if (!this.store.adopt || file.kind.family !== 'image') return undefined;
+    const name = this.store.nameFor('file', file.id, file.kind.ext, jobId);
+    const staged = path.join(file.workDir, 'sealed.enc');
+    return sealedFile(this.keys, name, file.cleanPath)
+      .then((sealed) => pipeline(sealed.body, createWriteStream(staged, { mode: 0o600, flags: 'wx', flush: true })))
+      .then(() => ({ name, path: staged }));
   }
 }

@@ -42,6 +42,11 @@ export interface ObjectStore {
   delete(name: string): Promise<void>;
   /** Every object name in the store with its age, for the orphan sweep. */
   list(): AsyncIterable<{ name: string; modifiedMs: number }>;
+  /**
+   * A local store: moves `staged`, a complete object already sealed under `name` on the same file
+   * system (an upload's work dir), into place, whole or not at all as `put` is.
+   */
+  adopt?(name: string, staged: string): Promise<void>;
   /** A cheap request that fails when the store cannot be reached (for /readyz); a local store has none. */
   ping?(): Promise<void>;
   /** A bucket: aborts multipart uploads older than the grace period (parts of a write that died); how many. */
@@ -114,6 +119,12 @@ export class LocalStore implements ObjectStore {
       await rm(partial, { force: true });
       throw err;
     }
+  }
+
+  async adopt(name: string, staged: string): Promise<void> {
+    const target = await this.pathOf(name);
+    await mkdir(path.dirname(target), { recursive: true, mode: 0o700 });
+    await rename(staged, target);
   }
 
   async get(name: string): Promise<AsyncIterable<Uint8Array>> {
