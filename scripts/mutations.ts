@@ -58,7 +58,7 @@ const mutations: Mutation[] = [
   {
     name: 'structure thread: the problems it found are not answered',
     file: 'src/verify/structure-worker.ts',
-    edits: [['answer = { id, report: checkImageStructure(format, bytes) };', 'answer = { id, report: { ...checkImageStructure(format, bytes), problems: [] } };']],
+    edits: [['answer = { id, report: checkImageStructure(format, bytes, { dc }) };', 'answer = { id, report: { ...checkImageStructure(format, bytes, { dc }), problems: [] } };']],
     tests: ['test/structure-thread.test.ts', 'test/canonical-image.test.ts'],
   },
   {

@@ -75,9 +75,9 @@ export interface ScrublineOptions {
   /** Told how long each pipeline stage took for each file (e.g. for metrics). */
   observe?: PipelineDeps['observe'];
   /**
-   * Whether each cleaned image comes with its `preview`. Default true. With false, an image whose
-   * proof needs no decode of its pixels (a JPEG: the verifier walks every scan) is not decoded
-   * and has none, and its upload is answered sooner; the service makes those previews after its
+   * Whether each cleaned image comes with its `preview`. Default true. With false, a JPEG (whose
+   * proof is the verifier's walk of every scan, not a decode) has `makePreview()` instead, which
+   * makes the same preview from what that walk read when called; the service calls it after its
    * answer. Other images are decoded either way, and keep theirs.
    */
   previews?: boolean;
@@ -321,7 +321,7 @@ export function scrublineParts(options: ScrublineOptions, hooks: ServiceHooks = 
     const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;
     const expiry = options.jobFinishedAt ? jobExpiry(upload.jobId, finishedAt, unfinishedJobCapHours) : undefined;
     const stage = hooks.stage && ((file: Stripped) => hooks.stage!(file, upload.jobId));
-    const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe, previews: options.previews, stage };
+    const deps: PipelineDeps = { ffmpeg: tools, fingerprintKey: key, maxInputPixels, clock, expiry, observe: options.observe, previews: options.previews === false ? 'later' : true, stage };
     const files: CleanFile[] = [];
     // What the forwarder stages is written into the work dirs: all of it is done before they are
     // emptied or removed, whatever happens.

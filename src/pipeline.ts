@@ -30,8 +30,12 @@ export interface PipelineDeps {
   ffmpeg: Ffmpeg | (() => Promise<Ffmpeg>);
   fingerprintKey: Buffer;
   maxInputPixels: number;
-  /** Whether a cleaned image's preview is wanted (thumbnails, QA reports); default yes. */
-  previews?: boolean | undefined;
+  /**
+   * A cleaned image's preview (thumbnails, QA reports): made before the answer (true, the
+   * default), not at all (false), or, where it needs no decode of its own (a JPEG, from what the
+   * walk of its scans read), left to make on request ('later', CleanFile.makePreview).
+   */
+  previews?: boolean | 'later' | undefined;
   clock: Clock;
   /** When a file must be gone; default: upload time + retention. The service passes the job clock. */
   expiry?: Expiry | undefined;
@@ -63,10 +67,13 @@ export interface CleanFile {
   retention: Retention;
   expiresAt: string;
   /**
-   * A <= 320 px JPEG of a cleaned image, made by the verifier's decode of its pixels (no metadata,
-   * sRGB); undefined for video (its preview is a frame, made later) and for HEIC.
+   * A <= 320 px JPEG of a cleaned image, made by the verifier's decode of its pixels, or for a
+   * JPEG from the picture at 1/8 scale its walk read (no metadata, sRGB); undefined for video (its
+   * preview is a frame, made later), for HEIC, and with previews 'later'.
    */
   preview?: Buffer | undefined;
+  /** With previews 'later': makes a JPEG's preview, as `preview` would have been, on request. */
+  makePreview?: (() => Promise<Buffer>) | undefined;
   /** What the forwarder staged of the file beside its verification, for it alone to use. */
   staged?: Promise<StagedObject> | undefined;
 }
@@ -132,12 +139,13 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     retention: tagged.retention,
     expiresAt: tagged.expiresAt,
     preview: verified.facts.preview,
+    makePreview: verified.facts.makePreview,
     staged,
   };
 }
 
 /** The per-file report callers see: categories and counts, never a value or a file name. */
-export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind' | 'preview' | 'staged'> {
+export function publicReport(file: CleanFile): Omit<CleanFile, 'path' | 'ext' | 'kind' | 'preview' | 'makePreview' | 'staged'> {
   return {
     id: file.id,
     mime: file.mime,

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import express, { type ErrorRequestHandler, type RequestHandler } from 'express';
+import sharp from 'sharp';
 import { removedCategories } from '../src/context.js';
 import { errorHandler } from '../src/http/errors.js';
 import { scrubline, type ScrublineOptions } from '../src/middleware.js';
@@ -88,17 +89,27 @@ describe('middleware: what the route after it finds', () => {
     }
   });
 
-  it('each image comes with its preview; with previews: false a JPEG (proven by its walk) is not decoded for one, other images keep theirs', async () => {
-    const route: RequestHandler = (req, res) => void res.status(201).json({ previews: req.scrubline!.files.map((f) => f.preview?.subarray(0, 2).toString('hex') ?? null) });
-    for (const [previews, expected] of [
-      [undefined, ['ffd8', 'ffd8', 'ffd8']],
-      [false, [null, null, 'ffd8']],
+  it('each image comes with its preview; with previews: false a big JPEG has makePreview() instead, which makes the same one', async () => {
+    // A 2600 px JPEG: its preview comes from the picture its walk read, so it can wait.
+    const big = await sharp({ create: { width: 2600, height: 1700, channels: 3, background: '#2a6', noise: { type: 'gaussian', mean: 120, sigma: 20 } } }).jpeg().toBuffer();
+    const route: RequestHandler = async (req, res) => {
+      const files = req.scrubline!.files;
+      const made = await Promise.all(files.map(async (f) => (f.preview ?? (await f.makePreview?.()))?.subarray(0, 2).toString('hex') ?? null));
+      res.status(201).json({ now: files.map((f) => f.preview !== undefined), made });
+    };
+    for (const [previews, now] of [
+      [undefined, [true, true, true]],
+      [false, [false, true, true]],
     ] as const) {
       const target = await app(previews === undefined ? {} : { previews }, route);
       try {
-        const { status, json } = await send(target, await form([jpeg, 'media/jpeg-orientation-6.jpg', 'media/png-text-exif-xmp.png']));
+        const body = new FormData();
+        body.append('file', new Blob([big]), 'big.jpg');
+        for (const file of [jpeg, 'media/png-text-exif-xmp.png']) body.append('file', new Blob([await readFile(fixture(file))]), 'x');
+        const { status, json } = await send(target, body);
         assert.equal(status, 201, JSON.stringify(json));
-        assert.deepEqual(json.previews, expected, `previews: ${previews}`);
+        assert.deepEqual(json.now, now, `previews: ${previews}`);
+        assert.deepEqual(json.made, ['ffd8', 'ffd8', 'ffd8'], 'every file has its preview, now or on request');
       } finally {
         await target.close();
       }

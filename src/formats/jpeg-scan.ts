@@ -196,7 +196,102 @@ export class FrameWalk {
     const { x, y } = blocksOf(this.frame, this.frame.components[component]!);
     return (this.nonZero[component] ??= new Uint32Array(2 * x * y));
   }
+
+  /**
+   * Each component's DC coefficients in its grid of blocks (padded to whole MCUs), once
+   * `collectDc` asked for them: the picture at 1/8 scale, which is all a preview needs. An 8-bit
+   * DCT frame only.
+   */
+  dc: Array<{ width: number; height: number; values: Int32Array }> | undefined;
+
+  collectDc(): void {
+    const { frame } = this;
+    if (frame.precision !== 8 || frame.coding === 'lossless') return;
+    const mcus = { x: Math.ceil(frame.width / (8 * frame.hMax)), y: Math.ceil(frame.height / (8 * frame.vMax)) };
+    this.dc = frame.components.map((c) => ({ width: mcus.x * c.h, height: mcus.y * c.v, values: new Int32Array(mcus.x * c.h * mcus.y * c.v) }));
+  }
+
+  /**
+   * Where a scan's blocks of a component go in its DC plane: MCU `g` lies in row g / across,
+   * column g % across; its block b at (row * v + b / h, column * h + b % h) when the scan is
+   * interleaved, else (one block an MCU) at (row, column). Undefined when DC is not collected.
+   */
+  dcLayout(scan: ScanHeader, component: number): DcLayout | undefined {
+    const plane = this.dc?.[component];
+    if (!plane) return undefined;
+    const { frame } = this;
+    const c = frame.components[component]!;
+    if (scan.components.length === 1) return { plane: plane.values, stride: plane.width, across: blocksOf(frame, c).x, h: 1, v: 1, blocks: Int32Array.of(0) };
+    const blocks = Int32Array.from({ length: c.h * c.v }, (_, b) => Math.floor(b / c.h) * plane.width + (b % c.h));
+    return { plane: plane.values, stride: plane.width, across: Math.ceil(frame.width / (8 * frame.hMax)), h: c.h, v: c.v, blocks };
+  }
+
+  /**
+   * The picture at 1/8 scale from the DC coefficients collected, as libjpeg's 1/8 decode makes
+   * it (a block's mean: its DC times its quantiser over 8, plus 128), chroma repeated over the
+   * blocks it covers and YCbCr turned to RGB. `quantDc`: each component's DC quantiser; `colour`:
+   * how 3 components are coded. Undefined without a DC plane for each of 1 or 3 components.
+   */
+  dcPicture(quantDc: number[], colour: 'ycbcr' | 'rgb'): { width: number; height: number; channels: 1 | 3; pixels: Buffer } | undefined {
+    const { frame, dc } = this;
+    const channels = frame.components.length;
+    if (!dc || (channels !== 1 && channels !== 3) || quantDc.length !== channels) return undefined;
+    const width = Math.ceil(frame.width / 8);
+    const height = Math.ceil(frame.height / 8);
+    const pixels = Buffer.alloc(width * height * channels);
+    // Per component, the plane column under each picture column; per row, the plane row's start.
+    const columns = frame.components.map((c) => Int32Array.from({ length: width }, (_, x) => Math.floor((x * c.h) / frame.hMax)));
+    const scale = quantDc.map((q) => q / 8);
+    const byte = (v: number): number => (v <= 0 ? 0 : v >= 255 ? 255 : (v + 0.5) | 0);
+    for (let y = 0, out = 0; y < height; y++) {
+      const rows = frame.components.map((c, i) => Math.floor((y * c.v) / frame.vMax) * dc[i]!.width);
+      if (channels === 1) {
+        const [values, row, column, q] = [dc[0]!.values, rows[0]!, columns[0]!, scale[0]!];
+        for (let x = 0; x < width; x++) pixels[out++] = byte(values[row + column[x]!]! * q + 128);
+        continue;
+      }
+      const [v0, v1, v2] = [dc[0]!.values, dc[1]!.values, dc[2]!.values];
+      const [r0, r1, r2] = rows as [number, number, number];
+      const [c0, c1, c2] = columns as [Int32Array, Int32Array, Int32Array];
+      const [q0, q1, q2] = scale as [number, number, number];
+      for (let x = 0; x < width; x++) {
+        const a = v0[r0 + c0[x]!]! * q0 + 128;
+        const b = v1[r1 + c1[x]!]! * q1;
+        const c = v2[r2 + c2[x]!]! * q2;
+        if (colour === 'rgb') {
+          pixels[out++] = byte(a);
+          pixels[out++] = byte(b + 128);
+          pixels[out++] = byte(c + 128);
+        } else {
+          // JFIF's YCbCr to RGB (b and c are already centred on 0).
+          pixels[out++] = byte(a + 1.402 * c);
+          pixels[out++] = byte(a - 0.344136 * b - 0.714136 * c);
+          pixels[out++] = byte(a + 1.772 * b);
+        }
+      }
+    }
+    return { width, height, channels, pixels };
+  }
 }
+
+/** See FrameWalk.dcLayout; `blocks`: each block's place in the plane from its MCU's first. */
+interface DcLayout {
+  plane: Int32Array;
+  stride: number;
+  across: number;
+  h: number;
+  v: number;
+  blocks: Int32Array;
+}
+
+/** Where the first block of MCU `mcu` goes in a DC plane. */
+const dcAt = (layout: DcLayout, mcu: number): number => {
+  const row = (mcu / layout.across) | 0;
+  return row * layout.v * layout.stride + (mcu - row * layout.across) * layout.h;
+};
+
+/** A DC difference from its size category and extra bits (T.81 F.2.2.1, EXTEND). */
+const extend = (bits: number, size: number): number => (size === 0 ? 0 : bits < 1 << (size - 1) ? bits - (1 << size) + 1 : bits);
 
 /**
  * The work a frame's scans may cost, in coefficient positions visited: a real progressive file
@@ -431,6 +526,7 @@ export function walkScan(
       blocksPerMcu: interleaved ? component.h * component.v : 1,
       dc: usesDc ? table(0, c.dc) : undefined,
       ac: acScan ? table(1, c.ac) : undefined,
+      layout: scan.ss === 0 ? walk.dcLayout(scan, c.index) : undefined,
     };
   });
   const mcus = scanMcus(frame, scan);
@@ -446,16 +542,29 @@ export function walkScan(
   for (let mcu = 0; mcu < mcus; ) {
     const last = Math.min(mcus, mcu + interval);
     if (!progressive) {
-      sequentialMcus(bits, units, last - mcu);
+      sequentialMcus(bits, units, last - mcu, mcu);
       mcu = last;
     }
+    // Each interval codes its DC differences afresh.
+    const predictors = new Int32Array(units.length);
     for (; mcu < last; mcu++) {
-      for (const u of units) {
+      for (const [i, u] of units.entries()) {
         for (let b = 0; b < u.blocksPerMcu; b++) {
           if (scan.ss === 0) {
             // Progressive DC: a difference on the first pass, one bit on each refinement.
-            if (scan.ah === 0) bits.skip(bits.symbol(u.dc!));
-            else bits.skip(1);
+            if (!u.layout) {
+              if (scan.ah === 0) bits.skip(bits.symbol(u.dc!));
+              else bits.skip(1);
+              continue;
+            }
+            const at = dcAt(u.layout, mcu) + u.layout.blocks[b]!;
+            if (scan.ah === 0) {
+              const size = bits.symbol(u.dc!);
+              predictors[i]! += extend(bits.take(size), size);
+              u.layout.plane[at] = predictors[i]! * (1 << scan.al);
+            } else if (bits.take(1)) {
+              u.layout.plane[at]! |= 1 << scan.al;
+            }
           } else if (scan.ah === 0) {
             eobRun = acFirst(bits, u.ac!, scan, history!, mcu, eobRun);
           } else {
@@ -506,6 +615,8 @@ interface Unit {
   blocksPerMcu: number;
   dc: HuffmanTable | undefined;
   ac: HuffmanTable | undefined;
+  /** Where the DC coefficients go, when they are collected (FrameWalk.collectDc). */
+  layout: DcLayout | undefined;
 }
 
 /**
@@ -516,15 +627,20 @@ interface Unit {
  * (45 ms for a 12 MP, 4.9 MB photo here, 67 before `acRunsOf`; libjpeg-turbo's scaled decode of
  * it takes 47.)
  */
-function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
+function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMcu: number): void {
   const data = reader.data;
   const length = data.length;
   let { acc, bits, pos, padding, atMarker } = reader;
+  // Each interval codes its DC differences afresh.
+  const predictors = new Int32Array(units.length);
   for (let m = 0; m < count; m++) {
     for (let u = 0; u < units.length; u++) {
       const unit = units[u]!;
       const dc = unit.dc!;
       const ac = unit.ac;
+      const layout = unit.layout;
+      const plane = layout?.plane;
+      const first = layout ? dcAt(layout, firstMcu + m) : 0;
       for (let b = 0; b < unit.blocksPerMcu; b++) {
         let fast = dc.fast;
         let skip = dc.skip;
@@ -563,8 +679,9 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
                 break;
               }
             }
-            // Most codes and their extra bits fit in the next 12 bits: one step for both.
-            const quick = skip[(acc >> (bits - skipBits)) & skipMask]!;
+            // Most codes and their extra bits fit in the next 12 bits: one step for both (but a DC
+            // difference that is collected is read below).
+            const quick = k === 0 && plane ? 0 : skip[(acc >> (bits - skipBits)) & skipMask]!;
             if (quick !== 0) {
               bits -= quick & 31;
               if (k !== 0) k = quick & endOfBlock ? 64 : k + ((quick >> 5) & 15);
@@ -599,6 +716,10 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number): void {
             // At least 24 bits were held before the code: only a long one with many extra bits
             // leaves too few.
             if (bits >= extra) break;
+          }
+          if (k === 0 && plane) {
+            predictors[u]! += extend((acc >> (bits - extra)) & ((1 << extra) - 1), extra);
+            plane[first + layout!.blocks[b]!] = predictors[u]!;
           }
           bits -= extra;
           if (k === 0) {

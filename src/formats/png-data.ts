@@ -6,7 +6,17 @@
  * inflates to exactly the rows IHDR (or fcTL) describes. The inflate is zlib's own, bounded by that
  * size, so its cost and memory are those of the picture the pixel budget already allowed.
  */
-import { inflateSync } from 'node:zlib';
+import { crc32, inflateSync } from 'node:zlib';
+
+/** A chunk: its length, type, data and the CRC-32 of type and data. */
+export function pngChunk(type: string, data: Buffer): Buffer {
+  const chunk = Buffer.alloc(12 + data.length);
+  chunk.writeUInt32BE(data.length, 0);
+  chunk.write(type, 4, 'latin1');
+  data.copy(chunk, 8);
+  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
+  return chunk;
+}
 
 export class PngDataError extends Error {}
 

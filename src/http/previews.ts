@@ -1,9 +1,10 @@
 /**
  * Previews after the response (issue 18): an upload's answer waits for no preview work. What a
  * preview needs is held before the request's clean-up (an image's preview JPEG is already in
- * memory, made by the verifier's one decode of its pixels; a video, a HEIC or a JPEG, which the
- * verifier proves without a decode, is linked into `<dataDir>/previews/` under its random id),
- * and the frame, decode, encryption and ledger row happen once the client has its 201. The thumbnail goes to the store scrubline keeps objects in
+ * memory, made by the verifier's one decode of its pixels; a JPEG's picture at 1/8 scale, read by
+ * the verifier's walk of its scans, is in memory too; a video or HEIC is linked into
+ * `<dataDir>/previews/` under its random id), and the frame, decode, encryption and ledger row
+ * happen once the client has its 201. The thumbnail goes to the store scrubline keeps objects in
  * (the data dir, or the bucket, so that any replica can serve it).
  *
  * Previews follow their file's clock: the row takes the file's expiry as it is when the preview
@@ -65,7 +66,7 @@ export class Previews {
   /** Whether a file can have a preview at all. */
   private possible(file: CleanFile): boolean {
     if (file.kind.family === 'video') return true;
-    return file.preview !== undefined || file.kind.format === 'jpeg' || (file.kind.format === 'heif' && this.deps.heifDecoder !== undefined);
+    return file.preview !== undefined || file.makePreview !== undefined || (file.kind.format === 'heif' && this.deps.heifDecoder !== undefined);
   }
 
   /**
@@ -74,7 +75,7 @@ export class Previews {
    */
   async hold(file: CleanFile): Promise<Held | undefined> {
     if (!this.possible(file)) return undefined;
-    if (file.preview !== undefined) return { file };
+    if (file.preview !== undefined || file.makePreview !== undefined) return { file };
     const linked = path.join(this.pendingDir, `${file.id}.${file.ext}`);
     try {
       await mkdir(this.pendingDir, { recursive: true, mode: 0o700 });

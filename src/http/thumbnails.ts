@@ -44,13 +44,13 @@ export const frameSeconds = (durationMs: number | undefined): number => Math.min
 
 /**
  * The thumbnail's JPEG bytes, or undefined when this format has no preview. An image's preview
- * was made by the verifier's decode of its pixels (`file.preview`), but a JPEG's, which the
- * verifier proves by walking its scans, is decoded here; a video's is one frame.
+ * was made by the verifier's decode of its pixels (`file.preview`), or a JPEG's is made now from
+ * the picture the verifier's walk read (`file.makePreview`); a video's is one frame.
  */
 export async function makeThumbnail(file: CleanFile, tools: Ffmpeg, maxInputPixels: number, heif?: HeifDecoder): Promise<Buffer | undefined> {
   const { kind } = file;
   if (kind.family === 'image') {
-    if (file.preview === undefined && kind.format === 'jpeg') return decodePreview(file.path, { maxInputPixels, format: 'JPEG', strictJpeg: true });
+    if (file.preview === undefined && file.makePreview) return file.makePreview();
     if (file.preview !== undefined || kind.format !== 'heif' || heif === undefined) return file.preview;
     const { fingerprint } = file;
     const pixels = fingerprint.family === 'image' ? fingerprint.width * fingerprint.height : Infinity;

@@ -9,7 +9,7 @@
 import { crc32, deflateSync, inflateSync } from 'node:zlib';
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { canonicalIcc, maxProfileBytes } from '../formats/icc.js';
-import { pngGeometry, PngDataError, rawDataSize, zlibStreamEnd, type PngGeometry } from '../formats/png-data.js';
+import { pngChunk, pngGeometry, PngDataError, rawDataSize, zlibStreamEnd, type PngGeometry } from '../formats/png-data.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import { reject } from '../errors.js';
 import type { ImageStripResult } from './strip-image.js';
@@ -170,11 +170,3 @@ function iccpChunk(data: Buffer, removed: Removed): Buffer | undefined {
   return pngChunk('iCCP', Buffer.concat([Buffer.from(`${iccKeyword}\0\0`, 'latin1'), deflateSync(rebuilt.profile)]));
 }
 
-function pngChunk(type: string, data: Buffer): Buffer {
-  const chunk = Buffer.alloc(12 + data.length);
-  chunk.writeUInt32BE(data.length, 0);
-  chunk.write(type, 4, 'latin1');
-  data.copy(chunk, 8);
-  chunk.writeUInt32BE(crc32(chunk.subarray(4, 8 + data.length)), 8 + data.length);
-  return chunk;
-}

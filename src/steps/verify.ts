@@ -17,7 +17,7 @@ import { audioDecodeArgs, packetDumpArgs } from '../tools/ffmpeg-args.js';
 import { probe, probeAhead, rotationOf, runTool, videoTools, type Ffmpeg, type ProbeAhead, type ProbeResult, type ProbeStream } from '../tools/ffmpeg.js';
 import { readRanges, sampleLayout, unownedBytesProblems, videoSampleRanges, type SampleLayout } from '../verify/isobmff-samples.js';
 import { readExifValues, type ExifBlocks } from '../tools/exifr.js';
-import { decodePreview, readImageInfo, type ImageInfo } from '../tools/sharp.js';
+import { decodePreview, previewFromPicture, previewSize, readImageInfo, type ImageInfo } from '../tools/sharp.js';
 import { collectImageValues } from '../verify/input-values.js';
 import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
 import { lengthSizeOf } from '../formats/codec-config.js';
@@ -33,18 +33,18 @@ export interface VerifyDeps {
   /** Present for video (the only family that needs it). */
   ffmpeg: Ffmpeg | undefined;
   maxInputPixels: number;
-  /**
-   * Whether the image preview is wanted (the service's thumbnails, QA reports; default yes).
-   * Without it a JPEG whose every scan the structure walk proved is not decoded again.
-   */
-  previews?: boolean | undefined;
+  /** The image preview: now (default), never, or where it needs no decode, on request (PipelineDeps). */
+  previews?: boolean | 'later' | undefined;
 }
 
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
 export type VerifiedFacts =
-  /** `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again. */
-  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; probe?: undefined }
-  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined };
+  /**
+   * `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again.
+   * `makePreview`: with previews 'later', how to make a JPEG's from what its walk read (no decode).
+   */
+  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; makePreview?: (() => Promise<Buffer>) | undefined; probe?: undefined }
+  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined; makePreview?: undefined };
 
 // The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
 const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
@@ -110,12 +110,37 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     // a thread of its own where there is one (verify/structure-thread.ts): it reads the cleaned
     // file itself and runs beside everything below. A failure here waits for it before the work
     // dir can go.
-    const threaded = structureOnThread(format, file.cleanPath);
+    // A JPEG's walk also reads its picture at 1/8 scale (its DC coefficients), its preview's pixels.
+    const dc = format === 'jpeg' && deps.previews !== false;
+    const threaded = structureOnThread(format, file.cleanPath, { dc });
     threaded?.catch(() => undefined); // awaited below; marked handled in case a step before that throws
     try {
-      // The input first: its header, its way up and every value it carried (copied out). Then its
-      // buffer is handed back and serves the output's read, so an upload holds one whole image in
-      // memory at a time, not two (server RSS under load, issue 18).
+      // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
+      // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
+      // coded items are copied byte for byte and not decoded here. A JPEG is decoded only if the
+      // structure walk leaves its coded data unproven (12-bit, lossless): walking every scan is
+      // the same proof, at the same cost, and its preview is made from the picture the walk read.
+      const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
+      const walkProves = format === 'jpeg';
+      const wantsPreview = deps.previews === undefined || deps.previews === true;
+      // The output is read from disk: what is proven clean is what will be forwarded. Its tag
+      // reading, header and decode start as soon as it is read.
+      const readOutput = async () => {
+        const output = await readWhole(file.cleanPath);
+        const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
+        const headerAfter = readImageInfo(output, deps.maxInputPixels);
+        headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+        const decode = (): Promise<Buffer> => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' });
+        const preview: Promise<Buffer | undefined> = decodable && !walkProves ? headerAfter.then(decode) : Promise.resolve(undefined);
+        preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+        return { output, tagBlocks, headerAfter, decode, preview };
+      };
+      // A decode, the longest step, starts first, on libvips' threads, and the input is read
+      // beside it. Otherwise the input comes first and its buffer is handed back to serve the
+      // output's read, so an upload holds one whole image in memory at a time, not two (server
+      // RSS under load, issue 18: the service's JPEGs, which are not decoded).
+      const early = decodable && !walkProves ? await readOutput() : undefined;
+      // The input: its header, its way up and every value it carried (copied out).
       const input = file.original ?? (await readFile(file.inputPath));
       const [headerBefore] = await Promise.all([readImageInfo(input, deps.maxInputPixels), collectImageValues(format, input, values)]);
       // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
@@ -125,28 +150,29 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // the same, in order, before a value match inside it can be excused.
       const inputCoded = codedDigests(format, input);
       giveBack(file.original);
-      // The output is read from disk: what is proven clean is what will be forwarded.
-      const output = await readWhole(file.cleanPath);
-      const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
-      const headerAfter = readImageInfo(output, deps.maxInputPixels);
-      headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws
-      // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
-      // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
-      // coded items are copied byte for byte and not decoded here.
-      const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
-      const decode = (): Promise<Buffer> => decodePreview(output, { maxInputPixels: deps.maxInputPixels, format: format.toUpperCase(), strictJpeg: format === 'jpeg' });
-      // A JPEG with no preview wanted is decoded only if the structure walk below leaves its coded
-      // data unproven (12-bit, lossless): walking every scan is the same proof, at the same cost.
-      const walkProves = format === 'jpeg' && deps.previews === false;
-      let preview: Promise<Buffer | undefined> = decodable && !walkProves ? headerAfter.then(decode) : Promise.resolve(undefined);
-      preview.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+      const read = early ?? (await readOutput());
+      const { output, tagBlocks, headerAfter, decode } = read;
+      let { preview } = read;
       // In line (a batch worker), the structure check runs once the decode has started on
       // libvips' threads, beside it rather than before it.
       await headerAfter.catch(() => undefined);
-      const structure = threaded ? await threaded : checkImageStructure(format, output);
+      const structure = threaded ? await threaded : checkImageStructure(format, output, { dc });
       problems.push(...structure.problems);
-      if (walkProves && !structure.codedDataProven && structure.problems.length === 0) {
-        preview = headerAfter.then(decode).then(() => undefined);
+      let makePreview: (() => Promise<Buffer>) | undefined;
+      if (walkProves && structure.problems.length === 0) {
+        const picture = structure.dcPicture;
+        if (!structure.codedDataProven) {
+          preview = headerAfter.then(decode).then((made) => (wantsPreview ? made : undefined));
+        } else if (picture && Math.max(picture.width, picture.height) >= previewSize) {
+          // Made from the walk's picture (no second decode), now or, without previews, on request.
+          const icc = picture.icc && Buffer.from(picture.icc.buffer, picture.icc.byteOffset, picture.icc.byteLength);
+          makePreview = async () => previewFromPicture(picture, icc, (await headerAfter).orientation);
+          if (wantsPreview) preview = makePreview();
+        } else if (deps.previews !== false) {
+          // No picture from the walk (CMYK), or one smaller than a preview: decoded now (the
+          // output's buffer serves the next upload once verify is done).
+          preview = headerAfter.then(decode);
+        }
         preview.catch(() => undefined);
       }
       // One pass over the output for both the input's values and the structure's forbidden signatures.
@@ -184,7 +210,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // The way up, for the turns that keep the size (180°, mirrors).
       else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
       if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-      facts = { imageInfo: after, bytes: output, preview: await preview };
+      facts = { imageInfo: after, bytes: output, preview: await preview, makePreview: deps.previews === 'later' ? makePreview : undefined };
       if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
     } catch (err) {
       await threaded?.catch(() => undefined);

@@ -4,7 +4,10 @@
  * VIPS-native and friends can never be reached whatever bytes arrive.
  */
 import sharp, { type Metadata } from 'sharp';
+import { deflateSync } from 'node:zlib';
 import { reject, ScrubError } from '../errors.js';
+import { pngChunk } from '../formats/png-data.js';
+import { minimalOrientationTiff } from '../formats/tiff-ifd.js';
 
 sharp.cache(false);
 sharp.block({ operation: ['VipsForeignLoad'] });
@@ -106,4 +109,42 @@ export async function decodePreview(input: Buffer | string, options: { maxInputP
   } catch (err) {
     throw pixelLimitError(err, options.maxInputPixels) ?? new ScrubError('corrupt_media', `The file's ${options.format} headers are valid but its pixel data does not decode, so it was not forwarded. Send an intact image.`, { cause: err });
   }
+}
+
+/** A picture's raw pixels, 8 bits a sample, grey or RGB. */
+export interface RawPicture {
+  width: number;
+  height: number;
+  channels: 1 | 3;
+  pixels: Uint8Array;
+}
+
+/**
+ * The preview decodePreview would make, from a JPEG's picture at 1/8 scale (the verifier's walk of
+ * its scans read their DC coefficients, which are that picture), so its scans are not decoded a
+ * second time. The pixels reach libvips as a PNG that carries the JPEG's colour profile and way
+ * up, and leave as decodePreview's do: turned upright, at most previewSize px, sRGB, no metadata.
+ * Only for a picture at least that size (a photo of 2560 px or more a side): a smaller JPEG's
+ * preview is sharper from its decode, which costs little there.
+ */
+export async function previewFromPicture(picture: RawPicture, icc: Buffer | undefined, orientation: number): Promise<Buffer> {
+  const { width, height, channels, pixels } = picture;
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(width, 0);
+  ihdr.writeUInt32BE(height, 4);
+  ihdr.set([8, channels === 3 ? 2 : 0, 0, 0, 0], 8);
+  // Rows, each after its filter byte (0: none).
+  const row = width * channels;
+  const rows = Buffer.alloc((row + 1) * height);
+  for (let y = 0; y < height; y++) rows.set(pixels.subarray(y * row, (y + 1) * row), y * (row + 1) + 1);
+  const png = Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    pngChunk('IHDR', ihdr),
+    ...(icc ? [pngChunk('iCCP', Buffer.concat([Buffer.from('icc\0\0', 'latin1'), deflateSync(icc)]))] : []),
+    ...(orientation !== 1 ? [pngChunk('eXIf', minimalOrientationTiff(orientation))] : []),
+    // Stored, not compressed: the PNG lives for one decode.
+    pngChunk('IDAT', deflateSync(rows, { level: 0 })),
+    pngChunk('IEND', Buffer.alloc(0)),
+  ]);
+  return decodePreview(png, { maxInputPixels: width * height, format: 'PNG' });
 }

@@ -12,6 +12,7 @@ import { isCanonicalIcc, maxProfileBytes } from '../formats/icc.js';
 import { pngGeometry, PngDataError, rawDataSize, zlibStreamEnd, type PngGeometry } from '../formats/png-data.js';
 import { FrameWalk, huffmanLookup, readFrame, readScanHeader, walkScan, type HuffmanTable } from '../formats/jpeg-scan.js';
 import type { ImageFormat } from '../media.js';
+import type { RawPicture } from '../tools/sharp.js';
 import { checkHeifStructure } from './heif.js';
 import { tiffValues } from './tiff-values.js';
 
@@ -46,6 +47,11 @@ export interface StructureReport {
    * (issue 30: where no preview is wanted, this walk stands in for libjpeg's).
    */
   codedDataProven?: boolean;
+  /**
+   * JPEG, when asked for (`dc`) and the coded data was proven: the picture at 1/8 scale, from the
+   * DC coefficients the walk read, for the preview (no second decode of every scan). RGB or grey.
+   */
+  dcPicture?: (RawPicture & { icc: Uint8Array | undefined }) | undefined;
 }
 
 /**
@@ -130,7 +136,7 @@ function quantTablesOf(payload: Buffer): number[] {
  * `entropy`: also walk each scan's coded data, to prove it ends where its last MCU does (the
  * output's proof); without it, a scan runs to the next marker (enough to locate an input's scans).
  */
-function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void {
+function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean, dc: boolean): void {
   if (out.readUInt16BE(0) !== 0xffd8) return void report.problems.push('jpeg: no SOI');
   let pos = 2;
   let frame: FrameWalk | undefined;
@@ -146,6 +152,9 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
   let unusedTables = 0;
   /** Frame components' quantisation tables (SOF Tq), by component id; quantisation ids are kept as 0x20 | id. */
   const quantOf = new Map<number, number>();
+  /** Each quantisation table's DC quantiser (0x20 | id), for the DC picture. */
+  const quantDc = new Map<number, number>();
+  let adobeTransform: number | undefined;
   while (pos + 2 <= out.length) {
     if (out[pos] !== 0xff) return void report.problems.push('jpeg: bytes between segments');
     const marker = out[pos + 1]!;
@@ -159,6 +168,16 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
       }
       const frameProven = frame !== undefined && frame.frame.precision === 8 && frame.frame.coding !== 'lossless';
       report.codedDataProven = entropy && frameProven && scans > 0 && report.problems.length === 0;
+      if (report.codedDataProven && dc) {
+        const { components } = frame!.frame;
+        // Three components are RGB when Adobe's segment says no transform, or (libjpeg's rule
+        // without one) when their ids spell it; YCbCr otherwise.
+        const rgb = adobeTransform !== undefined ? adobeTransform === 0 : components.map((c) => c.id).join() === '82,71,66';
+        const quantisers = components.map((c) => quantDc.get(quantOf.get(c.id) ?? -1));
+        const picture = quantisers.every((q) => q !== undefined) ? frame!.dcPicture(quantisers as number[], rgb ? 'rgb' : 'ycbcr') : undefined;
+        const icc = iccPieces.length > 0 ? Buffer.concat(iccPieces.map((piece) => piece.subarray(14))) : undefined;
+        if (picture) report.dcPicture = { ...picture, icc };
+      }
       return;
     }
     if (pos + 4 > out.length) break;
@@ -183,6 +202,7 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
     if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
       for (let i = 0; i < (payload[5] ?? 0); i++) quantOf.set(payload[6 + 3 * i] ?? -1, 0x20 | ((payload[8 + 3 * i] ?? 0) & 0x0f));
       if (entropy) frame = jpegStep(report, () => new FrameWalk(readFrame(marker, payload)));
+      if (dc) frame?.collectDc();
     }
     if (entropy && marker === 0xc4) {
       for (let at = 0; at + 17 <= payload.length; ) {
@@ -215,7 +235,13 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean): void 
     else if (fixedLayout) report.keptRanges.push({ start: pos, end, what: name });
     else if (coding) report.keptRanges.push({ start: pos, end: pos + 4 + codingExtent(marker, payload), what: name });
     pos = end;
-    if (marker === 0xdb) for (const table of quantTablesOf(payload)) definedQuant.add(table);
+    if (marker === 0xdb) {
+      for (const table of quantTablesOf(payload)) definedQuant.add(table);
+      for (let at = 0; at + 1 < payload.length; at += 1 + 64 * ((payload[at]! >> 4) + 1)) {
+        quantDc.set(0x20 | (payload[at]! & 0x0f), payload[at]! >> 4 === 0 ? payload[at + 1]! : payload.readUInt16BE(at + 1));
+      }
+    }
+    if (fixedLayout && marker === 0xee) adobeTransform = payload[11];
     if (marker === 0xda && entropy) {
       for (let i = 0; i < (payload[0] ?? 0); i++) {
         if (!definedQuant.has(quantOf.get(payload[1 + 2 * i] ?? -1) ?? -1)) report.problems.push('jpeg: a quantisation table a scan needs is not defined');
@@ -517,9 +543,9 @@ const xmpMarkers = ['<x:xmpmeta', '<rdf:RDF', 'http://ns.adobe.com/xap/1.0/'].ma
  * `entropy: false` skips the walk of JPEG scans' coded data and the inflate of PNG image data,
  * for locating an input's structures only: an output's proof always walks them.
  */
-export function checkImageStructure(format: ImageFormat, out: Buffer, { entropy = true } = {}): StructureReport {
+export function checkImageStructure(format: ImageFormat, out: Buffer, { entropy = true, dc = false } = {}): StructureReport {
   const report: StructureReport = { problems: [], keptRanges: [], structures: [], forbidden: xmpMarkers };
-  if (format === 'jpeg') walkJpeg(out, report, entropy);
+  if (format === 'jpeg') walkJpeg(out, report, entropy, dc);
   else if (format === 'png') walkPng(out, report, entropy);
   else if (format === 'webp') walkWebp(out, report);
   else if (format === 'gif') walkGif(out, report);

@@ -22,6 +22,8 @@ export interface StructureJob {
   id: number;
   format: ImageFormat;
   path: string;
+  /** Whether a JPEG's picture at 1/8 scale is wanted too (StructureReport.dcPicture). */
+  dc: boolean;
 }
 
 export type StructureAnswer =
@@ -77,7 +79,7 @@ function received(report: StructureReport): StructureReport {
  * The structure report of the cleaned image at `path`, made on a thread; undefined on a worker
  * thread already (a batch worker), where the caller checks in line with `checkImageStructure`.
  */
-export function structureOnThread(format: ImageFormat, path: string): Promise<StructureReport> | undefined {
+export function structureOnThread(format: ImageFormat, path: string, { dc = false } = {}): Promise<StructureReport> | undefined {
   if (!isMainThread) return undefined;
   // The least busy thread, or a new one while there are fewer than `size`.
   let thread = threads.reduce<Thread | undefined>((best, t) => (best && best.jobs.size <= t.jobs.size ? best : t), undefined);
@@ -87,6 +89,6 @@ export function structureOnThread(format: ImageFormat, path: string): Promise<St
   return new Promise<StructureReport>((resolve, reject) => {
     chosen.jobs.set(id, { resolve, reject });
     chosen.worker.ref();
-    chosen.worker.postMessage({ id, format, path } satisfies StructureJob);
+    chosen.worker.postMessage({ id, format, path, dc } satisfies StructureJob);
   });
 }

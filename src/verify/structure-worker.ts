@@ -30,12 +30,12 @@ function readAll(path: string): Buffer {
   }
 }
 
-port.on('message', ({ id, format, path }: StructureJob) => {
+port.on('message', ({ id, format, path, dc }: StructureJob) => {
   let bytes: Buffer | undefined;
   let answer: StructureAnswer;
   try {
     bytes = readAll(path);
-    answer = { id, report: checkImageStructure(format, bytes) };
+    answer = { id, report: checkImageStructure(format, bytes, { dc }) };
   } catch (err) {
     answer =
       err instanceof ScrubError
