@@ -18,7 +18,6 @@ import type { StagedObject } from './steps/forward.js';
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
 import { fingerprint } from './steps/fingerprint.js';
-import { isMainThread } from 'node:worker_threads';
 import { hmacFile, startHashThread } from './hash-thread.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
@@ -104,11 +103,10 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     throw err;
   });
   // A video's keyed hash reads the cleaned file on its own thread while verify scans it and waits
-  // on ffprobe; an image's too where verify checks its structure on a thread of its own (not in a
-  // batch worker), as this thread mostly waits for that check. It is only used once verify has
-  // passed, and is settled before a failure propagates (no read of a removed file).
-  const hashAside = stripped.kind.family === 'video' || isMainThread;
-  const contentHmac = hashAside ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
+  // on ffprobe; it is only used once verify has passed, and is settled before a failure propagates
+  // (no read of a removed file). An image's is made by verify, while it waits for its structure
+  // check (VerifyDeps.hashKey).
+  const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
   contentHmac?.catch(() => undefined); // awaited by fingerprint; marked handled in case it fails first
   // The forwarder's sealed copy is written into the work dir beside verify, and used only after
   // the verdict (Forwarder.stage). A failure waits for it, so nothing writes there once it goes.
@@ -117,7 +115,7 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   let verified: Awaited<ReturnType<typeof verify>>;
   let fingerprinted: Awaited<ReturnType<typeof fingerprint>>;
   try {
-    verified = await timed('verify', () => verify(stripped, stepDeps, early)).catch(async (err: unknown) => {
+    verified = await timed('verify', () => verify(stripped, { ...stepDeps, hashKey: deps.fingerprintKey }, early)).catch(async (err: unknown) => {
       await Promise.allSettled([contentHmac, early?.abandon()]);
       throw err;
     });

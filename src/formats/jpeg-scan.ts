@@ -202,13 +202,14 @@ export class FrameWalk {
    * `collectDc` asked for them: the picture at 1/8 scale, which is all a preview needs. An 8-bit
    * DCT frame only.
    */
-  dc: Array<{ width: number; height: number; values: Int32Array }> | undefined;
+  dc: Array<{ width: number; height: number; values: Int16Array }> | undefined;
 
+  /** Asks for the DC planes; not for frames over `dcPixelsAtMost`, whose preview is decoded. */
   collectDc(): void {
     const { frame } = this;
-    if (frame.precision !== 8 || frame.coding === 'lossless') return;
+    if (frame.precision !== 8 || frame.coding === 'lossless' || frame.width * frame.height > dcPixelsAtMost) return;
     const mcus = { x: Math.ceil(frame.width / (8 * frame.hMax)), y: Math.ceil(frame.height / (8 * frame.vMax)) };
-    this.dc = frame.components.map((c) => ({ width: mcus.x * c.h, height: mcus.y * c.v, values: new Int32Array(mcus.x * c.h * mcus.y * c.v) }));
+    this.dc = frame.components.map((c) => ({ width: mcus.x * c.h, height: mcus.y * c.v, values: new Int16Array(mcus.x * c.h * mcus.y * c.v) }));
   }
 
   /**
@@ -276,7 +277,7 @@ export class FrameWalk {
 
 /** See FrameWalk.dcLayout; `blocks`: each block's place in the plane from its MCU's first. */
 interface DcLayout {
-  plane: Int32Array;
+  plane: Int16Array;
   stride: number;
   across: number;
   h: number;
@@ -289,6 +290,9 @@ const dcAt = (layout: DcLayout, mcu: number): number => {
   const row = (mcu / layout.across) | 0;
   return row * layout.v * layout.stride + (mcu - row * layout.across) * layout.h;
 };
+
+/** The largest frame whose DC planes are collected (2 bytes a block a component: ~3 MB at 100 MP). */
+const dcPixelsAtMost = 100_000_000;
 
 /** A DC difference from its size category and extra bits (T.81 F.2.2.1, EXTEND). */
 const extend = (bits: number, size: number): number => (size === 0 ? 0 : bits < 1 << (size - 1) ? bits - (1 << size) + 1 : bits);

@@ -174,16 +174,17 @@ export function videoFingerprint(info: ProbeResult, mime: string, bytes: number,
 }
 
 /**
- * The keyed hash covers the cleaned bytes: handed in as `contentHmac` when the caller started it
- * already (the pipeline does, on the hash thread while verify runs); else an image's as verify
- * read them, a video's read from disk on the hash thread.
+ * The keyed hash covers the cleaned bytes: an image's as verify read them (and hashed them
+ * already, while it waited: facts.contentHmac); a video's read from disk on the hash thread,
+ * or handed in as `contentHmac` when the caller started that already (the pipeline does, while
+ * verify runs).
  */
 export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>(
   file: T,
   key: Buffer,
   contentHmac?: Promise<string>,
 ): Promise<T & { fingerprint: Fingerprint }> {
-  const hmac = contentHmac ? await contentHmac : file.facts.bytes ? createHmac('sha256', key).update(file.facts.bytes).digest('hex') : await hmacFile(file.cleanPath, key);
+  const hmac = file.facts.contentHmac ?? (contentHmac ? await contentHmac : file.facts.bytes ? createHmac('sha256', key).update(file.facts.bytes).digest('hex') : await hmacFile(file.cleanPath, key));
   const { facts } = file;
   const { kind } = file;
   const result =

@@ -7,6 +7,7 @@
  *   3. value scan: no value the input carried appears anywhere in the output bytes.
  * It also checks that the picture still has the right size and way up.
  */
+import { createHmac } from 'node:crypto';
 import { open, readFile, rm } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
 import { giveBack, readWhole } from '../buffers.js';
@@ -35,6 +36,11 @@ export interface VerifyDeps {
   maxInputPixels: number;
   /** The image preview: now (default), never, or where it needs no decode, on request (PipelineDeps). */
   previews?: boolean | 'later' | undefined;
+  /**
+   * The fingerprint's key: an image's keyed hash is then made here, while this thread waits for
+   * the structure check on its own thread (VerifiedFacts.contentHmac), rather than after verify.
+   */
+  hashKey?: Buffer | undefined;
 }
 
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
@@ -43,8 +49,8 @@ export type VerifiedFacts =
    * `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again.
    * `makePreview`: with previews 'later', how to make a JPEG's from what its walk read (no decode).
    */
-  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; makePreview?: (() => Promise<Buffer>) | undefined; probe?: undefined }
-  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined; makePreview?: undefined };
+  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; makePreview?: (() => Promise<Buffer>) | undefined; contentHmac?: string | undefined; probe?: undefined }
+  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined; makePreview?: undefined; contentHmac?: undefined };
 
 // The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
 const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
@@ -156,6 +162,8 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // In line (a batch worker), the structure check runs once the decode has started on
       // libvips' threads, beside it rather than before it.
       await headerAfter.catch(() => undefined);
+      // Used only once verify has passed (by the fingerprint).
+      const contentHmac = threaded && deps.hashKey ? createHmac('sha256', deps.hashKey).update(output).digest('hex') : undefined;
       const structure = threaded ? await threaded : checkImageStructure(format, output, { dc });
       problems.push(...structure.problems);
       let makePreview: (() => Promise<Buffer>) | undefined;
@@ -210,7 +218,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // The way up, for the turns that keep the size (180°, mirrors).
       else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
       if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-      facts = { imageInfo: after, bytes: output, preview: await preview, makePreview: deps.previews === 'later' ? makePreview : undefined };
+      facts = { imageInfo: after, bytes: output, preview: await preview, makePreview: deps.previews === 'later' ? makePreview : undefined, contentHmac };
       if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
     } catch (err) {
       await threaded?.catch(() => undefined);

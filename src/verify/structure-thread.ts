@@ -44,7 +44,9 @@ function startThread(): Thread {
   // Under tsx (tests, scripts) this module is a .ts file and so is the thread's; the thread
   // inherits the loader with the parent's flags.
   const entry = new URL(import.meta.url.endsWith('.ts') ? './structure-worker.ts' : './structure-worker.js', import.meta.url);
-  const thread: Thread = { worker: new Worker(entry), jobs: new Map() };
+  // A small young generation, as the service's own (bin/serve.sh): the garbage of a check is a
+  // few small objects, and its megabytes are buffers outside the heap.
+  const thread: Thread = { worker: new Worker(entry, { resourceLimits: { maxYoungGenerationSizeMb: 2 } }), jobs: new Map() };
   thread.worker.on('message', (answer: StructureAnswer) => {
     const job = thread.jobs.get(answer.id);
     thread.jobs.delete(answer.id);
