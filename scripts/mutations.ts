@@ -82,13 +82,13 @@ const mutations: Mutation[] = [
   {
     name: 'JPEG: a scan with data past its last MCU passes the verifier',
     file: 'src/verify/structure-image.ts',
-    edits: [["if (!scan.canonical) report.problems.push('jpeg: scan data runs past its last MCU');", '']],
+    edits: [['        report.problems.push(scanTailProblem);\n', '']],
     tests: ['test/canonical-image.test.ts'],
   },
   {
-    name: 'JPEG: the stripper copies a hinted scan whole instead of cutting it',
+    name: 'JPEG: the stripper copies scans whole even when asked to walk and cut them',
     file: 'src/steps/strip-jpeg.ts',
-    edits: [['if (!walkAll && !item.hinted) return [input.subarray(item.from, item.rawEnd)];', 'if (process.pid > 0) return [input.subarray(item.from, item.rawEnd)];']],
+    edits: [['if (!walkAll && !walked(item)) return [input.subarray(item.from, item.rawEnd)];', 'if (process.pid > 0) return [input.subarray(item.from, item.rawEnd)];']],
     tests: ['test/canonical-image.test.ts'],
   },
   {

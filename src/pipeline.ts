@@ -13,7 +13,9 @@
  * follows them (http/app.ts). No step does face detection, saliency crops or perceptual hashing.
  */
 import { giveBack } from './buffers.js';
+import { rm } from 'node:fs/promises';
 import type { Received, Removed, Retention, Stripped } from './context.js';
+import { ScrubError } from './errors.js';
 import type { StagedObject } from './steps/forward.js';
 import type { MediaKind } from './media.js';
 import type { Fingerprint } from './steps/fingerprint.js';
@@ -22,7 +24,7 @@ import { hmacFile, startHashThread } from './hash-thread.js';
 import { sniff } from './steps/sniff.js';
 import { strip } from './steps/strip.js';
 import { tagExpiry, type Clock, type Expiry } from './steps/tag-expiry.js';
-import { readInputEarly, verify } from './steps/verify.js';
+import { readInputEarly, scanWalkReason, verify } from './steps/verify.js';
 import type { Ffmpeg } from './tools/ffmpeg.js';
 
 export interface PipelineDeps {
@@ -91,11 +93,16 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   const sniffed = await timed('sniff', () => sniff(received));
   // ffmpeg is loaded (or its absence reported) only for video: images never need it.
   const stepDeps = { ...deps, ffmpeg: sniffed.kind.family === 'video' ? await (typeof deps.ffmpeg === 'function' ? deps.ffmpeg() : deps.ffmpeg) : undefined };
+  // A JPEG's scans are copied as they are, unwalked: the verifier walks every one. Only if its walk
+  // finds data past a scan's last MCU, or a scan that does not decode, and nothing else wrong, is
+  // the file stripped again with every scan walked (strip-jpeg.ts scanParts), which cuts the one
+  // and refuses the other as corrupt (415); the first try's output goes first.
+  const jpegScans = sniffed.kind.family === 'image' && sniffed.kind.format === 'jpeg' ? 'copy' : undefined;
   // For video, the verifier reads the original and starts its ffprobe of the output while the
   // stripper remuxes; a failed strip stops that and waits for it to end, so nothing still reads
   // the work dir once it is removed. The strip is called first, so its remux is the first process
   // spawned (a spawn holds this thread for a few ms or more).
-  const stripping = timed('strip', () => strip(sniffed, stepDeps));
+  const stripping = timed('strip', () => strip(sniffed, { ...stepDeps, jpegScans }));
   const early = readInputEarly(sniffed, stepDeps);
   if (sniffed.kind.family === 'video') startHashThread();
   const stripped = await stripping.catch(async (err: unknown) => {
@@ -108,22 +115,30 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
   // check (VerifyDeps.hashKey).
   const contentHmac = stripped.kind.family === 'video' ? hmacFile(stripped.cleanPath, deps.fingerprintKey) : undefined;
   contentHmac?.catch(() => undefined); // awaited by fingerprint; marked handled in case it fails first
-  // The forwarder's sealed copy is written into the work dir beside verify, and used only after
-  // the verdict (Forwarder.stage). A failure waits for it, so nothing writes there once it goes.
-  const staged = deps.stage?.(stripped);
-  staged?.catch(() => undefined); // awaited by the forwarder; marked handled in case it is never
-  let verified: Awaited<ReturnType<typeof verify>>;
-  let fingerprinted: Awaited<ReturnType<typeof fingerprint>>;
-  try {
-    verified = await timed('verify', () => verify(stripped, { ...stepDeps, hashKey: deps.fingerprintKey }, early)).catch(async (err: unknown) => {
-      await Promise.allSettled([contentHmac, early?.abandon()]);
+  const proven = async (file: Stripped) => {
+    // The forwarder's sealed copy is written into the work dir beside verify, and used only after
+    // the verdict (Forwarder.stage). A failure waits for it and removes it, so nothing writes
+    // there once the work dir goes, and a second try stages its own.
+    const staged = deps.stage?.(file);
+    staged?.catch(() => undefined); // awaited by the forwarder; marked handled in case it is never
+    try {
+      const verified = await timed('verify', () => verify(file, { ...stepDeps, hashKey: deps.fingerprintKey }, early)).catch(async (err: unknown) => {
+        await Promise.allSettled([contentHmac, early?.abandon()]);
+        throw err;
+      });
+      const fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
+      return { verified, fingerprinted, staged };
+    } catch (err) {
+      const written = await staged?.catch(() => undefined);
+      if (written) await rm(written.path, { force: true });
       throw err;
-    });
-    fingerprinted = await timed('fingerprint', () => fingerprint(verified, deps.fingerprintKey, contentHmac));
-  } catch (err) {
-    await Promise.allSettled([staged]);
-    throw err;
-  }
+    }
+  };
+  const { verified, fingerprinted, staged } = await proven(stripped).catch(async (err: unknown) => {
+    if (jpegScans === undefined || !(err instanceof ScrubError) || err.reason !== scanWalkReason) throw err;
+    await rm(stripped.cleanPath, { force: true });
+    return proven(await timed('strip', () => strip(sniffed, { ...stepDeps, jpegScans: 'all' })));
+  });
   // Every reader of the cleaned image's bytes is done: its buffer serves the next upload (verify
   // handed the original's back before reading the output).
   giveBack(verified.facts.bytes);

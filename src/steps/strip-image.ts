@@ -19,7 +19,13 @@ export interface ImageStripResult {
   orientation: number;
 }
 
-export type ImageStripper = (input: Buffer, limits: { maxInputPixels: number }) => ImageStripResult | Promise<ImageStripResult>;
+/**
+ * How a JPEG's scans are written: copied as they are, walked and cut past their last MCU where
+ * their bytes hint at it (the default), or all walked and cut (strip-jpeg.ts `scanParts`).
+ */
+export type ScanMode = 'copy' | 'hinted' | 'all';
+
+export type ImageStripper = (input: Buffer, limits: { maxInputPixels: number; scans?: ScanMode | undefined }) => ImageStripResult | Promise<ImageStripResult>;
 
 export const imageStrippers: Record<ImageFormat, ImageStripper> = {
   jpeg: stripJpeg,

@@ -20,7 +20,7 @@ import { canonicalIcc } from '../formats/icc.js';
 import { findMarker, frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { WorkBudget } from '../formats/work-budget.js';
-import type { ImageStripResult } from './strip-image.js';
+import type { ImageStripResult, ScanMode } from './strip-image.js';
 
 const SOI = 0xd8;
 const EOI = 0xd9;
@@ -138,7 +138,7 @@ function rebuildCoding(marker: number, payload: Buffer): { segment: Buffer; surp
   return exact(6 + 3 * (payload[5] ?? 0)); // SOFn: P, Y, X, Nf, then Nf components
 }
 
-export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): ImageStripResult {
+export function stripJpeg(input: Buffer, limits: { maxInputPixels: number; scans?: ScanMode | undefined }): ImageStripResult {
   if (input.length < 4 || input[0] !== 0xff || input[1] !== SOI) throw reject.corrupt('JPEG', 'no start-of-image marker');
   const removed: Removed = {};
   const head: Buffer[] = [];
@@ -265,7 +265,7 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
   if (orientation !== undefined && orientation !== 1) parts.push(orientationApp1(orientation));
   if (adobeTransform !== undefined) parts.push(adobeApp14(adobeTransform));
   if (iccPieces.length > 0) parts.push(...iccSegments(iccPieces, removed));
-  const scans = scanParts(input, frame, body.filter((item): item is ScanItem => 'hinted' in item), removed);
+  const scans = scanParts(input, frame, body.filter((item): item is ScanItem => 'hinted' in item), removed, limits.scans ?? 'hinted');
   let scan = 0;
   for (const item of body) {
     if (Buffer.isBuffer(item)) {
@@ -284,16 +284,19 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number }): Im
 }
 
 /**
- * Each scan's bytes: the input's as they are, or, where its bytes hint at data past its last MCU
- * (formats/jpeg-scan.ts `looksCanonical`), walked and cut there. Walking a photo's scans costs
- * about as much as libjpeg's decode of it, and the verifier walks every scan of the output; so
- * the stripper walks only on a hint, and what a hint misses the verifier refuses. A progressive
- * scan is read against what the earlier scans coded, so one hint there walks them all.
+ * Each scan's bytes: the input's as they are, or walked and cut after its last MCU. Walking a
+ * photo's scans costs about as much as libjpeg's decode of it, and the verifier walks every scan
+ * of the output, so `mode` says which are walked: none ('copy': the pipeline strips a JPEG file
+ * that way first, and again with 'all' only if the verifier's walk finds data past a last MCU),
+ * those whose bytes hint at such data ('hinted', formats/jpeg-scan.ts `looksCanonical`: a JPEG
+ * inside a HEIF), or all. A progressive scan is read against what the earlier scans coded, so
+ * one walk there walks them all.
  */
-function scanParts(input: Buffer, frame: FrameWalk, scans: ScanItem[], removed: Removed): Buffer[][] {
-  const walkAll = frame.frame.coding === 'progressive' && scans.some((scan) => scan.hinted);
+function scanParts(input: Buffer, frame: FrameWalk, scans: ScanItem[], removed: Removed, mode: ScanMode): Buffer[][] {
+  const walked = (item: ScanItem): boolean => mode === 'all' || (mode === 'hinted' && item.hinted);
+  const walkAll = mode === 'all' || (frame.frame.coding === 'progressive' && scans.some(walked));
   return scans.map((item) => {
-    if (!walkAll && !item.hinted) return [input.subarray(item.from, item.rawEnd)];
+    if (!walkAll && !walked(item)) return [input.subarray(item.from, item.rawEnd)];
     const huffman = (tableClass: number, id: number): HuffmanTable | undefined => {
       const table = item.huffman.get((tableClass << 4) | id);
       return table && (table.lookup ??= huffmanLookup(table.bytes));

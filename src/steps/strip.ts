@@ -8,13 +8,15 @@ import path from 'node:path';
 import type { Removed, Sniffed, Stripped } from '../context.js';
 import { ScrubError } from '../errors.js';
 import { videoTools, type Ffmpeg, type ProbeResult } from '../tools/ffmpeg.js';
-import { imageStrippers } from './strip-image.js';
+import { imageStrippers, type ScanMode } from './strip-image.js';
 import { stripVideo } from './strip-video.js';
 
 export interface StripDeps {
   /** Present for video (the only family that needs it). */
   ffmpeg: Ffmpeg | undefined;
   maxInputPixels: number;
+  /** How a JPEG's scans are written (strip-image.ts ScanMode); default 'hinted'. */
+  jpegScans?: ScanMode | undefined;
 }
 
 /** Images are rebuilt in memory; past this size a file is not an image we should hold. */
@@ -35,7 +37,7 @@ export async function strip(file: Sniffed, deps: StripDeps): Promise<Stripped> {
       throw new ScrubError('too_large', `Images larger than ${maxImageBytes} bytes are not accepted. Send a smaller file.`);
     }
     original = await readWhole(file.inputPath);
-    const result = await imageStrippers[kind.format](original, { maxInputPixels: deps.maxInputPixels });
+    const result = await imageStrippers[kind.format](original, { maxInputPixels: deps.maxInputPixels, scans: deps.jpegScans });
     await writeParts(cleanPath, result.parts);
     removed = result.removed;
   } else {

@@ -43,6 +43,13 @@ export interface VerifyDeps {
   hashKey?: Buffer | undefined;
 }
 
+/**
+ * The reason of a refusal for nothing but what the walk of a JPEG's scans found: data past a
+ * scan's last MCU, or a scan that does not decode (the pipeline then strips the file again with
+ * every scan walked, which cuts the one and refuses the other as corrupt).
+ */
+export const scanWalkReason = 'the coded data of a scan';
+
 /** What the verifier learned about the output, handed on so the fingerprint does not re-read it. */
 export type VerifiedFacts =
   /**
@@ -107,6 +114,8 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   let facts: VerifiedFacts;
   /** What the verifier's own walk of the input's picture stream found removed (video). */
   let dropped: Removed = {};
+  /** What the walk of a JPEG's scans found wrong (StructureReport.scanProblems). */
+  let scanProblems: string[] | undefined;
   const values = new ValueCollector();
 
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
@@ -166,6 +175,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       const contentHmac = threaded && deps.hashKey ? createHmac('sha256', deps.hashKey).update(output).digest('hex') : undefined;
       const structure = threaded ? await threaded : checkImageStructure(format, output, { dc });
       problems.push(...structure.problems);
+      scanProblems = structure.scanProblems;
       let makePreview: (() => Promise<Buffer>) | undefined;
       if (walkProves && structure.problems.length === 0) {
         const picture = structure.dcPicture;
@@ -286,7 +296,9 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
     // refusal, so an operator can explain it without the file.
     const where = whereLeaks ? ` [value-scan matches: ${whereLeaks.join(', ')}]` : '';
     const message = `The cleaned file did not pass verification, so it was not forwarded (${problems.join('; ')}). Report the request id; converting the file with another tool may help.`;
-    throw new ScrubError('verification_failed', message, { internal: message + where });
+    // Only what the walk of a JPEG's scans found: the pipeline strips it again, walking them.
+    const reason = scanProblems && problems.every((p) => scanProblems!.includes(p)) ? scanWalkReason : undefined;
+    throw new ScrubError('verification_failed', message, { internal: message + where, reason });
   }
   const removed = { ...file.removed };
   for (const [category, n] of Object.entries(dropped) as Array<[keyof Removed, number]>) countRemoved(removed, category, n);

@@ -16,6 +16,9 @@ import type { RawPicture } from '../tools/sharp.js';
 import { checkHeifStructure } from './heif.js';
 import { tiffValues } from './tiff-values.js';
 
+/** A JPEG scan with coded data after its last MCU (or padding bits not set). */
+export const scanTailProblem = 'jpeg: scan data runs past its last MCU';
+
 /** A structure of the output: where it lies and what it is ("jpeg DHT", "png IDAT", "icc"). */
 export interface Span {
   start: number;
@@ -47,6 +50,11 @@ export interface StructureReport {
    * (issue 30: where no preview is wanted, this walk stands in for libjpeg's).
    */
   codedDataProven?: boolean;
+  /**
+   * JPEG: the problems the walk of a scan's coded data found (data past its last MCU, or a scan
+   * that does not decode): the stripper's own walk cuts the one and refuses the other as corrupt.
+   */
+  scanProblems?: string[];
   /**
    * JPEG, when asked for (`dc`) and the coded data was proven: the picture at 1/8 scale, from the
    * DC coefficients the walk read, for the preview (no second decode of every scan). RGB or grey.
@@ -252,8 +260,11 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean, dc: bo
       const walk = frame;
       const table = (tableClass: number, id: number): HuffmanTable | undefined => huffman.get((tableClass << 4) | id);
       const scan = jpegStep(report, () => walkScan(out, pos, walk, readScanHeader(walk.frame, payload), table, restartInterval));
-      if (!scan) return;
-      if (!scan.canonical) report.problems.push('jpeg: scan data runs past its last MCU');
+      if (!scan) return void (report.scanProblems ??= []).push(report.problems.at(-1)!);
+      if (!scan.canonical) {
+        report.problems.push(scanTailProblem);
+        (report.scanProblems ??= []).push(scanTailProblem);
+      }
       scans++;
       report.structures.push({ start: pos, end: scan.end, what: 'jpeg scan data' });
       pos = scan.end;
