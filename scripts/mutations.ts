@@ -68,6 +68,12 @@ const mutations: Mutation[] = [
     tests: ['test/http.test.ts'],
   },
   {
+    name: 'store sink: a staged copy on another file system fails the upload instead of being sealed afresh',
+    file: 'src/steps/forward-store.ts',
+    edits: [["(err: NodeJS.ErrnoException) => (err.code === 'EXDEV' ? false : Promise.reject(err)),", '(err: NodeJS.ErrnoException) => Promise.reject(err),']],
+    tests: ['test/storage.test.ts'],
+  },
+  {
     name: 'value scan budget (THREATS 48)',
     file: 'src/verify/scan.ts',
     edits: [['if (counter.work > scanWorkPerByte * offset + scanWorkAllowance) throw new ScanBudgetExceeded();', '']],

@@ -4,12 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buffer as streamToBuffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
 import { Keyring, openObject, seal, sealedFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
 import { sweep } from '../src/retention/sweeper.js';
+import type { CleanFile } from '../src/pipeline.js';
+import { StoreSink } from '../src/steps/forward-store.js';
+import { LocalStore } from '../src/storage/objects.js';
 import { binaryBody, findPlanted, fixture, removeDir, tempDir, testService, testStorage } from './helpers.js';
 
 const keyA = randomBytes(32);
@@ -142,5 +146,35 @@ describe('the service stores nothing readable, and serves it back decrypted', ()
     assert.equal(gone.status, 410);
     assert.equal(gone.body.error.code, 'gone');
     assert.equal((await svc.api.get('/v1/files/nope/content')).status, 404);
+  });
+});
+
+describe('the store sink adopts a sealed copy staged beside verify (issue 30)', () => {
+  it('moves it into place when the work dir shares the data dir\'s file system, and seals afresh when it cannot (EXDEV)', async () => {
+    const dataDir = await tempDir();
+    // tmpfs: a file system of its own, where a rename into the data dir fails with EXDEV.
+    const elsewhere = await mkdtemp(path.join('/dev/shm', 'scrubline-test-'));
+    try {
+      const store = new LocalStore(dataDir);
+      const sink = new StoreSink(store, testStorage);
+      const clean = Buffer.from('cleaned image bytes '.repeat(4000));
+      for (const [where, moved] of [[path.join(dataDir, 'tmp'), true], [elsewhere, false]] as const) {
+        await mkdir(where, { recursive: true });
+        const id = moved ? 'f_same' : 'f_other';
+        const cleanPath = path.join(where, `${id}.jpg`);
+        await writeFile(cleanPath, clean);
+        const name = store.nameFor('file', id, 'jpg');
+        const staged = path.join(where, `${id}.sealed`);
+        const sealed = await sealedFile(testStorage, name, cleanPath);
+        await writeFile(staged, await streamToBuffer(sealed.body));
+        const file = { id, ext: 'jpg', path: cleanPath, staged: Promise.resolve({ name, path: staged }), retention: 'standard' } as unknown as CleanFile;
+        await sink.forward([file], { jobId: undefined, retention: 'standard' });
+        assert.deepEqual(await streamToBuffer(openObject(testStorage, name, await store.get(name))), clean, `${where}: stored and readable`);
+        assert.equal(existsSync(staged), !moved, moved ? 'moved, not copied' : 'left for the request\'s clean-up');
+      }
+    } finally {
+      await removeDir(dataDir);
+      await rm(elsewhere, { recursive: true, force: true });
+    }
   });
 });

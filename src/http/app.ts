@@ -321,8 +321,8 @@ export function buildApp(deps: AppDeps): express.Express {
       jobFinishedAt: (jobId) => deps.ledger.jobFinishedAt(jobId),
       unfinishedJobCapHours: deps.unfinishedJobCapHours,
       observe: (stage, seconds) => metrics.observe(stage, seconds),
-      // A JPEG's preview is made after the answer (http/previews.ts), as a video's is: the
-      // verifier walks its scans, so its upload need not wait for a decode as well.
+      // A big JPEG's preview is made after the answer (http/previews.ts), as a video's is, from
+      // the picture the verifier's walk of its scans read (makePreview).
       previews: false,
     },
     // The store sink seals an image into its work dir while it is verified (issue 30).

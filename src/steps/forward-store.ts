@@ -35,11 +35,17 @@ export class StoreSink implements Forwarder {
         written.push(names.report);
         await this.store.put(names.report, report, report.length, info);
         written.push(names.file);
-        // Sealed beside verify when the store can adopt a local file (stage below); else now.
+        // Sealed beside verify when the store can adopt a local file (stage below); else now, as
+        // when the work dir turns out to be on another file system (a rename cannot cross).
         const staged = await file.staged?.catch(() => undefined);
-        if (staged?.name === names.file && this.store.adopt) {
-          await this.store.adopt(names.file, staged.path);
-        } else {
+        const adopted =
+          staged?.name === names.file && this.store.adopt
+            ? await this.store.adopt(names.file, staged.path).then(
+                () => true,
+                (err: NodeJS.ErrnoException) => (err.code === 'EXDEV' ? false : Promise.reject(err)),
+              )
+            : false;
+        if (!adopted) {
           const sealed = await sealedFile(this.keys, names.file, file.path);
           await this.store.put(names.file, sealed.body, sealed.length, info);
         }
