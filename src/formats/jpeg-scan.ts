@@ -546,16 +546,18 @@ export function walkScan(
   let bits = new BitReader(data, from);
   let intervalStart = from;
   let eobRun = 0;
+  // The DC predictors, when DC values are collected; each interval codes its differences afresh.
+  const predictors = new Int32Array(units.length);
   for (let mcu = 0; mcu < mcus; ) {
     const last = Math.min(mcus, mcu + interval);
+    predictors.fill(0);
     if (!progressive) {
-      sequentialMcus(bits, units, last - mcu, mcu);
+      sequentialMcus(bits, units, last - mcu, mcu, predictors);
       mcu = last;
     }
-    // Each interval codes its DC differences afresh.
-    const predictors = new Int32Array(units.length);
     for (; mcu < last; mcu++) {
-      for (const [i, u] of units.entries()) {
+      for (let i = 0; i < units.length; i++) {
+        const u = units[i]!;
         for (let b = 0; b < u.blocksPerMcu; b++) {
           if (scan.ss === 0) {
             // Progressive DC: a difference on the first pass, one bit on each refinement.
@@ -635,12 +637,10 @@ interface Unit {
  * 4.9 MB photo here: 67 a code at a time, 45 with `acRunsOf`, 24 bits a byte at a time;
  * libjpeg-turbo's scaled decode of it takes 47.)
  */
-function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMcu: number): void {
+function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMcu: number, predictors: Int32Array): void {
   const data = reader.data;
   const length = data.length;
   let { acc, bits, pos, padding, atMarker } = reader;
-  // Each interval codes its DC differences afresh.
-  const predictors = new Int32Array(units.length);
   for (let m = 0; m < count; m++) {
     for (let u = 0; u < units.length; u++) {
       const unit = units[u]!;
