@@ -183,8 +183,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
           preview = headerAfter.then(decode).then((made) => (wantsPreview ? made : undefined));
         } else if (picture && Math.max(picture.width, picture.height) >= previewSize) {
           // Made from the walk's picture (no second decode), now or, without previews, on request.
-          const icc = picture.icc && Buffer.from(picture.icc.buffer, picture.icc.byteOffset, picture.icc.byteLength);
-          makePreview = async () => previewFromPicture(picture, icc, (await headerAfter).orientation);
+          makePreview = async () => previewFromPicture(picture, picture.icc, (await headerAfter).orientation);
           if (wantsPreview) preview = makePreview();
         } else if (deps.previews !== false) {
           // No picture from the walk (CMYK), or one smaller than a preview: decoded now (the

@@ -59,7 +59,7 @@ export interface StructureReport {
    * JPEG, when asked for (`dc`) and the coded data was proven: the picture at 1/8 scale, from the
    * DC coefficients the walk read, for the preview (no second decode of every scan). RGB or grey.
    */
-  dcPicture?: (RawPicture & { icc: Uint8Array | undefined }) | undefined;
+  dcPicture?: (RawPicture & { icc: Buffer | undefined }) | undefined;
 }
 
 /**

@@ -72,9 +72,15 @@ function startThread(): Thread {
   return thread;
 }
 
-/** The report as the check made it: its byte signatures as Buffers again. */
+/** The report as the check made it: its byte signatures and colour profile as Buffers again. */
 function received(report: StructureReport): StructureReport {
-  return { ...report, forbidden: report.forbidden.map((f) => ({ ...f, bytes: Buffer.from(f.bytes.buffer, f.bytes.byteOffset, f.bytes.byteLength) })) };
+  const buffer = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const picture = report.dcPicture;
+  return {
+    ...report,
+    forbidden: report.forbidden.map((f) => ({ ...f, bytes: buffer(f.bytes) })),
+    ...(picture && { dcPicture: { ...picture, icc: picture.icc && buffer(picture.icc) } }),
+  };
 }
 
 /**
