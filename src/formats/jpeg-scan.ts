@@ -113,9 +113,10 @@ const runEnds = 1 << 12;
 /**
  * The sequential walk's AC shortcut: for the next `runBits` bits, as many whole codes with their
  * extra bits as fit in them, taken greedily up to the first end of block: the bits they take (low
- * 5 bits), how far they move the coefficient index (next 7; at most 64) and whether the last one
- * ends the block (`runEnds`); 0 when not even one fits. A photo's AC codes and extra bits average
- * a few bits each, so one lookup takes three or four of them.
+ * 5 bits), how many coefficient positions they take (next 7; at most 64, an end of block counting
+ * one) and whether the last one ends the block (`runEnds`); 127 positions when not even one fits,
+ * so that one test, index + positions <= 64, says whether the step may be taken. A photo's AC
+ * codes and extra bits average a few bits each, so one lookup takes three or four of them.
  */
 function acRunsOf(table: HuffmanTable): Uint16Array {
   if (table.runs) return table.runs;
@@ -143,7 +144,7 @@ function acRunsOf(table: HuffmanTable): Uint16Array {
       used += quick & 31;
       advance += step;
     }
-    runs[window] = used === 0 ? 0 : used | (advance << 5) | ends;
+    runs[window] = used === 0 ? 127 << 5 : used | ((advance + (ends ? 1 : 0)) << 5) | ends;
   }
   // Most photos of a batch or a service come from a few encoders, which use the same tables.
   madeRuns.set(table.source, runs);
@@ -155,6 +156,7 @@ function acRunsOf(table: HuffmanTable): Uint16Array {
  * The run tables made last, by their DHT table's bytes: 128 KiB each, ~1 ms to make once
  * compiled (~40 ms the first time).
  */
+const emptyRuns = new Uint16Array(1 << runBits);
 const madeRuns = new Map<string, Uint16Array>();
 const keptRuns = 8;
 
@@ -633,34 +635,39 @@ interface Unit {
  * coefficients, each a Huffman code and that many extra bits. This is where a photo's time goes,
  * so the bit state lives in locals (V8 keeps them in registers) and is refilled in line, two
  * bytes a step where it can, to at least 16 bits: the most `acRunsOf` looks at, and as long as a
- * code gets; a code whose extra bits do not fit too takes a second round. (35 ms for a 12 MP,
- * 4.9 MB photo here: 67 a code at a time, 45 with `acRunsOf`, 24 bits a byte at a time;
- * libjpeg-turbo's scaled decode of it takes 47.)
+ * code gets; a code whose extra bits do not fit too takes a second round. (A 12 MP, 4.9 MB photo
+ * here: 67 ms a code at a time, 45 with `acRunsOf`, 39 with two bytes a refill, ~35 with one
+ * test a run step and one a refill; libjpeg-turbo's scaled decode of it takes 47. Its ~3 million
+ * steps each wait on a load from the 128 KiB run table.)
  */
 function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMcu: number, predictors: Int32Array): void {
   const data = reader.data;
   const length = data.length;
   let { acc, bits, pos, padding, atMarker } = reader;
+  // Pairs are read while pos + 1 < pairsBefore: not past the data, nor past a marker reached.
+  let pairsBefore = atMarker ? 0 : length;
   for (let m = 0; m < count; m++) {
     for (let u = 0; u < units.length; u++) {
       const unit = units[u]!;
       const dc = unit.dc!;
       const ac = unit.ac;
+      const runs = ac ? (ac.runs ?? acRunsOf(ac)) : emptyRuns;
       const layout = unit.layout;
       const plane = layout?.plane;
       const first = layout ? dcAt(layout, firstMcu + m) : 0;
       for (let b = 0; b < unit.blocksPerMcu; b++) {
-        let fast = dc.fast;
-        let skip = dc.skip;
+        // k: the coefficient read next, 0 the DC difference; `next`: what k becomes after a code
+        // and its `extra` bits.
+        let k = 0;
         let table = dc;
-        let runs: Uint16Array | undefined;
-        for (let k = 0; k < 64; k++) {
+        for (;;) {
           // Two rounds at most: a code, then (rarely) a refill for a long code's extra bits.
           let extra = -1;
+          let next = 0;
           for (;;) {
             while (bits < 16) {
               // Two bytes in one step when neither is 0xFF (no stuffing, no marker): most of them.
-              if (!atMarker && pos + 1 < length) {
+              if (pos + 1 < pairsBefore) {
                 const pair = (data[pos]! << 8) | data[pos + 1]!;
                 if ((pair & 0xff00) !== 0xff00 && (pair & 0xff) !== 0xff) {
                   acc = ((acc & ((1 << bits) - 1)) << 16) | pair;
@@ -677,6 +684,7 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
                 else if (data[pos + 1] === 0x00) pos += 2;
                 else {
                   atMarker = true;
+                  pairsBefore = 0;
                   padding++;
                   byte = 0;
                 }
@@ -686,29 +694,29 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
             }
             if (extra >= 0) break;
             // AC: several codes with their extra bits in one step, unless they would run past the
-            // block's last coefficient (then one at a time, below).
+            // block's last coefficient (then one at a time, below): one test, as the table holds
+            // how many positions the codes take (the end of block counting one).
             if (k !== 0) {
-              const run = runs![(acc >> (bits - runBits)) & runMask]!;
-              const to = k + ((run >> 5) & 127);
-              if (run !== 0 && (run & runEnds ? to <= 63 : to <= 64)) {
+              const run = runs[(acc >> (bits - runBits)) & runMask]!;
+              if (k + ((run >> 5) & 127) <= 64) {
                 bits -= run & 31;
-                k = run & runEnds ? 64 : to - 1;
+                next = run & runEnds ? 64 : k + ((run >> 5) & 127);
                 extra = 0;
                 break;
               }
             }
             // Most codes and their extra bits fit in the next 12 bits: one step for both (but a DC
             // difference that is collected is read below).
-            const quick = k === 0 && plane ? 0 : skip[(acc >> (bits - skipBits)) & skipMask]!;
+            const quick = k === 0 && plane ? 0 : table.skip[(acc >> (bits - skipBits)) & skipMask]!;
             if (quick !== 0) {
               bits -= quick & 31;
-              if (k !== 0) k = quick & endOfBlock ? 64 : k + ((quick >> 5) & 15);
+              next = k === 0 ? 1 : quick & endOfBlock ? 64 : k + ((quick >> 5) & 15) + 1;
               extra = 0;
               break;
             }
             let codeLength: number;
             let symbol: number;
-            const entry = fast[(acc >> (bits - fastBits)) & ((1 << fastBits) - 1)]!;
+            const entry = table.fast[(acc >> (bits - fastBits)) & ((1 << fastBits) - 1)]!;
             if (entry !== 0) {
               codeLength = entry >> 8;
               symbol = entry & 0xff;
@@ -726,10 +734,10 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
             if (k === 0) {
               if (symbol > 16) throw reject.corrupt('JPEG', 'a DC difference out of range');
               extra = symbol === 16 ? 0 : symbol; // 16: lossless's difference of 32768, no extra bits
+              next = 1;
             } else {
               extra = symbol & 15;
-              if (extra === 0 && symbol !== 0xf0) k = 64; // end of block
-              k += symbol >> 4;
+              next = extra === 0 && symbol !== 0xf0 ? 64 : k + (symbol >> 4) + 1; // 64: end of block
             }
             // At least 16 bits were held before the code: a long one, or one with many extra bits,
             // can leave too few, and takes a second round.
@@ -740,13 +748,9 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
             plane[first + layout!.blocks[b]!] = predictors[u]!;
           }
           bits -= extra;
-          if (k === 0) {
-            if (!ac) break;
-            table = ac;
-            fast = ac.fast;
-            skip = ac.skip;
-            runs = ac.runs ?? acRunsOf(ac);
-          }
+          if (next >= 64 || (next === 1 && !ac)) break;
+          k = next;
+          table = ac!;
         }
       }
     }
