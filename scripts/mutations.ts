@@ -52,7 +52,10 @@ const mutations: Mutation[] = [
   {
     name: 'JPEG walk: several AC codes taken in one step even past the block\'s last coefficient',
     file: 'src/formats/jpeg-scan.ts',
-    edits: [['if (run !== 0 && (run & runEnds ? to <= 63 : to <= 64)) {', 'if (run !== 0) {']],
+    edits: [
+      ['if (to > 64) break;', 'if (((run >> 5) & 127) === 127) break;'],
+      ['if (k + ((run >> 5) & 127) <= 64) {', 'if (((run >> 5) & 127) !== 127) {'],
+    ],
     tests: ['test/canonical-image.test.ts'],
   },
   {

@@ -679,9 +679,9 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
               if (to > 64) break;
               bits -= run & 31;
               k = run & runEnds ? 64 : to;
-              if (k === 64) break;
+              if (k >= 64) break;
             }
-            if (k === 64) break;
+            if (k >= 64) break;
           }
           // Two rounds at most: a code, then (rarely) a refill for a long code's extra bits.
           let extra = -1;
