@@ -40,8 +40,9 @@ export type ToWorker = { kind: 'init'; shared: SharedDeps } | { kind: 'job'; job
 
 /**
  * Spreads jobs over `size` worker threads, `inFlightPerWorker` at a time on each, so that one
- * file's reads, writes and libvips header reads overlap the others' CPU work; `onOutcome` is called on the main thread as each job ends. The workers are
- * started before `shared` settles; if it fails they are stopped and its error is thrown.
+ * file's reads, writes and libvips header reads overlap the others' CPU work; `onOutcome` is
+ * called on the main thread as each job ends. The workers are started before `shared` settles;
+ * if it fails they are stopped and its error is thrown.
  */
 export async function stripInWorkers(
   jobs: StripJob[],
