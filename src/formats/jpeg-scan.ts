@@ -156,9 +156,11 @@ function acRunsOf(table: HuffmanTable): Uint16Array {
  * The run tables made last, by their DHT table's bytes: 128 KiB each, ~1 ms to make once
  * compiled (~40 ms the first time).
  */
-const emptyRuns = new Uint16Array(1 << runBits);
 const madeRuns = new Map<string, Uint16Array>();
 const keptRuns = 8;
+
+/** The run table of a unit with no AC table (lossless): never read, as such a unit's k stays 0. */
+const emptyRuns = new Uint16Array(0);
 
 /** What the walk of a frame's scans carries from one scan to the next. */
 export class FrameWalk {
