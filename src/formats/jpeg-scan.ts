@@ -62,7 +62,7 @@ export interface HuffmanTable {
    * coefficient ends, never its value, so it takes both in one step.
    */
   skip: Uint16Array;
-  /** AC tables, made on a sequential walk's first use: see `acRunsOf`. */
+  /** AC tables, made when a sequential scan first uses them: see `acRunsOf`. */
   runs?: Uint16Array;
   /** The DHT table's bytes, as `acRunsOf` finds tables it made before. */
   source: string;
@@ -159,7 +159,7 @@ function acRunsOf(table: HuffmanTable): Uint16Array {
 const madeRuns = new Map<string, Uint16Array>();
 const keptRuns = 8;
 
-/** The run table of a unit with no AC table (lossless): never read, as such a unit's k stays 0. */
+/** The run table of a unit the sequential walk reads no AC for (lossless), or that it does not walk (progressive). */
 const emptyRuns = new Uint16Array(0);
 
 /** What the walk of a frame's scans carries from one scan to the next. */
@@ -537,6 +537,7 @@ export function walkScan(
       blocksPerMcu: interleaved ? component.h * component.v : 1,
       dc: usesDc ? table(0, c.dc) : undefined,
       ac: acScan ? table(1, c.ac) : undefined,
+      runs: frame.coding === 'sequential' ? acRunsOf(table(1, c.ac)) : emptyRuns,
       layout: scan.ss === 0 ? walk.dcLayout(scan, c.index) : undefined,
     };
   });
@@ -628,6 +629,8 @@ interface Unit {
   blocksPerMcu: number;
   dc: HuffmanTable | undefined;
   ac: HuffmanTable | undefined;
+  /** The sequential walk's AC run table (`acRunsOf`); empty where no AC is coded. */
+  runs: Uint16Array;
   /** Where the DC coefficients go, when they are collected (FrameWalk.collectDc). */
   layout: DcLayout | undefined;
 }
@@ -654,7 +657,7 @@ function sequentialMcus(reader: BitReader, units: Unit[], count: number, firstMc
       const unit = units[u]!;
       const dc = unit.dc!;
       const ac = unit.ac;
-      const runs = ac ? (ac.runs ?? acRunsOf(ac)) : emptyRuns;
+      const runs = unit.runs;
       const layout = unit.layout;
       const plane = layout?.plane;
       const first = layout ? dcAt(layout, firstMcu + m) : 0;

@@ -179,12 +179,19 @@ export function videoFingerprint(info: ProbeResult, mime: string, bytes: number,
  * or handed in as `contentHmac` when the caller started that already (the pipeline does, while
  * verify runs).
  */
+async function keyedHash(file: Verified & { facts: VerifiedFacts }, key: Buffer, contentHmac: Promise<string> | undefined): Promise<string> {
+  if (file.facts.contentHmac) return file.facts.contentHmac;
+  if (contentHmac) return contentHmac;
+  if (file.facts.bytes) return createHmac('sha256', key).update(file.facts.bytes).digest('hex');
+  return hmacFile(file.cleanPath, key);
+}
+
 export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>(
   file: T,
   key: Buffer,
   contentHmac?: Promise<string>,
 ): Promise<T & { fingerprint: Fingerprint }> {
-  const hmac = file.facts.contentHmac ?? (contentHmac ? await contentHmac : file.facts.bytes ? createHmac('sha256', key).update(file.facts.bytes).digest('hex') : await hmacFile(file.cleanPath, key));
+  const hmac = await keyedHash(file, key, contentHmac);
   const { facts } = file;
   const { kind } = file;
   const result =

@@ -15,6 +15,12 @@ import { seal, sealedFile, type Keyring } from '../storage/envelope.js';
 import type { ObjectStore } from '../storage/objects.js';
 import type { ForwardResult, Forwarder, StagedObject, UploadFields } from './forward.js';
 
+/** A failed adoption: false when the staged copy lies on another file system (seal afresh), else the error. */
+const unlessCrossDevice = (err: NodeJS.ErrnoException): false => {
+  if (err.code === 'EXDEV') return false;
+  throw err;
+};
+
 export class StoreSink implements Forwarder {
   constructor(
     readonly store: ObjectStore,
@@ -38,13 +44,8 @@ export class StoreSink implements Forwarder {
         // Sealed beside verify when the store can adopt a local file (stage below); else now, as
         // when the work dir turns out to be on another file system (a rename cannot cross).
         const staged = await file.staged?.catch(() => undefined);
-        const adopted =
-          staged?.name === names.file && this.store.adopt
-            ? await this.store.adopt(names.file, staged.path).then(
-                () => true,
-                (err: NodeJS.ErrnoException) => (err.code === 'EXDEV' ? false : Promise.reject(err)),
-              )
-            : false;
+        let adopted = false;
+        if (staged?.name === names.file && this.store.adopt) adopted = await this.store.adopt(names.file, staged.path).then(() => true, unlessCrossDevice);
         if (!adopted) {
           const sealed = await sealedFile(this.keys, names.file, file.path);
           await this.store.put(names.file, sealed.body, sealed.length, info);

@@ -260,7 +260,11 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean, dc: bo
       const walk = frame;
       const table = (tableClass: number, id: number): HuffmanTable | undefined => huffman.get((tableClass << 4) | id);
       const scan = jpegStep(report, () => walkScan(out, pos, walk, readScanHeader(walk.frame, payload), table, restartInterval));
-      if (!scan) return void (report.scanProblems ??= []).push(report.problems.at(-1)!);
+      if (!scan) {
+        // The walk's refusal is the problem jpegStep just reported.
+        (report.scanProblems ??= []).push(report.problems.at(-1)!);
+        return;
+      }
       if (!scan.canonical) {
         report.problems.push(scanTailProblem);
         (report.scanProblems ??= []).push(scanTailProblem);
