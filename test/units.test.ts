@@ -15,6 +15,7 @@ import { allowedDecoders, probeArgs, remuxArgs } from '../src/tools/ffmpeg-args.
 import type { ProbeResult } from '../src/tools/ffmpeg.js';
 import { collectImageValues } from '../src/verify/input-values.js';
 import { findSignatures, maxPatternBytes, PatternSet } from '../src/verify/scan.js';
+import { scanExtent, type JpegFrame, type ScanHeader } from '../src/formats/jpeg-scan.js';
 import { ValueCollector } from '../src/verify/values.js';
 import { hmacFile } from '../src/hash-thread.js';
 import { findPlanted, removeDir, tempDir } from './helpers.js';
@@ -141,6 +142,31 @@ describe('pattern scanner', () => {
     const found = findSignatures(data, signatures).sort((a, b) => a.start - b.start || a.pattern - b.pattern);
     assert.deepEqual(found, expected);
     assert.equal(found.filter((m) => m.pattern === 0).length, 1, 'a truncated signature at the end is no match');
+  });
+});
+
+describe('a scan\'s extent, as the JPEG stripper finds it (formats/jpeg-scan.ts scanExtent)', () => {
+  // One 8x8 greyscale block per MCU, 16 MCUs; bytes end in a 1 bit unless a case says otherwise.
+  const frame: JpegFrame = { coding: 'sequential', precision: 8, width: 128, height: 8, components: [{ id: 1, h: 1, v: 1 }], hMax: 1, vMax: 1 };
+  const scan: ScanHeader = { components: [{ index: 0, dc: 0, ac: 0 }], ss: 0, se: 63, ah: 0, al: 0 };
+  const extent = (hex: string, restartInterval = 0) => scanExtent(Buffer.from(`0000${hex}`, 'hex'), 2, frame, scan, restartInterval);
+
+  it('ends at the marker after the scan, over stuffed bytes and restarts, before fill bytes', () => {
+    assert.deepEqual(extent('1133ff00ffd9'), { end: 6, canonical: true });
+    assert.deepEqual(extent('11ffd033ffd9', 8), { end: 6, canonical: true });
+    // Fill bytes before the marker after the scan are the writer's: not copied, and no sign of data.
+    assert.deepEqual(extent('1133ffffffd9'), { end: 4, canonical: true });
+    assert.throws(() => extent('1133ff00'), /truncated/);
+    assert.throws(() => extent('1133ffff'), /truncated/);
+  });
+
+  it('tells a scan with signs of data past its MCUs, and still finds its end', () => {
+    assert.deepEqual(extent('1132ffd9'), { end: 4, canonical: false }, 'a last byte ending in a 0 bit');
+    assert.deepEqual(extent('11ffff00ffd9'), { end: 6, canonical: false }, 'fill bytes inside the scan');
+    assert.deepEqual(extent('11ffffd033ffd9', 8), { end: 7, canonical: false }, 'fill bytes before a restart');
+    assert.deepEqual(extent('11ffd133ffd9', 8), { end: 6, canonical: false }, 'a restart out of order');
+    assert.deepEqual(extent('11ffd0ffd133ffd9', 8), { end: 8, canonical: false }, 'an empty interval, and more restarts than intervals');
+    assert.deepEqual(extent('1133ffd9', 8), { end: 4, canonical: false }, 'fewer restarts than intervals');
   });
 });
 

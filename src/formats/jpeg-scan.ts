@@ -361,32 +361,50 @@ export function scanMcus(frame: JpegFrame, scan: ScanHeader): number {
 }
 
 /**
- * Whether a scan's bytes show none of the signs of data past its MCUs that can be seen without
- * decoding it: each restart interval's last byte ends in a 1 bit (padding is 1 bits; a byte
- * with no padding ends in a 1 half the time), no fill bytes or empty intervals, and as many
+ * Where a scan's coded data ends, and whether its bytes show none of the signs of data past its
+ * MCUs that can be seen without decoding it, in one pass over them (native searches from 0xFF to
+ * 0xFF: a scan is most of a photo's bytes).
+ *
+ * `end` is the first 0xFF before the marker that follows the scan: stuffed bytes (FF00) and
+ * restart markers are inside the scan, and the fill bytes a writer may put before a marker
+ * (T.81 B.1.1.2) are not.
+ *
+ * `canonical`: each restart interval's last byte ends in a 1 bit (padding is 1 bits; a byte
+ * with no padding ends in a 1 half the time), no fill bytes inside it or empty intervals, and as many
  * restart markers as the scan has intervals, in order. Text after the MCUs ends in a 1 bit half
  * the time too: this is a hint for when to walk, never a proof (the verifier walks every scan).
  */
-export function looksCanonical(data: Buffer, from: number, end: number, frame: JpegFrame, scan: ScanHeader, restartInterval: number): boolean {
+export function scanExtent(data: Buffer, from: number, frame: JpegFrame, scan: ScanHeader, restartInterval: number): { end: number; canonical: boolean } {
   const intervals = restartInterval > 0 ? Math.ceil(scanMcus(frame, scan) / restartInterval) : 1;
   let restarts = 0;
   let start = from;
+  let canonical = true;
   for (let pos = from; ; ) {
-    const ff = pos < end ? data.indexOf(0xff, pos) : end;
-    const boundary = ff < 0 || ff >= end ? end : ff;
-    const next = data[boundary + 1];
-    if (boundary < end && next === 0x00) {
-      pos = boundary + 2;
+    const ff = data.indexOf(0xff, pos);
+    if (ff < 0 || ff + 1 >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+    let at = ff + 1;
+    while (at < data.length && data[at] === 0xff) at++;
+    if (at >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+    const code = data[at]!;
+    const filled = at > ff + 1;
+    const restart = code >= 0xd0 && code <= 0xd7;
+    // Fill bytes inside the scan (before a stuffed byte or a restart); before the marker after
+    // it they are the writer's, and are not copied.
+    if (filled && (code === 0x00 || restart)) canonical = false;
+    else if (code !== 0x00 && canonical) {
+      // A marker (a restart, or the one after the scan): the byte before it closes an interval.
+      const last = data[ff - 1]!;
+      const stuffedFf = last === 0x00 && ff - 2 >= start && data[ff - 2] === 0xff;
+      if (ff === start || last === 0xff || (!stuffedFf && (last & 1) === 0)) canonical = false;
+      else if (restart ? code !== 0xd0 + (restarts & 7) : restarts !== intervals - 1) canonical = false;
+    }
+    if (code === 0x00) {
+      pos = at + 1;
       continue;
     }
-    // A marker (a restart, or the one after the scan): the byte before it closes an interval.
-    const last = data[boundary - 1]!;
-    const stuffedFf = last === 0x00 && boundary - 2 >= start && data[boundary - 2] === 0xff;
-    if (boundary === start || last === 0xff || (!stuffedFf && (last & 1) === 0)) return false;
-    if (boundary === end) return restarts === intervals - 1;
-    if (next !== 0xd0 + (restarts & 7)) return false;
+    if (!restart) return { end: ff, canonical };
     restarts++;
-    start = pos = boundary + 2;
+    start = pos = at + 1;
   }
 }
 

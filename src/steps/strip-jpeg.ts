@@ -17,7 +17,7 @@
 import { countRemoved, type Removed, type RemovedCategory } from '../context.js';
 import { reject } from '../errors.js';
 import { canonicalIcc } from '../formats/icc.js';
-import { findMarker, frameBudget, FrameWalk, huffmanLookup, looksCanonical, readFrame, readScanHeader, scanCost, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
+import { frameBudget, FrameWalk, huffmanLookup, readFrame, readScanHeader, scanCost, scanExtent, walkScan, type HuffmanTable, type ScanHeader } from '../formats/jpeg-scan.js';
 import { exifCategories, minimalOrientationTiff, readOrientation } from '../formats/tiff-ifd.js';
 import type { WorkBudget } from '../formats/work-budget.js';
 import type { ImageStripResult, ScanMode } from './strip-image.js';
@@ -214,8 +214,8 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number; scans
         const header = readScanHeader(frame!.frame, payload);
         // Charged from the headers, walked or not: a file of thousands of scans stops here.
         scanBudget!.spend(scanCost(frame!.frame, header));
-        const rawEnd = findMarker(input, pos, true).fill; // fill bytes before the next marker go
-        const hinted = !looksCanonical(input, pos, rawEnd, frame!.frame, header, restartInterval);
+        const { end: rawEnd, canonical } = scanExtent(input, pos, frame!.frame, header, restartInterval); // fill bytes before the next marker go
+        const hinted = !canonical;
         body.push({ from: pos, rawEnd, header, huffman: new Map(current), restartInterval, hinted });
         pos = rawEnd;
       }
@@ -288,7 +288,7 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number; scans
  * photo's scans costs about as much as libjpeg's decode of it, and the verifier walks every scan
  * of the output, so `mode` says which are walked: none ('copy': the pipeline strips a JPEG file
  * that way first, and again with 'all' only if the verifier's walk finds data past a last MCU),
- * those whose bytes hint at such data ('hinted', formats/jpeg-scan.ts `looksCanonical`: a JPEG
+ * those whose bytes hint at such data ('hinted', formats/jpeg-scan.ts `scanExtent`: a JPEG
  * inside a HEIF), or all. A progressive scan is read against what the earlier scans coded, so
  * one walk there walks them all.
  */
