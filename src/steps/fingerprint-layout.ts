@@ -40,7 +40,12 @@ function fold(items: Array<[string, number]>): LayoutEntry[] {
 const jpegNames: Record<number, string> = { 0xd8: 'SOI', 0xd9: 'EOI', 0xc4: 'DHT', 0xdb: 'DQT', 0xdd: 'DRI', 0xda: 'SOS', 0xcc: 'DAC' };
 const jpegName = (m: number): string => jpegNames[m] ?? (m >= 0xc0 && m <= 0xcf ? `SOF${m - 0xc0}` : m >= 0xe0 && m <= 0xef ? `APP${m - 0xe0}` : 'marker');
 
-function jpegLayout(b: Buffer): Array<[string, number]> {
+/**
+ * `codedEnds`: where each scan's coded data ends, by where it starts, as the verifier's walk of the
+ * same bytes found it (a scan is most of a photo: not searched a second time). A scan it does not
+ * list is searched here.
+ */
+function jpegLayout(b: Buffer, codedEnds: ReadonlyMap<number, number>): Array<[string, number]> {
   const items: Array<[string, number]> = [['SOI', 2]];
   let pos = 2;
   while (pos + 2 <= b.length && b[pos] === 0xff) {
@@ -51,18 +56,20 @@ function jpegLayout(b: Buffer): Array<[string, number]> {
     }
     if (pos + 4 > b.length) break;
     let end = pos + 2 + b.readUInt16BE(pos + 2);
-    if (marker === 0xda) {
-      // The scan's entropy-coded data belongs to it: up to the next real marker.
-      for (end = b.indexOf(0xff, end); end >= 0 && end + 1 < b.length; end = b.indexOf(0xff, end + 1)) {
-        const next = b[end + 1]!;
-        if (next !== 0 && next !== 0xff && (next < 0xd0 || next > 0xd7)) break;
-      }
-      if (end < 0) end = b.length;
-    }
+    if (marker === 0xda) end = codedEnds.get(end) ?? codedDataEnd(b, end);
     items.push([jpegName(marker), end - pos]);
     pos = end;
   }
   return items;
+}
+
+/** The scan's entropy-coded data belongs to it: up to the next real marker (not stuffing, not a restart). */
+function codedDataEnd(b: Buffer, from: number): number {
+  for (let end = b.indexOf(0xff, from); end >= 0 && end + 1 < b.length; end = b.indexOf(0xff, end + 1)) {
+    const next = b[end + 1]!;
+    if (next !== 0 && next !== 0xff && (next < 0xd0 || next > 0xd7)) return end;
+  }
+  return b.length;
 }
 
 function pngLayout(b: Buffer): Array<[string, number]> {
@@ -132,8 +139,9 @@ function isobmffLayout(b: Buffer): Array<[string, number]> {
   return items;
 }
 
-export function imageLayout(format: ImageFormat, bytes: Buffer): LayoutEntry[] {
-  if (format === 'jpeg') return fold(jpegLayout(bytes));
+/** `structures`: the verifier's structure report of the same bytes (for a JPEG, where its scans end). */
+export function imageLayout(format: ImageFormat, bytes: Buffer, structures: ReadonlyArray<{ start: number; end: number; what: string }> = []): LayoutEntry[] {
+  if (format === 'jpeg') return fold(jpegLayout(bytes, new Map(structures.filter((s) => s.what === 'jpeg scan data').map((s) => [s.start, s.end]))));
   if (format === 'png') return fold(pngLayout(bytes));
   if (format === 'webp') return fold(riffLayout(bytes));
   if (format === 'gif') return fold(gifLayout(bytes));

@@ -196,7 +196,7 @@ export async function fingerprint<T extends Verified & { facts: VerifiedFacts }>
   const { kind } = file;
   const result =
     facts.imageInfo !== undefined
-      ? imageFingerprint(facts.imageInfo, kind.mime, file.cleanBytes, hmac, kind.family === 'image' ? imageLayout(kind.format, facts.bytes) : [])
+      ? imageFingerprint(facts.imageInfo, kind.mime, file.cleanBytes, hmac, kind.family === 'image' ? imageLayout(kind.format, facts.bytes, facts.structures) : [])
       : videoFingerprint(facts.probe, kind.mime, file.cleanBytes, hmac, await videoLayout(kind.family === 'video' && kind.demuxer === 'matroska' ? 'matroska' : 'isobmff', file.cleanPath));
   return { ...file, fingerprint: result };
 }

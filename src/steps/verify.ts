@@ -24,7 +24,7 @@ import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
 import { lengthSizeOf } from '../formats/codec-config.js';
 import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
 import { configProblems, configRecord, proveMjpegFrames, proveNoUserData, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
-import { checkImageStructure, pngOrientation, tiffImageData } from '../verify/structure-image.js';
+import { checkImageStructure, pngOrientation, tiffImageData, type StructureReport } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { structureOnThread } from '../verify/structure-thread.js';
 import { ValueCollector } from '../verify/values.js';
@@ -55,9 +55,10 @@ export type VerifiedFacts =
   /**
    * `bytes`: the cleaned image exactly as verified, so the keyed hash need not read it again.
    * `makePreview`: with previews 'later', how to make a JPEG's from what its walk read (no decode).
+   * `structures`: the structure check's report of those bytes (StructureReport.structures).
    */
-  | { imageInfo: ImageInfo; bytes: Buffer; preview: Buffer | undefined; makePreview?: (() => Promise<Buffer>) | undefined; contentHmac?: string | undefined; probe?: undefined }
-  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; preview?: undefined; makePreview?: undefined; contentHmac?: undefined };
+  | { imageInfo: ImageInfo; bytes: Buffer; structures: StructureReport['structures']; preview: Buffer | undefined; makePreview?: (() => Promise<Buffer>) | undefined; contentHmac?: string | undefined; probe?: undefined }
+  | { probe: ProbeResult; imageInfo?: undefined; bytes?: undefined; structures?: undefined; preview?: undefined; makePreview?: undefined; contentHmac?: undefined };
 
 // The verifier's own list of tags a clean output may carry (kept apart from the stripper's).
 const cleanFormatTags = new Set(['major_brand', 'minor_version', 'compatible_brands']);
@@ -227,7 +228,7 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // The way up, for the turns that keep the size (180°, mirrors).
       else if (before.orientation !== after.orientation) problems.push('image: orientation changed');
       if (before.hasIcc && !after.hasIcc) problems.push('image: colour profile lost');
-      facts = { imageInfo: after, bytes: output, preview: await preview, makePreview: deps.previews === 'later' ? makePreview : undefined, contentHmac };
+      facts = { imageInfo: after, bytes: output, structures: structure.structures, preview: await preview, makePreview: deps.previews === 'later' ? makePreview : undefined, contentHmac };
       if (leaks > 0) problems.push(`value scan: ${leaks} value(s) from the input's metadata found in the output`);
     } catch (err) {
       await threaded?.catch(() => undefined);
