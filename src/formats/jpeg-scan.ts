@@ -370,9 +370,10 @@ export function scanMcus(frame: JpegFrame, scan: ScanHeader): number {
  * (T.81 B.1.1.2) are not.
  *
  * `canonical`: each restart interval's last byte ends in a 1 bit (padding is 1 bits; a byte
- * with no padding ends in a 1 half the time), no fill bytes inside it or empty intervals, and as many
- * restart markers as the scan has intervals, in order. Text after the MCUs ends in a 1 bit half
- * the time too: this is a hint for when to walk, never a proof (the verifier walks every scan).
+ * with no padding ends in a 1 half the time), no fill bytes inside the scan or empty intervals,
+ * and as many restart markers as the scan has intervals, in order. Text after the MCUs ends in a
+ * 1 bit half the time too: this is a hint for when to walk, never a proof (the verifier walks
+ * every scan).
  */
 export function scanExtent(data: Buffer, from: number, frame: JpegFrame, scan: ScanHeader, restartInterval: number): { end: number; canonical: boolean } {
   const intervals = restartInterval > 0 ? Math.ceil(scanMcus(frame, scan) / restartInterval) : 1;
