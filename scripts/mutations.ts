@@ -107,6 +107,18 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'JPEG: a lossless frame goes on to the verifier instead of being refused as a structure no decoder here reads',
+    file: 'src/steps/strip-jpeg.ts',
+    edits: [["if (header.coding === 'lossless') throw", "if (process.pid < 0 && header.coding === 'lossless') throw"]],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
+    name: 'JPEG: a 12-bit frame goes on to the verifier instead of being refused as a structure no decoder here reads',
+    file: 'src/steps/strip-jpeg.ts',
+    edits: [['if (header.precision !== 8) throw', 'if (process.pid < 0 && header.precision !== 8) throw']],
+    tests: ['test/canonical-image.test.ts'],
+  },
+  {
     name: 'JPEG: without a preview, the decode is skipped even where the walk proved nothing',
     file: 'src/verify/structure-image.ts',
     edits: [['report.codedDataProven = entropy && frameProven && scans > 0 && report.problems.length === 0;', 'report.codedDataProven = true;']],

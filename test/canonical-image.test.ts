@@ -257,16 +257,17 @@ describe('issue 26: a JPEG scan ends where its last MCU does (THREATS 37)', () =
   it('with no preview wanted, the walk is the proof: a scan of text is still refused, a real photo still cleaned', async () => {
     const { segments } = jpegSegments(await photo());
     const text = jpegOf(segments, Buffer.concat([Buffer.from('<html><script>alert(1)</script></html>'.repeat(20)), Buffer.from([0xff, 0xd9])]));
-    // A 12-bit frame: the walk reads it, but only a decode proves it, and libvips cannot decode it.
+    // A 12-bit frame: the walk reads it, but only a decode proves it, and libvips cannot decode
+    // it: refused at its frame header (the test below), with or without a preview.
     const twelveBit = handJpeg({ width: 8, height: 8, sof: 0xc1, precision: 12, scans: [{ sos: baselineScan, data: [0x3f] }] });
-    for (const [bytes, ok] of [[text, false], [twelveBit, false], [await photo(), true]] as const) {
+    for (const [bytes, refusal] of [[text, 'corrupt_media'], [twelveBit, 'unsupported_structure'], [await photo(), undefined]] as const) {
       const workDir = await tempDir();
       try {
         await writeFile(path.join(workDir, 'original'), bytes);
         const received = { id: 'test', inputPath: path.join(workDir, 'original'), inputBytes: bytes.length, workDir };
         const result = cleanFile(received, 'standard', { ...(await pipelineDeps()), previews: false });
-        if (ok) assert.equal((await result).preview, undefined);
-        else await assert.rejects(result, (err: unknown) => err instanceof ScrubError && err.code === 'corrupt_media');
+        if (!refusal) assert.equal((await result).preview, undefined);
+        else await assert.rejects(result, (err: unknown) => err instanceof ScrubError && err.code === refusal);
       } finally {
         await removeDir(workDir);
       }
@@ -281,6 +282,19 @@ describe('issue 26: a JPEG scan ends where its last MCU does (THREATS 37)', () =
     assert.ok(sos(bytes).equals(sos(restart)));
     assert.ok(out.removed.gps);
     await assert.rejects(clean(await readFile(fixture('reject/jpeg-arithmetic.jpg'))), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure');
+  });
+
+  it('a lossless or 12-bit JPEG is refused up front as a structure no decoder here reads, not as a failed verification', async () => {
+    // No decoder in the stack reads them (sharp's libjpeg is mozjpeg, 8-bit DCT only), so their
+    // pixels cannot be proven: the refusal must say so, not blame the file or the verifier.
+    const lossless = path.join(work, 'lossless.jpg');
+    await execFileP('ffmpeg', ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=64x48', '-frames:v', '1', '-c:v', 'ljpeg', '-pix_fmt', 'yuvj420p', '-strict', '-1', '-y', lossless]);
+    const twelveBit = Buffer.from(await readFile(fixture('media/jpeg-restart-intervals.jpg')));
+    const sof = twelveBit.indexOf(Buffer.from([0xff, 0xc0]));
+    twelveBit[sof + 4] = 12;
+    for (const [bytes, why] of [[await readFile(lossless), /lossless \(SOF3\) coding/], [twelveBit, /12-bit samples/]] as const) {
+      await assert.rejects(clean(bytes), (err: unknown) => err instanceof ScrubError && err.code === 'unsupported_structure' && why.test(err.publicMessage));
+    }
   });
 
   it('a progressive file of many scans that each walk every block is refused by its work budget, not walked', async () => {

@@ -193,6 +193,12 @@ export function stripJpeg(input: Buffer, limits: { maxInputPixels: number; scans
       if (isSof(marker)) {
         if (frame) throw reject.structure('JPEG', 'a second frame header');
         const header = readFrame(marker, payload);
+        // The verifier proves a JPEG's pixels with libjpeg's decode or its own walk, which stands in
+        // for one only for 8-bit DCT frames; sharp's libjpeg (mozjpeg) decodes nothing else. Such
+        // a file was refused after all the work, as an unreadable header or a failed verification
+        // of an intact file: refused here instead, saying why.
+        if (header.coding === 'lossless') throw reject.structure('JPEG', 'lossless (SOF3) coding, which no decoder here reads to prove its pixels; PNG or TIFF keep it lossless');
+        if (header.precision !== 8) throw reject.structure('JPEG', `${header.precision}-bit samples, which no decoder here reads to prove its pixels`);
         // Before anything is allocated for its blocks.
         if (header.width * header.height > limits.maxInputPixels) throw reject.pixels(header.width, header.height, limits.maxInputPixels);
         frame = new FrameWalk(header);
