@@ -50,6 +50,12 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-image.test.ts'],
   },
   {
+    name: 'value scan excuse: a value inside the output\'s coded data excused without proving that data is the input\'s',
+    file: 'src/steps/verify.ts',
+    edits: [['if (inCoded.size > 0) {', 'if (process.pid < 0 && inCoded.size > 0) {']],
+    tests: ['test/real-world.test.ts'],
+  },
+  {
     name: 'JPEG walk: several AC codes taken in one step even past the block\'s last coefficient',
     file: 'src/formats/jpeg-scan.ts',
     edits: [

@@ -103,6 +103,18 @@ describe('issue 16: JPEG', () => {
     assert.ok(bytes.includes(scanBytes));
   });
 
+  it('a value inside a scan the stripper cut is still a leak: a cut scan is not the input\'s, so nothing proves the run', async () => {
+    // As above, but with text after the scan's last MCU: the stripper cuts it, so the output's
+    // scan is no longer byte for byte the input's, and the run it still holds is excused by nothing.
+    const plain = await gradient(64, 48).jpeg({ quality: 85 }).toBuffer();
+    const sos = plain.indexOf(Buffer.from([0xff, 0xda]));
+    const scanBytes = plain.subarray(sos + 40, sos + 56);
+    const appended = Buffer.concat([plain.subarray(0, -2), Buffer.from('text after the last MCU', 'latin1'), plain.subarray(-2)]);
+    const err = await refusal(withSegments(appended, jpegSegment(0xe1, Buffer.concat([Buffer.from('Exif\0\0', 'latin1'), exifBlob(0x9286, scanBytes)]))));
+    assert.equal(err.code, 'verification_failed');
+    assert.match(err.message, /value-scan matches: jpeg scan data at \d+/);
+  });
+
   it('outside proven coded data the scan is as strict as ever, and the log says where a match lies', async () => {
     // The same in a PNG: its compressed image data has no identity proof yet, so the match refuses.
     const png = await gradient(64, 48).png({ compressionLevel: 0 }).toBuffer();

@@ -134,8 +134,9 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
       // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
       // coded items are copied byte for byte and not decoded here. A JPEG is decoded only if the
-      // structure walk leaves its coded data unproven (12-bit, lossless): walking every scan is
-      // the same proof, at the same cost, and its preview is made from the picture the walk read.
+      // structure walk leaves its coded data unproven (a frame it does not stand in for a decode
+      // of; the stripper refuses those): walking every scan is the same proof, at the same cost,
+      // and its preview is made from the picture the walk read.
       const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
       const walkProves = format === 'jpeg';
       const wantsPreview = deps.previews === undefined || deps.previews === true;
@@ -162,9 +163,6 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // PNG: the orientation of an eXIf wherever it lies, as viewers read it, not only where
       // libvips looks (before IDAT).
       const before = format === 'png' ? { ...headerBefore, orientation: pngOrientation(input) } : headerBefore;
-      // The input's coded picture data (JPEG scans, TIFF strips), as digests: the output's must be
-      // the same, in order, before a value match inside it can be excused.
-      const inputCoded = codedDigests(format, input);
       giveBack(file.original);
       const read = early ?? (await readOutput());
       const { output, tagBlocks, headerAfter, decode } = read;
@@ -199,18 +197,30 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // Coded picture data of the output proven to be the input's, byte for byte (issue 26): a
       // value of the input that is also a run of its pictures (a C2PA ingredient thumbnail of the
       // same picture, FLIR's raw thermal copy of its strips) is found there, and is not a leak.
-      let proven: Array<{ start: number; end: number }> | undefined;
+      const coded = structure.structures.filter((s) => s.what === codedStructure(format));
+      /** Per value, its first match that only proven coded data can excuse: decided after the scan. */
+      const inCoded = new Map<number, number>();
       // A forbidden signature is excused only inside a colour profile; a value, inside a kept
-      // structure written from fields, or inside proven coded data (proven when first needed).
+      // structure written from fields, or inside proven coded data.
       const excused = (pattern: number, start: number): boolean => {
         const end = start + patterns[pattern]!.length;
-        if (pattern >= forbidden.length && inputCoded.length > 0) {
-          proven ??= provenCoded(format, output, structure.structures, inputCoded);
-          if (proven.some((r) => start >= r.start && end <= r.end)) return true;
-        }
-        return keptRanges.some((r) => start >= r.start && end <= r.end && (pattern >= forbidden.length || r.what === 'icc'));
+        if (keptRanges.some((r) => start >= r.start && end <= r.end && (pattern >= forbidden.length || r.what === 'icc'))) return true;
+        if (pattern < forbidden.length || !coded.some((r) => start >= r.start && end <= r.end)) return false;
+        if (!inCoded.has(pattern)) inCoded.set(pattern, start);
+        return true;
       };
       const found = await matchedPatterns([output], patterns, excused);
+      if (inCoded.size > 0) {
+        // Rare, so proven only now: the input's coded data (JPEG scans, TIFF strips) is read again
+        // from its file, whose buffer went back to the pool, and the output's must be the same
+        // pieces, in order (a file changed since the strip read it proves nothing: fail closed).
+        const proven = provenCoded(format, output, structure.structures, codedDigests(format, await readFile(file.inputPath)));
+        for (const [pattern, start] of inCoded) {
+          const end = start + patterns[pattern]!.length;
+          const firstFound = found.get(pattern);
+          if (!proven.some((r) => start >= r.start && end <= r.end) && (firstFound === undefined || start < firstFound)) found.set(pattern, start);
+        }
+      }
       problems.push(...new Set([...found.keys()].filter((i) => i < forbidden.length).map((i) => forbidden[i]!.problem)));
       const leakAt = [...found].filter(([i]) => i >= forbidden.length).map(([, at]) => at);
       const leaks = leakAt.length;
