@@ -381,11 +381,7 @@ export function scanExtent(data: Buffer, from: number, frame: JpegFrame, scan: S
   let start = from;
   let canonical = true;
   for (let pos = from; ; ) {
-    const ff = data.indexOf(0xff, pos);
-    if (ff < 0 || ff + 1 >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
-    let at = ff + 1;
-    while (at < data.length && data[at] === 0xff) at++;
-    if (at >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+    const { ff, at } = nextFf(data, pos);
     const code = data[at]!;
     const filled = at > ff + 1;
     const restart = code >= 0xd0 && code <= 0xd7;
@@ -511,17 +507,25 @@ class BitReader {
  * code (they differ by the fill bytes a writer may put before a marker, T.81 B.1.1.2).
  */
 export function findMarker(data: Buffer, from: number, overRestarts: boolean): { fill: number; at: number } {
-  let pos = from;
-  for (;;) {
-    const ff = data.indexOf(0xff, pos);
-    if (ff < 0 || ff + 1 >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
-    let next = ff + 1;
-    while (next < data.length && data[next] === 0xff) next++;
-    if (next >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
-    const code = data[next]!;
-    if (code !== 0x00 && !(overRestarts && code >= 0xd0 && code <= 0xd7)) return { fill: ff, at: next - 1 };
-    pos = next + 1;
+  for (let pos = from; ; ) {
+    const { ff, at } = nextFf(data, pos);
+    const code = data[at]!;
+    if (code !== 0x00 && !(overRestarts && code >= 0xd0 && code <= 0xd7)) return { fill: ff, at: at - 1 };
+    pos = at + 1;
   }
+}
+
+/**
+ * In entropy-coded data, the next 0xFF at or after `pos` (`ff`) and the byte after it and any fill
+ * bytes that follow it (`at`): 0x00 for a stuffed 0xFF, else a marker's code.
+ */
+function nextFf(data: Buffer, pos: number): { ff: number; at: number } {
+  const ff = data.indexOf(0xff, pos);
+  if (ff < 0 || ff + 1 >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+  let at = ff + 1;
+  while (at < data.length && data[at] === 0xff) at++;
+  if (at >= data.length) throw reject.corrupt('JPEG', 'scan data is truncated (no end-of-image)');
+  return { ff, at };
 }
 
 /**
