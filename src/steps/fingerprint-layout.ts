@@ -42,8 +42,8 @@ const jpegName = (m: number): string => jpegNames[m] ?? (m >= 0xc0 && m <= 0xcf 
 
 /**
  * `codedEnds`: where each scan's coded data ends, by where it starts, as the verifier's walk of the
- * same bytes found it (a scan is most of a photo: not searched a second time). A scan it does not
- * list is searched here.
+ * same bytes found it (a scan is most of a photo: not searched a second time). Bytes the verifier
+ * passed had every scan walked; the layout of any others ends at a scan it did not list.
  */
 function jpegLayout(b: Buffer, codedEnds: ReadonlyMap<number, number>): Array<[string, number]> {
   const items: Array<[string, number]> = [['SOI', 2]];
@@ -56,20 +56,11 @@ function jpegLayout(b: Buffer, codedEnds: ReadonlyMap<number, number>): Array<[s
     }
     if (pos + 4 > b.length) break;
     let end = pos + 2 + b.readUInt16BE(pos + 2);
-    if (marker === 0xda) end = codedEnds.get(end) ?? codedDataEnd(b, end);
+    if (marker === 0xda) end = codedEnds.get(end) ?? b.length;
     items.push([jpegName(marker), end - pos]);
     pos = end;
   }
   return items;
-}
-
-/** The scan's entropy-coded data belongs to it: up to the next real marker (not stuffing, not a restart). */
-function codedDataEnd(b: Buffer, from: number): number {
-  for (let end = b.indexOf(0xff, from); end >= 0 && end + 1 < b.length; end = b.indexOf(0xff, end + 1)) {
-    const next = b[end + 1]!;
-    if (next !== 0 && next !== 0xff && (next < 0xd0 || next > 0xd7)) return end;
-  }
-  return b.length;
 }
 
 function pngLayout(b: Buffer): Array<[string, number]> {
@@ -140,7 +131,7 @@ function isobmffLayout(b: Buffer): Array<[string, number]> {
 }
 
 /** `structures`: the verifier's structure report of the same bytes (for a JPEG, where its scans end). */
-export function imageLayout(format: ImageFormat, bytes: Buffer, structures: ReadonlyArray<{ start: number; end: number; what: string }> = []): LayoutEntry[] {
+export function imageLayout(format: ImageFormat, bytes: Buffer, structures: ReadonlyArray<{ start: number; end: number; what: string }>): LayoutEntry[] {
   if (format === 'jpeg') return fold(jpegLayout(bytes, new Map(structures.filter((s) => s.what === 'jpeg scan data').map((s) => [s.start, s.end]))));
   if (format === 'png') return fold(pngLayout(bytes));
   if (format === 'webp') return fold(riffLayout(bytes));

@@ -134,9 +134,9 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
       // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
       // coded items are copied byte for byte and not decoded here. A JPEG is decoded only if the
-      // structure walk leaves its coded data unproven (a frame it does not stand in for a decode
-      // of; the stripper refuses those): walking every scan is the same proof, at the same cost,
-      // and its preview is made from the picture the walk read.
+      // structure walk leaves its coded data unproven (any frame but 8-bit DCT, which the stripper
+      // refuses too): walking every scan is the same proof, at the same cost, and its preview is
+      // made from the picture the walk read.
       const decodable = format !== 'heif' || file.kind.mime === 'image/avif';
       const walkProves = format === 'jpeg';
       const wantsPreview = deps.previews === undefined || deps.previews === true;
