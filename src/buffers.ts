@@ -27,12 +27,18 @@ const free: Buffer[] = [];
 /** The view handed out → the buffer behind it. */
 const lent = new WeakMap<Buffer, Buffer>();
 let held = 0;
+/** When a buffer was last lent or given back (performance.now()). */
+let lastUse = 0;
 const collected = new FinalizationRegistry<number>((bytes) => (held -= bytes));
 
 /** Bytes the pool holds, lent or free (external memory that is not garbage). */
 export const pooledBytes = (): number => held;
 
+/** Milliseconds since a buffer was last lent or given back. */
+export const poolIdleMs = (): number => performance.now() - lastUse;
+
 function take(size: number): Buffer {
+  lastUse = performance.now();
   let best = -1;
   for (let i = 0; i < free.length; i++) if (free[i]!.length >= size && (best < 0 || free[i]!.length < free[best]!.length)) best = i;
   if (best >= 0) return free.splice(best, 1)[0]!;
@@ -71,6 +77,7 @@ export async function readWhole(file: string): Promise<Buffer> {
 }
 
 function release(backing: Buffer, used: number): void {
+  lastUse = performance.now();
   backing.fill(0, 0, used);
   free.push(backing);
   // Over the bounds, the largest go: they are the rarest fit and the most memory.

@@ -3,7 +3,8 @@
  * and a video's keyed hash (~0.5 ms per MB with SHA-NI) would share the main thread with the
  * value scan of the same file, which runs at the same time: on two cores, side by side they take
  * the longer of the two instead of the sum. One thread per process (or per batch worker), started
- * on first use or by `startHashThread`, kept while it has work and never keeping the process alive.
+ * on first use or by `startHashThread`, never keeping the process alive, and ended after
+ * `idleEndMs` without work (a thread's heap and buffer are ~10 MiB that photos have no use for).
  */
 import { Worker } from 'node:worker_threads';
 
@@ -47,7 +48,10 @@ parentPort.on('message', ({ id, path, key }) => {
 });
 `;
 
+const idleEndMs = 5000;
+
 let worker: Worker | undefined;
+let idle: NodeJS.Timeout | undefined;
 const pending = new Map<number, Pending>();
 let nextId = 0;
 
@@ -56,16 +60,27 @@ export function startHashThread(): void {
   if (worker) return;
   // No inherited node flags: `--input-type=module` would make the source above an ES module.
   const started = new Worker(threadSource, { eval: true, execArgv: [] });
+  idle = setTimeout(() => {
+    if (pending.size > 0 || worker !== started) return;
+    // Forgotten first: the next hash starts a new thread rather than post to this one.
+    worker = undefined;
+    void started.terminate();
+  }, idleEndMs).unref();
   started.on('message', (answer: HashAnswer) => {
     const job = pending.get(answer.id);
     pending.delete(answer.id);
-    if (pending.size === 0) started.unref();
+    if (pending.size === 0) {
+      started.unref();
+      idle?.refresh();
+    }
     if (answer.error) job?.reject(Object.assign(new Error(answer.error.message), { code: answer.error.code }));
     else job?.resolve(answer.hex);
   });
   // A thread that dies fails what it held; the next hash starts a new one.
   const fail = (err: Error): void => {
-    if (worker === started) worker = undefined;
+    if (worker !== started) return;
+    worker = undefined;
+    clearTimeout(idle);
     for (const job of pending.values()) job.reject(err);
     pending.clear();
   };
@@ -75,6 +90,9 @@ export function startHashThread(): void {
   started.unref();
   worker = started;
 }
+
+/** Whether the thread is running now (for tests: it ends when idle). */
+export const hashThreadRunning = (): boolean => worker !== undefined;
 
 /** HMAC-SHA256 of the file at `path`, in hex. Rejects with the file system's error (code kept). */
 export function hmacFile(path: string, key: Uint8Array): Promise<string> {

@@ -5,12 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
+import { setTimeout } from 'node:timers/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
 import type { ImageFormat } from '../src/media.js';
 import { checkImageStructure } from '../src/verify/structure-image.js';
-import { structureOnThread } from '../src/verify/structure-thread.js';
+import { structureOnThread, structureThreads } from '../src/verify/structure-thread.js';
 import { removeDir, tempDir } from './helpers.js';
 
 let work: string;
@@ -50,5 +51,14 @@ describe('issue 30: the structure check on its own thread', () => {
     const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).png().toBuffer();
     await writeFile(path.join(work, 'next.png'), png);
     assert.deepEqual(await structureOnThread('png', path.join(work, 'next.png')), checkImageStructure('png', png));
+  });
+
+  it('a thread ends once idle (its ~25 MiB are given back), and a new one serves the next check', async () => {
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#fff' } }).png().toBuffer();
+    await writeFile(path.join(work, 'idle.png'), png);
+    assert.deepEqual(await structureOnThread('png', path.join(work, 'idle.png')), checkImageStructure('png', png));
+    assert.ok(structureThreads() > 0, 'a thread runs while it has work and just after');
+    for (const deadline = Date.now() + 30_000; structureThreads() > 0; await setTimeout(100)) assert.ok(Date.now() < deadline, 'an idle structure thread ended');
+    assert.deepEqual(await structureOnThread('png', path.join(work, 'idle.png')), checkImageStructure('png', png));
   });
 });

@@ -5,6 +5,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { scrubline } from '../src/middleware.js';
@@ -17,7 +18,7 @@ import { collectImageValues } from '../src/verify/input-values.js';
 import { findSignatures, maxPatternBytes, PatternSet } from '../src/verify/scan.js';
 import { scanExtent, type JpegFrame, type ScanHeader } from '../src/formats/jpeg-scan.js';
 import { ValueCollector } from '../src/verify/values.js';
-import { hmacFile } from '../src/hash-thread.js';
+import { hashThreadRunning, hmacFile } from '../src/hash-thread.js';
 import { findPlanted, removeDir, tempDir } from './helpers.js';
 
 describe('config', () => {
@@ -219,6 +220,19 @@ describe('the hash thread', () => {
     const { stdout } = await run(`import { hmacFile } from ${module}; console.log(await hmacFile(process.execPath, Buffer.alloc(32)));`);
     assert.match(stdout.trim(), /^[0-9a-f]{64}$/);
     await run(`import { startHashThread } from ${module}; startHashThread();`);
+  });
+
+  it('ends its thread once idle (its memory is given back), and a new one serves the next hash', async () => {
+    const file = path.join(await tempDir(), 'idle');
+    try {
+      await writeFile(file, 'after a pause');
+      const first = await hmacFile(file, key);
+      assert.ok(hashThreadRunning(), 'the thread runs while it has work and just after');
+      for (const deadline = Date.now() + 30_000; hashThreadRunning(); await sleep(100)) assert.ok(Date.now() < deadline, 'an idle hash thread ended');
+      assert.equal(await hmacFile(file, key), first);
+    } finally {
+      await removeDir(path.dirname(file));
+    }
   });
 });
 

@@ -27,7 +27,7 @@ import { emptyTempDir } from '../steps/receive.js';
 import { killOrphans, loadFfmpeg, stopAll } from '../tools/ffmpeg.js';
 import { findHeifDecoder } from '../tools/heif.js';
 import { Previews } from './previews.js';
-import { pooledBytes, trimPool } from '../buffers.js';
+import { poolIdleMs, pooledBytes, trimPool } from '../buffers.js';
 import { lockDataDir } from '../storage/lock.js';
 
 export interface RunningServer {
@@ -162,7 +162,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
   // then sees the abort and the partial file is removed with its upload dir.
   server.requestTimeout = config.requestTimeoutMs;
   server.headersTimeout = config.headersTimeoutMs;
-  const idlePoolTrim = setTimeout(trimIdlePool, idleTrimMs).unref();
+  const memoryWatch = setInterval(() => watchMemory(inFlight.size > 0), watchIntervalMs).unref();
   const responses = new WeakMap<Duplex, ServerResponse>();
   /** Requests not yet answered (or abandoned): what a shutdown waits for. */
   const inFlight = new Set<ServerResponse>();
@@ -175,8 +175,8 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
       if (inFlight.size === 0) drained?.();
       // A kept-alive connection's next request has no response until its headers are in.
       if (responses.get(req.socket) === res) responses.delete(req.socket);
-      releaseDeadBuffers(res.statusCode);
-      idlePoolTrim.refresh();
+      // The cap's 503s read no body and leave nothing behind; under load they come by the hundred.
+      if (res.statusCode !== 503) releaseDeadBuffers();
     });
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => answerClientError(err, socket, responses.get(socket)));
@@ -235,7 +235,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
     (closing ??= new Promise<void>((resolve) => {
       sweeper?.stop();
       tlsReload?.stop();
-      clearTimeout(idlePoolTrim);
+      clearInterval(memoryWatch);
       server.close(() => resolve());
       server.closeIdleConnections();
       metricsServer?.close();
@@ -340,38 +340,46 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
  * collections (an upload takes a hundred ms or more under load), so they are only freed by a full
  * collection, which V8 schedules late: after ~64 MiB of dead external memory, or once the old
  * generation reaches its initial size (64 MiB in bin/serve.sh, where V8's own schedule marked ~18
- * times a second). When the process runs with --expose-gc (bin/serve.sh), a processed request
- * that ends with more than `deadSlackBytes` of either (external memory beyond the pooled read
- * buffers, heap grown since the last collection) triggers that collection at once (~15 ms on a
- * heap of ~20 MiB), at most every `minCollectionGapMs`. Without the flag, nothing happens.
+ * times a second). When the process runs with --expose-gc (bin/serve.sh), more than
+ * `deadSlackBytes` of either (external memory beyond the pooled read buffers, heap grown since the
+ * last collection) triggers that collection at once (~15 ms on a heap of ~20 MiB), at most every
+ * `minCollectionGapMs`. It is looked at when a request ends, and every `watchIntervalMs` while
+ * one is in flight: a video or a tus PATCH of 64 MiB runs for seconds, and its socket chunks
+ * piled up to V8's own limit before. Without the flag, nothing happens.
  * Measured with `npm run load` (2 cores): peak RSS 171-192 MiB without, ~130-140 MiB with.
  */
 const deadSlackBytes = 16 * 1024 * 1024;
 const minCollectionGapMs = 250;
+const watchIntervalMs = 250;
 let lastCollection = 0;
 /** The heap as the last collection left it: what it has grown by since is garbage, mostly. */
 let heapAfterCollection = 0;
 
 /**
- * The read buffers kept for the next photo are let go once no request has ended for this long
- * (and collected at once, with --expose-gc): a quiet service, or one receiving a long video,
- * holds none of them (`npm run load`'s video phase: a few photos' worth less RSS).
+ * The read buffers kept for the next photo are let go once none has been lent or given back for
+ * this long (and collected at once, with --expose-gc): a quiet service, or one receiving videos or
+ * tus PATCHes (whose requests end every few seconds), holds none of them.
  */
 const idleTrimMs = 2000;
 
 /** V8's collector, when the process runs with --expose-gc. */
 const collect = (globalThis as { gc?: () => void }).gc;
 
-function trimIdlePool(): void {
-  if (trimPool() > 0) collect?.();
+function watchMemory(busy: boolean): void {
+  if (poolIdleMs() >= idleTrimMs && trimPool() > 0) collectNow();
+  else if (busy) releaseDeadBuffers();
 }
 
-function releaseDeadBuffers(status: number): void {
-  // The cap's 503s read no body and leave nothing behind; under load they come by the hundred.
-  if (!collect || status === 503 || performance.now() - lastCollection < minCollectionGapMs) return;
+function releaseDeadBuffers(): void {
+  if (!collect || performance.now() - lastCollection < minCollectionGapMs) return;
   // The buffers pooled for image reads are external memory too, and alive.
   const { external, heapUsed } = process.memoryUsage();
   if (external - pooledBytes() + Math.max(0, heapUsed - heapAfterCollection) <= deadSlackBytes) return;
+  collectNow();
+}
+
+function collectNow(): void {
+  if (!collect) return;
   lastCollection = performance.now();
   collect();
   heapAfterCollection = process.memoryUsage().heapUsed;

@@ -8,8 +8,10 @@
  * The same code runs either way, on the same file: the thread reads the cleaned file itself from
  * the upload's private work dir, which nothing writes once the strip is done, and answers the
  * same report. A batch worker of `scrubline strip` already has a core of its own and runs the
- * check in line. Threads start on first use, one per core but one (at least one), are
- * kept while they have work and never keep the process alive.
+ * check in line. Threads start on first use, one per core but one (at least one), never keep
+ * the process alive, and end after `idleEndMs` without work: a thread holds ~25 MiB (its heap,
+ * its read buffer, its malloc arena), which a service busy with videos, or quiet, has no use for.
+ * A new one starts with the next image (~0.1 s of a core, beside the rest of verify).
  */
 import { availableParallelism } from 'node:os';
 import { isMainThread, Worker } from 'node:worker_threads';
@@ -34,7 +36,11 @@ export type StructureAnswer =
 interface Thread {
   worker: Worker;
   jobs: Map<number, { resolve(report: StructureReport): void; reject(err: Error): void }>;
+  /** Ends the thread once it has had no work for `idleEndMs`; refreshed by each answer. */
+  idle: NodeJS.Timeout;
 }
+
+const idleEndMs = 5000;
 
 const threads: Thread[] = [];
 let nextId = 0;
@@ -46,11 +52,22 @@ function startThread(): Thread {
   const entry = new URL(import.meta.url.endsWith('.ts') ? './structure-worker.ts' : './structure-worker.js', import.meta.url);
   // A small young generation, as the service's own (bin/serve.sh): the garbage of a check is a
   // few small objects, and its megabytes are buffers outside the heap.
-  const thread: Thread = { worker: new Worker(entry, { resourceLimits: { maxYoungGenerationSizeMb: 2 } }), jobs: new Map() };
+  const worker = new Worker(entry, { resourceLimits: { maxYoungGenerationSizeMb: 2 } });
+  const idle = setTimeout(() => {
+    if (thread.jobs.size > 0) return;
+    // Out of the list first: no job is posted to a thread that is ending.
+    const at = threads.indexOf(thread);
+    if (at >= 0) threads.splice(at, 1);
+    void worker.terminate();
+  }, idleEndMs).unref();
+  const thread: Thread = { worker, jobs: new Map(), idle };
   thread.worker.on('message', (answer: StructureAnswer) => {
     const job = thread.jobs.get(answer.id);
     thread.jobs.delete(answer.id);
-    if (thread.jobs.size === 0) thread.worker.unref();
+    if (thread.jobs.size === 0) {
+      thread.worker.unref();
+      thread.idle.refresh();
+    }
     if (!job) return;
     if (answer.report) job.resolve(received(answer.report));
     else if (answer.refused) job.reject(new ScrubError(answer.refused.code, answer.refused.publicMessage, { reason: answer.refused.reason, internal: answer.refused.message }));
@@ -59,6 +76,7 @@ function startThread(): Thread {
   // A thread that dies fails what it held (fail closed: the uploads are refused with a 500); the
   // next check starts a new one.
   const fail = (err: Error): void => {
+    clearTimeout(thread.idle);
     const at = threads.indexOf(thread);
     if (at >= 0) threads.splice(at, 1);
     for (const job of thread.jobs.values()) job.reject(err);
@@ -71,6 +89,9 @@ function startThread(): Thread {
   threads.push(thread);
   return thread;
 }
+
+/** Threads running now (for tests: they end when idle). */
+export const structureThreads = (): number => threads.length;
 
 /** The report as the check made it: its byte signatures and colour profile as Buffers again. */
 function received(report: StructureReport): StructureReport {
