@@ -615,6 +615,19 @@ const mutations: Mutation[] = [
     edits: [["checkVideoStructure(container, file.cleanPath).then(async (found) => (container === 'isobmff' ? [...found, ...(await unownedBytesProblems(file.cleanPath))] : found)),", 'checkVideoStructure(container, file.cleanPath),']],
     tests: ['test/canonical-video.test.ts'],
   },
+  // --- memory the service gives back (issue 30) -----------------------------------------------------
+  {
+    name: 'an idle structure thread is kept for good',
+    file: 'src/verify/structure-thread.ts',
+    edits: [['    if (thread.jobs.size > 0) return;', '    if (thread.jobs.size > 0 || process.pid > 0) return;']],
+    tests: ['test/structure-thread.test.ts'],
+  },
+  {
+    name: 'an idle hash thread is kept for good',
+    file: 'src/hash-thread.ts',
+    edits: [['    if (pending.size > 0 || worker !== started) return;', '    if (pending.size > 0 || worker !== started || process.pid > 0) return;']],
+    tests: ['test/units.test.ts'],
+  },
 ];
 
 const { values } = scriptArgs(
