@@ -615,6 +615,12 @@ const mutations: Mutation[] = [
     edits: [["checkVideoStructure(container, file.cleanPath).then(async (found) => (container === 'isobmff' ? [...found, ...(await unownedBytesProblems(file.cleanPath))] : found)),", 'checkVideoStructure(container, file.cleanPath),']],
     tests: ['test/canonical-video.test.ts'],
   },
+  {
+    name: 'the CLI\'s compile cache used from a folder others can write to',
+    file: 'bin/scrubline.js',
+    edits: [['return found.isDirectory() && ours && (found.mode & 0o022) === 0 ? dir : undefined;', 'return found.isDirectory() && ours ? dir : undefined;']],
+    tests: ['test/operations.test.ts'],
+  },
   // --- memory the service gives back (issue 30) -----------------------------------------------------
   {
     name: 'an idle structure thread is kept for good',

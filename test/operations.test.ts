@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -87,6 +87,32 @@ describe('the command line (issue 28)', () => {
     const result = await run(system, [cli, 'strip', '--help']).then(() => ({ code: 0, stderr: '' }), (err: { code: number; stderr: string }) => err);
     assert.equal(result.code, 1);
     assert.match(result.stderr, /scrubline needs Node\.js 22\.16 or later; this is v\d+.*node_modules\/\.bin\/node bin\/scrubline\.js/);
+  });
+
+  it('keeps its compile cache only in a temp-dir folder of its own that nobody else can write to', async () => {
+    const uid = process.getuid?.() ?? 'user';
+    const env = (tmp: string): NodeJS.ProcessEnv => {
+      const { NODE_COMPILE_CACHE: _, ...rest } = process.env;
+      return { ...rest, TMPDIR: tmp };
+    };
+    const own = await tempDir();
+    const shared = await tempDir();
+    try {
+      await run(process.execPath, [cli, '--version'], { env: env(own) });
+      const made = path.join(own, `scrubline-compile-cache-${uid}`);
+      assert.equal((await stat(made)).mode & 0o777, 0o700, 'made private');
+      assert.ok((await readdir(made)).length > 0, 'and used');
+      // A folder of that name that others may write to (made by someone else first): code from it
+      // would be run, so it is left alone and the command runs without a cache.
+      const planted = path.join(shared, `scrubline-compile-cache-${uid}`);
+      await mkdir(planted);
+      await chmod(planted, 0o777);
+      const { stdout } = await run(process.execPath, [cli, '--version'], { env: env(shared) });
+      assert.match(stdout, /^scrubline /);
+      assert.deepEqual(await readdir(planted), []);
+    } finally {
+      await Promise.all([removeDir(own), removeDir(shared)]);
+    }
   });
 
   it('sweep --at without --dry-run is refused before the ledger is opened', async () => {
