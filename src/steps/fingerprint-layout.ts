@@ -9,6 +9,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { childBox, readAt as read, topLevelBoxes, videoTracks } from '../formats/isobmff.js';
 import type { ImageFormat } from '../media.js';
+import { codedStructure } from '../verify/structure-image.js';
 
 export interface LayoutEntry {
   type: string;
@@ -132,7 +133,7 @@ function isobmffLayout(b: Buffer): Array<[string, number]> {
 
 /** `structures`: the verifier's structure report of the same bytes (for a JPEG, where its scans end). */
 export function imageLayout(format: ImageFormat, bytes: Buffer, structures: ReadonlyArray<{ start: number; end: number; what: string }>): LayoutEntry[] {
-  if (format === 'jpeg') return fold(jpegLayout(bytes, new Map(structures.filter((s) => s.what === 'jpeg scan data').map((s) => [s.start, s.end]))));
+  if (format === 'jpeg') return fold(jpegLayout(bytes, new Map(structures.filter((s) => s.what === codedStructure('jpeg')).map((s) => [s.start, s.end]))));
   if (format === 'png') return fold(pngLayout(bytes));
   if (format === 'webp') return fold(riffLayout(bytes));
   if (format === 'gif') return fold(gifLayout(bytes));

@@ -24,7 +24,7 @@ import { PatternSet, ScanBudgetExceeded } from '../verify/scan.js';
 import { lengthSizeOf } from '../formats/codec-config.js';
 import { mpegHeaderCodecs } from '../formats/mpeg-headers.js';
 import { configProblems, configRecord, proveMjpegFrames, proveNoUserData, provePictureStream, type StreamProof } from '../verify/picture-stream.js';
-import { checkImageStructure, pngOrientation, tiffImageData, type StructureReport } from '../verify/structure-image.js';
+import { checkImageStructure, codedStructure, pngOrientation, tiffImageData, type StructureReport } from '../verify/structure-image.js';
 import { checkVideoStructure } from '../verify/structure-video.js';
 import { structureOnThread } from '../verify/structure-thread.js';
 import { ValueCollector } from '../verify/values.js';
@@ -314,9 +314,6 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   for (const [category, n] of Object.entries(dropped) as Array<[keyof Removed, number]>) countRemoved(removed, category, n);
   return { ...file, removed, verified: true, facts };
 }
-
-/** The structures of an image that are its coded picture data, copied by the strippers. */
-const codedStructure = (format: string): string | undefined => (format === 'jpeg' ? 'jpeg scan data' : format === 'tiff' ? 'tiff image data' : undefined);
 
 /**
  * A digest of each piece of coded picture data of an image, in file order (the verifier's own

@@ -26,6 +26,13 @@ export interface Span {
   what: string;
 }
 
+/** What a report's structures call the coded picture data of a JPEG and of a TIFF. */
+const jpegScanName = 'jpeg scan data';
+const tiffStripsName = 'tiff image data';
+
+/** The structures of an image that are its coded picture data, copied by the strippers. */
+export const codedStructure = (format: string): string | undefined => (format === 'jpeg' ? jpegScanName : format === 'tiff' ? tiffStripsName : undefined);
+
 export interface StructureReport {
   problems: string[];
   /**
@@ -270,7 +277,7 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean, dc: bo
         (report.scanProblems ??= []).push(scanTailProblem);
       }
       scans++;
-      report.structures.push({ start: pos, end: scan.end, what: 'jpeg scan data' });
+      report.structures.push({ start: pos, end: scan.end, what: jpegScanName });
       pos = scan.end;
     } else if (marker === 0xda) {
       // Entropy-coded data runs to the first marker that is not stuffing or a restart.
@@ -282,7 +289,7 @@ function walkJpeg(out: Buffer, report: StructureReport, entropy: boolean, dc: bo
         if (next === 0x00 || (next >= 0xd0 && next <= 0xd7) || next === 0xff) pos += 1;
         else break;
       }
-      report.structures.push({ start: scanStart, end: pos, what: 'jpeg scan data' });
+      report.structures.push({ start: scanStart, end: pos, what: jpegScanName });
     }
   }
   report.problems.push('jpeg: no EOI');
@@ -497,7 +504,7 @@ function imageDataOf(out: Buffer, tags: ReturnType<typeof tiffValues>): Span[] {
     [0x0144, 0x0145],
   ] as const) {
     const counts = array(countsTag);
-    array(offsetsTag).forEach((offset, i) => spans.push({ start: offset, end: offset + (counts[i] ?? 0), what: 'tiff image data' }));
+    array(offsetsTag).forEach((offset, i) => spans.push({ start: offset, end: offset + (counts[i] ?? 0), what: tiffStripsName }));
   }
   return spans;
 }
