@@ -51,7 +51,6 @@ parentPort.on('message', ({ id, path, key }) => {
 const idleEndMs = 5000;
 
 let worker: Worker | undefined;
-let idle: NodeJS.Timeout | undefined;
 const pending = new Map<number, Pending>();
 let nextId = 0;
 
@@ -60,7 +59,7 @@ export function startHashThread(): void {
   if (worker) return;
   // No inherited node flags: `--input-type=module` would make the source above an ES module.
   const started = new Worker(threadSource, { eval: true, execArgv: [] });
-  idle = setTimeout(() => {
+  const idle = setTimeout(() => {
     if (pending.size > 0 || worker !== started) return;
     // Forgotten first: the next hash starts a new thread rather than post to this one.
     worker = undefined;
@@ -71,12 +70,13 @@ export function startHashThread(): void {
     pending.delete(answer.id);
     if (pending.size === 0) {
       started.unref();
-      idle?.refresh();
+      idle.refresh();
     }
     if (answer.error) job?.reject(Object.assign(new Error(answer.error.message), { code: answer.error.code }));
     else job?.resolve(answer.hex);
   });
-  // A thread that dies fails what it held; the next hash starts a new one.
+  // A thread that dies fails what it held; the next hash starts a new one. (One already replaced,
+  // ended when idle, held nothing: the jobs pending now are its successor's.)
   const fail = (err: Error): void => {
     if (worker !== started) return;
     worker = undefined;

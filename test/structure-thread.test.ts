@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
-import { setTimeout } from 'node:timers/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import sharp from 'sharp';
@@ -58,7 +58,7 @@ describe('issue 30: the structure check on its own thread', () => {
     await writeFile(path.join(work, 'idle.png'), png);
     assert.deepEqual(await structureOnThread('png', path.join(work, 'idle.png')), checkImageStructure('png', png));
     assert.ok(structureThreads() > 0, 'a thread runs while it has work and just after');
-    for (const deadline = Date.now() + 30_000; structureThreads() > 0; await setTimeout(100)) assert.ok(Date.now() < deadline, 'an idle structure thread ended');
+    for (const deadline = Date.now() + 30_000; structureThreads() > 0; await sleep(100)) assert.ok(Date.now() < deadline, 'an idle structure thread ended');
     assert.deepEqual(await structureOnThread('png', path.join(work, 'idle.png')), checkImageStructure('png', png));
   });
 });
