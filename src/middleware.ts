@@ -30,7 +30,7 @@ import { randomId } from './ids.js';
 import { cleanFile, type CleanFile, type PipelineDeps } from './pipeline.js';
 import { emptyTempDir, receiver, removeUploadDir, type FieldRule, type ReceivedUpload } from './steps/receive.js';
 import { jobExpiry, systemClock, type Clock } from './steps/tag-expiry.js';
-import { loadFfmpeg, type Ffmpeg } from './tools/ffmpeg.js';
+import { ffmpegOnDemand } from './tools/ffmpeg.js';
 
 export type { FieldRule } from './steps/receive.js';
 
@@ -304,18 +304,10 @@ export function scrublineParts(options: ScrublineOptions, hooks: ServiceHooks = 
   const live = new Set<string>();
   if (sweepEvery > 0) setInterval(() => void removeAbandoned(options.tmpDir, live, abandonedGraceMs).catch(() => undefined), sweepEvery).unref();
   const clock = options.clock ?? systemClock;
-  // ffmpeg is loaded on the first video, never for an image: a machine without it still cleans
-  // photos. A failure is retried on the next video.
-  let ffmpeg: Promise<Ffmpeg> | undefined;
-  const tools = (): Promise<Ffmpeg> => {
-    ffmpeg ??= loadFfmpeg({ ffmpegPath: options.ffmpegPath, ffprobePath: options.ffprobePath, ffmpegTimeoutMs }).catch((err: unknown) => {
-      ffmpeg = undefined;
-      throw err instanceof ScrubError
-        ? err
-        : new ScrubError('tool_unavailable', 'Video cannot be processed right now: ffmpeg is not available on this server. Images are unaffected; retry later.', { cause: err });
-    });
-    return ffmpeg;
-  };
+  const tools = ffmpegOnDemand(
+    { ffmpegPath: options.ffmpegPath, ffprobePath: options.ffprobePath, ffmpegTimeoutMs },
+    (cause) => new ScrubError('tool_unavailable', 'Video cannot be processed right now: ffmpeg is not available on this server. Images are unaffected; retry later.', { cause }),
+  );
 
   async function cleanUpload(upload: ReceivedUpload): Promise<CleanFile[]> {
     const finishedAt = options.jobFinishedAt && upload.jobId !== undefined ? await options.jobFinishedAt(upload.jobId) : undefined;

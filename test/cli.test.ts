@@ -53,14 +53,18 @@ describe('scrubline CLI', () => {
     assert.deepEqual(await readdir(path.join(dir, 'data', 'tmp')), [], 'no work dir left behind');
   });
 
-  it('a batch without ffmpeg stops its workers and exits 1 with nothing written', async () => {
-    // The workers start before ffmpeg is looked up; its failure must end them, not hang the run.
+  it('a batch without ffmpeg cleans its images and refuses only its video (tool_unavailable, exit 1)', async () => {
+    // ffmpeg is looked up by the thread that first meets a video: images neither need nor wait for it.
     const out = path.join(dir, 'no-ffmpeg');
-    const inputs = Array.from({ length: 5 }, () => fixture('media/jpeg-gps-exif-xmp-iptc.jpg'));
-    const result = await run(['strip', ...inputs, '--out-dir', out], { ...env, SCRUBLINE_FFMPEG_PATH: path.join(dir, 'no-such-ffmpeg') });
-    assert.equal(result.code, 1);
-    assert.match(result.stderr, /tool_unavailable/);
-    assert.deepEqual(await readdir(out), []);
+    const images = ['media/jpeg-gps-exif-xmp-iptc.jpg', 'media/png-text-exif-xmp.png', 'media/webp-exif-xmp.webp', 'media/heic-exif-xmp-thumbnail.heic'];
+    const inputs = [...images, 'media/mp4-location.mp4'].map((f) => fixture(f));
+    const result = await run(['strip', ...inputs, '--out-dir', out, '--json'], { ...env, SCRUBLINE_FFMPEG_PATH: path.join(dir, 'no-such-ffmpeg') });
+    assert.equal(result.code, 1, result.stderr);
+    const reports = result.stdout.trim().split('\n').map((line) => JSON.parse(line));
+    assert.deepEqual(reports.filter((r) => r.error).map((r) => [path.basename(r.input), r.error.code]), [['mp4-location.mp4', 'tool_unavailable']]);
+    assert.match(result.stderr, /Video needs ffmpeg/);
+    assert.deepEqual((await readdir(out)).sort(), images.map((f) => path.basename(f)).sort());
+    assert.deepEqual(await readdir(path.join(dir, 'data', 'tmp')), [], 'no work dir left behind');
   });
 
   it('strip rejects a non-media file with exit 2, one line on stderr and no output file', async () => {

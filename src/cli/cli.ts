@@ -116,7 +116,7 @@ async function inspectCommand(args: string[], config: Config, out: Out): Promise
   const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const sniffed = await sniff(received);
-    const stripped = await strip(sniffed, deps);
+    const stripped = await strip(sniffed, { ...deps, ffmpeg: sniffed.kind.family === 'video' ? await deps.ffmpeg() : undefined });
     const report = { mime: sniffed.kind.mime, family: sniffed.kind.family, bytes: received.inputBytes, metadata: stripped.removed };
     if (values.json) out.stdout(JSON.stringify(report) + '\n');
     else {

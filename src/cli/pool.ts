@@ -3,14 +3,13 @@
  *
  * Why workers: rebuilding, the value scan and the keyed hash are JavaScript, so one Node thread
  * uses one core however many files are in flight. This module loads none of the pipeline, so a
- * batch's main thread starts its workers at once and they load it while ffmpeg is looked up.
+ * batch's main thread starts its workers at once and they load it while the key is read.
  */
 import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import type { StripJob, StripOutcome } from './strip.js';
 import type { Config } from '../config.js';
 import { loadFingerprintKey } from '../storage/keys.js';
-import { loadFfmpeg, type Ffmpeg } from '../tools/ffmpeg.js';
 
 /** Below this many files a batch runs on the main thread: starting workers costs more. */
 export const minFilesForWorkers = 4;
@@ -25,14 +24,17 @@ const inFlightPerWorker = 3;
 /** Initial old-generation size of each worker's heap (see stripInWorkers). */
 const workerInitialOldSpaceMiB = 64;
 
-/** What a worker needs from the main thread: found once there, not once per worker. */
+/**
+ * What a worker needs from the main thread: found once there, not once per worker. (ffmpeg is
+ * not: each thread looks it up when it first meets a video, see strip.ts pipelineDeps, so a
+ * batch of photos never runs it.)
+ */
 export interface SharedDeps {
-  ffmpeg: Ffmpeg;
   fingerprintKey: Uint8Array;
 }
 
 export async function sharedDeps(config: Config): Promise<SharedDeps> {
-  return { ffmpeg: await loadFfmpeg(config), fingerprintKey: loadFingerprintKey(config.dataDir, config.fingerprintKey) };
+  return { fingerprintKey: loadFingerprintKey(config.dataDir, config.fingerprintKey) };
 }
 
 /** What the main thread posts to a worker: the shared dependencies once, then jobs. */

@@ -6,11 +6,12 @@ import { copyFile, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config.js';
 import type { Retention } from '../context.js';
-import { asScrubError, type ErrorCode } from '../errors.js';
+import { asScrubError, ScrubError, type ErrorCode } from '../errors.js';
 import { sharedDeps, type SharedDeps } from './pool.js';
-import { cleanFile, publicReport, type CleanFile, type LoadedPipelineDeps, type PipelineDeps } from '../pipeline.js';
+import { cleanFile, publicReport, type CleanFile, type PipelineDeps } from '../pipeline.js';
 import { randomId } from '../ids.js';
 import { systemClock } from '../steps/tag-expiry.js';
+import { ffmpegOnDemand, type Ffmpeg } from '../tools/ffmpeg.js';
 
 export interface StripJob {
   input: string;
@@ -24,15 +25,23 @@ export type StripOutcome =
   | { ok: true; input: string; output: string; report: ReturnType<typeof publicReport> }
   | { ok: false; input: string; error: { code: ErrorCode; message: string; isRejection: boolean } };
 
+/** The pipeline's dependencies on this thread, with ffmpeg looked up when a video first needs it. */
+export type CliDeps = PipelineDeps & { ffmpeg: () => Promise<Ffmpeg> };
+
 /** `previews`: only QA's reports show them; a stripped file on disk has no use for one. */
-export function pipelineDeps(config: Config, shared: SharedDeps, previews = false): LoadedPipelineDeps {
+export function pipelineDeps(config: Config, shared: SharedDeps, previews = false): CliDeps {
   // A Buffer posted to a worker arrives as a plain Uint8Array.
   const fingerprintKey = Buffer.from(shared.fingerprintKey.buffer, shared.fingerprintKey.byteOffset, shared.fingerprintKey.byteLength);
-  return { ffmpeg: shared.ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, previews, clock: systemClock };
+  const ffmpeg = ffmpegOnDemand(
+    config,
+    (cause) =>
+      new ScrubError('tool_unavailable', 'Video needs ffmpeg and ffprobe, which were not found or did not run: install ffmpeg, or set SCRUBLINE_FFMPEG_PATH and SCRUBLINE_FFPROBE_PATH. Images need neither.', { cause }),
+  );
+  return { ffmpeg, fingerprintKey, maxInputPixels: config.maxInputPixels, previews, clock: systemClock };
 }
 
 /** Dependencies for jobs run on this thread (a few files, inspect, fingerprint, qa). */
-export async function localDeps(config: Config, previews = false): Promise<LoadedPipelineDeps> {
+export async function localDeps(config: Config, previews = false): Promise<CliDeps> {
   return pipelineDeps(config, await sharedDeps(config), previews);
 }
 

@@ -120,7 +120,9 @@ async function runRemote(url: URL, token: string, file: string): Promise<Observe
 
 export async function runSuite(suite: Suite, target: Target, onResult: (result: FileResult, done: number) => void): Promise<FileResult[]> {
   const config = target.kind === 'local' ? target.config : undefined;
-  const deps = config ? await localDeps(config, true) : undefined;
+  // QA probes and thumbnails what it runs, images as well as video: ffmpeg is needed up front.
+  const local = config ? await localDeps(config, true) : undefined;
+  const deps: LoadedPipelineDeps | undefined = local && { ...local, ffmpeg: await local.ffmpeg() };
   const results: FileResult[] = [];
   let next = 0;
   const worker = async (): Promise<void> => {

@@ -479,14 +479,21 @@ export async function versionOf(binary: Binary, timeoutMs: number): Promise<Vers
   return { version: /version (\S+)/.exec(first)?.[1] ?? 'unknown', libavformatMajor: lavf ? Number(lavf[1]) : undefined };
 }
 
-/** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
 /** The tools a video step was given; their absence is a wiring fault (cleanFile loads them for video). */
 export function videoTools(deps: { ffmpeg: Ffmpeg | undefined }): Ffmpeg {
   if (!deps.ffmpeg) throw new Error('a video step ran without ffmpeg');
   return deps.ffmpeg;
 }
 
-export async function loadFfmpeg(config: { ffmpegPath?: string | undefined; ffprobePath?: string | undefined; ffmpegTimeoutMs: number }): Promise<Ffmpeg> {
+/** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
+/** Where the tools are (or are looked for) and how long one run may take. */
+export interface FfmpegConfig {
+  ffmpegPath?: string | undefined;
+  ffprobePath?: string | undefined;
+  ffmpegTimeoutMs: number;
+}
+
+export async function loadFfmpeg(config: FfmpegConfig): Promise<Ffmpeg> {
   const ffmpeg = resolveBinary('ffmpeg', config.ffmpegPath);
   const ffprobe = resolveBinary('ffprobe', config.ffprobePath);
   if (ffmpeg === undefined || ffprobe === undefined) {
@@ -502,4 +509,19 @@ export async function loadFfmpeg(config: { ffmpegPath?: string | undefined; ffpr
     ffmpegVersion: info.version,
     legacyRotateTag: info.libavformatMajor !== undefined && info.libavformatMajor < 59,
   };
+}
+
+/**
+ * ffmpeg looked up on first use (`PipelineDeps.ffmpeg`): only video needs it, so a machine
+ * without it still cleans images, and an image never waits for `ffmpeg -version` (~100 ms of
+ * CPU). Kept once found; a failure (not found, or `-version` did not run) is thrown as
+ * `whenMissing(cause)`, and the tools are looked up again on the next call.
+ */
+export function ffmpegOnDemand(config: FfmpegConfig, whenMissing: (cause: unknown) => ScrubError): () => Promise<Ffmpeg> {
+  let found: Promise<Ffmpeg> | undefined;
+  return () =>
+    (found ??= loadFfmpeg(config).catch((err: unknown) => {
+      found = undefined;
+      throw whenMissing(err);
+    }));
 }
