@@ -74,11 +74,17 @@ export async function stripInWorkers(
       let inFlight = 0;
       const post = (message: ToWorker): void => worker.postMessage(message);
       const feed = (): void => {
-        if (next < jobs.length) {
+        const left = jobs.length - next;
+        if (left === 0) {
+          if (inFlight === 0) void worker.terminate().then(() => resolve());
+          return;
+        }
+        // The last few go one to a worker that has none left, not three deep to whichever worker
+        // asks first: queued behind two others on one core, a batch's last file kept it busy
+        // while the other core idled (~130 ms of a 100-photo batch's end, in a profile).
+        if (inFlight < (left >= workers.length * inFlightPerWorker ? inFlightPerWorker : 1)) {
           inFlight++;
           post({ kind: 'job', job: jobs[next++]! });
-        } else if (inFlight === 0) {
-          void worker.terminate().then(() => resolve());
         }
       };
       worker.on('message', (outcome: StripOutcome) => {
