@@ -14,7 +14,7 @@ import type { Fingerprint } from '../steps/fingerprint.js';
 import { sniff } from '../steps/sniff.js';
 import { makeThumbnail } from '../http/thumbnails.js';
 import { readExifValues } from '../tools/exifr.js';
-import { probe, rotationOf, type ProbeResult } from '../tools/ffmpeg.js';
+import { loadFfmpeg, probe, rotationOf, type ProbeResult } from '../tools/ffmpeg.js';
 import { readImageInfo } from '../tools/sharp.js';
 import { judge, type Geometry, type Observed, type Verdict } from './judge.js';
 import type { Suite, SuiteFile } from './suite.js';
@@ -120,9 +120,9 @@ async function runRemote(url: URL, token: string, file: string): Promise<Observe
 
 export async function runSuite(suite: Suite, target: Target, onResult: (result: FileResult, done: number) => void): Promise<FileResult[]> {
   const config = target.kind === 'local' ? target.config : undefined;
-  // QA probes and thumbnails what it runs, images as well as video: ffmpeg is needed up front.
-  const local = config ? await localDeps(config, true) : undefined;
-  const deps: LoadedPipelineDeps | undefined = local && { ...local, ffmpeg: await local.ffmpeg() };
+  // QA probes and thumbnails what it runs, images as well as video: ffmpeg is needed up front,
+  // and its absence stops the run with loadFfmpeg's own message (what to install or set).
+  const deps: LoadedPipelineDeps | undefined = config && { ...(await localDeps(config, true)), ffmpeg: await loadFfmpeg(config) };
   const results: FileResult[] = [];
   let next = 0;
   const worker = async (): Promise<void> => {

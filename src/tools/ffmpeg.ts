@@ -485,7 +485,6 @@ export function videoTools(deps: { ffmpeg: Ffmpeg | undefined }): Ffmpeg {
   return deps.ffmpeg;
 }
 
-/** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
 /** Where the tools are (or are looked for) and how long one run may take. */
 export interface FfmpegConfig {
   ffmpegPath?: string | undefined;
@@ -493,6 +492,7 @@ export interface FfmpegConfig {
   ffmpegTimeoutMs: number;
 }
 
+/** Resolves both binaries and reads ffmpeg's version once; throws a clear error when missing. */
 export async function loadFfmpeg(config: FfmpegConfig): Promise<Ffmpeg> {
   const ffmpeg = resolveBinary('ffmpeg', config.ffmpegPath);
   const ffprobe = resolveBinary('ffprobe', config.ffprobePath);
