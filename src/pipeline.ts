@@ -14,7 +14,7 @@
  */
 import { giveBack } from './buffers.js';
 import { rm } from 'node:fs/promises';
-import type { Received, Removed, Retention, Stripped } from './context.js';
+import type { Received, Removed, Retention, Sniffed, Stripped } from './context.js';
 import { ScrubError } from './errors.js';
 import type { StagedObject } from './steps/forward.js';
 import type { MediaKind } from './media.js';
@@ -80,6 +80,12 @@ export interface CleanFile {
   staged?: Promise<StagedObject> | undefined;
 }
 
+/** The tools a sniffed file's steps need: ffmpeg, loaded (or its absence reported) for video only. */
+export async function toolsFor(sniffed: Sniffed, deps: Pick<PipelineDeps, 'ffmpeg'>): Promise<Ffmpeg | undefined> {
+  if (sniffed.kind.family !== 'video') return undefined;
+  return typeof deps.ffmpeg === 'function' ? deps.ffmpeg() : deps.ffmpeg;
+}
+
 /** Steps 2–6 for one received file. Throws a ScrubError for anything that is not clean. */
 export async function cleanFile(received: Received, retention: Retention, deps: PipelineDeps): Promise<CleanFile> {
   const timed = async <T>(stage: Exclude<TimedStage, 'receive'>, work: () => Promise<T>): Promise<T> => {
@@ -91,8 +97,7 @@ export async function cleanFile(received: Received, retention: Retention, deps: 
     }
   };
   const sniffed = await timed('sniff', () => sniff(received));
-  // ffmpeg is loaded (or its absence reported) only for video: images never need it.
-  const stepDeps = { ...deps, ffmpeg: sniffed.kind.family === 'video' ? await (typeof deps.ffmpeg === 'function' ? deps.ffmpeg() : deps.ffmpeg) : undefined };
+  const stepDeps = { ...deps, ffmpeg: await toolsFor(sniffed, deps) };
   // A JPEG's scans are copied as they are, unwalked: the verifier walks every one. Only if its walk
   // finds data past a scan's last MCU, or a scan that does not decode, and nothing else wrong, is
   // the file stripped again with every scan walked (strip-jpeg.ts scanParts), which cuts the one

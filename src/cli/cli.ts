@@ -113,10 +113,11 @@ async function inspectCommand(args: string[], config: Config, out: Out): Promise
   const { localDeps, withWorkDir } = await import('./strip.js');
   const { sniff } = await import('../steps/sniff.js');
   const { strip } = await import('../steps/strip.js');
+  const { toolsFor } = await import('../pipeline.js');
   const deps = await localDeps(config);
   return withWorkDir(config, positionals[0]!, async (received) => {
     const sniffed = await sniff(received);
-    const stripped = await strip(sniffed, { ...deps, ffmpeg: sniffed.kind.family === 'video' ? await deps.ffmpeg() : undefined });
+    const stripped = await strip(sniffed, { ...deps, ffmpeg: await toolsFor(sniffed, deps) });
     const report = { mime: sniffed.kind.mime, family: sniffed.kind.family, bytes: received.inputBytes, metadata: stripped.removed };
     if (values.json) out.stdout(JSON.stringify(report) + '\n');
     else {
