@@ -122,14 +122,13 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
   // The slow parts (tag readers, ffprobe in its own process, the value scan) run side by side.
   if (file.kind.family === 'image') {
     const format = file.kind.format;
-    // The structure check (for JPEG a walk of every scan, as costly as a decode) starts first, on
-    // a thread of its own where there is one (verify/structure-thread.ts): it reads the cleaned
-    // file itself and runs beside everything below. A failure here waits for it before the work
-    // dir can go.
+    // The structure check (for JPEG a walk of every scan, as costly as a decode) starts as soon as
+    // the output is read, on a thread of its own where there is one (verify/structure-thread.ts),
+    // in the very buffer read, and runs beside everything after. A failure here waits for it: the
+    // buffer is not given back (nor the work dir removed) while the thread may still read it.
     // A JPEG's walk also reads its picture at 1/8 scale (its DC coefficients), its preview's pixels.
     const dc = format === 'jpeg' && deps.previews !== false;
-    const threaded = structureOnThread(format, file.cleanPath, { dc });
-    threaded?.catch(() => undefined); // awaited below; marked handled in case a step before that throws
+    let threaded: Promise<StructureReport> | undefined;
     try {
       // The pixels must decode (THREATS 37), checked once the headers passed the pixel and canvas
       // limits; the decode's preview is kept as the thumbnail. sharp cannot decode HEVC: HEIC's
@@ -144,6 +143,8 @@ export async function verify(file: Stripped, deps: VerifyDeps, early?: EarlyRead
       // reading, header and decode start as soon as it is read.
       const readOutput = async () => {
         const output = await readWhole(file.cleanPath);
+        threaded = structureOnThread(format, output, { dc });
+        threaded?.catch(() => undefined); // awaited below; marked handled in case a step before that throws
         const tagBlocks: Promise<ExifBlocks> = format === 'tiff' ? Promise.resolve({}) : readExifValues(output);
         const headerAfter = readImageInfo(output, deps.maxInputPixels);
         headerAfter.catch(() => undefined); // awaited below; marked handled in case a step before that throws

@@ -5,14 +5,15 @@
  * with the tag readers, the value scan's patterns and the keyed hash waiting behind it. On its
  * own thread it runs beside them, so an upload on two cores takes the longer, not the sum.
  *
- * The same code runs either way, on the same file: the thread reads the cleaned file itself from
- * the upload's private work dir, which nothing writes once the strip is done, and answers the
- * same report. A batch worker of `scrubline strip` already has a core of its own and runs the
- * check in line. Threads start on first use, one per core but one (at least one), never keep
- * the process alive, and end after `idleEndMs` without work: a thread holds ~25 MiB (its heap,
- * its read buffer, its malloc arena), which a service busy with videos, or quiet, has no use for.
- * A new one starts with the next image: ~50-70 ms of CPU to load its modules (measured from
- * dist/), beside the rest of verify.
+ * The same code runs either way, on the same bytes: the thread is handed the verifier's own read
+ * of the cleaned file, a buffer backed by a SharedArrayBuffer (buffers.ts), without a copy, and
+ * answers the same report. Nothing writes that buffer until the report is in (the verifier gives
+ * it back to the pool only after, and a failed upload's never). A batch worker of `scrubline
+ * strip` already has a core of its own and runs the check in line, as does a buffer that is not
+ * shared. Threads start on first use, one per core but one (at least one), never keep the
+ * process alive, and end after `idleEndMs` without work: a thread's heap alone is ~9 MiB, which a
+ * service busy with videos, or quiet, has no use for. A new one starts with the next image:
+ * ~50-70 ms of CPU to load its modules (measured from dist/), beside the rest of verify.
  */
 import { availableParallelism } from 'node:os';
 import { isMainThread, Worker } from 'node:worker_threads';
@@ -24,7 +25,8 @@ import type { StructureReport } from './structure-image.js';
 export interface StructureJob {
   id: number;
   format: ImageFormat;
-  path: string;
+  /** The cleaned file's bytes, over a SharedArrayBuffer: the thread reads them where they are. */
+  bytes: Uint8Array;
   /** Whether a JPEG's picture at 1/8 scale is wanted too (StructureReport.dcPicture). */
   dc: boolean;
 }
@@ -94,23 +96,25 @@ function startThread(): Thread {
 /** Threads running now (for tests: they end when idle). */
 export const structureThreads = (): number => threads.length;
 
-/** The report as the check made it: its byte signatures and colour profile as Buffers again. */
+/** The report as the check made it: its byte signatures, picture and colour profile as Buffers again. */
 function received(report: StructureReport): StructureReport {
   const buffer = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const picture = report.dcPicture;
   return {
     ...report,
     forbidden: report.forbidden.map((f) => ({ ...f, bytes: buffer(f.bytes) })),
-    ...(picture && { dcPicture: { ...picture, icc: picture.icc && buffer(picture.icc) } }),
+    ...(picture && { dcPicture: { ...picture, pixels: buffer(picture.pixels), icc: picture.icc && buffer(picture.icc) } }),
   };
 }
 
 /**
- * The structure report of the cleaned image at `path`, made on a thread; undefined on a worker
- * thread already (a batch worker), where the caller checks in line with `checkImageStructure`.
+ * The structure report of the cleaned image `bytes`, made on a thread; undefined on a worker
+ * thread already (a batch worker), or for bytes not over a SharedArrayBuffer (a thread would get a
+ * copy), where the caller checks in line with `checkImageStructure`. The caller must not write
+ * `bytes` until the promise settles.
  */
-export function structureOnThread(format: ImageFormat, path: string, { dc = false } = {}): Promise<StructureReport> | undefined {
-  if (!isMainThread) return undefined;
+export function structureOnThread(format: ImageFormat, bytes: Buffer, { dc = false } = {}): Promise<StructureReport> | undefined {
+  if (!isMainThread || !(bytes.buffer instanceof SharedArrayBuffer)) return undefined;
   // The least busy thread, or a new one while there are fewer than `size`.
   let thread = threads.reduce<Thread | undefined>((best, t) => (best && best.jobs.size <= t.jobs.size ? best : t), undefined);
   if (!thread || (thread.jobs.size > 0 && threads.length < size)) thread = startThread();
@@ -119,6 +123,6 @@ export function structureOnThread(format: ImageFormat, path: string, { dc = fals
   return new Promise<StructureReport>((resolve, reject) => {
     chosen.jobs.set(id, { resolve, reject });
     chosen.worker.ref();
-    chosen.worker.postMessage({ id, format, path, dc } satisfies StructureJob);
+    chosen.worker.postMessage({ id, format, bytes, dc } satisfies StructureJob);
   });
 }
