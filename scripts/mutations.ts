@@ -67,7 +67,7 @@ const mutations: Mutation[] = [
   {
     name: 'structure thread: the problems it found are not answered',
     file: 'src/verify/structure-worker.ts',
-    edits: [['answer = { id, report: checkImageStructure(format, bytes, { dc }) };', 'answer = { id, report: { ...checkImageStructure(format, bytes, { dc }), problems: [] } };']],
+    edits: [['answer = { id, report: checkImageStructure(format, out, { dc }) };', 'answer = { id, report: { ...checkImageStructure(format, out, { dc }), problems: [] } };']],
     tests: ['test/structure-thread.test.ts', 'test/canonical-image.test.ts'],
   },
   {
@@ -633,6 +633,24 @@ const mutations: Mutation[] = [
     file: 'src/hash-thread.ts',
     edits: [['    if (pending.size > 0 || worker !== started) return;', '    if (pending.size > 0 || worker !== started || process.pid > 0) return;']],
     tests: ['test/units.test.ts'],
+  },
+  {
+    name: "node:http imported as an ES module (loads Node's bundled undici)",
+    file: 'src/http/node-http.ts',
+    edits: [["import { createRequire } from 'node:module';", "import { createRequire } from 'node:module';\nimport 'node:http';"]],
+    tests: ['test/units.test.ts'],
+  },
+  {
+    name: '@tus/server loaded with the service, not with the first resumable request',
+    file: 'src/http/resumable.ts',
+    edits: [["import type { Server as TusServer } from '@tus/server';", "import '@tus/server';\nimport type { Server as TusServer } from '@tus/server';"]],
+    tests: ['test/units.test.ts'],
+  },
+  {
+    name: 'image reads into memory the structure thread can only be handed as a copy',
+    file: 'src/buffers.ts',
+    edits: [['const shared = (bytes: number): Buffer => Buffer.from(new SharedArrayBuffer(bytes));', 'const shared = (bytes: number): Buffer => Buffer.alloc(bytes);']],
+    tests: ['test/structure-thread.test.ts'],
   },
 ];
 

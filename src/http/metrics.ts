@@ -3,10 +3,11 @@
  * embedders can build several. No label ever carries an id, a name or a value: outcomes, media
  * families, error codes, pipeline stages and artefact kinds are all closed vocabularies.
  */
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { RequestHandler } from 'express';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { TimedStage } from '../pipeline.js';
+import { http } from './node-http.js';
 
 export type Stage = TimedStage | 'forward';
 
@@ -135,7 +136,7 @@ export class Metrics {
    */
   async listen(port: number, host: string): Promise<Server> {
     const { registry } = this;
-    const server = createServer((req, res) => {
+    const server = http.createServer((req, res) => {
       if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
         res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":{"code":"not_found","message":"This listener serves GET /metrics only."}}');
         return;

@@ -14,7 +14,7 @@ import { mkdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { Server as TusServer } from '@tus/server';
+import type { Server as TusServer } from '@tus/server';
 import type { Upload } from '@tus/utils';
 import type { Request as ExpressRequest, RequestHandler } from 'express';
 import type { Logger } from 'pino';
@@ -186,7 +186,18 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
     }
   }
 
-  const tus = new TusServer({
+  // Loaded with the first resumable request: @tus/server imports node:http as an ES module, which
+  // loads Node's bundled undici (see node-http.ts), and a service that takes only multipart
+  // uploads has no use for either.
+  let tus: Promise<TusServer> | undefined;
+  const tusServer = (): Promise<TusServer> => (tus ??= import('@tus/server').then(
+      ({ Server }) => new Server(options),
+      (err: unknown) => {
+        tus = undefined; // tried again by the next request
+        throw err;
+      },
+    ));
+  const options: ConstructorParameters<typeof TusServer>[0] = {
     path: resumablePath,
     datastore: deps.partials,
     // Ids are ours: 96 random bits, as every other id.
@@ -199,7 +210,7 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
     // The library's own refusals (404, 409, 410, 413, …) in the JSON every route answers.
     // A hook's own refusal is already ours (JSON): passed on as it is.
     onResponseError: (req, err) => ('status_code' in err && err.body.startsWith('{') ? err : refusal(req, fromTus(err))),
-  });
+  };
 
   return async function resumable(req, res, next) {
     const stopWatch = req.method === 'PATCH' || req.method === 'POST' ? watchIdle(req, deps.bodyIdleTimeoutMs) : () => undefined;
@@ -214,7 +225,7 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
       } as RequestInit & { duplex: 'half' });
       origin.set(web, req);
       try {
-        await send(await tus.handleWeb(web), res);
+        await send(await (await tusServer()).handleWeb(web), res);
       } finally {
         const finished = finishedBy.get(web);
         if (finished !== undefined) deps.partials.finishing.delete(finished);

@@ -4,7 +4,7 @@
  */
 import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
-import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { createSecureContext } from 'node:tls';
 import type { Duplex } from 'node:stream';
@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildApp, type Lifecycle } from './app.js';
+import { http } from './node-http.js';
 import type { Config } from '../config.js';
 import { ScrubError } from '../errors.js';
 import { loadApiToken, loadFingerprintKey, loadStorageKeys } from '../storage/keys.js';
@@ -131,7 +132,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
 
   // In transit: HTTPS when a certificate is configured; the files and tokens cross the network.
   const tlsOptions = config.tlsCertFile && config.tlsKeyFile ? { cert: readFileSync(config.tlsCertFile), key: readFileSync(config.tlsKeyFile) } : undefined;
-  const server: Server = tlsOptions ? createHttpsServer(tlsOptions, app) : createHttpServer(app);
+  const server: Server = tlsOptions ? createHttpsServer(tlsOptions, app) : http.createServer(app);
   const tlsReload = tlsOptions && config.tlsCertFile && config.tlsKeyFile ? watchCertificate(server as HttpsServer, config.tlsCertFile, config.tlsKeyFile, logger) : undefined;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -263,7 +264,7 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Duplex, current: 
           : [400, new ScrubError('bad_request', 'The request is not valid HTTP/1.1. Check the client.')];
     const body = JSON.stringify(error);
     socket.write(
-      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
   }
   socket.destroy(err);
