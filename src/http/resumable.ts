@@ -190,13 +190,14 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
   // loads Node's bundled undici (see node-http.ts), and a service that takes only multipart
   // uploads has no use for either.
   let tus: Promise<TusServer> | undefined;
-  const tusServer = (): Promise<TusServer> => (tus ??= import('@tus/server').then(
-      ({ Server }) => new Server(options),
-      (err: unknown) => {
-        tus = undefined; // tried again by the next request
-        throw err;
-      },
-    ));
+  function tusServer(): Promise<TusServer> {
+    if (!tus) {
+      tus = import('@tus/server').then(({ Server }) => new Server(options));
+      // A failed load is tried again by the next request.
+      tus.catch(() => (tus = undefined));
+    }
+    return tus;
+  }
   const options: ConstructorParameters<typeof TusServer>[0] = {
     path: resumablePath,
     datastore: deps.partials,
