@@ -186,18 +186,6 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
     }
   }
 
-  // Loaded with the first resumable request: @tus/server imports node:http as an ES module, which
-  // loads Node's bundled undici (see node-http.ts), and a service that takes only multipart
-  // uploads has no use for either.
-  let tus: Promise<TusServer> | undefined;
-  function tusServer(): Promise<TusServer> {
-    if (!tus) {
-      tus = import('@tus/server').then(({ Server }) => new Server(options));
-      // A failed load is tried again by the next request.
-      tus.catch(() => (tus = undefined));
-    }
-    return tus;
-  }
   const options: ConstructorParameters<typeof TusServer>[0] = {
     path: resumablePath,
     datastore: deps.partials,
@@ -212,6 +200,19 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
     // A hook's own refusal is already ours (JSON): passed on as it is.
     onResponseError: (req, err) => ('status_code' in err && err.body.startsWith('{') ? err : refusal(req, fromTus(err))),
   };
+
+  // Loaded with the first resumable request: @tus/server imports node:http as an ES module, which
+  // loads Node's bundled undici (see node-http.ts), and a service that takes only multipart
+  // uploads has no use for either.
+  let tus: Promise<TusServer> | undefined;
+  function tusServer(): Promise<TusServer> {
+    if (!tus) {
+      tus = import('@tus/server').then(({ Server }) => new Server(options));
+      // A failed load is tried again by the next request.
+      tus.catch(() => (tus = undefined));
+    }
+    return tus;
+  }
 
   return async function resumable(req, res, next) {
     const stopWatch = req.method === 'PATCH' || req.method === 'POST' ? watchIdle(req, deps.bodyIdleTimeoutMs) : () => undefined;
