@@ -71,6 +71,12 @@ const mutations: Mutation[] = [
     tests: ['test/structure-thread.test.ts', 'test/canonical-image.test.ts'],
   },
   {
+    name: 'structure thread: a check that throws is answered as a clean report',
+    file: 'src/verify/structure-worker.ts',
+    edits: [[": { id, failed: { code: (err as NodeJS.ErrnoException).code, message: err instanceof Error ? err.message : String(err) } };", ": { id, report: { problems: [], keptRanges: [], structures: [], forbidden: [] } };"]],
+    tests: ['test/structure-thread.test.ts'],
+  },
+  {
     name: 'store sink: an image\'s sealed copy stored before its verdict, not staged in its work dir',
     file: 'src/steps/forward-store.ts',
     edits: [[".then((sealed) => pipeline(sealed.body, createWriteStream(staged, { mode: 0o600, flags: 'wx', flush: true })))", ".then((sealed) => this.store.put(name, sealed.body, sealed.length, { retention: 'standard' }))"]],

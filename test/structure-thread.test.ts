@@ -70,6 +70,15 @@ describe('issue 30: the structure check on its own thread', () => {
     assert.deepEqual(await structureOnThread('png', shared(png)), checkImageStructure('png', png));
   });
 
+  it('a check that throws on the thread fails closed (rejects, as it throws in line), and the thread serves the next', async () => {
+    // An empty "JPEG" (no stripper writes one) makes the walk throw rather than report a problem.
+    const empty = Buffer.alloc(0);
+    assert.throws(() => checkImageStructure('jpeg', empty));
+    await assert.rejects(structureOnThread('jpeg', shared(empty))!);
+    const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#000' } }).png().toBuffer();
+    assert.deepEqual(await structureOnThread('png', shared(png)), checkImageStructure('png', png));
+  });
+
   it('a thread ends once idle (its memory is given back), and a new one serves the next check', async () => {
     const png = await sharp({ create: { width: 8, height: 8, channels: 3, background: '#fff' } }).png().toBuffer();
     assert.deepEqual(await structureOnThread('png', shared(png)), checkImageStructure('png', png));

@@ -31,6 +31,8 @@ port.on('message', ({ id, format, bytes, dc }: StructureJob) => {
         ? { id, refused: { code: err.code, publicMessage: err.publicMessage, reason: err.reason, message: err.message } }
         : { id, failed: { code: (err as NodeJS.ErrnoException).code, message: err instanceof Error ? err.message : String(err) } };
   }
+  // Only an ArrayBuffer the picture owns whole is handed over: a shared one in the transfer list
+  // would make postMessage throw, and the job would go unanswered.
   const pixels = answer.report?.dcPicture?.pixels;
   const own = pixels && !(pixels.buffer instanceof SharedArrayBuffer) && pixels.byteOffset === 0 && pixels.byteLength === pixels.buffer.byteLength;
   port.postMessage(answer, own ? [pixels.buffer as ArrayBuffer] : []);
