@@ -653,6 +653,12 @@ const mutations: Mutation[] = [
     tests: ['test/units.test.ts'],
   },
   {
+    name: 'forwarding loads the undici package again',
+    file: 'src/steps/forward-http.ts',
+    edits: [["import { randomBytes } from 'node:crypto';", "import 'undici';\nimport { randomBytes } from 'node:crypto';"]],
+    tests: ['test/units.test.ts'],
+  },
+  {
     name: 'image reads into memory the structure thread can only be handed as a copy',
     file: 'src/buffers.ts',
     edits: [['const shared = (bytes: number): Buffer => Buffer.from(new SharedArrayBuffer(bytes));', 'const shared = (bytes: number): Buffer => Buffer.alloc(bytes);']],
