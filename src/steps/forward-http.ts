@@ -7,7 +7,7 @@
  *
  * The client is Node's own node:http/node:https, not undici (issue 30): undici's fetch, FormData
  * and WASM HTTP parser were ~2.8 MiB of the idle heap, and under `npm run load` the photo-phase
- * peak RSS was 155-157 MiB with node:http against 161-165 with undici (three runs each, in turns),
+ * peak RSS was 155-157 MiB with node:http against 161-164 with undici (three runs each, in turns),
  * photos/s the same. The body is written by us: a few part headers around the files' bytes, with
  * its Content-Length announced, as FormData's was.
  */
@@ -125,7 +125,7 @@ export class HttpForwarder implements Forwarder {
         },
       );
       request.on('error', reject);
-      // A failed read of a file ends the request with its error (reported through 'error' above).
+      // A file that cannot be read, or a request that broke, ends the request; the first error counts.
       pipeline(Readable.from(bytesOf(pieces)), request).catch((err: unknown) => {
         request.destroy(err as Error);
         reject(err);
