@@ -5,14 +5,14 @@
 import { readFileSync, unwatchFile, watchFile, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
-import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { Server as HttpsServer } from 'node:https';
 import { createSecureContext } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildApp, type Lifecycle } from './app.js';
-import { http } from './node-http.js';
+import { http, https } from './node-http.js';
 import type { Config } from '../config.js';
 import { ScrubError } from '../errors.js';
 import { loadApiToken, loadFingerprintKey, loadStorageKeys } from '../storage/keys.js';
@@ -132,7 +132,7 @@ async function startLocked(config: Config, logger: Logger, tmpDir: string, unloc
 
   // In transit: HTTPS when a certificate is configured; the files and tokens cross the network.
   const tlsOptions = config.tlsCertFile && config.tlsKeyFile ? { cert: readFileSync(config.tlsCertFile), key: readFileSync(config.tlsKeyFile) } : undefined;
-  const server: Server = tlsOptions ? createHttpsServer(tlsOptions, app) : http.createServer(app);
+  const server: Server = tlsOptions ? https.createServer(tlsOptions, app) : http.createServer(app);
   const tlsReload = tlsOptions && config.tlsCertFile && config.tlsKeyFile ? watchCertificate(server as HttpsServer, config.tlsCertFile, config.tlsKeyFile, logger) : undefined;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -39,6 +39,9 @@ export interface UpstreamEvents {
   authorization?: string | undefined;
 }
 
+/** node:http or node:https, and the connections it keeps. */
+type Transport = { client: typeof http | typeof https; agent: HttpAgent };
+
 /** A multipart body: our own bytes (boundaries, part headers, text fields) and files read from disk. */
 type Piece = Buffer | { path: string };
 
@@ -85,20 +88,22 @@ export class HttpForwarder implements Forwarder {
     private readonly events: UpstreamEvents = {},
   ) {}
 
-  /** Connections kept open between uploads; over https, verified against the system's CAs and `ca`. */
-  private connections: HttpAgent | undefined;
-  private agent(): HttpAgent {
+  /** The client for the URL's scheme, and its connections kept open between uploads (over https, verified against the system's CAs and `ca`). */
+  private transport: Transport | undefined;
+  private connect(): Transport {
     const ca = this.events.ca;
-    this.connections ??=
-      this.url.protocol === 'https:' ? new https.Agent({ keepAlive: true, ...(ca !== undefined && { ca: [...tls.rootCertificates, ca] }) }) : new http.Agent({ keepAlive: true });
-    return this.connections;
+    this.transport ??=
+      this.url.protocol === 'https:'
+        ? { client: https, agent: new https.Agent({ keepAlive: true, ...(ca !== undefined && { ca: [...tls.rootCertificates, ca] }) }) }
+        : { client: http, agent: new http.Agent({ keepAlive: true }) };
+    return this.transport;
   }
 
   /** One POST; its status once the render service's answer has been read to the end. */
   private async post(files: readonly CleanFile[], fields: UploadFields, uploadId: string): Promise<number> {
     const boundary = `scrubline-${randomBytes(16).toString('hex')}`;
     const { pieces, length } = await multipartBody(files, fields, boundary);
-    const client = this.url.protocol === 'https:' ? https : http;
+    const { client, agent } = this.connect();
     // The time limit covers the whole exchange, the answer's last byte included.
     const signal = AbortSignal.timeout(this.timeoutMs);
     return new Promise<number>((resolve, settleWithError) => {
@@ -108,7 +113,7 @@ export class HttpForwarder implements Forwarder {
         this.url,
         {
           method: 'POST',
-          agent: this.agent(),
+          agent,
           signal,
           headers: {
             'content-type': `multipart/form-data; boundary=${boundary}`,
