@@ -67,13 +67,22 @@ function segmentNonce(prefix: Buffer, index: number, last: boolean): Buffer {
   return nonce;
 }
 
+/**
+ * One segment, sealed: its ciphertext, then its tag, as two buffers. Joining them would copy every
+ * byte once more, and each copy is garbage until V8's next full collection (issue 30: a 1 GiB
+ * upload is sealed as it arrives).
+ */
+function* sealSegment(dataKey: Buffer, prefix: Buffer, index: number, last: boolean, plaintext: Buffer): Generator<Buffer> {
+  const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, index, last));
+  yield cipher.update(plaintext);
+  // GCM's final() gives no bytes; it is joined to the tag in case a cipher ever does.
+  yield Buffer.concat([cipher.final(), cipher.getAuthTag()]);
+}
+
 /** Encrypts `plaintext` chunks into one object. */
 function* sealSegments(dataKey: Buffer, prefix: Buffer, plaintext: Buffer): Generator<Buffer> {
   const count = Math.max(1, Math.ceil(plaintext.length / segmentBytes));
-  for (let i = 0; i < count; i++) {
-    const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
-    yield Buffer.concat([cipher.update(plaintext.subarray(i * segmentBytes, (i + 1) * segmentBytes)), cipher.final(), cipher.getAuthTag()]);
-  }
+  for (let i = 0; i < count; i++) yield* sealSegment(dataKey, prefix, i, i === count - 1, plaintext.subarray(i * segmentBytes, (i + 1) * segmentBytes));
 }
 
 /** What the data key's wrap authenticates besides itself: the format, the key id, the object's name. */
@@ -99,6 +108,18 @@ export function sealedParts(ring: Keyring, name: string, plaintext: Buffer): Buf
   return [header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)];
 }
 
+/**
+ * `seal`'s object written into `out` (at least `sealedBytes(plaintext.length)` long); its length.
+ * For a writer that seals piece after piece: the cipher's output is copied out as it is made, so
+ * it dies young, and `out` is used again. Held across the write instead, it lived long enough to
+ * be moved to V8's old generation, and waited there for a full collection (issue 30).
+ */
+export function sealInto(ring: Keyring, name: string, plaintext: Buffer, out: Buffer): number {
+  let length = 0;
+  for (const part of sealedParts(ring, name, plaintext)) length += part.copy(out, length);
+  return length;
+}
+
 /** The size of the object that `seal` makes of `plaintextBytes` bytes. */
 export const sealedBytes = (plaintextBytes: number): number => headerBytes + plaintextBytes + Math.max(1, Math.ceil(plaintextBytes / segmentBytes)) * tagBytes;
 
@@ -116,13 +137,13 @@ export async function sealedFile(ring: Keyring, name: string, source: string): P
       const prefix = randomBytes(noncePrefixBytes);
       yield header(ring, name, dataKey, prefix);
       const count = Math.max(1, Math.ceil(size / segmentBytes));
+      // One buffer for every segment's plaintext: the cipher copies out of it before it is refilled.
+      const buffer = Buffer.allocUnsafe(segmentBytes);
       for (let i = 0; i < count; i++) {
-        const buffer = Buffer.allocUnsafe(segmentBytes);
         const { bytesRead } = await input.read(buffer, 0, segmentBytes, i * segmentBytes);
         // The file was cleaned and verified at this size; one that changed since is not sealed.
         if (bytesRead !== Math.min(segmentBytes, size - i * segmentBytes)) throw new Error('the file changed while it was being sealed');
-        const cipher = createCipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, i, i === count - 1));
-        yield Buffer.concat([cipher.update(buffer.subarray(0, bytesRead)), cipher.final(), cipher.getAuthTag()]);
+        yield* sealSegment(dataKey, prefix, i, i === count - 1, buffer.subarray(0, bytesRead));
       }
     } finally {
       await input.close();
@@ -157,7 +178,10 @@ function openSegment(dataKey: Buffer, prefix: Buffer, index: number, last: boole
   try {
     const decipher = createDecipheriv('aes-256-gcm', dataKey, segmentNonce(prefix, index, last));
     decipher.setAuthTag(sealed.subarray(sealed.length - tagBytes));
-    return Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - tagBytes)), decipher.final()]);
+    const plaintext = decipher.update(sealed.subarray(0, sealed.length - tagBytes));
+    // final() proves the tag; for GCM it gives no bytes, and then nothing is copied again.
+    const rest = decipher.final();
+    return rest.length === 0 ? plaintext : Buffer.concat([plaintext, rest]);
   } catch {
     throw new TamperedObject(`segment ${index} fails its tag (altered, moved or truncated)`);
   }
@@ -175,49 +199,40 @@ export function unseal(ring: Keyring, name: string, object: Buffer): Buffer {
 }
 
 /**
- * Cuts a stream of bytes into exact pieces of `size` (the last may be shorter), saying of each
- * whether it is the last: one piece of look-ahead, so the last segment is known as such.
+ * An object's plaintext segment by segment, each decrypted and proven before it is yielded.
+ * The stored bytes are gathered into one frame the size of a stored segment, used again for each:
+ * whatever the source's chunks, nothing but the plaintext is allocated per segment. A full frame
+ * is opened once a byte after it arrives, or the source ends: only then is it known whether it is
+ * the last segment, which its nonce says.
  */
-async function* pieces(source: AsyncIterable<Uint8Array>, first: number, size: number): AsyncGenerator<{ piece: Buffer; last: boolean }> {
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
-  let want = first;
-  let held: Buffer | undefined;
-  for await (const chunk of source) {
-    pending.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-    pendingBytes += chunk.byteLength;
-    while (pendingBytes > want) {
-      const all = pending.length === 1 ? pending[0]! : Buffer.concat(pending);
-      if (held) yield { piece: held, last: false };
-      held = Buffer.from(all.subarray(0, want));
-      pending = [all.subarray(want)];
-      pendingBytes -= want;
-      want = size;
-    }
-  }
-  const rest = Buffer.concat(pending);
-  if (held && rest.length === 0) {
-    yield { piece: held, last: true };
-    return;
-  }
-  if (held) yield { piece: held, last: false };
-  yield { piece: rest, last: true };
-}
-
-/** Reads an object's bytes segment by segment, each decrypted and proven before it is yielded. */
-async function* segmentsOf(ring: Keyring, name: string, source: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+export async function* segmentsOf(ring: Keyring, name: string, source: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
+  const stride = segmentBytes + tagBytes;
+  const frame = Buffer.allocUnsafe(stride);
+  let filled = 0;
   let keys: { dataKey: Buffer; prefix: Buffer } | undefined;
   let index = 0;
-  for await (const { piece, last } of pieces(source, headerBytes, segmentBytes + tagBytes)) {
-    if (keys === undefined) {
-      keys = unwrap(ring, name, piece);
-      // A header with nothing after it is an object cut off before its one segment.
-      if (last) throw new TamperedObject('a segment is cut short');
-      continue;
+  for await (const chunk of source) {
+    for (let at = 0; at < chunk.byteLength; ) {
+      const size = keys === undefined ? headerBytes : stride;
+      if (filled === size) {
+        // A byte follows: the header, or a segment that is not the last.
+        if (keys === undefined) keys = unwrap(ring, name, frame.subarray(0, headerBytes));
+        else yield openSegment(keys.dataKey, keys.prefix, index++, false, frame);
+        filled = 0;
+        continue;
+      }
+      const taken = Math.min(size - filled, chunk.byteLength - at);
+      frame.set(chunk.subarray(at, at + taken), filled);
+      filled += taken;
+      at += taken;
     }
-    yield openSegment(keys.dataKey, keys.prefix, index++, last, piece);
   }
-  if (keys === undefined) throw new TamperedObject('not an encrypted object');
+  if (keys === undefined) {
+    unwrap(ring, name, frame.subarray(0, filled));
+    // A header with nothing after it is an object cut off before its one segment.
+    throw new TamperedObject('a segment is cut short');
+  }
+  yield openSegment(keys.dataKey, keys.prefix, index, true, frame.subarray(0, filled));
 }
 
 /** Proves every segment of an object; resolves to its plaintext size. Throws TamperedObject. */
