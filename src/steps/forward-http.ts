@@ -12,11 +12,8 @@
  * its Content-Length announced, as FormData's was.
  */
 import { randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
-import type { Agent as HttpAgent, IncomingMessage } from 'node:http';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { open, stat } from 'node:fs/promises';
+import type { ClientRequest, Agent as HttpAgent, IncomingMessage } from 'node:http';
 import tls from 'node:tls';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { CleanFile } from '../pipeline.js';
@@ -71,11 +68,50 @@ async function multipartBody(files: readonly CleanFile[], fields: UploadFields, 
   return { pieces, length };
 }
 
-async function* bytesOf(pieces: readonly Piece[]): AsyncGenerator<Buffer> {
+/** How much of a file is read, and written to the request, at a time. */
+const sendBytes = 256 * 1024;
+
+/**
+ * One write, settled once the request has handed it on (so the buffer may be filled again), or
+ * failed, or closed: a request torn down mid-body may never call a write back.
+ */
+function written(request: ClientRequest, chunk: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const closed = (): void => reject(new Error('the request closed before its body was sent'));
+    request.once('close', closed);
+    request.write(chunk, (err) => {
+      request.off('close', closed);
+      if (err) reject(err);
+      else resolve();
+    });
+  });
+}
+
+/**
+ * Sends the body's pieces, each file read into one buffer used again for every read, written
+ * when the last write is through. A stream would allocate each chunk afresh and hold it until the
+ * socket took it, long enough for V8 to move it to the old generation, where it waits for a full
+ * collection: at 14 photos/s that was ~70 MB/s of garbage (issue 30).
+ */
+async function send(request: ClientRequest, pieces: readonly Piece[]): Promise<void> {
+  const buffer = Buffer.allocUnsafe(sendBytes);
   for (const piece of pieces) {
-    if (Buffer.isBuffer(piece)) yield piece;
-    else yield* createReadStream(piece.path);
+    if (Buffer.isBuffer(piece)) {
+      await written(request, piece);
+      continue;
+    }
+    const file = await open(piece.path, 'r');
+    try {
+      for (;;) {
+        const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
+        if (bytesRead === 0) break;
+        await written(request, buffer.subarray(0, bytesRead));
+      }
+    } finally {
+      await file.close();
+    }
   }
+  request.end();
 }
 
 export class HttpForwarder implements Forwarder {
@@ -131,7 +167,7 @@ export class HttpForwarder implements Forwarder {
       );
       request.on('error', reject);
       // A file that cannot be read, or a request that broke, ends the request; the first error counts.
-      pipeline(Readable.from(bytesOf(pieces)), request).catch((err: unknown) => {
+      send(request, pieces).catch((err: unknown) => {
         request.destroy(err as Error);
         reject(err);
       });
