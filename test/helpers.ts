@@ -148,11 +148,13 @@ export async function startUpstream(
   handler: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void = (_req, res) => {
     res.writeHead(202, { 'content-type': 'application/json' }).end('{"accepted":true}');
   },
+  /** Leave each body unread this long first, as a busy render service would: the sender's writes wait. */
+  readAfterMs = 0,
 ): Promise<{ url: string; requests: RecordedRequest[]; server: Server; close(): Promise<void> }> {
   const requests: RecordedRequest[] = [];
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
+    setTimeout(() => req.on('data', (c: Buffer) => chunks.push(c)), readAfterMs);
     req.on('end', () => {
       const body = Buffer.concat(chunks);
       requests.push({ headers: req.headers, body });

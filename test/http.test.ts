@@ -209,6 +209,33 @@ describe('upstream faults', () => {
   });
 });
 
+describe('forwarding to a render service that reads slowly', () => {
+  it('sends a file of megabytes byte for byte though its writes wait on the upstream', async () => {
+    // Larger than loopback's socket buffers, so the forwarder's writes must wait for the upstream
+    // to read, while its one read buffer is ready to be filled again.
+    const jpeg = await sharp({ create: { width: 2400, height: 1800, channels: 3, background: '#808080', noise: { type: 'gaussian', mean: 128, sigma: 40 } } })
+      .jpeg({ quality: 95 })
+      .toBuffer();
+    assert.ok(jpeg.length > 3 * 1024 * 1024, `the photo is ${jpeg.length} bytes`);
+    const slow = await startUpstream(undefined, 300);
+    const svc = await makeApp(() => new HttpForwarder(new URL(slow.url), 10_000));
+    try {
+      const res = await svc.api.post('/v1/uploads').attach('file', jpeg, { filename: 'noise.jpg' });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      const received = slow.requests[0]!;
+      assert.equal(Number(received.headers['content-length']), received.body.length);
+      const [file] = multipartParts(received.body, String(received.headers['content-type'])).filter((p) => p.name === 'file');
+      assert.equal(file!.data.length, res.body.files[0].bytes);
+      // The scan is copied as it came: the forwarded photo decodes to the very same pixels.
+      const pixels = async (bytes: Buffer) => sharp(bytes).raw().toBuffer();
+      assert.ok((await pixels(file!.data)).equals(await pixels(jpeg)), 'the forwarded photo decodes to the original pixels');
+    } finally {
+      await svc.cleanup();
+      await slow.close();
+    }
+  });
+});
+
 describe('upstream retries', () => {
   it('retries a 5xx with the same Idempotency-Key and starts exactly one render job', async () => {
     const jobs = new Set<string>();
