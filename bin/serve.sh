@@ -21,7 +21,13 @@
 #   --no-memory-reducer     V8's memory reducer starts extra full collections to shrink the heap,
 #                           which the collection above already keeps small: under load they cost
 #                           ~8 % of photos/s (npm run load, 7 runs against 9, interleaved).
+#   --no-maglev --no-sparkplug  V8's two middle compilers, between its interpreter and TurboFan.
+#                           The service's hot code (the JPEG walk, the request path) is TurboFan's
+#                           within seconds either way; the middle tiers only add code of their own
+#                           and touch more of the node binary's pages: photo-phase peak RSS 147-152
+#                           MiB against 155-157 (node binary -3, V8 heap -2, malloc -1-2), photos/s
+#                           the same (12.2-15.2 against 12.6-14.9; npm run load, issue 30).
 # `exec`, so that no shell stays in front of the service and signals reach it directly.
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
-exec node --initial-old-space-size=64 --max-semi-space-size=1 --expose-gc --no-memory-reducer "$(dirname "$0")/scrubline.js" serve "$@"
+exec node --initial-old-space-size=64 --max-semi-space-size=1 --expose-gc --no-memory-reducer --no-maglev --no-sparkplug "$(dirname "$0")/scrubline.js" serve "$@"
