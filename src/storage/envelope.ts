@@ -96,16 +96,18 @@ function header(ring: Keyring, name: string, dataKey: Buffer, prefix: Buffer): B
   return Buffer.concat([magic, ring.current.id, wrapNonce, wrapped, wrap.getAuthTag(), prefix]);
 }
 
-/** An encrypted object holding `plaintext`, to be stored under `name`. */
-export function seal(ring: Keyring, name: string, plaintext: Buffer): Buffer {
-  return Buffer.concat(sealedParts(ring, name, plaintext));
-}
-
-/** `seal`'s object as its header and segments, not joined: what a stream writes without one more copy. */
-export function sealedParts(ring: Keyring, name: string, plaintext: Buffer): Buffer[] {
+/** An object's header, then its segments: the one place an object held in memory is sealed. */
+function* sealedParts(ring: Keyring, name: string, plaintext: Buffer): Generator<Buffer> {
   const dataKey = randomBytes(32);
   const prefix = randomBytes(noncePrefixBytes);
-  return [header(ring, name, dataKey, prefix), ...sealSegments(dataKey, prefix, plaintext)];
+  yield header(ring, name, dataKey, prefix);
+  yield* sealSegments(dataKey, prefix, plaintext);
+}
+
+/** An encrypted object holding `plaintext`, to be stored under `name`. */
+export function seal(ring: Keyring, name: string, plaintext: Buffer): Buffer {
+  const object = Buffer.allocUnsafe(sealedBytes(plaintext.length));
+  return object.subarray(0, sealInto(ring, name, plaintext, object));
 }
 
 /**
@@ -115,6 +117,8 @@ export function sealedParts(ring: Keyring, name: string, plaintext: Buffer): Buf
  * be moved to V8's old generation, and waited there for a full collection (issue 30).
  */
 export function sealInto(ring: Keyring, name: string, plaintext: Buffer, out: Buffer): number {
+  // A short buffer would cut the object silently (Buffer#copy copies what fits).
+  if (out.length < sealedBytes(plaintext.length)) throw new RangeError('sealInto: the buffer is shorter than the sealed object');
   let length = 0;
   for (const part of sealedParts(ring, name, plaintext)) length += part.copy(out, length);
   return length;
