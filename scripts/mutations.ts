@@ -659,6 +659,12 @@ const mutations: Mutation[] = [
     tests: ['test/units.test.ts'],
   },
   {
+    name: 'a sealed object cut silently to a buffer too short for it',
+    file: 'src/storage/envelope.ts',
+    edits: [["  if (out.length < sealedBytes(plaintext.length)) throw new RangeError('sealInto: the buffer is shorter than the sealed object');\n", '']],
+    tests: ['test/storage.test.ts'],
+  },
+  {
     name: 'the forwarder refills its buffer before the request has taken the last write',
     file: 'src/steps/forward-http.ts',
     edits: [['await written(request, buffer.subarray(0, bytesRead));', 'void written(request, buffer.subarray(0, bytesRead)).catch(() => undefined);']],

@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import path from 'node:path';
 import { buffer as streamToBuffer } from 'node:stream/consumers';
 import { after, before, describe, it } from 'node:test';
-import { Keyring, openObject, seal, sealedFile, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
+import { Keyring, openObject, seal, sealedBytes, sealedFile, sealInto, segmentBytes, TamperedObject, unseal, verifyObject } from '../src/storage/envelope.js';
 import { sweep } from '../src/retention/sweeper.js';
 import type { CleanFile } from '../src/pipeline.js';
 import { StoreSink } from '../src/steps/forward-store.js';
@@ -48,6 +48,14 @@ describe('envelope encryption (AES-256-GCM, a data key per object, segments boun
     assert.throws(() => unseal(ring, 'clean/a.bin.enc', swapped), TamperedObject);
     // One object copied over another's name does not open under that name.
     assert.throws(() => unseal(ring, 'clean/b.bin.enc', object), /stored under another name/);
+  });
+
+  it('seals into a buffer of the object\'s size, and refuses one too short to hold it whole', () => {
+    const plain = randomBytes(segmentBytes + 5);
+    const out = Buffer.alloc(sealedBytes(plain.length));
+    assert.equal(sealInto(ring, 'partials/p.part', plain, out), out.length);
+    assert.ok(unseal(ring, 'partials/p.part', out).equals(plain));
+    assert.throws(() => sealInto(ring, 'partials/p.part', plain, Buffer.alloc(out.length - 1)), RangeError);
   });
 
   it('keys rotate: an object names its key; older keys still open it; a missing key refuses it', () => {
