@@ -13,7 +13,7 @@
 import { mkdir } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { finished } from 'node:stream';
 import type { Server as TusServer } from '@tus/server';
 import type { Upload } from '@tus/utils';
 import type { Request as ExpressRequest, RequestHandler } from 'express';
@@ -101,6 +101,38 @@ function watchIdle(req: IncomingMessage, idleMs: number): () => void {
   }, Math.min(1000, Math.max(25, idleMs / 4)));
   timer.unref();
   return () => clearInterval(timer);
+}
+
+/**
+ * The request body as the web stream tus reads. `Readable.toWeb` copies every chunk, to free it
+ * from Buffer's shared pool; a request's chunks are the HTTP parser's own copies, in no pool
+ * (checked on Node 22 and 26), and are passed on as they are. The copy was about a quarter of the
+ * buffer memory a PATCH allocated: 2.0 bytes per byte received without it, 2.7 with (issue 30).
+ * A connection that drops errors the stream with an AbortError, as `toWeb` does: tus keeps what
+ * came.
+ */
+function bodyOf(req: IncomingMessage): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        req.on('data', (chunk: Buffer) => {
+          controller.enqueue(chunk);
+          if ((controller.desiredSize ?? 0) <= 0) req.pause();
+        });
+        finished(req, (err) => {
+          if (err === undefined || err === null) controller.close();
+          else controller.error((err as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE' ? new DOMException('The request body ended early', 'AbortError') : err);
+        });
+      },
+      pull() {
+        req.resume();
+      },
+      cancel(reason) {
+        req.destroy(reason instanceof Error ? reason : undefined);
+      },
+    },
+    new ByteLengthQueuingStrategy({ highWaterMark: req.readableHighWaterMark }),
+  );
 }
 
 export function resumableHandler(deps: ResumableDeps): RequestHandler {
@@ -222,7 +254,7 @@ export function resumableHandler(deps: ResumableDeps): RequestHandler {
       const web = new Request(url, {
         method: req.method,
         headers: Object.entries(req.headers).flatMap(([name, value]) => (value === undefined ? [] : (Array.isArray(value) ? value : [value]).map((v): [string, string] => [name, v]))),
-        body: hasBody ? (Readable.toWeb(req) as ReadableStream<Uint8Array>) : undefined,
+        body: hasBody ? bodyOf(req) : undefined,
         duplex: 'half',
       } as RequestInit & { duplex: 'half' });
       origin.set(web, req);
