@@ -671,6 +671,24 @@ const mutations: Mutation[] = [
     tests: ['test/http.test.ts'],
   },
   {
+    name: 'a resumable upload\'s stored pieces left to V8\'s young-generation schedule',
+    file: 'src/storage/partials.ts',
+    edits: [['      heldBytes = 0;\n      // The piece\'s request chunks and cipher output are dead, and young (see assemble).\n      collectYoung();', '      heldBytes = 0;']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'a resumable upload\'s assembled pieces left to V8\'s young-generation schedule',
+    file: 'src/storage/partials.ts',
+    edits: [["        collectYoung();\n      }\n      await out.writeFile", '      }\n      await out.writeFile']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
+    name: 'what a resumable upload\'s PATCHes left kept through its assembly and pipeline',
+    file: 'src/http/resumable.ts',
+    edits: [['    collectAll();\n    try {', '    try {']],
+    tests: ['test/resumable.test.ts'],
+  },
+  {
     name: 'image reads into memory the structure thread can only be handed as a copy',
     file: 'src/buffers.ts',
     edits: [['const shared = (bytes: number): Buffer => Buffer.from(new SharedArrayBuffer(bytes));', 'const shared = (bytes: number): Buffer => Buffer.alloc(bytes);']],

@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { ffmpegTools, fixture, filesUnder, findPlanted, removeDir, tempDir, testToken, testService } from './helpers.js';
 import { sweep } from '../src/retention/sweeper.js';
 import { OffsetConflict } from '../src/storage/ledger.js';
+import { pieceBytes } from '../src/storage/partials.js';
 
 type Service = Awaited<ReturnType<typeof testService>>;
 
@@ -183,6 +184,35 @@ describe('resumable uploads (tus 1.0 at /v1/resumable)', () => {
       const [viaTus] = done.body.files as Array<{ id: string }>;
       assert.ok((await content(viaTus!.id)).equals(await content(posted.body.files[0].id)), 'the same cleaned bytes both ways');
     } finally {
+      await removeDir(dir);
+    }
+  });
+
+  it('frees what each piece leaves while it is young, and what the PATCHes left once the last byte is in (with --expose-gc)', async () => {
+    // V8's collector is replaced by a recorder for this upload alone (gc.ts looks it up per call).
+    const dir = await tempDir();
+    const holder = globalThis as { gc?: unknown };
+    const exposed = holder.gc;
+    const calls: string[] = [];
+    try {
+      const file = path.join(dir, 'pieces.mp4');
+      const { ffmpeg } = await ffmpegTools();
+      await run(ffmpeg.path, ['-v', 'error', '-f', 'lavfi', '-i', 'testsrc2=size=640x360:rate=25', '-t', '5', '-c:v', 'mpeg4', '-q:v', '1', file]);
+      const mp4 = await readFile(file);
+      const pieces = Math.ceil(mp4.length / pieceBytes);
+      assert.ok(pieces >= 3, `the video is ${mp4.length} bytes`);
+      holder.gc = (options?: { type?: string }) => void calls.push(options?.type ?? 'major');
+      const done = await finish(tusUpload(server.url, mp4, { chunkSize: 2 * pieceBytes + 12345, metadata: { filetype: 'video/mp4' } }));
+      assert.equal(done.status, 201, JSON.stringify(done.body));
+      // Each piece stored, then a full collection when the last byte is in, then each piece
+      // assembled: a young collection after each. (The service may collect again once it has
+      // answered; nothing is asserted about that.)
+      const full = calls.indexOf('major');
+      assert.ok(full >= pieces, `a young collection after each stored piece, then a full one: ${calls.join(' ')}`);
+      assert.ok(calls.slice(0, full).every((type) => type === 'minor'), calls.join(' '));
+      assert.ok(calls.slice(full + 1).filter((type) => type === 'minor').length >= pieces, `a young collection after each assembled piece: ${calls.join(' ')}`);
+    } finally {
+      holder.gc = exposed;
       await removeDir(dir);
     }
   });

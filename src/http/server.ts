@@ -30,6 +30,7 @@ import { findHeifDecoder } from '../tools/heif.js';
 import { Previews } from './previews.js';
 import { poolIdleMs, pooledBytes, trimPool } from '../buffers.js';
 import { lockDataDir } from '../storage/lock.js';
+import { canCollect, collectAll } from '../gc.js';
 
 export interface RunningServer {
   server: Server;
@@ -365,15 +366,12 @@ let heapAfterCollection = 0;
  */
 const idleTrimMs = 2000;
 
-/** V8's collector, when the process runs with --expose-gc. */
-const collect = (globalThis as { gc?: () => void }).gc;
-
 function trimIdlePool(): void {
   if (poolIdleMs() >= idleTrimMs && trimPool() > 0) collectNow();
 }
 
 function releaseDeadBuffers(): void {
-  if (!collect || performance.now() - lastCollection < minCollectionGapMs) return;
+  if (!canCollect() || performance.now() - lastCollection < minCollectionGapMs) return;
   // The buffers pooled for image reads are external memory too, and alive.
   const { external, heapUsed } = process.memoryUsage();
   if (external - pooledBytes() + Math.max(0, heapUsed - heapAfterCollection) <= deadSlackBytes) return;
@@ -381,8 +379,8 @@ function releaseDeadBuffers(): void {
 }
 
 function collectNow(): void {
-  if (!collect) return;
+  if (!canCollect()) return;
   lastCollection = performance.now();
-  collect();
+  collectAll();
   heapAfterCollection = process.memoryUsage().heapUsed;
 }

@@ -22,6 +22,7 @@ import type { Retention } from '../context.js';
 import { sealedBytes, sealInto, segmentsOf, type Keyring } from './envelope.js';
 import { OffsetConflict, type Ledger, type PartialUpload } from './ledger.js';
 import { storeOf, type ObjectStore, type Stores } from './objects.js';
+import { collectYoung } from '../gc.js';
 
 /**
  * The most of a partial upload held in memory per request, and the size of each stored piece.
@@ -124,6 +125,8 @@ export class PartialStore extends DataStore {
       await this.storePiece(partial, at, held.subarray(0, heldBytes), sealed);
       at += heldBytes;
       heldBytes = 0;
+      // The piece's request chunks and cipher output are dead, and young (see assemble).
+      collectYoung();
     };
     let failure: unknown;
     try {
@@ -194,6 +197,11 @@ export class PartialStore extends DataStore {
           filled += segment.copy(gathered, filled);
         }
         if (length !== piece.length) throw new Error('a piece is not the length recorded');
+        // A piece's read chunks and decrypted segments are dead now, and young: freed here, they
+        // leave the heap as small as it was. Left to V8's schedule, 30-40 MiB of them stood at
+        // a time through the assembly of a 1 GiB upload, and the process kept the heap they grew
+        // (issue 30: the resumable phase's RSS 134-136 MiB during assembly, 109-117 with this).
+        collectYoung();
       }
       await out.writeFile(gathered.subarray(0, filled));
     } finally {
