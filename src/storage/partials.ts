@@ -200,7 +200,7 @@ export class PartialStore extends DataStore {
         // A piece's read chunks and decrypted segments are dead now, and young: freed here, they
         // leave the heap as small as it was. Left to V8's schedule, 30-40 MiB of them stood at
         // a time through the assembly of a 1 GiB upload, and the process kept the heap they grew
-        // (issue 30: the resumable phase's RSS 134-136 MiB during assembly, 109-117 with this).
+        // (issue 30: the resumable phase's RSS 131-136 MiB during assembly, 109-117 with this).
         collectYoung();
       }
       await out.writeFile(gathered.subarray(0, filled));

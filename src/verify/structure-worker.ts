@@ -6,16 +6,9 @@
  */
 import { parentPort } from 'node:worker_threads';
 import { ScrubError } from '../errors.js';
+import { collectYoung } from '../gc.js';
 import { checkImageStructure } from './structure-image.js';
 import type { StructureAnswer, StructureJob } from './structure-thread.js';
-
-/**
- * V8's collector, on every thread when the process runs with --expose-gc (bin/serve.sh). After
- * each check a young-generation collection (a fraction of a millisecond) frees the check's tables
- * and planes, a megabyte or so, instead of leaving them until the thread next allocates enough to
- * need one (`npm run load`: peak RSS a few MiB lower).
- */
-const collectYoung = (globalThis as { gc?: (options: { type: 'minor' }) => void }).gc;
 
 const port = parentPort;
 if (!port) throw new Error('verify/structure-worker.ts runs only as a worker thread');
@@ -36,5 +29,8 @@ port.on('message', ({ id, format, bytes, dc }: StructureJob) => {
   const pixels = answer.report?.dcPicture?.pixels;
   const own = pixels && !(pixels.buffer instanceof SharedArrayBuffer) && pixels.byteOffset === 0 && pixels.byteLength === pixels.buffer.byteLength;
   port.postMessage(answer, own ? [pixels.buffer as ArrayBuffer] : []);
-  collectYoung?.({ type: 'minor' });
+  // The check's tables and planes, a megabyte or so, are dead: freed now (gc.ts; on every thread
+  // when the process runs with --expose-gc) rather than when the thread next allocates enough to
+  // need a collection (`npm run load`: peak RSS a few MiB lower).
+  collectYoung();
 });
