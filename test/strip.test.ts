@@ -17,7 +17,7 @@ import { keepUnitsFilter } from '../src/formats/units.js';
 import { ScrubError } from '../src/errors.js';
 import { cleanFile, type CleanFile } from '../src/pipeline.js';
 import { sniff } from '../src/steps/sniff.js';
-import { strip } from '../src/steps/strip.js';
+import { strip, writeCallBytes, writeParts } from '../src/steps/strip.js';
 import { verify } from '../src/steps/verify.js';
 import { probe, probeAhead, type Ffmpeg } from '../src/tools/ffmpeg.js';
 import { readExifValuesStrict } from '../src/tools/exifr.js';
@@ -176,6 +176,20 @@ describe('clean fixtures', () => {
     assert.ok((mov.out.removed.gps ?? 0) >= 1);
     const mkv = await run('media/mkv-attachment-chapters.mkv');
     assert.equal(mkv.out.removed.attachment, 1);
+  });
+});
+
+describe('writing the cleaned copy', () => {
+  it('writes every slice in order across calls, and only to a new 0600 file', async () => {
+    const bytes = (n: number, seed: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
+    // A slice longer than two calls, empty slices, and more slices than one vectored write takes.
+    const parts = [bytes(3, 1), Buffer.alloc(0), bytes(2 * writeCallBytes + 777, 2), ...Array.from({ length: 2500 }, (_, i) => bytes(1 + (i % 5), i)), Buffer.alloc(0), bytes(writeCallBytes, 3)];
+    const file = path.join(work, 'parts-out');
+    await writeParts(file, parts);
+    assert.ok((await readFile(file)).equals(Buffer.concat(parts)));
+    assert.equal((await stat(file)).mode & 0o777, 0o600);
+    await assert.rejects(writeParts(file, [bytes(10, 4)]), { code: 'EEXIST' });
+    assert.ok((await readFile(file)).equals(Buffer.concat(parts)), 'the existing file is untouched');
   });
 });
 
