@@ -694,6 +694,12 @@ const mutations: Mutation[] = [
     edits: [['const shared = (bytes: number): Buffer => Buffer.from(new SharedArrayBuffer(bytes));', 'const shared = (bytes: number): Buffer => Buffer.alloc(bytes);']],
     tests: ['test/structure-thread.test.ts'],
   },
+  {
+    name: 'an image buffer given back to the pool keeps the upload\'s bytes for the next one',
+    file: 'src/buffers.ts',
+    edits: [['  zero(backing, used);', '  void used;']],
+    tests: ['test/units.test.ts'],
+  },
 ];
 
 const { values } = scriptArgs(
