@@ -18,7 +18,7 @@ import { canonicalEsds, holdsUserData, withoutUserData } from '../src/formats/mp
 import { checkParameterSet, ParameterSetContext, ParameterSetError } from '../src/formats/parameter-sets.js';
 import { droppedCategories, keepUnitsFilter, UnitSplitter } from '../src/formats/units.js';
 import type { CleanFile } from '../src/pipeline.js';
-import { configProblems, MjpegWalker, proveNoUserData, provePictureStream } from '../src/verify/picture-stream.js';
+import { blockBytesFor, configProblems, MjpegWalker, proveNoUserData, provePictureStream } from '../src/verify/picture-stream.js';
 import { sampleLayout, unownedBytesProblems } from '../src/verify/isobmff-samples.js';
 import { sniff } from '../src/steps/sniff.js';
 import { strip } from '../src/steps/strip.js';
@@ -54,6 +54,24 @@ async function pictureMd5s(file: string): Promise<string> {
   const tools = await ffmpegTools();
   const { stdout } = await run(tools.ffmpeg.path, ['-v', 'error', '-i', file, '-map', '0:V:0', '-f', 'framemd5', '-'], { maxBuffer: 64 * 1024 * 1024 });
   return stdout.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => l.split(',').at(-1)!.trim()).join(' ');
+}
+
+/** Strips `file` for real, lets `tamper` change the cleaned file, then verifies it: 'verified' or the refusal. */
+async function verifyTampered(file: string, tamper: (cleaned: string) => Promise<void>): Promise<string> {
+  const workDir = await tempDir();
+  try {
+    const inputPath = path.join(workDir, 'original');
+    await writeFile(inputPath, await readFile(file));
+    const deps = await pipelineDeps();
+    const stripped = await strip(await sniff({ id: 'test', inputPath, inputBytes: (await stat(inputPath)).size, workDir }), deps);
+    await tamper(stripped.cleanPath);
+    await verify(stripped, deps);
+    return 'verified';
+  } catch (err) {
+    return err instanceof ScrubError ? `${err.code}: ${err.message}` : String(err);
+  } finally {
+    await removeDir(workDir);
+  }
 }
 
 /** Splits Annex B bytes at start codes into NAL units (no start code). */
@@ -280,6 +298,56 @@ describe('issue 26: the units of a picture stream', () => {
   });
 });
 
+describe('issue 30: the proof reads samples in blocks no larger than the stream needs', () => {
+  const KiB = 1024;
+  const MiB = 1024 * KiB;
+  const ranges = (...sizes: number[]): Array<{ start: number; end: number }> => {
+    let at = 4096;
+    return sizes.map((size) => ({ start: at, end: (at += size) }));
+  };
+
+  it('a block holds the largest sample whole, rounded up to 256 KiB', () => {
+    // A phone's frames of a few hundred KB: a quarter of the 4 MiB blocks once read for any stream.
+    assert.equal(blockBytesFor(ranges(180 * KiB, 40 * KiB, 700 * KiB, 9 * KiB)), 768 * KiB);
+    // The load test's 1080p frames of ~1.9 MB each: no frame is split across blocks.
+    assert.equal(blockBytesFor(ranges(1_888_087, 2_593_201, 1_793_197)), 2560 * KiB);
+    assert.equal(blockBytesFor(ranges(256 * KiB)), 256 * KiB);
+    assert.equal(blockBytesFor(ranges(256 * KiB + 1)), 512 * KiB);
+  });
+
+  it('at most 4 MiB however large a sample is, and a block however small the stream', () => {
+    assert.equal(blockBytesFor(ranges(12 * MiB, 100 * KiB)), 4 * MiB);
+    assert.equal(blockBytesFor(ranges(4 * MiB)), 4 * MiB);
+    assert.equal(blockBytesFor(ranges(10)), 256 * KiB);
+    assert.equal(blockBytesFor([]), 256 * KiB);
+  });
+
+  it('frames larger than the largest block are proven piece by piece: intact they pass, one changed byte in a later piece is refused', async () => {
+    // Two lossless 4K frames of noise, ~13.7 MB each: every sample is read in 4 MiB pieces.
+    const tools = await ffmpegTools();
+    const file = path.join(work, 'large-frames.mp4');
+    await run(tools.ffmpeg.path, ['-v', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc2=size=3840x2160:rate=30', '-frames:v', '2', '-vf', 'noise=alls=40:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-qp', '0', '-pix_fmt', 'yuv420p', file]);
+    /** [size, position] of each video sample (ffprobe prints them in that order). */
+    const samplesOf = async (video: string): Promise<Array<[number, number]>> => {
+      const { stdout } = await run(tools.ffprobe.path, ['-v', 'error', '-select_streams', 'v', '-show_entries', 'packet=pos,size', '-of', 'csv=p=0', video]);
+      return stdout.trim().split('\n').map((line) => line.split(',').map(Number) as [number, number]);
+    };
+    const sizes = (await samplesOf(file)).map(([size]) => size);
+    assert.ok(sizes.length === 2 && sizes.every((size) => size > 8 * MiB), `frames of ${sizes.join(', ')} bytes`);
+    assert.equal(await verifyTampered(file, async () => undefined), 'verified');
+    // A bit of the first frame's slice, 6 MiB in: in its second piece.
+    const flipping = async (cleaned: string): Promise<void> => {
+      const [, at] = (await samplesOf(cleaned))[0]!;
+      const handle = await open(cleaned, 'r+');
+      const byte = Buffer.alloc(1);
+      await handle.read(byte, 0, 1, at + 6 * MiB);
+      await handle.write(Buffer.from([byte[0]! ^ 0x10]), 0, 1, at + 6 * MiB);
+      await handle.close();
+    };
+    assert.match(await verifyTampered(file, flipping), /^verification_failed: .*not the input's coded pictures/);
+  });
+});
+
 describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gone', () => {
   it('H.264 with registered T.35 text and camcorder MDPM before every keyframe → cleaned; the pictures are the input\'s', async () => {
     const file = await clipWithUnits('h264', 'mp4', () => [sei('h264', 4, t35(`GPS ${planted.latitude} ${planted.serial}`)), sei('h264', 5, mdpm(planted.artist!))]);
@@ -336,24 +404,6 @@ describe('issue 26 and THREATS 46: in-stream metadata is removed, and proven gon
 });
 
 describe('issue 26: an MP4\'s units dropped in the written file, and the holes proven empty', () => {
-  /** Strips `file` for real, lets `tamper` change the cleaned file, then verifies it: 'verified' or the refusal. */
-  async function verifyTampered(file: string, tamper: (cleaned: string) => Promise<void>): Promise<string> {
-    const workDir = await tempDir();
-    try {
-      const inputPath = path.join(workDir, 'original');
-      await writeFile(inputPath, await readFile(file));
-      const deps = await pipelineDeps();
-      const stripped = await strip(await sniff({ id: 'test', inputPath, inputBytes: (await stat(inputPath)).size, workDir }), deps);
-      await tamper(stripped.cleanPath);
-      await verify(stripped, deps);
-      return 'verified';
-    } catch (err) {
-      return err instanceof ScrubError ? `${err.code}: ${err.message}` : String(err);
-    } finally {
-      await removeDir(workDir);
-    }
-  }
-
   it('drops SEI from the samples in place: sizes rewritten, the holes zero, no remux filter run', async () => {
     const file = await clipWithUnits('h264', 'mp4', () => [sei('h264', 5, mdpm(planted.artist!))]);
     const { out, bytes } = await clean(file);

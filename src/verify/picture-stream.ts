@@ -80,15 +80,29 @@ class UnitQueue {
   }
 }
 
+/** Block sizes are whole multiples of this, from one to `largestBlock`. */
+const blockGranule = 256 * 1024;
+const largestBlock = 4 * 1024 * 1024;
+
+/** The block size for `ranges` (see rangeChunks). */
+export function blockBytesFor(ranges: Array<{ start: number; end: number }>): number {
+  let largest = 0;
+  for (const range of ranges) largest = Math.max(largest, range.end - range.start);
+  return Math.min(largestBlock, Math.max(1, Math.ceil(largest / blockGranule)) * blockGranule);
+}
+
 /**
  * The bytes of `ranges` of a file, in order. Ranges close together (a video's chunks between the
- * audio's) are read in one block of up to 4 MiB and handed out as views of it. Blocks are read
- * into two buffers in turn (fresh memory for each would cost a page fault per 4 KiB): the walk
- * has used every unit of a block before it asks for the one after next, and the splitter copies
- * what it keeps.
+ * audio's) are read in one block and handed out as views of it. Blocks are read into two buffers
+ * in turn (fresh memory for each would cost a page fault per 4 KiB): the walk has used every unit
+ * of a block before it asks for the one after next, and the splitter copies what it keeps. A
+ * block is as large as the largest range (a run of samples stored together), rounded up, so that
+ * no range is split (the splitter copies a unit that crosses a block's end), and at most 4 MiB.
+ * The four buffers, two a side, were the peak of a video's verify at 4 MiB each; a file that
+ * interleaves its streams sample by sample (FFmpeg's muxer does) needs far less.
  */
 async function* rangeChunks(path: string, ranges: Array<{ start: number; end: number }>): AsyncGenerator<Buffer> {
-  const blockBytes = 4 * 1024 * 1024;
+  const blockBytes = blockBytesFor(ranges);
   const buffers = [Buffer.allocUnsafe(blockBytes), Buffer.allocUnsafe(blockBytes)];
   let turn = 0;
   const readExactly = async (position: number, length: number): Promise<Buffer> => {
