@@ -359,7 +359,7 @@ const mutations: Mutation[] = [
     tests: ['test/canonical-video.test.ts'],
   },
   {
-    name: 'video: of a frame larger than a read block, only the first block is proven',
+    name: 'video: of a range of samples larger than a read block, only the first block is proven',
     file: 'src/verify/picture-stream.ts',
     edits: [['for (let at = first.start; at < first.end; at += blockBytes) yield', 'for (let at = first.start; at < first.end; at += blockBytes) if (at === first.start || process.pid < 0) yield']],
     tests: ['test/canonical-video.test.ts'],

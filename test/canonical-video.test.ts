@@ -306,24 +306,24 @@ describe('issue 30: the proof reads samples in blocks no larger than the stream 
     return sizes.map((size) => ({ start: at, end: (at += size) }));
   };
 
-  it('a block holds the largest sample whole, rounded up to 256 KiB', () => {
-    // A phone's frames of a few hundred KB: a quarter of the 4 MiB blocks once read for any stream.
+  it('a block holds the largest range of samples whole, rounded up to 256 KiB', () => {
+    // Runs of a few hundred KB: a fifth of the 4 MiB blocks once read for any stream.
     assert.equal(blockBytesFor(ranges(180 * KiB, 40 * KiB, 700 * KiB, 9 * KiB)), 768 * KiB);
-    // The load test's 1080p frames of ~1.9 MB each: no frame is split across blocks.
+    // The load test's 1080p frames of ~1.9 MB, each a run of its own between audio: none is split.
     assert.equal(blockBytesFor(ranges(1_888_087, 2_593_201, 1_793_197)), 2560 * KiB);
     assert.equal(blockBytesFor(ranges(256 * KiB)), 256 * KiB);
     assert.equal(blockBytesFor(ranges(256 * KiB + 1)), 512 * KiB);
   });
 
-  it('at most 4 MiB however large a sample is, and a block however small the stream', () => {
+  it('at most 4 MiB however large a range is, and a granule however small the stream', () => {
     assert.equal(blockBytesFor(ranges(12 * MiB, 100 * KiB)), 4 * MiB);
     assert.equal(blockBytesFor(ranges(4 * MiB)), 4 * MiB);
     assert.equal(blockBytesFor(ranges(10)), 256 * KiB);
     assert.equal(blockBytesFor([]), 256 * KiB);
   });
 
-  it('frames larger than the largest block are proven piece by piece: intact they pass, one changed byte in a later piece is refused', async () => {
-    // Two lossless 4K frames of noise, ~13.7 MB each: every sample is read in 4 MiB pieces.
+  it('a range larger than the largest block is proven piece by piece: intact it passes, one changed byte in a later piece is refused', async () => {
+    // Two lossless 4K frames of noise, ~13.7 MB each and no audio between: one range, read in 4 MiB pieces.
     const tools = await ffmpegTools();
     const file = path.join(work, 'large-frames.mp4');
     await run(tools.ffmpeg.path, ['-v', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc2=size=3840x2160:rate=30', '-frames:v', '2', '-vf', 'noise=alls=40:allf=t', '-c:v', 'libx264', '-preset', 'ultrafast', '-qp', '0', '-pix_fmt', 'yuv420p', file]);
