@@ -351,9 +351,11 @@ function startSweeper(storage: Storage, dataDir: string, intervalMs: number, log
  * Looking every 250 ms while a request is in flight too was tried (issue 30): a video upload took
  * ~15 % longer and photos/s fell ~5 %, for at most a few MiB less in the resumable phase only.
  * Collecting after every request (no slack, no gap) was tried too: photo-phase peak RSS ~151 MiB
- * against ~161, for 10-15 % fewer photos/s.
+ * against ~161, for 10-15 % fewer photos/s. An 8 MiB slack (16 before, issue 30): photo-phase
+ * peak 141-144 MiB against 148-153, photos/s 12.1-13.7 against 12.6-14.8 (five runs each in
+ * turns, the rest of the test alike); 4 MiB went to 139-140 but photos/s fell (11.7-12.7).
  */
-const deadSlackBytes = 16 * 1024 * 1024;
+const deadSlackBytes = 8 * 1024 * 1024;
 const minCollectionGapMs = 250;
 let lastCollection = 0;
 /** The heap as the last collection left it: what it has grown by since is garbage, mostly. */
