@@ -85,10 +85,10 @@ async function alternating(
 }
 
 /** The median of paired ratios and their range, e.g. "1.04× (0.95–1.10 over 5 turns)". */
-function pairedRatios(ratios: number[]): { median: number; text: string } {
+function pairedRatios(ratios: number[]): string {
   const sorted = [...ratios].sort((a, b) => a - b);
   const median = sorted[Math.floor(sorted.length / 2)]!;
-  return { median, text: `${median.toFixed(2)}× (${sorted[0]!.toFixed(2)}–${sorted.at(-1)!.toFixed(2)} over ${sorted.length} turns)` };
+  return `${median.toFixed(2)}× (${sorted[0]!.toFixed(2)}–${sorted.at(-1)!.toFixed(2)} over ${sorted.length} turns)`;
 }
 
 async function installed(tool: string, args: string[]): Promise<boolean> {
@@ -369,7 +369,7 @@ async function main(): Promise<void> {
         what: '`scrubline strip --out-dir` (strip+verify+fp)',
         ms: ours,
         base: cpBatch,
-        note: `${(100_000 / ours).toFixed(0)} files/s${theirs && checked ? `; ${(theirs / ours).toFixed(2)}× exiftool's strip-only speed, ${(checked / ours).toFixed(2)}× its strip-then-read` : ''}${versusPeer ? `; ${versusPeer.text} the same-guarantee script's speed (target ≥ 1×, per turn)` : ''}`,
+        note: `${(100_000 / ours).toFixed(0)} files/s${theirs && checked ? `; ${(theirs / ours).toFixed(2)}× exiftool's strip-only speed, ${(checked / ours).toFixed(2)}× its strip-then-read` : ''}${versusPeer ? `; ${versusPeer} the same-guarantee script's speed (target ≥ 1×, per turn)` : ''}`,
       });
       print('100 of those JPEGs');
       await rm(batch, { recursive: true, force: true });
