@@ -183,6 +183,11 @@ describe('crash leftovers and a second process on the data dir (issue 27)', { sk
       tools = await processesWith(marker);
     }
     assert.equal(tools.length, 1, 'ffmpeg started');
+    // The marker is on setpriv's command line too, before it has set the signal and run ffmpeg in
+    // its place: wait for ffmpeg itself (under load that took long enough for a kill to land first).
+    const command = async (): Promise<string> => (await readFile(`/proc/${tools[0]}/comm`, 'utf8').catch(() => '')).trim();
+    for (let i = 0; i < 400 && (await command()) !== 'ffmpeg'; i++) await delay(25);
+    assert.equal(await command(), 'ffmpeg', 'ffmpeg runs in its wrapper\'s place');
     parent.kill('SIGKILL');
     await ended(parent);
     // The kernel signals the tool as its parent dies; it is gone (or a zombie) a moment later.
